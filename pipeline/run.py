@@ -1,0 +1,169 @@
+"""Assemble and run the curation pipeline: read -> recaption -> expressions -> boxes -> negatives -> shards."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import posixpath
+from typing import Any, Optional
+
+import apache_beam as beam
+import fsspec
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.engines import EngineSpecError
+from pipeline.options import add_curation_args, check_positive
+from pipeline.record import PROJECT_VERSION, text_hash
+from transforms.common import split_outcomes
+from transforms.detect import DETECTORS, DetectBoxes
+from transforms.expressions import ExtractExpressions
+from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
+from transforms.read import InputError, ReadImages, list_units
+from transforms.recaption import CAPTIONERS, Recaption
+from transforms.write import STATS_SUFFIX, SHARD_PREFIX, AssignShards, SkipCompleted, WriteShards, completed_shards
+
+LOG = logging.getLogger("finehard")
+LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "direct")
+
+
+class UsageError(ValueError):
+    """Bad flags or paths: the CLI prints the message on one line and exits 2."""
+
+
+def run_info(args: argparse.Namespace) -> dict[str, Any]:
+    """What identifies a run's configuration; stored in every shard's stats (no timestamps)."""
+    config = {"input": args.input, "samples_per_shard": args.samples_per_shard,
+              "captioner": args.captioner, "detector": args.detector, "negatives": args.negatives,
+              "box_conf": args.box_conf, "nms_iou": args.nms_iou, "max_regions": args.max_regions,
+              "max_pixels": args.max_pixels, "min_side": args.min_side,
+              "max_caption_chars": args.max_caption_chars, "negatives_retries": args.negatives_retries}
+    return {"version": PROJECT_VERSION, "config": config,
+            "config_hash": text_hash(json.dumps(config, sort_keys=True))}
+
+
+def _strip_bytes(rec: dict[str, Any]) -> dict[str, Any]:
+    rec.pop("image_bytes", None)
+    return rec
+
+
+def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int]) -> beam.PCollection:
+    """Add the whole chain to ``p``; returns the PCollection of per-shard stats."""
+    specs = {"captioner": CAPTIONERS.resolve(args.captioner), "detector": DETECTORS.resolve(args.detector),
+             "negatives": NEGATIVE_ENGINES.resolve(args.negatives)}
+    records = (p
+               | "ReadImages" >> ReadImages(args.input, max_pixels=args.max_pixels, min_side=args.min_side)
+               | "AssignShards" >> AssignShards(args.samples_per_shard)
+               | "SkipCompletedShards" >> SkipCompleted(done))
+    finished = []
+    live, dead, filtered = split_outcomes(records, "read")
+    finished += [dead, filtered]
+    stages = [
+        ("recaption", Recaption(specs["captioner"], batch_size=args.batch_size, max_chars=args.max_caption_chars)),
+        ("expressions", ExtractExpressions()),
+        ("detect", DetectBoxes(specs["detector"], batch_size=args.batch_size, conf=args.box_conf,
+                               iou=args.nms_iou, max_regions=args.max_regions)),
+        ("negatives", GenerateNegatives(specs["negatives"], batch_size=args.batch_size * 2,
+                                        retries=args.negatives_retries)),
+    ]
+    for name, transform in stages:
+        live, dead, filtered = split_outcomes(live | name.title() >> transform, name)
+        finished += [dead, filtered]
+    failed = finished | "AllFailed" >> beam.Flatten() | "DropBytes" >> beam.Map(_strip_bytes)
+    return ((live, failed) | "AllOutcomes" >> beam.Flatten()
+            | "WriteShards" >> WriteShards(args.output, run_info(args)))
+
+
+def read_shard_stats(output: str) -> list[dict[str, Any]]:
+    fs, root = fsspec.core.url_to_fs(output)
+    stats = []
+    for p in sorted(fs.glob(posixpath.join(root, f"{SHARD_PREFIX}-*{STATS_SUFFIX}"))):
+        with fs.open(p, "rt", encoding="utf-8") as f:
+            stats.append(json.load(f))
+    return stats
+
+
+def summarise(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over shard stats; ``reconciled`` says read == written + dead_lettered + filtered."""
+    total: dict[str, Any] = {"shards": len(stats), "read": 0, "written": 0, "dead_lettered": 0, "filtered": 0,
+                             "dead_lettered_by_reason": {}, "filtered_by_reason": {}, "counters": {}}
+    for s in stats:
+        for k in ("read", "written", "dead_lettered", "filtered"):
+            total[k] += s[k]
+        for k in ("dead_lettered_by_reason", "filtered_by_reason", "counters"):
+            for reason, n in s[k].items():
+                total[k][reason] = total[k].get(reason, 0) + n
+    for k in ("dead_lettered_by_reason", "filtered_by_reason", "counters"):
+        total[k] = dict(sorted(total[k].items()))
+    c = total["counters"]
+    invalid = sum(v for k, v in c.items() if k.startswith("negatives_invalid:"))
+    regions = c.get("negatives_valid", 0) + invalid
+    total["regions"] = c.get("regions", 0)
+    total["negatives_valid_rate"] = round(c.get("negatives_valid", 0) / regions, 4) if regions else None
+    total["reconciled"] = total["read"] == total["written"] + total["dead_lettered"] + total["filtered"]
+    total["engines"] = stats[0]["run"]["config"] if stats else {}
+    return total
+
+
+def write_summary(output: str) -> dict[str, Any]:
+    summary = summarise(read_shard_stats(output))
+    fs, root = fsspec.core.url_to_fs(output)
+    with fs.open(posixpath.join(root, "summary.json"), "wt", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+    return summary
+
+
+def check_output_compatible(output: str, info: dict[str, Any]) -> set[int]:
+    """Completed shard ids in ``output``; fails when they came from another configuration."""
+    done = completed_shards(output)
+    if done:
+        previous = {s["run"]["config_hash"] for s in read_shard_stats(output)}
+        if previous != {info["config_hash"]}:
+            raise UsageError(f"--output {output} holds shards from a different configuration; "
+                             "use a new --output (or delete the old one) to start over")
+    return done
+
+
+def make_runner(options: PipelineOptions) -> Any:
+    """Local runs use the FnApiRunner directly: the DirectRunner would first try Prism (a download)."""
+    name = options.view_as(StandardOptions).runner
+    if name is None or name in LOCAL_RUNNERS:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return None  # Beam resolves the runner by name (DataflowRunner, FlinkRunner, PortableRunner ...)
+
+
+def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_curation_args(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    check_positive(args)
+    return args, beam_args
+
+
+def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> dict[str, Any]:
+    """Run the curation job; returns the summary (also written to OUTPUT/summary.json)."""
+    args, beam_args = parse_args(argv)
+    try:
+        list_units(args.input)  # fail fast on a missing or empty input, before any worker starts
+    except InputError as e:
+        raise UsageError(str(e)) from e
+    try:
+        for reg, raw in ((CAPTIONERS, args.captioner), (DETECTORS, args.detector), (NEGATIVE_ENGINES, args.negatives)):
+            reg.resolve(raw)
+    except EngineSpecError as e:
+        raise UsageError(str(e)) from e
+    info = run_info(args)
+    done = check_output_compatible(args.output, info)
+    if done:
+        LOG.info("resuming: %d shard(s) already complete in %s are skipped", len(done), args.output)
+    options = PipelineOptions(beam_args)
+    p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+    build_pipeline(p, args, done)
+    if test_pipeline is None:
+        p.run().wait_until_finish()
+    else:
+        test_pipeline.run().wait_until_finish()
+    summary = write_summary(args.output)
+    LOG.info("read %(read)d, written %(written)d, dead-lettered %(dead_lettered)d, filtered %(filtered)d", summary)
+    return summary

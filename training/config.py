@@ -1,0 +1,115 @@
+"""Training configuration: a dataclass loaded from YAML/JSON, every field overridable from the CLI."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+class ConfigError(ValueError):
+    """A bad config file or value; the message says what to do."""
+
+
+@dataclass
+class TrainConfig:
+    stage: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 200
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    steps: int = 10000
+    batch_size: int = 128
+    image_size: int = 224
+    max_regions: int = 4
+    long_text_len: int = 248
+    short_text_len: int = 77
+    keep_len: int = 20
+    shuffle_buffer: int = 1000
+    workers: int = 4
+    precision: str = "auto"
+    grad_clip: float = 1.0
+    w_global: float = 1.0
+    w_regional: float = 0.0
+    w_hard: float = 0.0
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 1000
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError on values that cannot work."""
+        if self.stage not in (1, 2):
+            raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"betas needs two numbers, got {self.betas}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        for name in ("steps", "batch_size", "image_size", "max_regions", "long_text_len", "short_text_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.keep_len >= self.short_text_len:
+            raise ConfigError("keep_len must be smaller than short_text_len")
+        return self
+
+
+def default_config_path(stage: int) -> str:
+    """The bundled config file for ``stage``."""
+    return os.path.join(CONFIG_DIR, f"stage{stage}.yaml")
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found; pass --config training/configs/stage1.yaml or stage2.yaml")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".json"):
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of keys to values")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown keys {unknown} in {path!r}; known keys: {sorted(known)}")
+    return data
+
+
+def add_override_args(parser: argparse.ArgumentParser) -> None:
+    """One ``--field-name`` flag per TrainConfig field (default None = keep the file's value)."""
+    group = parser.add_argument_group("config overrides (default: value from --config)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "stage":
+            continue  # --stage is a main flag
+        if f.name == "betas":
+            group.add_argument(flag, type=float, nargs=2, default=None, help="AdamW betas, e.g. 0.9 0.98")
+            continue
+        ftype = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        group.add_argument(flag, type=ftype, default=None, help=f"override {f.name}")
+
+
+def build_config(stage: int, path: str | None, args: argparse.Namespace | None = None) -> TrainConfig:
+    """Defaults < config file < CLI overrides; the stage flag always wins."""
+    values: dict[str, Any] = {}
+    values.update(load_config_file(path or default_config_path(stage)))
+    if args is not None:
+        for f in dataclasses.fields(TrainConfig):
+            v = getattr(args, f.name, None)
+            if v is not None and f.name != "stage":
+                values[f.name] = list(v) if f.name == "betas" else v
+    values["stage"] = stage
+    cfg = TrainConfig(**values)
+    return cfg.validate()

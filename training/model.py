@@ -1,0 +1,220 @@
+"""FG-CLIP on top of ``transformers.CLIPModel``: long-text positions, dense region features, extra temperatures.
+
+Text paths (exact):
+  * long captions use ``long_position_embedding`` (248 rows, built from the 77-row table by
+    :func:`extend_positions`: rows 0..19 copied, the remaining 57 rows interpolated 4x as in
+    Long-CLIP/FG-CLIP, the last segment extrapolated) and ``long_text_projection`` (initialised as a
+    copy of ``text_projection``);
+  * short captions, region texts and hard negatives use the CLIP model's own, untouched 77-row
+    ``position_embedding`` and ``text_projection``. So the saved HF ``CLIPModel`` is a normal short-text CLIP.
+Pooling reads the last attended token (the EOS, with right padding), for any tokenizer.
+
+Dense features: the last vision block is applied without attention (``x + mlp(ln2(x))``), CLS is
+dropped, then post-layernorm and visual projection; RoIAlign (1x1, aligned=True) pools each box.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+from transformers import CLIPConfig, CLIPModel
+
+EXTRAS_FILE = "fgclip_extras.safetensors"
+EXTRAS_CONFIG = "fgclip_config.json"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def extend_positions(table: torch.Tensor, keep_len: int = 20) -> torch.Tensor:
+    """Long-CLIP/FG-CLIP extension of an (L, D) position table to (4L - 3*keep_len, D): 77 -> 248."""
+    length = table.shape[0]
+    if not 1 < keep_len < length - 1:
+        raise ValueError(f"keep_len must be in (1, {length - 1}), got {keep_len}")
+    w = torch.arange(4, dtype=table.dtype, device=table.device) / 4  # 0, 1/4, 2/4, 3/4
+    rest = table[keep_len:]
+    a, b = rest[:-1], rest[1:]
+    interp = (a[:, None, :] * (1 - w)[None, :, None] + b[:, None, :] * w[None, :, None]).reshape(-1, table.shape[1])
+    last = table[-1][None, :] + w[:, None] * (table[-1] - table[-2])[None, :]
+    return torch.cat([table[:keep_len], interp, last], dim=0)
+
+
+def tiny_clip_config(hidden: int = 64, layers: int = 2, heads: int = 4, image_size: int = 64, patch_size: int = 16,
+                     vocab_size: int = 4096, projection_dim: int = 64) -> CLIPConfig:
+    """A small random-init CLIP config for tests and CPU benchmarks (eos/bos/pad match SimpleWordTokenizer)."""
+    text = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+                num_attention_heads=heads, max_position_embeddings=77, bos_token_id=vocab_size - 2,
+                eos_token_id=vocab_size - 1, pad_token_id=0)
+    vision = dict(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers, num_attention_heads=heads,
+                  image_size=image_size, patch_size=patch_size)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+
+
+class FGCLIP(nn.Module):
+    """A CLIPModel plus FG-CLIP's long-text path, dense region features and regional/hard temperatures."""
+
+    def __init__(self, clip: CLIPModel, keep_len: int = 20) -> None:
+        super().__init__()
+        self.clip = clip
+        self.keep_len = keep_len
+        base = clip.text_model.embeddings.position_embedding.weight.detach()
+        self.long_position_embedding = nn.Parameter(extend_positions(base.float(), keep_len).to(base.dtype))
+        proj = clip.text_projection
+        self.long_text_projection = nn.Linear(proj.in_features, proj.out_features, bias=False)
+        with torch.no_grad():
+            self.long_text_projection.weight.copy_(proj.weight)
+        init = math.log(1 / 0.07)
+        self.regional_logit_scale = nn.Parameter(torch.tensor(init))
+        self.hard_logit_scale = nn.Parameter(torch.tensor(init))
+
+    @property
+    def short_len(self) -> int:
+        return self.clip.text_model.embeddings.position_embedding.weight.shape[0]
+
+    @property
+    def long_len(self) -> int:
+        return self.long_position_embedding.shape[0]
+
+    def set_stage(self, stage: int) -> None:
+        """Stage 1 trains no regional/hard temperature (kept out of DDP's unused-parameter check)."""
+        self.regional_logit_scale.requires_grad_(stage == 2)
+        self.hard_logit_scale.requires_grad_(stage == 2)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, long: bool = False) -> torch.Tensor:
+        """L2-normalised text features; ``long`` selects the 248-position table and long projection."""
+        tm = self.clip.text_model
+        n, length = input_ids.shape
+        table = self.long_position_embedding if long else tm.embeddings.position_embedding.weight
+        if length > table.shape[0]:
+            raise ValueError(f"text of {length} tokens exceeds the {table.shape[0]} positions of this path")
+        h = tm.embeddings.token_embedding(input_ids) + table[:length].unsqueeze(0)
+        mask = None
+        if self.clip.config.text_config._attn_implementation != "sdpa":
+            mask = torch.full((length, length), torch.finfo(h.dtype).min, device=h.device).triu(1)[None, None]
+        for layer in tm.encoder.layers:
+            h = layer(h, mask, is_causal=True)
+        h = tm.final_layer_norm(h)
+        eos = (attention_mask.sum(dim=1) - 1).clamp(min=0)
+        pooled = h[torch.arange(n, device=h.device), eos]
+        proj = self.long_text_projection if long else self.clip.text_projection
+        return F.normalize(proj(pooled), dim=-1)
+
+    def encode_image(self, pixel_values: torch.Tensor, dense: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(L2-normalised global features (B, P), dense projected patch grid (B, P, G, G) or None)."""
+        vm = self.clip.vision_model
+        interp = pixel_values.shape[-1] != self.clip.config.vision_config.image_size
+        h = vm.pre_layrnorm(vm.embeddings(pixel_values, interpolate_pos_encoding=interp))
+        layers = vm.encoder.layers
+        for layer in layers[:-1]:
+            h = layer(h, None)
+        last = layers[-1]
+        g = last(h, None)
+        glob = F.normalize(self.clip.visual_projection(vm.post_layernorm(g[:, 0])), dim=-1)
+        if not dense:
+            return glob, None
+        d = h + last.mlp(last.layer_norm2(h))  # last block without attention
+        d = self.clip.visual_projection(vm.post_layernorm(d[:, 1:]))
+        b, n, p = d.shape
+        grid = int(round(math.sqrt(n)))
+        return glob, d.transpose(1, 2).reshape(b, p, grid, grid)
+
+    @staticmethod
+    def region_features(dense: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """RoIAlign (1x1, aligned) of normalised xyxy ``boxes`` (N, 5: batch index + box) on the grid; L2-normalised."""
+        if boxes.shape[0] == 0:
+            return dense.new_zeros((0, dense.shape[1])) + dense.sum() * 0
+        grid = dense.shape[-1]
+        pooled = roi_align(dense.float(), boxes.to(dense.device, torch.float32), output_size=1,
+                           spatial_scale=float(grid), sampling_ratio=-1, aligned=True)
+        return F.normalize(pooled.flatten(1), dim=-1)
+
+    def forward(self, batch: dict[str, Any], regional: bool = False) -> dict[str, torch.Tensor]:
+        """Features for the losses: image/long/short always; region/hard features when ``regional``."""
+        glob, dense = self.encode_image(batch["pixel_values"], dense=regional)
+        out = {"image": glob,
+               "long_text": self.encode_text(batch["long_ids"], batch["long_mask"], long=True),
+               "short_text": self.encode_text(batch["short_ids"], batch["short_mask"], long=False)}
+        if regional:
+            region = self.region_features(dense, batch["region_boxes"])
+            out["region"] = region
+            if batch["region_ids"].shape[0]:
+                out["region_text"] = self.encode_text(batch["region_ids"], batch["region_mask"])
+            else:
+                out["region_text"] = region.new_zeros((0, region.shape[1]))
+            hard_idx = batch["hard_index"]
+            out["hard_region"] = region[hard_idx.to(region.device)]
+            if hard_idx.shape[0]:
+                ids, mask = batch["hard_ids"], batch["hard_mask"]  # (H, 11, L)
+                h, k, length = ids.shape
+                out["hard_text"] = self.encode_text(ids.reshape(h * k, length), mask.reshape(h * k, length)).reshape(h, k, -1)
+            else:
+                out["hard_text"] = region.new_zeros((0, 11, region.shape[1]))
+        return out
+
+
+def unwrap(model: nn.Module) -> FGCLIP:
+    """The FGCLIP inside a DDP/DeepSpeed wrapper."""
+    while hasattr(model, "module") and not isinstance(model, FGCLIP):
+        model = model.module
+    return model  # type: ignore[return-value]
+
+
+def build_model(model_path: str | None = None, model_config: str | dict | CLIPConfig | None = None,
+                keep_len: int = 20) -> FGCLIP:
+    """FGCLIP from a saved FG-CLIP/HF CLIP folder, or random-init from a CLIPConfig (json path or dict)."""
+    if model_path:
+        return load_fgclip(model_path, keep_len)
+    if model_config is None:
+        raise ValueError("pass --model PATH (a local CLIP checkpoint folder) or --model-config JSON (random init)")
+    if isinstance(model_config, str):
+        with open(model_config, encoding="utf-8") as f:
+            model_config = json.load(f)
+    if isinstance(model_config, dict):
+        model_config = CLIPConfig(**model_config)
+    return FGCLIP(CLIPModel(model_config), keep_len)
+
+
+def save_fgclip(model: nn.Module, path: str, tokenizer: Any = None) -> None:
+    """HF ``save_pretrained`` of the CLIPModel plus ``fgclip_extras.safetensors`` and ``fgclip_config.json``."""
+    from safetensors.torch import save_file
+
+    m = unwrap(model)
+    os.makedirs(path, exist_ok=True)
+    m.clip.save_pretrained(path)
+    extras = {"long_position_embedding": m.long_position_embedding,
+              "long_text_projection.weight": m.long_text_projection.weight,
+              "regional_logit_scale": m.regional_logit_scale, "hard_logit_scale": m.hard_logit_scale}
+    save_file({k: v.detach().cpu().contiguous() for k, v in extras.items()}, os.path.join(path, EXTRAS_FILE))
+    with open(os.path.join(path, EXTRAS_CONFIG), "w", encoding="utf-8") as f:
+        json.dump({"keep_len": m.keep_len, "long_len": m.long_len, "short_len": m.short_len,
+                   "extras": EXTRAS_FILE}, f, indent=2)
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(path)
+
+
+def load_fgclip(path: str, keep_len: int = 20) -> FGCLIP:
+    """Reload :func:`save_fgclip` output; a plain HF CLIP folder gets freshly extended long-text weights."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model folder {path!r} not found; pass --model a local folder with config.json")
+    clip = CLIPModel.from_pretrained(path, local_files_only=True)
+    cfg_file = os.path.join(path, EXTRAS_CONFIG)
+    if os.path.isfile(cfg_file):
+        with open(cfg_file, encoding="utf-8") as f:
+            keep_len = int(json.load(f)["keep_len"])
+    model = FGCLIP(clip, keep_len)
+    extras = os.path.join(path, EXTRAS_FILE)
+    if os.path.isfile(extras):
+        from safetensors.torch import load_file
+
+        state = load_file(extras)
+        with torch.no_grad():
+            model.long_position_embedding.copy_(state["long_position_embedding"])
+            model.long_text_projection.weight.copy_(state["long_text_projection.weight"])
+            model.regional_logit_scale.copy_(state["regional_logit_scale"])
+            model.hard_logit_scale.copy_(state["hard_logit_scale"])
+    return model

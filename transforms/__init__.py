@@ -1,0 +1,1 @@
+"""Beam transforms, one module per stage of the FineHARD chain."""

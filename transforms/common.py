@@ -1,0 +1,150 @@
+"""Pieces every stage shares: dead-letter marking, the engine ModelHandler, image opening.
+
+Records flow between stages as plain dicts. A sample that fails a stage is not raised: the stage
+sets ``record["_dead"] = {"stage", "reason", "detail"}`` (or ``record["_filtered"]``) and
+:class:`SplitOutcomes` routes it to a side output, so one bad sample never fails a bundle and
+every sample ends in exactly one of: written, dead-lettered, filtered.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler
+from PIL import Image
+
+from pipeline.engines import EngineRegistry, EngineSpec
+
+LOG = logging.getLogger(__name__)
+
+DEAD = "dead"
+FILTERED = "filtered"
+METRICS_NAMESPACE = "finehard"
+
+
+class SampleError(Exception):
+    """A per-sample failure with a short machine-readable reason (e.g. ``corrupt_image``)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def mark_dead(record: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
+    record["_dead"] = {"stage": stage, "reason": reason, "detail": detail[:500]}
+    return record
+
+
+def mark_filtered(record: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
+    record["_filtered"] = {"stage": stage, "reason": reason, "detail": detail[:500]}
+    return record
+
+
+def bump(record: dict[str, Any], counter: str, n: int = 1) -> None:
+    """Add to a per-record counter; the shard writer sums them into the shard's stats."""
+    stats = record.setdefault("_stats", {})
+    stats[counter] = stats.get(counter, 0) + n
+
+
+class SplitOutcomes(beam.DoFn):
+    """Route records marked dead/filtered to tagged outputs; the rest go on."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def setup(self) -> None:
+        self._ok = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{self.stage}_ok")
+        self._dead = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{self.stage}_dead_lettered")
+        self._filtered = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{self.stage}_filtered")
+
+    def process(self, record: dict[str, Any]) -> Iterable[Any]:
+        if "_dead" in record:
+            self._dead.inc()
+            yield beam.pvalue.TaggedOutput(DEAD, record)
+        elif "_filtered" in record:
+            self._filtered.inc()
+            yield beam.pvalue.TaggedOutput(FILTERED, record)
+        else:
+            self._ok.inc()
+            yield record
+
+
+def split_outcomes(pcoll: beam.PCollection, stage: str) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
+    """``(ok, dead, filtered)`` of a PCollection of records."""
+    out = pcoll | f"Split{stage.title()}" >> beam.ParDo(SplitOutcomes(stage)).with_outputs(DEAD, FILTERED, main="ok")
+    return out.ok, out[DEAD], out[FILTERED]
+
+
+def open_image(record: dict[str, Any]) -> Image.Image:
+    """The record's image, opened lazily (header only until pixels are touched)."""
+    return Image.open(io.BytesIO(record["image_bytes"]))
+
+
+class EngineModelHandler(ModelHandler[dict, dict, Any]):
+    """A Beam ModelHandler over one engine from a stage's registry.
+
+    ``load_model`` builds the engine named by the spec (one per worker process, or one per
+    machine for GPU engines that set ``share_model_across_processes``); ``run_inference`` hands
+    the batch of records to ``apply(engine, records)``, which must return the records with
+    their new fields set or marked dead, one output per input.
+    """
+
+    def __init__(self, registry: EngineRegistry, spec: EngineSpec,
+                 apply: Callable[[Any, list[dict]], list[dict]],
+                 batch_size: int = 8, engine_options: Optional[dict[str, Any]] = None):
+        super().__init__()
+        self._registry = registry
+        self._spec = spec
+        self._apply = apply
+        self._batch_size = batch_size
+        self._engine_options = dict(engine_options or {})
+        self._gpu = registry.entry(spec).gpu
+
+    def load_model(self) -> Any:
+        LOG.info("loading %s engine %s", self._registry.stage, self._spec.raw)
+        return self._registry.build(self._spec, **self._engine_options)
+
+    def run_inference(self, batch: Sequence[dict], model: Any,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
+        records = list(batch)
+        out = self._apply(model, records)
+        if len(out) != len(records):
+            raise RuntimeError(f"{self._registry.stage} returned {len(out)} results for {len(records)} inputs")
+        return out
+
+    def get_num_bytes(self, batch: Sequence[dict]) -> int:
+        return sum(len(r.get("image_bytes", b"")) + len(r.get("caption", "")) for r in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return f"{METRICS_NAMESPACE}_{self._registry.stage}"
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self._gpu
+
+    def get_resource_hints(self) -> dict:
+        return {}
+
+    def model_copies(self) -> int:
+        return 1
+
+
+def per_sample(stage: str, fn: Callable[[dict], Any], record: dict) -> bool:
+    """Run ``fn(record)``; a :class:`SampleError` (or any exception) marks the record dead.
+
+    Returns True when the record is still alive.
+    """
+    try:
+        fn(record)
+        return True
+    except SampleError as e:
+        mark_dead(record, stage, e.reason, e.detail)
+    except Exception as e:  # noqa: BLE001 - a bug on one sample must not fail the bundle
+        LOG.exception("%s failed on %s", stage, record.get("key"))
+        mark_dead(record, stage, "error", f"{type(e).__name__}: {e}")
+    return False

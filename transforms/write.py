@@ -1,0 +1,195 @@
+"""WriteShards: deterministic WebDataset shards, per-shard stats, dead-letter and filtered lists.
+
+Membership comes from the key (``sha1(key) mod num_shards``, with ``num_shards`` from the number
+of samples read), never from bundling. Each shard's samples are sorted by key and written with
+fixed tar metadata to ``NAME.tar.inprogress``, renamed to ``NAME.tar`` when complete; the
+dead-letter and filtered lists follow, and ``NAME_stats.json`` is written last: it is the
+completion marker a re-run uses to skip the shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import posixpath
+from collections import Counter
+from typing import Any, Iterable
+
+import apache_beam as beam
+import fsspec
+import webdataset as wds
+
+from pipeline.record import PROJECT_VERSION
+
+SHARD_PREFIX = "shard"
+STATS_SUFFIX = "_stats.json"
+DEADLETTER_DIR = "deadletter"
+FILTERED_DIR = "filtered"
+TAR_MTIME = 0.0  # fixed metadata: same input + engines => byte-identical tars
+
+
+def shard_name(shard_id: int) -> str:
+    return f"{SHARD_PREFIX}-{shard_id:05d}"
+
+
+def num_shards_for(count: int, samples_per_shard: int) -> int:
+    return max(1, math.ceil(count / samples_per_shard))
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") % num_shards
+
+
+def completed_shards(output: str) -> set[int]:
+    """Shard ids whose stats marker exists under ``output``."""
+    fs, path = fsspec.core.url_to_fs(output)
+    if not fs.exists(path):
+        return set()
+    done = set()
+    for p in fs.glob(posixpath.join(path, f"{SHARD_PREFIX}-*{STATS_SUFFIX}")):
+        name = posixpath.basename(p)[: -len(STATS_SUFFIX)]
+        try:
+            done.add(int(name.split("-")[-1]))
+        except ValueError:
+            continue
+    return done
+
+
+def shard_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """The emitted ``.json`` member: the record without internal (``_``-prefixed) and byte fields."""
+    out = {k: v for k, v in rec.items() if not k.startswith("_") and k not in ("image_bytes", "ext")}
+    out.setdefault("caption", "")
+    out.setdefault("bbox_info", [])
+    prov = dict(out.get("provenance", {}))
+    prov["version"] = PROJECT_VERSION
+    out["provenance"] = prov
+    return out
+
+
+def letter(rec: dict[str, Any], kind: str) -> dict[str, Any]:
+    """One dead-letter / filtered line: key, source URI, stage, reason, detail."""
+    info = rec[kind]
+    return {"key": rec.get("key"), "f_path": rec.get("f_path"), "stage": info["stage"],
+            "reason": info["reason"], "detail": info.get("detail", "")}
+
+
+def _write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dict[str, Any]],
+                run_info: dict[str, Any]) -> dict[str, Any]:
+    """Write one shard and its lists; returns the shard's stats."""
+    fs, root = fsspec.core.url_to_fs(output)
+    name = shard_name(shard_id)
+    ok, dead, filtered = [], [], []
+    for rec in items:
+        (dead if "_dead" in rec else filtered if "_filtered" in rec else ok).append(rec)
+    ok.sort(key=lambda r: (r["key"], r["f_path"]))
+    written, seen = [], set()
+    for rec in ok:
+        if rec["key"] in seen:
+            rec["_dead"] = {"stage": "write", "reason": "duplicate_key", "detail": "an earlier sample has this key"}
+            dead.append(rec)
+        else:
+            seen.add(rec["key"])
+            written.append(rec)
+
+    stats: Counter[str] = Counter()
+    buf = io.BytesIO()
+    with wds.TarWriter(buf, user="finehard", group="finehard", mode=0o444, mtime=TAR_MTIME, encoder=False) as tw:
+        for rec in written:
+            record_json = shard_record(rec)
+            tw.write({
+                "__key__": rec["key"],
+                rec.get("ext", "jpg"): rec["image_bytes"],
+                "json": json.dumps(record_json, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+                "txt": record_json["caption"].encode("utf-8"),
+            })
+            stats.update(rec.get("_stats", {}))
+    fs.makedirs(root, exist_ok=True)
+    tar_path = posixpath.join(root, f"{name}.tar")
+    _write_bytes(fs, tar_path + ".inprogress", buf.getvalue())
+    fs.mv(tar_path + ".inprogress", tar_path)
+
+    for kind, recs, folder in (("_dead", dead, DEADLETTER_DIR), ("_filtered", filtered, FILTERED_DIR)):
+        path = posixpath.join(root, folder, f"{name}.jsonl")
+        if recs:
+            fs.makedirs(posixpath.join(root, folder), exist_ok=True)
+            lines = sorted((letter(r, kind) for r in recs), key=lambda x: (x["key"] or "", x["f_path"] or ""))
+            _write_bytes(fs, path, "".join(json.dumps(x, sort_keys=True, ensure_ascii=False) + "\n"
+                                           for x in lines).encode("utf-8"))
+        elif fs.exists(path):
+            fs.rm(path)
+
+    dead_by: Counter[str] = Counter(f"{r['_dead']['stage']}:{r['_dead']['reason']}" for r in dead)
+    filtered_by: Counter[str] = Counter(f"{r['_filtered']['stage']}:{r['_filtered']['reason']}" for r in filtered)
+    shard_stats = {
+        "shard": name, "shard_id": shard_id, "num_shards": num_shards,
+        # read = every input sample of this shard; a duplicate key is a read sample dead-lettered here.
+        "read": len(written) + len(dead) + len(filtered),
+        "written": len(written), "dead_lettered": len(dead), "filtered": len(filtered),
+        "dead_lettered_by_reason": dict(sorted(dead_by.items())),
+        "filtered_by_reason": dict(sorted(filtered_by.items())),
+        "counters": dict(sorted(stats.items())),
+        "run": run_info,
+    }
+    _write_bytes(fs, posixpath.join(root, name + STATS_SUFFIX),
+                 json.dumps(shard_stats, sort_keys=True, indent=1).encode("utf-8"))
+    return shard_stats
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, output: str, run_info: dict[str, Any]):
+        self.output, self.run_info = output, run_info
+
+    def process(self, element: tuple[tuple[int, int], Iterable[dict[str, Any]]]) -> Iterable[dict[str, Any]]:
+        (shard_id, num_shards), items = element
+        yield write_shard(self.output, shard_id, num_shards, items, self.run_info)
+
+
+class AssignShards(beam.PTransform):
+    """Tag each record with ``_shard = (shard_id, num_shards)``; num_shards from the read count."""
+
+    def __init__(self, samples_per_shard: int):
+        super().__init__()
+        self.samples_per_shard = samples_per_shard
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        sps = self.samples_per_shard
+        count = records | "Count" >> beam.combiners.Count.Globally()
+
+        def assign(rec: dict[str, Any], n: int) -> dict[str, Any]:
+            shards = num_shards_for(n, sps)
+            rec["_shard"] = (shard_of(rec["key"], shards), shards)
+            return rec
+
+        return records | "Assign" >> beam.Map(assign, n=beam.pvalue.AsSingleton(count))
+
+
+class SkipCompleted(beam.PTransform):
+    """Drop records whose shard already has its stats marker (resume)."""
+
+    def __init__(self, done: set[int]):
+        super().__init__()
+        self.done = frozenset(done)
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        done = self.done
+        return records | "SkipDone" >> beam.Filter(lambda r: r["_shard"][0] not in done)
+
+
+class WriteShards(beam.PTransform):
+    """All outcomes (written, dead, filtered), grouped by shard -> shard files; emits shard stats."""
+
+    def __init__(self, output: str, run_info: dict[str, Any]):
+        super().__init__()
+        self.output, self.run_info = output, run_info
+
+    def expand(self, outcomes: beam.PCollection) -> beam.PCollection:
+        return (outcomes
+                | "ByShard" >> beam.Map(lambda r: (r["_shard"], r))
+                | "Group" >> beam.GroupByKey()
+                | "Write" >> beam.ParDo(_WriteShardFn(self.output, self.run_info)))
