@@ -13,6 +13,9 @@ class StubCaptioner:
     def __init__(self, spec: EngineSpec, **_: Any):
         self.provenance = stub_provenance("captioner-oracle")
 
+    def get_provenance(self) -> dict[str, Any]:
+        return self.provenance
+
     def caption(self, images: list[Image.Image]) -> list[str]:
         return [self._one(im) for im in images]
 

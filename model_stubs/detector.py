@@ -25,6 +25,9 @@ class StubDetector:
     def __init__(self, spec: EngineSpec, **_: Any):
         self.provenance = stub_provenance("detector-oracle")
 
+    def get_provenance(self) -> dict[str, Any]:
+        return self.provenance
+
     def detect(self, images: list[Image.Image], expressions: list[list[str]]) -> list[list[Detection]]:
         return [self._one(im, exprs) for im, exprs in zip(images, expressions)]
 

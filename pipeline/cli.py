@@ -44,7 +44,7 @@ def check_beam_args(beam_args: list[str]) -> None:
     _, unknown = _all_beam_flags().parse_known_args(beam_args)
     flags = [a for a in unknown if a.startswith("-")]
     if flags or unknown:
-        raise SystemExit(f"finehard: unknown flag {(flags or unknown)[0]!r}; see `finehard shards --help`")
+        raise ValueError(f"unknown flag {(flags or unknown)[0]!r}; see `finehard shards --help`")
 
 
 def shards_main(argv: list[str]) -> int:
@@ -57,10 +57,10 @@ def shards_main(argv: list[str]) -> int:
         parser.print_help()
         return 0
     _, beam_args = parser.parse_known_args(argv)  # argparse exits 2 with one line on a missing/bad value
-    check_beam_args(beam_args)
     from pipeline.run import UsageError, run
 
     try:
+        check_beam_args(beam_args)
         summary = run(argv)
     except (UsageError, ValueError) as e:
         print(f"finehard shards: error: {e}", file=sys.stderr)
@@ -68,14 +68,6 @@ def shards_main(argv: list[str]) -> int:
     print(json.dumps({k: summary[k] for k in ("read", "written", "dead_lettered", "filtered", "shards",
                                                "reconciled", "negatives_valid_rate")}))
     return 0
-
-
-_NOISE = ("Resource module is not available", "apitools not found")
-
-
-def _quiet_known_noise(record: logging.LogRecord) -> bool:
-    """Drop Beam warnings that are harmless here and would bury the run's own messages."""
-    return not any(n in record.getMessage() for n in _NOISE)
 
 
 def _lazy(module: str, func: str) -> Callable[[list[str]], int]:
@@ -95,8 +87,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_quiet_known_noise)
     usage = "usage: finehard {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(
         f"  {name:<16}{help_}" for name, (_, help_) in COMMANDS.items())
     if not argv or argv[0] in ("-h", "--help"):

@@ -44,6 +44,15 @@ def extend_positions(table: torch.Tensor, keep_len: int = 20) -> torch.Tensor:
     return torch.cat([table[:keep_len], interp, last], dim=0)
 
 
+def normalize_pixels(pixel_values: torch.Tensor) -> torch.Tensor:
+    """uint8 (B,3,S,S) images -> CLIP-normalised floats on their device; float input is taken as normalised."""
+    if pixel_values.dtype != torch.uint8:
+        return pixel_values
+    mean = torch.tensor(CLIP_MEAN, device=pixel_values.device)[:, None, None]
+    std = torch.tensor(CLIP_STD, device=pixel_values.device)[:, None, None]
+    return (pixel_values.float() / 255.0 - mean) / std
+
+
 def tiny_clip_config(hidden: int = 64, layers: int = 2, heads: int = 4, image_size: int = 64, patch_size: int = 16,
                      vocab_size: int = 4096, projection_dim: int = 64) -> CLIPConfig:
     """A small random-init CLIP config for tests and CPU benchmarks (eos/bos/pad match SimpleWordTokenizer)."""
@@ -71,6 +80,11 @@ class FGCLIP(nn.Module):
         init = math.log(1 / 0.07)
         self.regional_logit_scale = nn.Parameter(torch.tensor(init))
         self.hard_logit_scale = nn.Parameter(torch.tensor(init))
+
+    def enable_checkpointing(self) -> None:
+        """Recompute every encoder block in backward (HF activation/gradient checkpointing)."""
+        fn = getattr(self.clip, "activation_checkpointing_enable", None) or self.clip.gradient_checkpointing_enable
+        fn()
 
     @property
     def short_len(self) -> int:
@@ -104,9 +118,29 @@ class FGCLIP(nn.Module):
         proj = self.long_text_projection if long else self.clip.text_projection
         return F.normalize(proj(pooled), dim=-1)
 
+    def encode_texts_bucketed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              buckets: int = 4) -> torch.Tensor:
+        """Short-path features of many texts, sorted by length and run in ``buckets`` trimmed chunks.
+
+        With causal attention and EOS pooling, trailing padding never changes a text's feature, so
+        trimming each chunk to its longest member gives the same result for less work.
+        """
+        n = input_ids.shape[0]
+        if n <= 1 or buckets <= 1:
+            return self.encode_text(input_ids, attention_mask)
+        lengths = attention_mask.sum(dim=1)
+        order = torch.argsort(lengths)
+        parts = []
+        for chunk in torch.chunk(order, min(buckets, n)):
+            width = int(lengths[chunk].max())
+            parts.append(self.encode_text(input_ids[chunk, :width], attention_mask[chunk, :width]))
+        feats = torch.cat(parts)
+        return feats[torch.argsort(order)]
+
     def encode_image(self, pixel_values: torch.Tensor, dense: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(L2-normalised global features (B, P), dense projected patch grid (B, P, G, G) or None)."""
+        """(L2-normalised global features (B, P), dense patch grid (B, P, G, G) or None); uint8 or normalised input."""
         vm = self.clip.vision_model
+        pixel_values = normalize_pixels(pixel_values)
         interp = pixel_values.shape[-1] != self.clip.config.vision_config.image_size
         h = vm.pre_layrnorm(vm.embeddings(pixel_values, interpolate_pos_encoding=interp))
         layers = vm.encoder.layers
@@ -142,18 +176,13 @@ class FGCLIP(nn.Module):
         if regional:
             region = self.region_features(dense, batch["region_boxes"])
             out["region"] = region
-            if batch["region_ids"].shape[0]:
-                out["region_text"] = self.encode_text(batch["region_ids"], batch["region_mask"])
+            if batch["expr_ids"].shape[0]:
+                texts = self.encode_texts_bucketed(batch["expr_ids"], batch["expr_mask"])  # each distinct text once
             else:
-                out["region_text"] = region.new_zeros((0, region.shape[1]))
-            hard_idx = batch["hard_index"]
-            out["hard_region"] = region[hard_idx.to(region.device)]
-            if hard_idx.shape[0]:
-                ids, mask = batch["hard_ids"], batch["hard_mask"]  # (H, 11, L)
-                h, k, length = ids.shape
-                out["hard_text"] = self.encode_text(ids.reshape(h * k, length), mask.reshape(h * k, length)).reshape(h, k, -1)
-            else:
-                out["hard_text"] = region.new_zeros((0, 11, region.shape[1]))
+                texts = region.new_zeros((0, region.shape[1]))
+            out["region_text"] = texts[batch["region_text_index"]]
+            out["hard_region"] = region[batch["hard_index"]]
+            out["hard_text"] = texts[batch["hard_text_index"]]  # (H, 11, P)
         return out
 
 

@@ -7,7 +7,7 @@ across all of the image's expressions, cap the regions per image, normalise to [
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
@@ -20,9 +20,23 @@ STAGE = "detect"
 DETECTORS = EngineRegistry("detector", {
     "stub": EngineEntry("model_stubs.detector:build", False, False,
                         "ground-truth boxes on synthetic scenes, one generic box otherwise; marked stub"),
+    "yolo-world": EngineEntry("transforms.engines.yolo_world:build", True, True,
+                              "ultralytics YOLO-World weights + a local CLIP text encoder: "
+                              "yolo-world:/w/yolov8x-worldv2.pt#text=/w/clip-vit-base-patch32"),
 })
 
 Detection = tuple[Sequence[float], float, int]
+
+
+def engine_provenance(engine: Any) -> dict[str, Any]:
+    """The engine's provenance; a GPU engine shared across processes is a proxy exposing only methods."""
+    getter = getattr(engine, "get_provenance", None)
+    return dict(getter()) if callable(getter) else dict(engine.provenance)
+
+
+def gpu_resource_hints(registry: EngineRegistry, spec: EngineSpec, accelerator: Optional[str]) -> dict[str, str]:
+    """Beam's accelerator hint (e.g. ``type:nvidia-l4;count:1;install-nvidia-driver``) for GPU engines only."""
+    return {"accelerator": accelerator} if accelerator and registry.entry(spec).gpu else {}
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -67,6 +81,7 @@ def select_regions(detections: list[Detection], expressions: list[dict[str, Any]
 
 
 def apply_detector(engine: Any, records: list[dict], conf: float, iou: float, max_regions: int) -> list[dict]:
+    """Box every live record of the batch; per-sample engine failures mark the record dead."""
     images, exprs, alive = [], [], []
     for rec in records:
         if per_sample(STAGE, lambda r: images.append(open_image(r)), rec):
@@ -78,6 +93,7 @@ def apply_detector(engine: Any, records: list[dict], conf: float, iou: float, ma
         for rec in alive:
             mark_dead(rec, STAGE, "engine_error", f"{type(e).__name__}: {e}")
         return records
+    provenance = engine_provenance(engine) if images else {}
     for rec, dets in zip(alive, results):
         if isinstance(dets, Exception):
             reason = dets.reason if isinstance(dets, SampleError) else "engine_error"
@@ -85,20 +101,27 @@ def apply_detector(engine: Any, records: list[dict], conf: float, iou: float, ma
             continue
         rec["bbox_info"] = select_regions(dets, rec.get("_expressions", []), rec["width"], rec["height"],
                                           conf, iou, max_regions)
-        rec.setdefault("provenance", {})["bbox_info"] = {**engine.provenance, "conf": conf, "iou": iou,
+        rec.setdefault("provenance", {})["bbox_info"] = {**provenance, "conf": conf, "iou": iou,
                                                          "max_regions": max_regions}
         rec.setdefault("_stats", {})["regions"] = len(rec["bbox_info"])
     return records
 
 
 class DetectBoxes(beam.PTransform):
+    """Regions per record from the engine named by ``spec``; ``engine_options`` go to its factory."""
+
     def __init__(self, spec: EngineSpec, batch_size: int = 8, conf: float = 0.4, iou: float = 0.5,
-                 max_regions: int = 8):
+                 max_regions: int = 8, engine_options: Optional[dict[str, Any]] = None,
+                 accelerator: Optional[str] = None):
         super().__init__()
+        self.engine_options = dict(engine_options or {})
+        self.accelerator = accelerator
         self.spec, self.batch_size = spec, batch_size
         self.conf, self.iou, self.max_regions = conf, iou, max_regions
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         apply = functools.partial(apply_detector, conf=self.conf, iou=self.iou, max_regions=self.max_regions)
-        return records | "Detect" >> RunInference(
-            EngineModelHandler(DETECTORS, self.spec, apply, batch_size=self.batch_size))
+        infer = RunInference(EngineModelHandler(DETECTORS, self.spec, apply, batch_size=self.batch_size,
+                                                engine_options=self.engine_options))
+        hints = gpu_resource_hints(DETECTORS, self.spec, self.accelerator)
+        return records | "Detect" >> (infer.with_resource_hints(**hints) if hints else infer)

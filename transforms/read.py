@@ -18,10 +18,11 @@ from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
 import fsspec
+import numpy as np
 from PIL import Image
 
 from pipeline.record import make_key
-from transforms.common import SampleError, mark_dead, mark_filtered
+from transforms.common import SampleError, bump, mark_dead, mark_filtered
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MANIFEST_EXTS = (".jsonl", ".json", ".parquet")
@@ -29,6 +30,7 @@ URI_COLUMNS = ("url", "image", "image_path", "img_path", "f_path", "path", "uri"
 CAPTION_COLUMNS = ("caption", "short_caption", "alt", "alt_text", "text", "TEXT")
 STAGE = "read"
 FILES_PER_UNIT = 256
+MAX_SHORT_CAPTION_CHARS = 2000  # alt-text longer than this is cut at a word boundary
 
 
 class InputError(ValueError):
@@ -104,6 +106,18 @@ def new_record(key: str, f_path: str, short_caption: str = "", **extra: Any) -> 
     return {"key": key, "f_path": f_path, "short_caption": short_caption or "", **extra}
 
 
+def clip_short_caption(record: dict[str, Any], max_chars: int) -> dict[str, Any]:
+    """Cut an over-long alt-text at a word boundary (counted as ``short_caption_truncated``)."""
+    text = record.get("short_caption") or ""
+    text = text.replace("\x00", "")
+    if len(text) > max_chars:
+        cut = text[:max_chars]
+        text = cut.rsplit(" ", 1)[0] if " " in cut else cut
+        bump(record, "short_caption_truncated")
+    record["short_caption"] = text
+    return record
+
+
 def _read_bytes(uri: str) -> bytes:
     with fsspec.open(uri, "rb") as f:
         return f.read()
@@ -175,6 +189,24 @@ def _records_from_manifest(unit: ReadUnit) -> Iterator[dict[str, Any]]:
         yield rec
 
 
+def unsafe_member_problem(ti: tarfile.TarInfo) -> Optional[str]:
+    """Why a tar member must not be read (absolute path, ``..``, link, device), or None.
+
+    Members are only ever read into memory, never extracted, but a hostile name or a link is a
+    sign of a crafted tar: it is dead-lettered rather than trusted.
+    """
+    name = ti.name
+    if not ti.isfile():
+        return "not a regular file (link or device)"
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in name.replace("\\", "/").split("/"):
+        return "path traversal"
+    if "\x00" in name:
+        return "NUL in name"
+    return None
+
+
 def _records_from_tar(unit: ReadUnit) -> Iterator[dict[str, Any]]:
     """img2dataset layout: ``<key>.jpg`` + optional ``<key>.txt`` and ``<key>.json``, grouped by key."""
     uri = unit.uris[0]
@@ -202,7 +234,13 @@ def _records_from_tar(unit: ReadUnit) -> Iterator[dict[str, Any]]:
     try:
         with fsspec.open(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for ti in tar:
-                if not ti.isfile():
+                if ti.isdir():
+                    continue
+                problem = unsafe_member_problem(ti)
+                if problem:
+                    rec = new_record(make_key(ti.name.rsplit("/", 1)[-1].partition(".")[0] or "member", ti.name),
+                                     f"{uri}#{ti.name}")
+                    yield mark_dead(rec, STAGE, "unsafe_tar_member", f"{problem}: {ti.name!r}")
                     continue
                 name = ti.name.rsplit("/", 1)[-1]
                 k, _, ext = name.partition(".")
@@ -226,16 +264,67 @@ def read_unit(unit: ReadUnit) -> Iterator[dict[str, Any]]:
 
 
 _FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+_KEPT_MODES = ("RGB", "L")  # greyscale is kept as stored: every reader converts to RGB on load
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_WHITE = (255, 255, 255)
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 
-def check_image(record: dict[str, Any], max_pixels: int, min_side: int) -> dict[str, Any]:
-    """Decode once to prove the bytes are an image; set width/height/ext, or mark the record.
+def _to_rgb(im: Image.Image) -> tuple[Image.Image, str]:
+    """``im`` as an 8-bit RGB (or L) image and the name of the conversion done ("" when none)."""
+    if im.mode in _KEPT_MODES:
+        return im, ""
+    if im.mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        if im.mode == "RGB":
+            return im, "palette"
+        return _flatten_alpha(im), "palette"
+    if im.mode in _ALPHA_MODES:
+        return _flatten_alpha(im), "alpha"
+    if im.mode.startswith("I") or im.mode == "F":  # 16-bit / 32-bit greyscale: scale to 8 bits
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr * (255.0 / top) if top != 255.0 else arr, 0, 255)
+        return Image.fromarray(np.round(arr).astype(np.uint8), mode="L"), "16bit"
+    if im.mode == "CMYK":
+        return im.convert("RGB"), "cmyk"
+    return im.convert("RGB"), im.mode.lower()
 
-    Formats other than JPEG/PNG/WebP, and modes other than RGB/L, are converted to RGB PNG so
-    every shard member decodes the same way in training.
+
+def _flatten_alpha(im: Image.Image) -> Image.Image:
+    """Composite a transparent image on white: transparent pixels become white, not black."""
+    rgba = im.convert("RGBA")
+    base = Image.new("RGB", rgba.size, _WHITE)
+    base.paste(rgba, mask=rgba.getchannel("A"))
+    return base
+
+
+def _encode(im: Image.Image, source_format: str) -> tuple[bytes, str]:
+    """Re-encode: JPEG stays JPEG (quality 95), everything else becomes lossless PNG."""
+    buf = io.BytesIO()
+    if source_format == "JPEG" and im.mode in _KEPT_MODES:
+        im.save(buf, format="JPEG", quality=95)
+        return buf.getvalue(), "JPEG"
+    im.save(buf, format="PNG")
+    return buf.getvalue(), "PNG"
+
+
+def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
+                max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS) -> dict[str, Any]:
+    """Decode once; store an image every reader sees the same way, set width/height/ext, or mark the record.
+
+    The size limit is checked from the header, before any pixel is decoded (decompression bombs).
+    EXIF orientation is applied to the stored pixels (so boxes and pixels agree); CMYK, 16-bit,
+    palette and alpha images become RGB (alpha composited on white); an animated image keeps its
+    first frame; greyscale (L) is kept. Untouched JPEG/PNG/WebP bytes are stored as they came.
+    Each conversion is counted as ``converted:<what>`` in the shard stats.
     """
     if "_dead" in record:
         return record
+    clip_short_caption(record, max_short_caption_chars)
     data = record.get("image_bytes", b"")
     if not data:
         return mark_dead(record, STAGE, "empty_file")
@@ -246,14 +335,31 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int) -> dict[
             if width * height > max_pixels:
                 return mark_dead(record, STAGE, "too_large", f"{width}x{height} exceeds --max-pixels {max_pixels}")
             fmt = im.format
+            conversions = []
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+                conversions.append("first_frame")
             im.load()
-            if fmt not in _FORMAT_EXT or im.mode not in ("RGB", "L"):
-                buf = io.BytesIO()
-                im.convert("RGB").save(buf, format="PNG")
-                record["image_bytes"], fmt = buf.getvalue(), "PNG"
+            out = im
+            if out.mode not in _KEPT_MODES:
+                out, what = _to_rgb(out)
+                conversions.append(what)
+            transpose = _EXIF_TRANSPOSE.get(im.getexif().get(_EXIF_ORIENTATION, 1))
+            if transpose is not None:
+                out = out.transpose(transpose)
+                conversions.append("exif_orientation")
+            if fmt not in _FORMAT_EXT:
+                conversions.append(f"format_{str(fmt).lower()}")
+            if conversions:
+                record["image_bytes"], fmt = _encode(out, fmt)
+                width, height = out.size
+                for what in conversions:
+                    bump(record, f"converted:{what}")
     except SampleError as e:
         return mark_dead(record, STAGE, e.reason, e.detail)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.UnidentifiedImageError as e:
+        return mark_dead(record, STAGE, "corrupt_image", f"not an image: {e}")
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         reason = "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
         return mark_dead(record, STAGE, reason, f"{type(e).__name__}: {e}")
     record["width"], record["height"], record["ext"] = width, height, _FORMAT_EXT[fmt]
@@ -265,17 +371,20 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int) -> dict[
 class ReadImages(beam.PTransform):
     """``input_uri`` -> records ``{key, f_path, short_caption, image_bytes, width, height, ext}``."""
 
-    def __init__(self, input_uri: str, max_pixels: int = 64_000_000, min_side: int = 8):
+    def __init__(self, input_uri: str, max_pixels: int = 64_000_000, min_side: int = 8,
+                 max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS):
         super().__init__()
         self.input_uri = input_uri
         self.max_pixels = max_pixels
         self.min_side = min_side
+        self.max_short_caption_chars = max_short_caption_chars
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        max_pixels, min_side = self.max_pixels, self.min_side
+        max_pixels, min_side, max_alt = self.max_pixels, self.min_side, self.max_short_caption_chars
         return (pbegin
                 | "Input" >> beam.Create([self.input_uri])
                 | "ListUnits" >> beam.FlatMap(list_units)
                 | "SpreadUnits" >> beam.Reshuffle()
                 | "ReadUnit" >> beam.FlatMap(read_unit)
-                | "CheckImage" >> beam.Map(check_image, max_pixels=max_pixels, min_side=min_side))
+                | "CheckImage" >> beam.Map(check_image, max_pixels=max_pixels, min_side=min_side,
+                                              max_short_caption_chars=max_alt))

@@ -1,7 +1,7 @@
 """Recaption: a VLM writes the long caption; the input's alt-text stays as ``short_caption``."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import functools
 
@@ -16,7 +16,24 @@ STAGE = "recaption"
 CAPTIONERS = EngineRegistry("captioner", {
     "stub": EngineEntry("model_stubs.captioner:build", False, False,
                         "oracle on synthetic scenes, generic text otherwise; marked stub"),
+    "openai": EngineEntry("transforms.engines.captioners:build_openai", True, False,
+                          "OpenAI-compatible server, e.g. LMDeploy serving CogVLM2: openai:http://host:23333/v1#MODEL"),
+    "vllm": EngineEntry("transforms.engines.captioners:build_vllm", True, True,
+                        "in-process vLLM VLM (Qwen2-VL, InternVL...): vllm:/models/Qwen2-VL-7B-Instruct"),
+    "transformers": EngineEntry("transforms.engines.captioners:build_transformers", True, True,
+                                "local HF VLM, bf16 on GPU; CogVLM2 needs ?trust_remote_code=true"),
 })
+
+
+def engine_provenance(engine: Any) -> dict[str, Any]:
+    """The engine's provenance; a GPU engine shared across processes is a proxy exposing only methods."""
+    getter = getattr(engine, "get_provenance", None)
+    return dict(getter()) if callable(getter) else dict(engine.provenance)
+
+
+def gpu_resource_hints(registry: EngineRegistry, spec: EngineSpec, accelerator: Optional[str]) -> dict[str, str]:
+    """Beam's accelerator hint (e.g. ``type:nvidia-l4;count:1;install-nvidia-driver``) for GPU engines only."""
+    return {"accelerator": accelerator} if accelerator and registry.entry(spec).gpu else {}
 
 
 def apply_captioner(engine: Any, records: list[dict], max_chars: int = 4000) -> list[dict]:
@@ -31,6 +48,7 @@ def apply_captioner(engine: Any, records: list[dict], max_chars: int = 4000) -> 
         for rec in alive:
             mark_dead(rec, STAGE, "engine_error", f"{type(e).__name__}: {e}")
         return records
+    provenance = engine_provenance(engine) if images else {}
     for rec, cap in zip(alive, captions):
         if isinstance(cap, SampleError):
             mark_dead(rec, STAGE, cap.reason, cap.detail)
@@ -46,17 +64,24 @@ def apply_captioner(engine: Any, records: list[dict], max_chars: int = 4000) -> 
             cap = cap[:max_chars].rsplit(" ", 1)[0]
             rec.setdefault("_stats", {})["caption_truncated"] = 1
         rec["caption"] = cap
-        rec.setdefault("provenance", {})["caption"] = engine.provenance
+        rec.setdefault("provenance", {})["caption"] = provenance
     return records
 
 
 class Recaption(beam.PTransform):
-    def __init__(self, spec: EngineSpec, batch_size: int = 8, max_chars: int = 4000):
+    """Long caption per record from the engine named by ``spec``; ``engine_options`` go to its factory."""
+
+    def __init__(self, spec: EngineSpec, batch_size: int = 8, max_chars: int = 4000,
+                 engine_options: Optional[dict[str, Any]] = None, accelerator: Optional[str] = None):
         super().__init__()
         self.spec, self.batch_size, self.max_chars = spec, batch_size, max_chars
+        self.engine_options = dict(engine_options or {})
+        self.accelerator = accelerator
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         handler = EngineModelHandler(CAPTIONERS, self.spec,
                                      functools.partial(apply_captioner, max_chars=self.max_chars),
-                                     batch_size=self.batch_size)
-        return records | "Caption" >> RunInference(handler)
+                                     batch_size=self.batch_size, engine_options=self.engine_options)
+        infer = RunInference(handler)
+        hints = gpu_resource_hints(CAPTIONERS, self.spec, self.accelerator)
+        return records | "Caption" >> (infer.with_resource_hints(**hints) if hints else infer)

@@ -1,0 +1,242 @@
+"""Helpers the pipeline benchmarks share: machine line, synthetic input, child runs with peak RSS, docs.
+
+Run alone (``python bench/common.py``) it only prints the machine description: ``make bench``
+runs every ``bench/*.py``, this one included.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import fcntl
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+BENCH_DOC = os.path.join(ROOT, "docs", "benchmarks.md")
+INPUT_CACHE = os.path.join(tempfile.gettempdir(), "finehard_bench_inputs")
+# Environment of every child run: offline, one BLAS/torch thread, no hub.
+CHILD_ENV = {"HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_total_gib() -> float:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def machine() -> str:
+    """One line naming the machine and the versions that matter for these figures."""
+    import apache_beam
+
+    return (f"{platform.node() or 'host'} {platform.machine()}, {os.cpu_count()} cpus ({_cpu_model()}), "
+            f"{_mem_total_gib():.0f} GiB RAM, python {platform.python_version()}, apache-beam {apache_beam.__version__}")
+
+
+def make_input(n: int, seed: int = 0, cache: str = INPUT_CACHE) -> str:
+    """Manifest of ``n`` synthetic scenes (``pipeline.synthetic.write_scenes``), cached per (n, seed)."""
+    from pipeline.synthetic import write_scenes
+
+    folder = os.path.join(cache, f"scenes_n{n}_s{seed}")
+    manifest = os.path.join(folder, "manifest.jsonl")
+    done = os.path.join(folder, ".complete")
+    if os.path.exists(done):
+        return manifest
+    shutil.rmtree(folder, ignore_errors=True)
+    write_scenes(folder, n, seed)
+    open(done, "w").close()
+    return manifest
+
+
+def fresh_dir(prefix: str) -> str:
+    return tempfile.mkdtemp(prefix=f"finehard_bench_{prefix}_")
+
+
+def _tree_rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants, from /proc (0 when it is gone)."""
+    total, stack, seen = 0, [pid], set()
+    page = os.sysconf("SC_PAGE_SIZE")
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/statm", encoding="ascii") as f:
+                total += int(f.read().split()[1]) * page
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children", encoding="ascii") as f:
+                    stack.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+@dataclass
+class ChildRun:
+    """What one child process cost: wall seconds, peak RSS of its process tree, its own max RSS."""
+
+    returncode: int
+    wall_s: float
+    peak_tree_rss_mib: float  # sampled every ``interval`` s over the whole process tree
+    maxrss_mib: float  # kernel's ru_maxrss of the child (largest single process it waited for)
+    stdout: str
+    stderr: str
+
+    def result(self) -> dict[str, Any]:
+        """The JSON object the child printed as its last stdout line (see :func:`child_report`)."""
+        for line in reversed(self.stdout.strip().splitlines()):
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"child printed no result (rc={self.returncode}): {self.stderr[-2000:]}")
+
+
+def run_child(argv: Sequence[str], interval: float = 0.05, env: Optional[dict[str, str]] = None,
+              timeout: float = 1800) -> ChildRun:
+    """Run ``argv`` as a fresh process; time it and poll the peak RSS of its process tree."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    child_env = {**os.environ, **CHILD_ENV, "PYTHONPATH": path, **(env or {})}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(list(argv), cwd=ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    out: dict[str, str] = {}
+    readers = [threading.Thread(target=lambda k=k, s=s: out.__setitem__(k, s.read()), daemon=True)
+               for k, s in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+    for r in readers:
+        r.start()
+    peak, maxrss, status = 0, 0.0, None
+    while status is None:
+        pid, raw, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:  # reaped here (not by Popen) so the kernel's rusage of the child is ours to read
+            status, maxrss = os.waitstatus_to_exitcode(raw), usage.ru_maxrss / 1024
+            break
+        peak = max(peak, _tree_rss_bytes(proc.pid))
+        if time.perf_counter() - t0 > timeout:
+            proc.kill()
+        time.sleep(interval)
+    wall = time.perf_counter() - t0
+    proc.returncode = status
+    for r in readers:
+        r.join()
+    return ChildRun(status, wall, peak / 2**20, maxrss, out.get("stdout", ""), out.get("stderr", ""))
+
+
+def python_child(code: str, *args: str) -> list[str]:
+    """argv running ``code`` in this interpreter (``code`` ends with :func:`child_report`)."""
+    return [sys.executable, "-c", code, *args]
+
+
+def child_report(result: dict[str, Any]) -> None:
+    """Print ``result`` plus this process's ru_maxrss as the last stdout line (read by ChildRun.result)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({**result, "self_maxrss_mib": round(own, 1), "children_maxrss_mib": round(kids, 1)}), flush=True)
+
+
+def pipeline_argv(manifest: str, output: str, samples_per_shard: int = 1000, extra: Sequence[str] = ()) -> list[str]:
+    """Flags of ``pipeline.run.run`` for a stub-engine local run."""
+    return ["--input", manifest, "--output", output, "--samples-per-shard", str(samples_per_shard),
+            "--captioner", "stub", "--detector", "stub", "--negatives", "stub", *extra]
+
+
+# A child that runs the whole pipeline once and reports its in-process time and summary.
+PIPELINE_CHILD = """
+import json, sys, time, logging
+logging.disable(logging.WARNING)
+t0 = time.perf_counter()
+from pipeline.run import run
+t1 = time.perf_counter()
+summary = run(json.loads(sys.argv[1]))
+t2 = time.perf_counter()
+from bench.common import child_report
+child_report({"import_s": t1 - t0, "run_s": t2 - t1, "read": summary["read"], "written": summary["written"],
+              "dead_lettered": summary["dead_lettered"], "filtered": summary["filtered"],
+              "reconciled": summary["reconciled"]})
+"""
+
+
+def run_pipeline_child(manifest: str, output: str, samples_per_shard: int = 1000,
+                       extra: Sequence[str] = ()) -> tuple[ChildRun, dict[str, Any]]:
+    """The whole pipeline in a fresh process: its cost and its result line."""
+    run = run_child(python_child(PIPELINE_CHILD, json.dumps(pipeline_argv(manifest, output, samples_per_shard,
+                                                                             extra))))
+    if run.returncode != 0:
+        raise RuntimeError(f"pipeline child failed (rc={run.returncode}):\n{run.stderr[-3000:]}")
+    return run, run.result()
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def append_benchmark(title: str, script: str, setup: str, lines: Sequence[str], ratio_line: str,
+                     doc: str = BENCH_DOC) -> None:
+    """Append one dated section (machine, setup, table, ratio line) to docs/benchmarks.md; never rewrites."""
+    os.makedirs(os.path.dirname(doc), exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"\n## {title} ({script}) — {now}\n\nMachine: {machine()}\n\nSetup: {setup}\n\n"
+            + "\n".join(lines) + f"\n\n{ratio_line}\n")
+    with open(doc, "a", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # other benchmarks append to the same file
+        f.write(text)
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def bench_args(description: str, default_n: int, argv: Optional[Sequence[str]] = None,
+               extra: Optional[Callable[[argparse.ArgumentParser], Any]] = None) -> argparse.Namespace:
+    """The flags every pipeline benchmark takes: --n, --seed, --no-doc."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--n", type=int, default=default_n, help="synthetic images in the input")
+    p.add_argument("--seed", type=int, default=0, help="synthetic scene family")
+    p.add_argument("--no-doc", action="store_true", help="do not append the figures to docs/benchmarks.md")
+    if extra:
+        extra(p)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    bench_args("Shared benchmark helpers; alone, prints the machine description.", 0, argv)
+    print(f"machine: {machine()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

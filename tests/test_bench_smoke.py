@@ -1,0 +1,133 @@
+"""The pipeline benchmarks run end to end on tiny inputs and print their ratio line (no timing asserted)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import append_benchmark, make_input, run_child  # noqa: E402
+
+RATIO = r"ratio=(\d+\.\d\d|nan|n/a \(.+\))"
+
+
+def run_bench(script: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    """Run ``bench/<script>.py`` with ``--no-doc``; its stdout lines (fails the test on a non-zero exit)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--no-doc", *args],
+                          cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("inputs"))
+
+
+def test_make_input_writes_the_scenes_once(tiny_cache: str) -> None:
+    manifest = make_input(5, seed=3, cache=tiny_cache)
+    rows = Path(manifest).read_text().splitlines()
+    assert len(rows) == 5 and all((Path(manifest).parent / __import__("json").loads(r)["url"]).is_file() for r in rows)
+    mtime = os.path.getmtime(manifest)
+    assert make_input(5, seed=3, cache=tiny_cache) == manifest and os.path.getmtime(manifest) == mtime
+
+
+def test_run_child_sees_the_peak_memory_of_a_grandchild() -> None:
+    # A child that starts a grandchild holding ~300 MiB: the tree's peak must include it.
+    grandchild = "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.0)"
+    code = textwrap.dedent(f"""
+        import subprocess, sys
+        subprocess.run([sys.executable, "-c", {grandchild!r}], check=True)
+        print('{{"ok": 1}}')
+    """)
+    run = run_child([sys.executable, "-c", code], interval=0.02)
+    assert run.returncode == 0 and run.result() == {"ok": 1}
+    assert run.peak_tree_rss_mib > 300
+    assert run.maxrss_mib > 300  # the kernel's figure for the waited-for tree agrees
+
+
+def test_append_benchmark_appends_a_dated_section(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nearlier section\n")
+    append_benchmark("Thing", "bench/thing.py", "n=3", ["| a |", "|---|", "| 1 |"], "thing: ratio=1.00", str(doc))
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks\n\nearlier section\n")
+    assert re.search(r"## Thing \(bench/thing\.py\) — \d{4}-\d\d-\d\d \d\d:\d\d UTC", text)
+    assert "Machine: " in text and "Setup: n=3" in text and text.rstrip().endswith("thing: ratio=1.00")
+
+
+def test_pipeline_overhead_runs_and_prints_its_ratio() -> None:
+    lines = run_bench("pipeline_overhead", "--n", "24")
+    assert re.fullmatch(r"pipeline_overhead: " + RATIO, lines[-1])
+    assert any("byte-identical shards from both: True" in line for line in lines)  # same work both ways
+
+
+def test_scaling_runs_every_size() -> None:
+    lines = run_bench("scaling", "--n", "32")
+    assert re.fullmatch(r"scaling: " + RATIO, lines[-1])
+    assert [int(line.split("|")[1]) for line in lines if re.match(r"\| \d+ \|", line)] == [4, 8, 16, 32]
+
+
+def test_workers_runs_one_and_two_workers() -> None:
+    lines = run_bench("workers", "--n", "16", "--repeats", "1")
+    assert re.fullmatch(r"workers: " + RATIO, lines[-1])
+    table = "\n".join(lines)
+    assert "| multi_processing, 1 worker |" in table and "| multi_processing, 2 workers |" in table
+    assert all(line.rstrip(" |").endswith("| 16") for line in lines if line.startswith("| multi_processing"))
+
+
+def test_gpu_engines_says_why_it_cannot_run_here() -> None:
+    import torch
+
+    lines = run_bench("gpu_engines", env={"FINEHARD_VLLM_MODEL": ""})  # no model folder given: never measures
+    if torch.cuda.is_available():
+        assert re.fullmatch(r"gpu_engines: ratio=n/a \((no vllm|no model: .+)\)", lines[-1])
+    else:
+        assert lines[-1] == "gpu_engines: ratio=n/a (no GPU)"
+    assert lines[0].startswith("gpu_engines: skipped: ")
+
+
+FAKE_VLLM = '''
+"""A stand-in vllm: ten colour swaps for any prompt, with token ids."""
+import json, types
+from . import sampling_params
+__version__ = "0.0-fake"
+
+class SamplingParams:
+    def __init__(self, **kw):
+        self.kw = kw
+
+class LLM:
+    def __init__(self, model, **kw):
+        assert kw.get("load_format") == "dummy"
+
+    def chat(self, conversations, sampling_params=None, use_tqdm=True):
+        assert len(conversations) == len(sampling_params)
+        text = json.dumps([f"a {c} thing" for c in "red green blue pink gray black white brown tan teal".split()])
+        done = types.SimpleNamespace(text=text, finish_reason="stop", token_ids=[1] * 25)
+        return [types.SimpleNamespace(outputs=[done]) for _ in conversations]
+'''
+
+
+def test_gpu_engines_measures_both_sides_with_a_stand_in_vllm(tmp_path: Path) -> None:
+    pkg = tmp_path / "site" / "vllm"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(FAKE_VLLM)
+    (pkg / "sampling_params.py").write_text("class StructuredOutputsParams:\n    def __init__(self, **kw):\n"
+                                            "        self.kw = kw\n")
+    (tmp_path / "model").mkdir()
+    lines = run_bench("gpu_engines", "--assume-gpu", "--model", str(tmp_path / "model"), "--n", "12",
+                      env={"PYTHONPATH": str(tmp_path / "site")})
+    assert re.fullmatch(r"gpu_engines: " + RATIO, lines[-1]) and "n/a" not in lines[-1]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in lines if line.startswith("| ")}
+    pipe, direct = rows["pipeline (whole run minus engine load)"], rows["vLLM direct (one LLM.chat)"]
+    # The direct call replays exactly the pipeline's requests: same count, same tokens (25 each).
+    assert pipe == direct and int(pipe[0]) > 0 and int(pipe[1]) == 25 * int(pipe[0])

@@ -1,0 +1,63 @@
+"""The command-line contract: help, fast failures with one-line messages, exit codes."""
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def finehard(*args: str, cwd: pathlib.Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_help_explains_every_flag() -> None:
+    res = finehard("shards", "--help")
+    assert res.returncode == 0
+    for flag in ("--input", "--output", "--samples-per-shard", "--captioner", "--detector", "--negatives",
+                 "--runner", "--direct_num_workers", "--box-conf", "--nms-iou", "--max-regions"):
+        assert flag in res.stdout, flag
+    top = finehard("--help")
+    assert top.returncode == 0 and "shards" in top.stdout
+
+
+def _one_line_error(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    errors = [l for l in res.stderr.splitlines() if "error" in l.lower() or "unknown" in l.lower()]
+    assert errors, res.stderr
+    return errors[-1]
+
+
+def test_unknown_flag_fails_at_once(tmp_path: pathlib.Path) -> None:
+    line = _one_line_error(finehard("shards", "--input", str(ROOT / "sample"), "--output", str(tmp_path / "o"),
+                                    "--samples-per-shrd", "3"))
+    assert "--samples-per-shrd" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_input_folder_fails_at_once(tmp_path: pathlib.Path) -> None:
+    line = _one_line_error(finehard("shards", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")))
+    assert "does not exist" in line and str(tmp_path / "nope") in line
+
+
+def test_unknown_engine_says_what_to_choose(tmp_path: pathlib.Path) -> None:
+    line = _one_line_error(finehard("shards", "--input", str(ROOT / "sample"), "--output", str(tmp_path / "o"),
+                                    "--captioner", "gpt9:/x"))
+    assert "unknown captioner engine 'gpt9'" in line and "stub" in line
+
+
+def test_unknown_command() -> None:
+    res = finehard("shardz")
+    assert res.returncode == 2 and "unknown command" in res.stderr
+
+
+def test_shards_command_runs_and_prints_summary(tmp_path: pathlib.Path, scenes_dir: pathlib.Path) -> None:
+    res = finehard("shards", "--input", str(scenes_dir / "manifest.jsonl"), "--output", str(tmp_path / "o"),
+                   "--runner", "DirectRunner", "--direct_num_workers", "1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["written"] == 12 and summary["reconciled"] is True
+    assert "Prism" not in res.stderr  # the local run never tries to download a runner binary

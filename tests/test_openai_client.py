@@ -1,0 +1,143 @@
+"""The shared OpenAI-compatible client against a small scripted HTTP server on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Optional
+
+import pytest
+
+from transforms.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout
+
+# A reply is (status, body) or a float: sleep that long, then answer 200 with an empty completion.
+Reply = Callable[[dict[str, Any]], tuple[int, Any]]
+
+
+def completion(content: str) -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
+
+
+class FakeOpenAIServer:
+    """An OpenAI-shaped server on 127.0.0.1 whose answers a test scripts; it records every request."""
+
+    def __init__(self, reply: Reply):
+        self.reply = reply
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                server.requests.append(body)
+                server.headers.append(dict(self.headers))
+                status, payload = server.reply(body)
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeOpenAIServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def scripted(*replies: tuple[int, Any]) -> Reply:
+    """Answer with ``replies`` in turn, the last one for every later request."""
+    queue = list(replies)
+
+    def reply(_: dict[str, Any]) -> tuple[int, Any]:
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+    return reply
+
+
+def slow(seconds: float, then: Optional[tuple[int, Any]] = None) -> Reply:
+    def reply(_: dict[str, Any]) -> tuple[int, Any]:
+        time.sleep(seconds)
+        return then or (200, completion("late"))
+    return reply
+
+
+def test_chat_returns_the_first_choice_and_sends_model_and_extras() -> None:
+    with FakeOpenAIServer(scripted((200, completion("hello")))) as srv:
+        client = OpenAIClient(srv.url, model="tiny", timeout=5)
+        assert client.chat([{"role": "user", "content": "hi"}], temperature=0.1, seed=7) == "hello"
+    body = srv.requests[0]
+    assert body["model"] == "tiny" and body["seed"] == 7 and body["messages"][0]["content"] == "hi"
+
+
+def test_transient_errors_are_retried_then_succeed() -> None:
+    with FakeOpenAIServer(scripted((503, {"error": "busy"}), (500, "oops"), (200, completion("ok")))) as srv:
+        client = OpenAIClient(srv.url, timeout=5, retries=2, backoff=0.01)
+        assert client.chat([{"role": "user", "content": "x"}]) == "ok"
+    assert len(srv.requests) == 3
+
+
+def test_a_rejected_request_is_not_retried_and_keeps_its_status() -> None:
+    with FakeOpenAIServer(scripted((400, {"error": "response_format not supported"}))) as srv:
+        client = OpenAIClient(srv.url, timeout=5, retries=3, backoff=0.01)
+        with pytest.raises(OpenAIError) as err:
+            client.chat([{"role": "user", "content": "x"}])
+    assert err.value.status == 400 and "response_format" in err.value.body
+    assert len(srv.requests) == 1
+
+
+def test_a_silent_server_raises_timeout_after_the_retries() -> None:
+    with FakeOpenAIServer(slow(1.5)) as srv:
+        client = OpenAIClient(srv.url, timeout=0.3, retries=1, backoff=0.01)
+        with pytest.raises(OpenAITimeout):
+            client.chat([{"role": "user", "content": "x"}])
+    assert len(srv.requests) == 2
+
+
+def test_an_answer_without_content_is_an_error() -> None:
+    with FakeOpenAIServer(scripted((200, {"choices": []}))) as srv:
+        with pytest.raises(OpenAIError, match="no choices"):
+            OpenAIClient(srv.url, timeout=5).chat([{"role": "user", "content": "x"}])
+
+
+def test_api_key_comes_from_the_environment_and_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINEHARD_OPENAI_API_KEY", "sk-secret-123")
+    with FakeOpenAIServer(scripted((401, {"error": "bad key"}))) as srv:
+        client = OpenAIClient(srv.url, timeout=5, retries=0)
+        with pytest.raises(OpenAIError) as err:
+            client.chat([{"role": "user", "content": "x"}])
+    assert srv.headers[0]["Authorization"] == "Bearer sk-secret-123"
+    assert "sk-secret" not in repr(client) and "sk-secret" not in str(err.value)
+
+
+def test_map_returns_results_and_failures_in_input_order() -> None:
+    with FakeOpenAIServer(slow(0.3, (200, completion("x")))) as srv:
+        client = OpenAIClient(srv.url, timeout=5, concurrency=4)
+        out = client.map(lambda i: client.chat([{"role": "user", "content": str(i)}]) if i != 2 else 1 / 0,
+                         range(4))
+        client.close()
+    assert out[0] == out[1] == out[3] == "x" and isinstance(out[2], ZeroDivisionError)
+
+
+def test_unreachable_server_and_bad_url() -> None:
+    with pytest.raises(ValueError):
+        OpenAIClient("127.0.0.1:8000/v1")
+    client = OpenAIClient("http://127.0.0.1:9/v1", timeout=2, retries=0)  # discard port: refused
+    with pytest.raises(OpenAIError, match="cannot reach|connection"):
+        client.chat([{"role": "user", "content": "x"}])

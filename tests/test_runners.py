@@ -1,0 +1,115 @@
+"""Runner options and runners that need no cloud: validation, portable proto, multi-process, portable job API."""
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.transforms import environments
+
+from conftest import read_shards, run_pipeline
+from pipeline.run import build_pipeline, parse_args
+from pipeline.submit import RunnerOptionsError, gpu_engines, validate_runner_options
+
+SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "sample" / "manifest.jsonl"
+DATAFLOW = ["--runner=DataflowRunner", "--project=finehard-test-123", "--region=us-central1",
+            "--temp_location=gs://finehard-test-bucket/tmp", "--setup_file=./setup.py"]
+GPU_DATAFLOW = DATAFLOW + ["--sdk_container_image=us-docker.pkg.dev/finehard-test-123/images/finehard-gpu:0.1.0",
+                           "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver",
+                           "--experiments=use_runner_v2", "--experiments=no_use_multiple_sdk_containers"]
+FLINK = ["--runner=FlinkRunner", "--flink_master=flink-jm:8081", "--environment_type=DOCKER",
+         "--environment_config=apache/beam_python3.11_sdk:2.77.0"]
+STUBS = {"captioner": "stub", "detector": "stub", "negatives": "rules"}
+GPU = {"captioner": "vllm:/models/qwen2-vl", "detector": "yolo-world:/w/yolov8s-worldv2.pt", "negatives": "stub"}
+
+
+@pytest.mark.parametrize("argv,engines,needle", [
+    (["--runner=DataflowRunner"], STUBS, "--project"),
+    (["--runner=DataflowRunner"], STUBS, "--region"),
+    (["--runner=DataflowRunner"], STUBS, "--temp_location"),
+    (["--runner=DataflowRunner"], STUBS, "--setup_file ./setup.py"),
+    ([a for a in DATAFLOW if "temp" not in a] + ["--temp_location=/tmp/x"], STUBS, "must be a gs:// path"),
+    (DATAFLOW, GPU, "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"),
+    (DATAFLOW, GPU, "--sdk_container_image"),
+    (["--runner=FlinkRunner"], STUBS, "--flink_master=HOST:8081"),
+    (["--runner=FlinkRunner", "--flink_master=h:8081", "--flink_job_server_jar=/nowhere/job-server.jar"], STUBS,
+     "/nowhere/job-server.jar does not exist"),
+    (["--runner=FlinkRunner", "--flink_master=h:8081", "--environment_type=PROCESS"], STUBS, "/opt/apache/beam/boot"),
+    (["--runner=PortableRunner"], STUBS, "--job_endpoint"),
+])
+def test_bad_runner_options_fail_with_the_fix(argv: list[str], engines: dict, needle: str) -> None:
+    with pytest.raises(RunnerOptionsError) as err:
+        validate_runner_options(argv, engines)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("argv,engines", [
+    (DATAFLOW, STUBS), (GPU_DATAFLOW, GPU), (FLINK, STUBS), (FLINK, GPU), ([], GPU),
+    (["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"], STUBS),
+])
+def test_good_runner_options_pass(argv: list[str], engines: dict) -> None:
+    options = validate_runner_options(argv, engines)
+    assert isinstance(options, PipelineOptions)
+
+
+def test_gpu_engines_are_the_model_specs() -> None:
+    assert gpu_engines(GPU) == ["vllm:/models/qwen2-vl", "yolo-world:/w/yolov8s-worldv2.pt"]
+    assert gpu_engines(["stub", "rules", "spacy", "openai:http://vllm:8000/v1#m"]) == []
+
+
+def _proto_round_trip(beam_args: list[str], environment: environments.Environment) -> tuple:
+    args, rest = parse_args(["--input", str(SAMPLE), "--output", "/tmp/finehard-never-written", *beam_args])
+    options = validate_runner_options(rest, {"c": args.captioner, "d": args.detector, "n": args.negatives})
+    p = beam.Pipeline(runner=FnApiRunner(), options=options)  # built, never run
+    build_pipeline(p, args, done=set())
+    proto = p.to_runner_api(default_environment=environment)
+    again = beam.Pipeline.from_runner_api(proto, runner=FnApiRunner(), options=options).to_runner_api(
+        default_environment=environment)
+    return proto, again
+
+
+def _names(proto) -> set[str]:
+    return {t.unique_name for t in proto.components.transforms.values()}
+
+
+@pytest.mark.parametrize("beam_args", [GPU_DATAFLOW, FLINK], ids=["dataflow", "flink"])
+def test_pipeline_translates_to_the_portable_proto(beam_args: list[str]) -> None:
+    options = PipelineOptions(beam_args)
+    env = environments.DockerEnvironment.from_options(options.view_as(PortableOptions)) \
+        if "--runner=FlinkRunner" in beam_args else \
+        environments.DockerEnvironment.from_container_image(options.get_all_options()["sdk_container_image"])
+    proto, again = _proto_round_trip(beam_args, env)
+    stages = {"ReadImages", "Recaption", "Expressions", "Detect", "Negatives", "WriteShards"}
+    assert stages <= _names(proto)
+    assert _names(again) == _names(proto)
+    assert len(again.components.pcollections) == len(proto.components.pcollections)
+    images = {e.urn: e.payload for e in proto.components.environments.values()}
+    expected = "finehard-gpu:0.1.0" if "--runner=DataflowRunner" in beam_args else "beam_python3.11_sdk:2.77.0"
+    assert any(expected.encode() in payload for payload in images.values()), images
+
+
+def _hashes(out: pathlib.Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("ref") / "out"
+    run_pipeline(SAMPLE, out, "--samples-per-shard", "8")
+    return out
+
+
+@pytest.mark.parametrize("beam_args", [
+    ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
+], ids=["direct-multiprocess", "portable-loopback"])
+def test_other_runners_write_the_same_shards(beam_args: list[str], reference: pathlib.Path,
+                                             tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "out"
+    summary = run_pipeline(SAMPLE, out, "--samples-per-shard", "8", *beam_args)
+    assert summary["read"] == 29 and summary["written"] == 28 and summary["reconciled"]
+    assert len(read_shards(out)) == 28
+    assert _hashes(out) == _hashes(reference)  # byte-identical to the in-process run

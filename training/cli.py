@@ -1,0 +1,138 @@
+"""``finehard train`` / ``finehard eval`` command lines (also ``python -m training train|eval``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from training.config import ConfigError, add_override_args, build_config
+
+log = logging.getLogger("training")
+
+
+class UsageError(Exception):
+    """A wrong flag or value; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _fail(prog: str, exc: BaseException) -> int:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="finehard train", description="Train FG-CLIP stage 1 or 2 on FineHARD WebDataset shards.")
+    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: global; 2: global+regional+hard")
+    p.add_argument("--config", default=None, help="YAML/JSON config (default: training/configs/stage<N>.yaml)")
+    p.add_argument("--shards", required=True, help="shards: path, folder, glob, brace list or fsspec URI (s3://..)")
+    p.add_argument("--output", required=True, help="output folder (checkpoints/, metrics.jsonl, final/)")
+    p.add_argument("--model", default=None, help="local CLIP / FG-CLIP folder (HF format) to start from")
+    p.add_argument("--model-config", default=None, help="CLIPConfig json for a random-init model (tests, benches)")
+    p.add_argument("--tokenizer", default=None, help="local tokenizer folder (default: the model folder's)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"), help="device kind")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    p.add_argument("--deepspeed", default=None, help="DeepSpeed (ZeRO-2) json config; needs deepspeed installed")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute encoder blocks in backward")
+    p.add_argument("--log-level", default="INFO", help="logging level")
+    add_override_args(p)
+    return p
+
+
+def train_main(argv: list[str]) -> int:
+    """Entry point of ``finehard train``; returns the exit code."""
+    from training.data import expand_shards
+    from training.train import RunOptions, run_training
+
+    try:
+        args = train_parser().parse_args(argv)
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        cfg = build_config(args.stage, args.config, args)
+        expand_shards(args.shards)
+        if args.model is None and args.model_config is None:
+            raise UsageError("pass --model PATH (a local CLIP folder) or --model-config JSON (random init)")
+        for flag, path in (("--model", args.model), ("--tokenizer", args.tokenizer)):
+            if path and not os.path.isdir(path):
+                raise UsageError(f"{flag} {path!r} is not a folder; pass a local HF-format folder")
+        if args.model_config and not os.path.isfile(args.model_config):
+            raise UsageError(f"--model-config {args.model_config!r} not found; pass a CLIPConfig json file")
+        if args.deepspeed:
+            try:
+                import deepspeed  # noqa: F401
+            except ImportError:
+                raise UsageError("--deepspeed needs the deepspeed package (pip install deepspeed); or drop --deepspeed")
+        opts = RunOptions(shards=args.shards, output=args.output, model=args.model, model_config=args.model_config,
+                          tokenizer=args.tokenizer, device=args.device, resume=args.resume, deepspeed=args.deepspeed,
+                          grad_checkpointing=args.grad_checkpointing)
+        summary = run_training(cfg, opts)
+    except (UsageError, ConfigError, FileNotFoundError, RuntimeError, ValueError) as exc:
+        return _fail("finehard train", exc)
+    log.info("done: %s", json.dumps(summary))
+    return 0
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="finehard eval", description="Evaluate an FG-CLIP model: FG-OVD region accuracy and R@1.")
+    p.add_argument("--model", required=True, help="folder written by finehard train (…/final) or a HF CLIP folder")
+    p.add_argument("--shards", default=None, help="held-out shards for image<->text R@1 (long and short captions)")
+    p.add_argument("--fgovd", default=None, help="FG-OVD jsonl (img_path, bbox xywh, pos_expression, neg_expression)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder's)")
+    p.add_argument("--image-size", type=int, default=None, help="S (default: the model's vision image_size)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"), help="device kind")
+    p.add_argument("--limit", type=int, default=None, help="at most this many shard samples")
+    p.add_argument("--json", default=None, help="also write the results to this json file")
+    return p
+
+
+def eval_main(argv: list[str]) -> int:
+    """Entry point of ``finehard eval``; prints a json of metrics and returns the exit code."""
+    try:
+        args = eval_parser().parse_args(argv)
+        if not args.shards and not args.fgovd:
+            raise UsageError("pass --shards (retrieval R@1) and/or --fgovd (region accuracy)")
+        if not os.path.isdir(args.model):
+            raise UsageError(f"--model {args.model!r} is not a folder; pass the final/ folder written by finehard train")
+        from training.distributed import resolve_device
+        from training.evaluate import (hard_negative_entries, load_fgovd, region_accuracy, retrieval_r1,
+                                       shard_examples)
+        from training.model import load_fgclip
+        from training.tokenizer import load_tokenizer
+        import torch
+
+        resolve_device(args.device)
+        device = torch.device(args.device)
+        model = load_fgclip(args.model).to(device).eval()
+        size = args.image_size or model.clip.config.vision_config.image_size
+        tok = load_tokenizer(args.tokenizer, args.model, model.clip.config.text_config.vocab_size)
+        results: dict[str, float] = {}
+        if args.fgovd:
+            results["fgovd_top1"] = region_accuracy(model, tok, load_fgovd(args.fgovd, size), device)
+        if args.shards:
+            examples = shard_examples(args.shards, size, args.limit)
+            results.update(retrieval_r1(model, tok, examples, device))
+            hard = hard_negative_entries(examples)
+            if hard:
+                results["shard_hard_top1"] = region_accuracy(model, tok, hard, device)
+            results["n_samples"] = len(examples)
+    except (UsageError, FileNotFoundError, RuntimeError, ValueError, KeyError) as exc:
+        return _fail("finehard eval", exc)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``train`` or ``eval`` followed by that command's flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("train", "eval"):
+        print("usage: python -m training {train,eval} [flags]  (see python -m training train --help)", file=sys.stderr)
+        return 2
+    return train_main(argv[1:]) if argv[0] == "train" else eval_main(argv[1:])

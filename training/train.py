@@ -1,0 +1,232 @@
+"""The FG-CLIP training loop: optimiser, schedule, precision, DDP/DeepSpeed, checkpoints, final save."""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+from training.data import make_loader, move_batch
+from training.distributed import DistInfo, cleanup_distributed, init_distributed
+from training.losses import LossWeights, fgclip_loss
+from training.model import build_model, save_fgclip, unwrap
+from training.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+CKPT_DIR = "checkpoints"
+
+
+@dataclass
+class RunOptions:
+    """Where and how to run (everything that is not a hyper-parameter)."""
+    shards: str
+    output: str
+    model: str | None = None
+    model_config: str | None = None
+    tokenizer: str | None = None
+    device: str = "cpu"
+    resume: bool = False
+    deepspeed: str | None = None
+    grad_checkpointing: bool = False
+
+
+def no_decay(name: str, p: nn.Parameter) -> bool:
+    """Biases, norms, embeddings and temperatures get no weight decay (open_clip convention)."""
+    return p.ndim < 2 or "embedding" in name or "logit_scale" in name or "norm" in name
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay only on weight matrices."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup then cosine decay to ``min_lr_ratio`` (or constant)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on accelerators (precision auto/bf16), nothing on CPU unless bf16 is asked."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type in ("cuda", "npu"))
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def weights_of(cfg: TrainConfig) -> LossWeights:
+    """Loss weights of ``cfg``; stage 1 has no regional/hard terms."""
+    if cfg.stage == 1:
+        return LossWeights(cfg.w_global, 0.0, 0.0)
+    return LossWeights(cfg.w_global, cfg.w_regional, cfg.w_hard)
+
+
+def train_step(model: nn.Module, batch: dict[str, Any], optimizer: Any, scheduler: Any, cfg: TrainConfig,
+               device: torch.device, engine: Any = None) -> dict[str, float]:
+    """One optimisation step on ``batch``; returns the loss terms as floats."""
+    batch = move_batch(batch, device)
+    regional = cfg.stage == 2
+    with autocast_for(device, cfg.precision):
+        feats = model(batch, regional=regional)
+        losses = fgclip_loss(feats, unwrap(model), weights_of(cfg))
+    if engine is not None:
+        engine.backward(losses["loss"])
+        engine.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def checkpoint_path(output: str, step: int) -> str:
+    return os.path.join(output, CKPT_DIR, f"step_{step:08d}.pt")
+
+
+def latest_checkpoint(output: str) -> str | None:
+    """The newest ``checkpoints/step_*.pt`` under ``output``, or None."""
+    found = glob.glob(os.path.join(output, CKPT_DIR, "step_*.pt"))
+    return max(found, key=lambda p: int(re.findall(r"step_(\d+)", p)[-1])) if found else None
+
+
+def save_checkpoint(path: str, model: nn.Module, optimizer: Any, scheduler: Any, step: int, cfg: TrainConfig) -> None:
+    """Model, optimiser, scheduler, step and RNG state; written to a temp name then renamed."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "step": step, "stage": cfg.stage,
+             "torch_rng": torch.get_rng_state()}
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path: str, model: nn.Module, optimizer: Any, scheduler: Any) -> int:
+    """Restore :func:`save_checkpoint` state (``weights_only=True``); returns the step to continue from."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+def _deepspeed_engine(model: nn.Module, optimizer: Any, scheduler: Any, config_path: str) -> Any:
+    try:
+        import deepspeed
+    except ImportError as exc:
+        raise RuntimeError("--deepspeed needs the deepspeed package (pip install deepspeed); or drop --deepspeed") from exc
+    with open(config_path, encoding="utf-8") as f:
+        ds_config = json.load(f)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine
+
+
+def run_training(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
+    """Train ``cfg.steps`` steps on ``opts.shards``; saves checkpoints and ``<output>/final``; returns a summary."""
+    if opts.deepspeed and not os.path.isfile(opts.deepspeed):
+        raise FileNotFoundError(f"DeepSpeed config {opts.deepspeed!r} not found; pass a ZeRO-2 json file")
+    info: DistInfo = init_distributed(opts.device)
+    try:
+        return _train(cfg, opts, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]:
+    seed = cfg.seed + info.rank
+    torch.manual_seed(cfg.seed)
+    random.seed(seed)
+    if info.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = build_model(opts.model, opts.model_config, cfg.keep_len)
+    if cfg.long_text_len > model.long_len:
+        raise ValueError(f"long_text_len {cfg.long_text_len} exceeds the model's {model.long_len} long positions")
+    short_len = min(cfg.short_text_len, model.short_len)
+    model.set_stage(cfg.stage)
+    if opts.grad_checkpointing:
+        model.enable_checkpointing()
+    model.to(info.device).train()
+    vocab = model.clip.config.text_config.vocab_size
+    tokenizer = load_tokenizer(opts.tokenizer, opts.model, vocab_size=vocab)
+    tok_size = len(tokenizer) if hasattr(tokenizer, "__len__") else getattr(tokenizer, "vocab_size", vocab)
+    if tok_size > vocab:
+        raise ValueError(f"tokenizer has {tok_size} tokens but the model only {vocab}; pass the model's own --tokenizer")
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    start = 0
+    if opts.resume and not opts.deepspeed:
+        ckpt = latest_checkpoint(opts.output)
+        if ckpt is None:
+            log.warning("--resume: no checkpoint under %s, starting from step 0", opts.output)
+        else:
+            start = load_checkpoint(ckpt, model, optimizer, scheduler)
+            log.info("resumed from %s at step %d", ckpt, start)
+    engine, wrapped = None, model
+    if opts.deepspeed:
+        engine = wrapped = _deepspeed_engine(model, optimizer, scheduler, opts.deepspeed)
+        if opts.resume:
+            engine.load_checkpoint(os.path.join(opts.output, CKPT_DIR, "deepspeed"))
+            start = int(engine.global_steps)
+    elif info.world_size > 1:
+        ids = [info.device.index] if info.device.type != "cpu" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    loader = make_loader(opts.shards, tokenizer, cfg.batch_size, cfg.image_size, cfg.max_regions, cfg.long_text_len,
+                         short_len, cfg.shuffle_buffer, cfg.workers, seed + 7919 * start,
+                         region_texts=cfg.stage == 2)
+    os.makedirs(opts.output, exist_ok=True)
+    metrics_file = open(os.path.join(opts.output, "metrics.jsonl"), "a", encoding="utf-8") if info.is_main else None
+    last: dict[str, float] = {}
+    t0 = time.time()
+    step = start
+    try:
+        it = iter(loader)
+        for step in range(start, cfg.steps):
+            last = train_step(wrapped, next(it), optimizer, scheduler, cfg, info.device, engine)
+            done = step + 1
+            if metrics_file and (done % cfg.log_every == 0 or done == cfg.steps):
+                row = {"step": done, "lr": optimizer.param_groups[0]["lr"], **last, "elapsed_s": round(time.time() - t0, 2)}
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                log.info("step %d %s", done, json.dumps(last))
+            if cfg.save_every > 0 and done % cfg.save_every == 0 and done < cfg.steps:
+                _save(engine, model, optimizer, scheduler, done, cfg, opts, info)
+        step = cfg.steps
+        _save(engine, model, optimizer, scheduler, step, cfg, opts, info)
+        final = os.path.join(opts.output, "final")
+        if info.is_main:
+            save_fgclip(model, final, tokenizer)
+            with open(os.path.join(final, "train_config.json"), "w", encoding="utf-8") as f:
+                json.dump(asdict(cfg), f, indent=2)
+    finally:
+        if metrics_file:
+            metrics_file.close()
+    return {"steps": step, "start": start, "final": os.path.join(opts.output, "final"), "last": last}
+
+
+def _save(engine: Any, model: nn.Module, optimizer: Any, scheduler: Any, step: int, cfg: TrainConfig,
+          opts: RunOptions, info: DistInfo) -> None:
+    if engine is not None:
+        engine.save_checkpoint(os.path.join(opts.output, CKPT_DIR, "deepspeed"))
+    elif info.is_main:
+        save_checkpoint(checkpoint_path(opts.output, step), model, optimizer, scheduler, step, cfg)

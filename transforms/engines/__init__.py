@@ -1,0 +1,35 @@
+"""Real model engines behind the stage registries, one module per engine, imported lazily by spec."""
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+# Query keys that configure our engines rather than the server they talk to.
+ENGINE_OPTION_KEYS = frozenset({
+    "structured", "concurrency", "timeout", "retries", "temperature", "max_tokens", "top_p",
+    "n_ctx", "n_threads", "n_batch", "tensor_parallel_size", "gpu_memory_utilization",
+    "max_model_len", "load_format", "dtype", "enforce_eager", "seed", "trust_remote_code",
+})
+
+
+def split_target(target: str) -> tuple[str, dict[str, str]]:
+    """``'/m.gguf?n_ctx=2048'`` -> ``('/m.gguf', {'n_ctx': '2048'})``; other query keys stay in the target."""
+    parts = urlsplit(target)
+    if not parts.query:
+        return target, {}
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    options = {k: v for k, v in pairs if k in ENGINE_OPTION_KEYS}
+    rest = "&".join(f"{k}={v}" for k, v in pairs if k not in ENGINE_OPTION_KEYS)
+    return urlunsplit(parts._replace(query=rest)), options
+
+
+def coerce(value: str) -> object:
+    """An option string as bool, int, float or str."""
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value

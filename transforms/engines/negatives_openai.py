@@ -1,0 +1,104 @@
+"""OpenAINegatives: any OpenAI-compatible chat server (vLLM serve, llama.cpp server, LMDeploy ...).
+
+Spec: ``openai:BASE_URL[?structured=MODE&concurrency=8&timeout=120&retries=2]#MODEL``.
+Structured output differs per server, so MODE picks the request shape:
+
+- ``json_schema``: ``response_format: {type: json_schema, json_schema: {name, schema}}`` (vLLM, OpenAI)
+- ``grammar``: the GBNF grammar as a top-level ``grammar`` field (llama.cpp servers)
+- ``json_object``: ``response_format: {type: json_object, schema}`` (llama-cpp-python's server)
+- ``none``: plain chat; the answer is parsed and validated all the same
+- ``auto`` (default): try them in that order; a 400/422 answer
+  (or llama-cpp-python's 500 carrying a request validation error: the server rejects the field)
+  moves on to the next one, and the first that is accepted is kept for the engine's life.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+from pipeline.engines import EngineSpec
+from transforms.common import SampleError
+from transforms.engines import coerce, split_target
+from transforms.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout
+from transforms.negatives import load_negatives_prompt, request_seed
+
+MODES = ("json_schema", "grammar", "json_object", "none")
+REJECTED_STATUS = (400, 422)
+
+
+def rejects_request_shape(error: OpenAIError, mode: str) -> bool:
+    """Whether the server refused the structured-output fields of ``mode`` (not a passing failure).
+
+    vLLM and most servers answer 400/422; llama-cpp-python's server answers 500 with the request
+    validation error (``literal_error`` on ``response_format.type``) in the body.
+    """
+    if mode == "none" or error.status is None:
+        return False
+    if error.status in REJECTED_STATUS:
+        return True
+    body = error.body.lower()
+    return error.status == 500 and ("validation error" in body or "literal_error" in body) and (
+        "response_format" in body or "grammar" in body)
+
+
+class OpenAINegatives:
+    def __init__(self, spec: EngineSpec, client: Optional[OpenAIClient] = None, **options: Any):
+        base_url, opts = split_target(spec.target)
+        opts = {**{k: coerce(v) for k, v in opts.items()}, **options}
+        self.prompt = load_negatives_prompt()
+        self.client = client or OpenAIClient(base_url, model=spec.model, timeout=float(opts.get("timeout", 120)),
+                                             retries=int(opts.get("retries", 2)),
+                                             concurrency=int(opts.get("concurrency", 8)))
+        structured = str(opts.get("structured", "auto"))
+        if structured != "auto" and structured not in MODES:
+            raise ValueError(f"openai negatives: structured={structured!r}; choose auto or one of {MODES}")
+        self._modes = list(MODES) if structured == "auto" else [structured]
+        self._lock = threading.Lock()
+        self.temperature = float(opts.get("temperature", 0.8))
+        self.max_tokens = int(opts.get("max_tokens", 512))
+        self.provenance = {"engine": "openai", "model": spec.model or "(server default)",
+                           "endpoint_host": self.client.base_url.split("/")[2], "stub": False,
+                           **self.prompt.provenance()}
+
+    @property
+    def mode(self) -> str:
+        """The structured-output request shape in use now."""
+        return self._modes[0]
+
+    def structured_extras(self, mode: str) -> dict[str, Any]:
+        """The request fields that ask the server for output in our schema, for ``mode``."""
+        if mode == "json_schema":
+            return {"response_format": {"type": "json_schema", "json_schema": {
+                "name": "hard_negatives", "schema": self.prompt.schema}}}
+        if mode == "grammar":
+            return {"grammar": self.prompt.grammar}
+        if mode == "json_object":
+            return {"response_format": {"type": "json_object", "schema": self.prompt.schema}}
+        return {}
+
+    def _one(self, expression: str, seed: int) -> str | Exception:
+        while True:
+            mode = self.mode
+            extras = {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                      "seed": request_seed(expression, seed), **self.structured_extras(mode)}
+            try:
+                return self.client.chat(self.prompt.messages(expression), **extras)
+            except OpenAITimeout as e:
+                return SampleError("timeout", str(e))
+            except OpenAIError as e:
+                if rejects_request_shape(e, mode):
+                    with self._lock:  # the server rejects this request shape: try the next one
+                        if self._modes[0] == mode and len(self._modes) > 1:
+                            self._modes.pop(0)
+                            continue
+                        if self._modes[0] != mode:
+                            continue  # another thread moved on already
+                return SampleError("engine_error", str(e))
+
+    def generate(self, expressions: list[str], seed: int = 0) -> list[str | Exception]:
+        """Raw answers (or per-expression errors), ``concurrency`` requests in flight."""
+        return self.client.map(lambda e: self._one(e, seed), expressions)
+
+
+def build(spec: EngineSpec, **options: Any) -> OpenAINegatives:
+    return OpenAINegatives(spec, **options)

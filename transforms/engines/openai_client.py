@@ -1,0 +1,145 @@
+"""A small client for OpenAI-compatible servers (vLLM serve, llama.cpp server, LMDeploy ...).
+
+Standard library only. Timeouts on every request, bounded retries with backoff on connection
+errors, timeouts, 408/429 and 5xx, a thread pool for concurrent requests. The API key comes only
+from an environment variable (``FINEHARD_OPENAI_API_KEY``, else ``OPENAI_API_KEY``) and is never
+logged, printed or put in an error message.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+
+LOG = logging.getLogger(__name__)
+API_KEY_ENV_VARS = ("FINEHARD_OPENAI_API_KEY", "OPENAI_API_KEY")
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class OpenAIError(RuntimeError):
+    """A request that failed for good; ``status`` is the HTTP status (None: no HTTP answer)."""
+
+    def __init__(self, message: str, status: Optional[int] = None, body: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.body = body[:2000]
+
+
+class OpenAITimeout(OpenAIError):
+    """The server did not answer within the timeout (after all retries)."""
+
+
+class OpenAIClient:
+    """``chat(messages, **extras) -> str`` and ``post_json(path, payload) -> dict`` against one server."""
+
+    def __init__(self, base_url: str, model: str = "", timeout: float = 120.0, retries: int = 2,
+                 backoff: float = 0.5, concurrency: int = 8,
+                 api_key_env: Sequence[str] = API_KEY_ENV_VARS):
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base URL must start with http:// or https://, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.concurrency = max(1, int(concurrency))
+        self._api_key = next((os.environ[v] for v in api_key_env if os.environ.get(v)), "")
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIClient({self.base_url!r}, model={self.model!r}, timeout={self.timeout}, retries={self.retries})"
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _once(self, method: str, path: str, payload: Optional[dict[str, Any]]) -> dict[str, Any]:
+        data = json.dumps(payload).encode("utf-8") if payload is not None else None
+        req = urllib.request.Request(f"{self.base_url}/{path.lstrip('/')}", data=data,
+                                     headers=self._headers(), method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                body = resp.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            text = e.read().decode("utf-8", "replace") if e.fp else ""
+            raise OpenAIError(f"HTTP {e.code} from {path}: {text[:300]}", status=e.code, body=text) from None
+        except (socket.timeout, TimeoutError) as e:
+            raise OpenAITimeout(f"no answer from {path} within {self.timeout:g}s") from e
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, (socket.timeout, TimeoutError)):
+                raise OpenAITimeout(f"no answer from {path} within {self.timeout:g}s") from e
+            raise OpenAIError(f"cannot reach {self.base_url}: {e.reason}") from e
+        except (ConnectionError, OSError) as e:
+            raise OpenAIError(f"connection to {self.base_url} failed: {type(e).__name__}: {e}") from e
+        try:
+            out = json.loads(body)
+        except ValueError:
+            raise OpenAIError(f"answer from {path} is not JSON: {body[:200]!r}", status=200, body=body) from None
+        if not isinstance(out, dict):
+            raise OpenAIError(f"answer from {path} is not a JSON object", status=200, body=body)
+        return out
+
+    def request_json(self, method: str, path: str, payload: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """One request with retries on transient failures; raises :class:`OpenAIError` otherwise."""
+        for attempt in range(self.retries + 1):
+            try:
+                return self._once(method, path, payload)
+            except OpenAIError as e:
+                transient = e.status is None or e.status in RETRY_STATUS
+                if not transient or attempt == self.retries:
+                    raise
+                LOG.debug("retrying %s after %s", path, type(e).__name__)
+                time.sleep(self.backoff * (2 ** attempt))
+        raise AssertionError("unreachable")
+
+    def post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return self.request_json("POST", path, payload)
+
+    def get_json(self, path: str) -> dict[str, Any]:
+        return self.request_json("GET", path)
+
+    def chat(self, messages: list[dict[str, Any]], **request_extras: Any) -> str:
+        """The text of the first choice of a chat completion; extras go into the request body."""
+        payload: dict[str, Any] = {"messages": messages, **request_extras}
+        if self.model and "model" not in payload:
+            payload["model"] = self.model
+        answer = self.post_json("chat/completions", payload)
+        try:
+            content = answer["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise OpenAIError(f"chat answer has no choices[0].message.content: {json.dumps(answer)[:200]}",
+                              status=200, body=json.dumps(answer)) from None
+        return content if isinstance(content, str) else json.dumps(content)
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R | Exception]:
+        """``fn`` over ``items`` with up to ``concurrency`` in flight; a failure is returned, not raised."""
+        def safe(item: T) -> R | Exception:
+            try:
+                return fn(item)
+            except Exception as e:  # noqa: BLE001 - per-item failures are the caller's to judge
+                return e
+        items = list(items)
+        if len(items) <= 1 or self.concurrency == 1:
+            return [safe(i) for i in items]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="openai")
+        return list(self._pool.map(safe, items))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
