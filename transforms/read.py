@@ -362,6 +362,8 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         reason = "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
         return mark_dead(record, STAGE, reason, f"{type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - e.g. ultralytics patches Image.open and tries pi_heif on unknown bytes
+        return mark_dead(record, STAGE, "corrupt_image", f"{type(e).__name__}: {e}")
     record["width"], record["height"], record["ext"] = width, height, _FORMAT_EXT[fmt]
     if min(width, height) < min_side:
         return mark_filtered(record, STAGE, "too_small", f"{width}x{height} below --min-side {min_side}")
