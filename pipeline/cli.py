@@ -80,6 +80,17 @@ def _lazy(module: str, func: str) -> Callable[[list[str]], int]:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "shards": (shards_main, "run the curation pipeline into WebDataset shards"),
+    "expressions": (_lazy("pipeline.stage_cli", "expressions_main"),
+                    "captions on stdin -> referring expressions (JSON lines)"),
+    "negatives": (_lazy("pipeline.stage_cli", "negatives_main"),
+                  "expressions on stdin -> 10 hard negatives each (JSON lines)"),
+    "stats": (_lazy("pipeline.report", "stats_main"),
+              "counts per stage/reason, regions, negatives valid rate (+ stats_report.json)"),
+    "preview": (_lazy("pipeline.report", "preview_main"), "self-contained HTML page of samples with boxes"),
+    "export-fgclip": (_lazy("pipeline.export", "export_fgclip_main"), "FG-CLIP training json list + images"),
+    "export-fgovd": (_lazy("pipeline.export", "export_fgovd_main"), "FG-OVD eval jsonl from held-out shards"),
+    "train": (_lazy("training.cli", "train_main"), "train FG-CLIP stage 1 or 2 on shards (see training/README.md)"),
+    "eval": (_lazy("training.cli", "eval_main"), "FG-OVD accuracy and retrieval R@1 of a trained model"),
 }
 
 

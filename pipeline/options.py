@@ -19,11 +19,37 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
     parser.add_argument("--samples-per-shard", "--samples_per_shard", dest="samples_per_shard", type=int,
                         default=1000, help="target samples per shard (membership is sha1(key) mod the shard count)")
     parser.add_argument("--captioner", default="stub",
-                        help="recaptioning engine spec, e.g. stub (default, marked stub in provenance)")
+                        help="recaptioning engine spec: stub (default, marked stub in provenance), "
+                             "openai:http://host:23333/v1#MODEL, vllm:/models/vlm, transformers:/models/vlm "
+                             "(see docs/engines.md)")
     parser.add_argument("--detector", default="stub",
-                        help="box engine spec, e.g. stub (default, marked stub in provenance)")
+                        help="box engine spec: stub (default, marked stub), "
+                             "yolo-world:/w/yolov8x-worldv2.pt#text=/w/clip-text (see docs/engines.md)")
     parser.add_argument("--negatives", default="stub",
-                        help="hard-negative engine spec, e.g. stub (default, marked stub in provenance)")
+                        help="hard-negative engine spec: stub (default, marked stub), rules, llama-cpp:/m.gguf, "
+                             "openai:http://host:8000/v1#MODEL, vllm:/models/m (see docs/text_stages.md)")
+    parser.add_argument("--caption-max-side", "--caption_max_side", dest="caption_max_side", type=int, default=1024,
+                        help="longer image side sent to the captioner (a resized copy; the stored image is unchanged)")
+    parser.add_argument("--caption-max-tokens", "--caption_max_tokens", dest="caption_max_tokens", type=int,
+                        default=512, help="most tokens per generated caption")
+    parser.add_argument("--caption-prompt", "--caption_prompt", dest="caption_prompt", default="recaption.txt",
+                        help="prompt file under prompts/; its hash goes into provenance")
+    parser.add_argument("--caption-concurrency", "--caption_concurrency", dest="caption_concurrency", type=int,
+                        default=8, help="requests in flight per worker for openai: captioners")
+    parser.add_argument("--caption-timeout", "--caption_timeout", dest="caption_timeout", type=float, default=120.0,
+                        help="seconds per captioning request before a retry (then caption_timeout)")
+    parser.add_argument("--captioner-trust-remote-code", "--captioner_trust_remote_code",
+                        dest="captioner_trust_remote_code", action="store_true",
+                        help="let transformers:/vllm: captioners run the model folder's own code (CogVLM2); off by default")
+    parser.add_argument("--detector-text-encoder", "--detector_text_encoder", dest="detector_text_encoder",
+                        default=None, help="local HF CLIP text model folder for yolo-world: (same as #text=PATH)")
+    parser.add_argument("--detector-imgsz", "--detector_imgsz", dest="detector_imgsz", type=int, default=640,
+                        help="YOLO-World letterbox size")
+    parser.add_argument("--gpu-accelerator", "--gpu_accelerator", dest="gpu_accelerator", default=None,
+                        help="Beam accelerator resource hint for GPU engine stages, "
+                             "e.g. 'type:nvidia-l4;count:1;install-nvidia-driver'")
+    parser.add_argument("--max-short-caption-chars", "--max_short_caption_chars", dest="max_short_caption_chars",
+                        type=int, default=2000, help="longer alt-texts are cut at a word boundary (and counted)")
     parser.add_argument("--box-conf", "--box_conf", dest="box_conf", type=float, default=0.4,
                         help="keep detections with confidence >= this (paper: 0.4)")
     parser.add_argument("--nms-iou", "--nms_iou", dest="nms_iou", type=float, default=0.5,
@@ -38,6 +64,8 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                         default=4000, help="longer captions are truncated at a word boundary")
     parser.add_argument("--negatives-retries", "--negatives_retries", dest="negatives_retries", type=int, default=2,
                         help="re-ask the negatives engine this many times (new seed) for an invalid answer")
+    parser.add_argument("--progress-every-s", "--progress_every_s", dest="progress_every_s", type=float, default=10.0,
+                        help="log samples done, rate and ETA at most this often per worker (0 = off)")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
                         help="largest batch handed to a model engine (RunInference batching)")
 
@@ -51,10 +79,14 @@ class FineHardOptions(PipelineOptions):
 
 
 def check_positive(args: argparse.Namespace) -> None:
-    for name in ("samples_per_shard", "max_regions", "max_pixels", "batch_size", "max_caption_chars"):
+    for name in ("samples_per_shard", "max_regions", "max_pixels", "batch_size", "max_caption_chars",
+                 "caption_max_side", "caption_max_tokens", "caption_concurrency", "detector_imgsz",
+                 "max_short_caption_chars"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.box_conf <= 1 or not 0 <= args.nms_iou <= 1:
         raise ValueError("--box-conf and --nms-iou must lie in [0, 1]")
+    if args.caption_timeout <= 0:
+        raise ValueError("--caption-timeout must be positive")
     if args.negatives_retries < 0:
         raise ValueError("--negatives-retries must be >= 0")

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import posixpath
+import time
 from typing import Any, Optional
 
 import apache_beam as beam
@@ -14,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline.engines import EngineSpecError
 from pipeline.options import add_curation_args, check_positive
 from pipeline.record import PROJECT_VERSION, text_hash
+from pipeline.submit import validate_runner_options
 from transforms.common import split_outcomes
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
@@ -36,9 +38,21 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
               "captioner": args.captioner, "detector": args.detector, "negatives": args.negatives,
               "box_conf": args.box_conf, "nms_iou": args.nms_iou, "max_regions": args.max_regions,
               "max_pixels": args.max_pixels, "min_side": args.min_side,
-              "max_caption_chars": args.max_caption_chars, "negatives_retries": args.negatives_retries}
+              "max_caption_chars": args.max_caption_chars, "negatives_retries": args.negatives_retries,
+              "max_short_caption_chars": args.max_short_caption_chars,
+              "caption": caption_options(args), "detector_options": detector_options(args)}
     return {"version": PROJECT_VERSION, "config": config,
             "config_hash": text_hash(json.dumps(config, sort_keys=True))}
+
+
+def caption_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_side": args.caption_max_side, "max_tokens": args.caption_max_tokens, "prompt": args.caption_prompt,
+            "concurrency": args.caption_concurrency, "timeout": args.caption_timeout,
+            "trust_remote_code": args.captioner_trust_remote_code}
+
+
+def detector_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"text_encoder": args.detector_text_encoder, "imgsz": args.detector_imgsz}
 
 
 def _strip_bytes(rec: dict[str, Any]) -> dict[str, Any]:
@@ -51,17 +65,20 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int]) -
     specs = {"captioner": CAPTIONERS.resolve(args.captioner), "detector": DETECTORS.resolve(args.detector),
              "negatives": NEGATIVE_ENGINES.resolve(args.negatives)}
     records = (p
-               | "ReadImages" >> ReadImages(args.input, max_pixels=args.max_pixels, min_side=args.min_side)
+               | "ReadImages" >> ReadImages(args.input, max_pixels=args.max_pixels, min_side=args.min_side,
+                                           max_short_caption_chars=args.max_short_caption_chars)
                | "AssignShards" >> AssignShards(args.samples_per_shard)
                | "SkipCompletedShards" >> SkipCompleted(done))
     finished = []
     live, dead, filtered = split_outcomes(records, "read")
     finished += [dead, filtered]
     stages = [
-        ("recaption", Recaption(specs["captioner"], batch_size=args.batch_size, max_chars=args.max_caption_chars)),
+        ("recaption", Recaption(specs["captioner"], batch_size=args.batch_size, max_chars=args.max_caption_chars,
+                                engine_options=caption_options(args), accelerator=args.gpu_accelerator)),
         ("expressions", ExtractExpressions()),
         ("detect", DetectBoxes(specs["detector"], batch_size=args.batch_size, conf=args.box_conf,
-                               iou=args.nms_iou, max_regions=args.max_regions)),
+                               iou=args.nms_iou, max_regions=args.max_regions,
+                               engine_options=detector_options(args), accelerator=args.gpu_accelerator)),
         ("negatives", GenerateNegatives(specs["negatives"], batch_size=args.batch_size * 2,
                                         retries=args.negatives_retries)),
     ]
@@ -69,6 +86,12 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int]) -
         live, dead, filtered = split_outcomes(live | name.title() >> transform, name)
         finished += [dead, filtered]
     failed = finished | "AllFailed" >> beam.Flatten() | "DropBytes" >> beam.Map(_strip_bytes)
+    if args.progress_every_s > 0:
+        from pipeline.report import LogProgress
+
+        total = records | "CountForProgress" >> beam.combiners.Count.Globally()
+        live = live | "Progress" >> beam.ParDo(LogProgress(every_s=args.progress_every_s),
+                                               total=beam.pvalue.AsSingleton(total))
     return ((live, failed) | "AllOutcomes" >> beam.Flatten()
             | "WriteShards" >> WriteShards(args.output, run_info(args)))
 
@@ -104,8 +127,8 @@ def summarise(stats: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
-def write_summary(output: str) -> dict[str, Any]:
-    summary = summarise(read_shard_stats(output))
+def write_summary(output: str, **extra: Any) -> dict[str, Any]:
+    summary = {**summarise(read_shard_stats(output)), **extra}
     fs, root = fsspec.core.url_to_fs(output)
     with fs.open(posixpath.join(root, "summary.json"), "wt", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
@@ -150,8 +173,14 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         raise UsageError(str(e)) from e
     try:
         for reg, raw in ((CAPTIONERS, args.captioner), (DETECTORS, args.detector), (NEGATIVE_ENGINES, args.negatives)):
-            reg.resolve(raw)
-    except EngineSpecError as e:
+            spec = reg.resolve(raw)
+            if spec.kind == "yolo-world":
+                from transforms.engines.yolo_world import validate
+
+                validate(spec, text_encoder=args.detector_text_encoder)
+        validate_runner_options(beam_args, {"captioner": args.captioner, "detector": args.detector,
+                                            "negatives": args.negatives})
+    except (EngineSpecError, ValueError) as e:
         raise UsageError(str(e)) from e
     info = run_info(args)
     done = check_output_compatible(args.output, info)
@@ -159,11 +188,12 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         LOG.info("resuming: %d shard(s) already complete in %s are skipped", len(done), args.output)
     options = PipelineOptions(beam_args)
     p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+    started = time.monotonic()
     build_pipeline(p, args, done)
     if test_pipeline is None:
         p.run().wait_until_finish()
     else:
         test_pipeline.run().wait_until_finish()
-    summary = write_summary(args.output)
+    summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3))
     LOG.info("read %(read)d, written %(written)d, dead-lettered %(dead_lettered)d, filtered %(filtered)d", summary)
     return summary

@@ -91,3 +91,28 @@ def test_missing_vllm_fails_at_build_with_import_error(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError):
         NEGATIVE_ENGINES.build(parse_spec("vllm:/models/m"))
+
+
+class _MethodsOnlyProxy:
+    """What Beam hands a stage for a model shared across processes: methods only, no attributes."""
+
+    def __init__(self, target: Any):
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if not callable(value):
+            raise AttributeError(f"proxy exposes no attribute {name!r}")
+        return value
+
+
+def test_negatives_stage_reads_provenance_through_the_shared_model_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transforms.negatives import apply_negatives
+
+    _install(monkeypatch, fake_vllm())
+    engine = NEGATIVE_ENGINES.build(NEGATIVE_ENGINES.resolve("vllm:/models/m"))
+    record = {"key": "k", "bbox_info": [{"bbox": [0, 0, 1, 1, 0.9], "short_expr": "a red wooden chair",
+                                         "long_expr": "a red wooden chair", "flag_short_neg": 0, "short_expr_negs": {}}]}
+    (out,) = apply_negatives(_MethodsOnlyProxy(engine), [record])
+    assert out["provenance"]["negatives"]["engine"] == "vllm" and out["provenance"]["negatives"]["stub"] is False
+    assert out["bbox_info"][0]["flag_short_neg"] == 1

@@ -134,6 +134,17 @@ class EngineModelHandler(ModelHandler[dict, dict, Any]):
         return 1
 
 
+def engine_provenance(engine: Any) -> dict[str, Any]:
+    """The engine's provenance; a GPU engine shared across processes is a proxy exposing only methods."""
+    getter = getattr(engine, "get_provenance", None)
+    return dict(getter()) if callable(getter) else dict(engine.provenance)
+
+
+def gpu_resource_hints(registry: EngineRegistry, spec: EngineSpec, accelerator: Optional[str]) -> dict[str, str]:
+    """Beam's accelerator hint (e.g. ``type:nvidia-l4;count:1;install-nvidia-driver``) for GPU engines only."""
+    return {"accelerator": accelerator} if accelerator and registry.entry(spec).gpu else {}
+
+
 def per_sample(stage: str, fn: Callable[[dict], Any], record: dict) -> bool:
     """Run ``fn(record)``; a :class:`SampleError` (or any exception) marks the record dead.
 

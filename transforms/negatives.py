@@ -21,7 +21,7 @@ from apache_beam.ml.inference.base import RunInference
 from pipeline.engines import EngineEntry, EngineRegistry, EngineSpec
 from pipeline.record import NUM_NEGATIVES, negatives_mapping
 from prompts import load_prompt
-from transforms.common import EngineModelHandler, SampleError
+from transforms.common import EngineModelHandler, SampleError, engine_provenance
 
 STAGE = "negatives"
 PROMPT_FILE = "negatives.txt"
@@ -249,7 +249,7 @@ def apply_negatives(engine: Any, records: list[dict], retries: int = 2) -> list[
                 key = f"negatives_invalid:{res.reason}"
                 stats[key] = stats.get(key, 0) + 1
         if rec.get("bbox_info"):
-            rec.setdefault("provenance", {})["negatives"] = engine.provenance
+            rec.setdefault("provenance", {})["negatives"] = engine_provenance(engine)
     return records
 
 

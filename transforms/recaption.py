@@ -9,7 +9,8 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from pipeline.engines import EngineEntry, EngineRegistry, EngineSpec
-from transforms.common import EngineModelHandler, SampleError, mark_dead, open_image, per_sample
+from transforms.common import (EngineModelHandler, SampleError, engine_provenance, gpu_resource_hints, mark_dead,
+                               open_image, per_sample)
 
 STAGE = "recaption"
 
@@ -23,17 +24,6 @@ CAPTIONERS = EngineRegistry("captioner", {
     "transformers": EngineEntry("transforms.engines.captioners:build_transformers", True, True,
                                 "local HF VLM, bf16 on GPU; CogVLM2 needs ?trust_remote_code=true"),
 })
-
-
-def engine_provenance(engine: Any) -> dict[str, Any]:
-    """The engine's provenance; a GPU engine shared across processes is a proxy exposing only methods."""
-    getter = getattr(engine, "get_provenance", None)
-    return dict(getter()) if callable(getter) else dict(engine.provenance)
-
-
-def gpu_resource_hints(registry: EngineRegistry, spec: EngineSpec, accelerator: Optional[str]) -> dict[str, str]:
-    """Beam's accelerator hint (e.g. ``type:nvidia-l4;count:1;install-nvidia-driver``) for GPU engines only."""
-    return {"accelerator": accelerator} if accelerator and registry.entry(spec).gpu else {}
 
 
 def apply_captioner(engine: Any, records: list[dict], max_chars: int = 4000) -> list[dict]:

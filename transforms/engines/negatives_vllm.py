@@ -50,6 +50,10 @@ class VllmNegatives:
                            "load_format": self.llm_kwargs.get("load_format", "auto"), "stub": False,
                            **self.prompt.provenance()}
 
+    def get_provenance(self) -> dict[str, Any]:
+        """Provenance through a method: Beam's shared-model proxy (GPU engines) exposes methods only."""
+        return dict(self.provenance)
+
     def sampling_params(self, expression: str, seed: int) -> Any:
         return self.vllm.SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
                                         seed=request_seed(expression, seed),
