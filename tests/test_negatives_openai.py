@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.engines import parse_spec
 from test_negatives_llama_cpp import VALIDATION_REASONS, smollm_gguf
-from test_openai_client import FakeOpenAIServer, completion
+from fake_openai_server import FakeOpenAIServer, completion
 from transforms.negatives import NEGATIVE_ENGINES, apply_negatives, load_negatives_prompt, negatives_for, parse_answer
 
 GOOD = ["a blue wooden chair", "a red metal chair", "a green plastic chair", "a small red wooden chair",

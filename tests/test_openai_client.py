@@ -1,81 +1,10 @@
 """The shared OpenAI-compatible client against a small scripted HTTP server on 127.0.0.1."""
 from __future__ import annotations
 
-import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional
-
 import pytest
 
+from fake_openai_server import FakeOpenAIServer, completion, scripted, slow
 from transforms.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout
-
-# A reply is (status, body) or a float: sleep that long, then answer 200 with an empty completion.
-Reply = Callable[[dict[str, Any]], tuple[int, Any]]
-
-
-def completion(content: str) -> dict[str, Any]:
-    return {"id": "x", "object": "chat.completion",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
-
-
-class FakeOpenAIServer:
-    """An OpenAI-shaped server on 127.0.0.1 whose answers a test scripts; it records every request."""
-
-    def __init__(self, reply: Reply):
-        self.reply = reply
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                server.requests.append(body)
-                server.headers.append(dict(self.headers))
-                status, payload = server.reply(body)
-                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> "FakeOpenAIServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def scripted(*replies: tuple[int, Any]) -> Reply:
-    """Answer with ``replies`` in turn, the last one for every later request."""
-    queue = list(replies)
-
-    def reply(_: dict[str, Any]) -> tuple[int, Any]:
-        return queue.pop(0) if len(queue) > 1 else queue[0]
-    return reply
-
-
-def slow(seconds: float, then: Optional[tuple[int, Any]] = None) -> Reply:
-    def reply(_: dict[str, Any]) -> tuple[int, Any]:
-        time.sleep(seconds)
-        return then or (200, completion("late"))
-    return reply
 
 
 def test_chat_returns_the_first_choice_and_sends_model_and_extras() -> None:

@@ -220,7 +220,7 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2) -> 
                 res.reason = validate_negatives(expr, res.negatives)
             except SampleError as e:
                 res.reason = e.reason
-            except Exception as e:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - any engine failure is a counted per-region reason
                 res.reason = "engine_error"
             res.valid = res.reason is None
             if not res.valid:
