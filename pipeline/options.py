@@ -64,6 +64,17 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                         default=4000, help="longer captions are truncated at a word boundary")
     parser.add_argument("--negatives-retries", "--negatives_retries", dest="negatives_retries", type=int, default=2,
                         help="re-ask the negatives engine this many times (new seed) for an invalid answer")
+    parser.add_argument("--stages", default="all",
+                        help="which stages run: all (default); recaption (stage-1 data: captions, no regions); "
+                             "negatives (only new negatives, e.g. over existing shards); or a comma list of "
+                             "recaption,expressions,detect,negatives. Fields of stages not run are kept from the input")
+    parser.add_argument("--reuse-captions", "--reuse_captions", dest="reuse_captions", action="store_true",
+                        help="take the long caption from the input (a manifest long_caption column, or our own "
+                             "shards) instead of recaptioning; samples without one are still recaptioned")
+    parser.add_argument("--no-dedup", "--no_dedup", dest="dedup", action="store_false",
+                        help="keep duplicate images (by default exact and near duplicates are filtered)")
+    parser.add_argument("--near-dup-threshold", "--near_dup_threshold", dest="near_dup_threshold", type=int, default=6,
+                        help="near duplicates: at most this many differing bits of a 256-bit dHash (-1: exact only)")
     parser.add_argument("--progress-every-s", "--progress_every_s", dest="progress_every_s", type=float, default=10.0,
                         help="log samples done, rate and ETA at most this often per worker (0 = off)")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,

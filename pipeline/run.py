@@ -16,7 +16,8 @@ from pipeline.engines import EngineSpecError
 from pipeline.options import add_curation_args, check_positive
 from pipeline.record import PROJECT_VERSION, text_hash
 from pipeline.submit import validate_runner_options
-from transforms.common import split_outcomes
+from transforms.common import mark_dead, split_outcomes
+from transforms.dedup import DropDuplicates
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
@@ -40,7 +41,9 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
               "max_pixels": args.max_pixels, "min_side": args.min_side,
               "max_caption_chars": args.max_caption_chars, "negatives_retries": args.negatives_retries,
               "max_short_caption_chars": args.max_short_caption_chars,
-              "caption": caption_options(args), "detector_options": detector_options(args)}
+              "caption": caption_options(args), "detector_options": detector_options(args),
+              "stages": args.stages, "reuse_captions": args.reuse_captions, "dedup": args.dedup,
+              "near_dup_threshold": args.near_dup_threshold}
     return {"version": PROJECT_VERSION, "config": config,
             "config_hash": text_hash(json.dumps(config, sort_keys=True))}
 
@@ -53,6 +56,66 @@ def caption_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def detector_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"text_encoder": args.detector_text_encoder, "imgsz": args.detector_imgsz}
+
+
+STAGES = ("recaption", "expressions", "detect", "negatives")
+STAGE_FIELDS = {"recaption": "caption", "expressions": "expressions", "detect": "bbox_info", "negatives": "negatives"}
+STAGE_PRESETS = {"all": STAGES, "recaption": ("recaption",), "stage1": ("recaption",),
+                 "negatives": ("negatives",), "boxes": ("expressions", "detect", "negatives")}
+
+
+def selected_stages(raw: str) -> tuple[str, ...]:
+    """``all`` | ``recaption`` | ``negatives`` | a comma list of stage names; detect implies expressions."""
+    names: list[str] = []
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        if part in STAGE_PRESETS:
+            names += STAGE_PRESETS[part]
+        elif part in STAGES:
+            names.append(part)
+        else:
+            raise UsageError(f"--stages: unknown stage {part!r}; choose from {', '.join(STAGE_PRESETS)} "
+                             f"or a comma list of {', '.join(STAGES)}")
+    if "detect" in names:
+        names.append("expressions")
+    if not names:
+        raise UsageError("--stages is empty; give e.g. all, recaption or negatives")
+    return tuple(n for n in STAGES if n in names)
+
+
+def carry_input_fields(rec: dict[str, Any], stages: tuple[str, ...], run_id: str,
+                       reuse_captions: bool) -> dict[str, Any]:
+    """Keep what the input already has (our own shards, a long-caption column) for the stages not rerun."""
+    old = rec.pop("_input_record", {})
+    caption = rec.pop("_input_caption", None)
+    provenance = dict(old.get("provenance", {}))
+    provenance.pop("version", None)
+    if caption and ("recaption" not in stages or reuse_captions):
+        rec["caption"] = caption
+        provenance.setdefault("caption", {"engine": "input", "stub": False, "run": run_id})
+    else:
+        provenance.pop("caption", None)
+    if "detect" not in stages and "bbox_info" in old:
+        rec["bbox_info"] = old["bbox_info"]
+    else:
+        provenance.pop("bbox_info", None)
+        provenance.pop("expressions", None)
+    if "negatives" in stages:
+        provenance.pop("negatives", None)
+        for region in rec.get("bbox_info", []):
+            region["flag_short_neg"], region["short_expr_negs"] = 0, {}
+    if provenance:
+        rec["provenance"] = provenance
+    if "caption" not in rec and "recaption" not in stages:
+        return mark_dead(rec, "recaption", "no_caption", "the input has no long caption and --stages skips recaption")
+    return rec
+
+
+def stamp_run(rec: dict[str, Any], field: str, run_id: str) -> dict[str, Any]:
+    """Say which run produced ``field`` (kept as is when the field came from an earlier run)."""
+    block = rec.get("provenance", {}).get(field)
+    if isinstance(block, dict) and "_dead" not in rec:
+        block.setdefault("run", run_id)
+    return rec
 
 
 def _strip_bytes(rec: dict[str, Any]) -> dict[str, Any]:
@@ -72,18 +135,36 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int]) -
     finished = []
     live, dead, filtered = split_outcomes(records, "read")
     finished += [dead, filtered]
-    stages = [
-        ("recaption", Recaption(specs["captioner"], batch_size=args.batch_size, max_chars=args.max_caption_chars,
-                                engine_options=caption_options(args), accelerator=args.gpu_accelerator)),
-        ("expressions", ExtractExpressions()),
-        ("detect", DetectBoxes(specs["detector"], batch_size=args.batch_size, conf=args.box_conf,
-                               iou=args.nms_iou, max_regions=args.max_regions,
-                               engine_options=detector_options(args), accelerator=args.gpu_accelerator)),
-        ("negatives", GenerateNegatives(specs["negatives"], batch_size=args.batch_size * 2,
-                                        retries=args.negatives_retries)),
-    ]
-    for name, transform in stages:
-        live, dead, filtered = split_outcomes(live | name.title() >> transform, name)
+    stages_run = selected_stages(args.stages)
+    run_id = run_info(args)["config_hash"]
+    live = live | "CarryInputFields" >> beam.Map(carry_input_fields, stages=stages_run, run_id=run_id,
+                                                 reuse_captions=args.reuse_captions)
+    if args.dedup:
+        live, dead, filtered = split_outcomes(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup")
+        finished += [dead, filtered]
+    stages = {
+        "recaption": lambda: Recaption(specs["captioner"], batch_size=args.batch_size,
+                                       max_chars=args.max_caption_chars, engine_options=caption_options(args),
+                                       accelerator=args.gpu_accelerator),
+        "expressions": lambda: ExtractExpressions(),
+        "detect": lambda: DetectBoxes(specs["detector"], batch_size=args.batch_size, conf=args.box_conf,
+                                      iou=args.nms_iou, max_regions=args.max_regions,
+                                      engine_options=detector_options(args), accelerator=args.gpu_accelerator),
+        "negatives": lambda: GenerateNegatives(specs["negatives"], batch_size=args.batch_size * 2,
+                                               retries=args.negatives_retries),
+    }
+    for name in STAGES:
+        if name not in stages_run:
+            continue
+        stage_input = live
+        if name == "recaption":  # captions carried from the input (reuse) skip the captioner
+            needs, has = (live | "NeedsCaption" >> beam.Partition(lambda r, _: int("caption" in r), 2))
+            stage_input = needs
+        out = (stage_input | name.title() >> stages[name]()
+               | f"Stamp{name.title()}" >> beam.Map(stamp_run, field=STAGE_FIELDS[name], run_id=run_id))
+        if name == "recaption":
+            out = (out, has) | "WithReusedCaptions" >> beam.Flatten()
+        live, dead, filtered = split_outcomes(out, name)
         finished += [dead, filtered]
     failed = finished | "AllFailed" >> beam.Flatten() | "DropBytes" >> beam.Map(_strip_bytes)
     if args.progress_every_s > 0:
@@ -182,6 +263,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
                                             "negatives": args.negatives})
     except (EngineSpecError, ValueError) as e:
         raise UsageError(str(e)) from e
+    selected_stages(args.stages)
     info = run_info(args)
     done = check_output_compatible(args.output, info)
     if done:

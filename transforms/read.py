@@ -181,7 +181,7 @@ def _records_from_manifest(unit: ReadUnit) -> Iterator[dict[str, Any]]:
         rec = new_record(key, image_uri, _first(row, CAPTION_COLUMNS) or "")
         long_caption = row.get("long_caption")
         if isinstance(long_caption, str) and long_caption:
-            rec["input_long_caption"] = long_caption
+            rec["_input_caption"] = long_caption
         try:
             rec["image_bytes"] = _read_bytes(image_uri)
         except (OSError, ValueError) as e:
@@ -207,6 +207,11 @@ def unsafe_member_problem(ti: tarfile.TarInfo) -> Optional[str]:
     return None
 
 
+def is_finehard_record(meta: dict[str, Any]) -> bool:
+    """True for the ``.json`` member of a shard this pipeline wrote (it has provenance and regions)."""
+    return isinstance(meta.get("provenance"), dict) and "bbox_info" in meta and "f_path" in meta
+
+
 def _records_from_tar(unit: ReadUnit) -> Iterator[dict[str, Any]]:
     """img2dataset layout: ``<key>.jpg`` + optional ``<key>.txt`` and ``<key>.json``, grouped by key."""
     uri = unit.uris[0]
@@ -220,8 +225,16 @@ def _records_from_tar(unit: ReadUnit) -> Iterator[dict[str, Any]]:
                 meta = json.loads(members["json"])
             except ValueError:
                 meta = {}
-        caption = members.get("txt", b"").decode("utf-8", "replace") or str(meta.get("caption") or "")
-        rec = new_record(make_key(k), f"{uri}#{k}", caption)
+        if is_finehard_record(meta):
+            # One of our own shards: keep the record's identity and every field it carries.
+            rec = new_record(make_key(str(meta.get("key") or k)), str(meta.get("f_path") or f"{uri}#{k}"),
+                             str(meta.get("short_caption") or ""))
+            rec["_input_record"] = {f: meta[f] for f in ("caption", "bbox_info", "provenance") if f in meta}
+            if meta.get("caption"):
+                rec["_input_caption"] = str(meta["caption"])
+        else:
+            caption = members.get("txt", b"").decode("utf-8", "replace") or str(meta.get("caption") or "")
+            rec = new_record(make_key(k), f"{uri}#{k}", caption)
         image_ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
         if image_ext is None:
             return mark_dead(rec, STAGE, "no_image_member", f"members: {sorted(members)}")

@@ -1,0 +1,109 @@
+"""DropDuplicates: exact (content sha256) and near (perceptual dHash) duplicate images, before the models.
+
+Of each group of duplicates the sample with the smallest key is kept; every other one is marked
+filtered (stage ``dedup``, reason ``duplicate``) with the key it duplicates in the detail, so it is
+counted and listed under ``filtered/``, never silently lost. Near duplicates are found with a
+256-bit difference hash and LSH banding: with threshold ``t`` the hash is cut into ``t + 1``
+bands, and two hashes within ``t`` bits share at least one band, so only images sharing a band
+are compared. Constant bands (flat regions: all 0 or all 1 bits) are not used as buckets; they
+would put every image with an empty sky or background in one bucket.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any, Iterable, Iterator
+
+import apache_beam as beam
+from PIL import Image
+
+from transforms.common import mark_filtered
+
+STAGE = "dedup"
+HASH_SIDE = 16  # 16x16 gradient bits = 256-bit hash
+HASH_BITS = HASH_SIDE * HASH_SIDE
+
+
+def dhash(image: Image.Image, side: int = HASH_SIDE) -> int:
+    """Difference hash: one bit per horizontally adjacent pixel pair of a (side+1) x side thumbnail."""
+    gray = image.convert("L").resize((side + 1, side), Image.Resampling.LANCZOS)
+    px = gray.tobytes()
+    bits = 0
+    for r in range(side):
+        row = px[r * (side + 1):(r + 1) * (side + 1)]
+        for c in range(side):
+            bits = (bits << 1) | (row[c] > row[c + 1])
+    return bits
+
+
+def add_hashes(rec: dict[str, Any]) -> dict[str, Any]:
+    data = rec["image_bytes"]
+    rec["_sha256"] = hashlib.sha256(data).hexdigest()
+    with Image.open(io.BytesIO(data)) as im:
+        rec["_dhash"] = dhash(im)
+    return rec
+
+
+def bands(h: int, threshold: int) -> Iterator[tuple[int, int]]:
+    """``(band index, band value)`` buckets of hash ``h`` for LSH with ``threshold + 1`` bands."""
+    n = threshold + 1
+    width = -(-HASH_BITS // n)
+    for i in range(n):
+        lo = i * width
+        size = min(width, HASH_BITS - lo)
+        if size <= 0:
+            break
+        value = (h >> (HASH_BITS - lo - size)) & ((1 << size) - 1)
+        if value not in (0, (1 << size) - 1):
+            yield i, value
+
+
+def _exact_pairs(group: tuple[str, Iterable[str]]) -> Iterator[tuple[str, tuple[str, int]]]:
+    keys = sorted(set(group[1]))
+    for k in keys[1:]:
+        yield k, (keys[0], 0)
+
+
+def _near_pairs(group: tuple[Any, Iterable[tuple[str, int]]], threshold: int) -> Iterator[tuple[str, tuple[str, int]]]:
+    members = sorted(set(group[1]))
+    for i, (ka, ha) in enumerate(members):
+        for kb, hb in members[i + 1:]:
+            d = bin(ha ^ hb).count("1")
+            if d <= threshold and ka != kb:
+                yield kb, (ka, d)  # the larger key duplicates the smaller one
+
+
+def _mark(rec: dict[str, Any], duplicates: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    hit = duplicates.get(rec["key"])
+    rec.pop("_dhash", None)
+    rec.pop("_sha256", None)
+    if hit is not None:
+        ref, dist = hit
+        kind = "exact duplicate" if dist == 0 else f"near duplicate (dHash distance {dist})"
+        mark_filtered(rec, STAGE, "duplicate", f"{kind} of {ref}")
+    return rec
+
+
+class DropDuplicates(beam.PTransform):
+    """Mark exact and near duplicates filtered; ``near_threshold < 0`` keeps only the exact check."""
+
+    def __init__(self, near_threshold: int = 6):
+        super().__init__()
+        self.near_threshold = near_threshold
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        t = self.near_threshold
+        hashed = records | "Hash" >> beam.Map(add_hashes)
+        exact = (hashed
+                 | "BySha" >> beam.Map(lambda r: (r["_sha256"], r["key"]))
+                 | "GroupSha" >> beam.GroupByKey()
+                 | "ExactPairs" >> beam.FlatMap(_exact_pairs))
+        found = [exact]
+        if t >= 0:
+            found.append(hashed
+                         | "Bands" >> beam.FlatMap(lambda r: [(b, (r["key"], r["_dhash"])) for b in bands(r["_dhash"], t)])
+                         | "GroupBand" >> beam.GroupByKey()
+                         | "NearPairs" >> beam.FlatMap(_near_pairs, threshold=t))
+        duplicates = (found | "AllPairs" >> beam.Flatten()
+                      | "Closest" >> beam.CombinePerKey(min))  # the smallest reference key, then the smallest distance
+        return hashed | "MarkDuplicates" >> beam.Map(_mark, duplicates=beam.pvalue.AsDict(duplicates))
