@@ -22,6 +22,9 @@ from bench.common import (append_benchmark, bench_args, fresh_dir, make_input, m
 GOAL = 0.7
 SAMPLES_PER_SHARD = 1000
 BATCH_SIZE = 8  # the pipeline's default --batch-size: model stages get batches of this size
+# Duplicate removal is a pipeline-only stage (a group-by over image hashes) with no loop twin; both
+# sides run without it so they do the same work and write byte-identical shards.
+SAME_WORK = ("--no-dedup",)
 
 # The plain loop, run in its own process. It streams the records through the stages with
 # generators (nothing but the per-shard lists is held) and calls the very functions the
@@ -51,7 +54,7 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
                batch_size: int = BATCH_SIZE) -> dict[str, Any]:
     """The pipeline's per-sample work as plain Python; returns counts like the pipeline's summary."""
     from pipeline.engines import parse_spec
-    from pipeline.run import parse_args, run_info
+    from pipeline.run import STAGE_FIELDS, carry_input_fields, parse_args, run_info, selected_stages, stamp_run
     from transforms.detect import DETECTORS, apply_detector
     from transforms.expressions import expressions_from_doc, expressions_provenance, load_nlp
     from transforms.negatives import NEGATIVE_ENGINES, apply_negatives
@@ -60,7 +63,7 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     from transforms.write import num_shards_for, shard_of, write_shard
 
     args, _ = parse_args(["--input", manifest, "--output", output, "--samples-per-shard", str(samples_per_shard),
-                          "--batch-size", str(batch_size)])
+                          "--batch-size", str(batch_size), *SAME_WORK])
     captioner = CAPTIONERS.build(parse_spec("stub"))
     detector = DETECTORS.build(parse_spec("stub"))
     negatives = NEGATIVE_ENGINES.build(parse_spec("stub"))
@@ -70,6 +73,8 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     def live(rec: dict[str, Any]) -> bool:
         return "_dead" not in rec and "_filtered" not in rec
 
+    info = run_info(args)
+    run_id, stages = info["config_hash"], selected_stages(args.stages)
     units = list_units(args.input)
     # The loop knows the count up front (the pipeline counts in a side input); shards as in the pipeline.
     records = [r for u in units for r in read_unit(u)]
@@ -79,7 +84,8 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     def checked() -> Any:
         for rec in records:
             rec["_shard"] = (shard_of(rec["key"], num_shards), num_shards)
-            yield check_image(rec, args.max_pixels, args.min_side)
+            rec = check_image(rec, args.max_pixels, args.min_side)
+            yield carry_input_fields(rec, stages, run_id, args.reuse_captions) if live(rec) else rec
 
     def captioned() -> Any:
         for batch in _batches(checked(), batch_size):
@@ -103,8 +109,9 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     for batch in _batches(detected(), batch_size * 2):
         apply_negatives(negatives, batch, retries=args.negatives_retries)
         for rec in batch:
+            for name in stages:  # the pipeline stamps each stage's field with the run that made it
+                stamp_run(rec, STAGE_FIELDS[name], run_id)
             by_shard.setdefault(rec["_shard"][0], []).append(rec)
-    info = run_info(args)
     totals = {"read": 0, "written": 0, "dead_lettered": 0, "filtered": 0}
     for shard_id in sorted(by_shard):
         stats = write_shard(output, shard_id, num_shards, by_shard.pop(shard_id), info)
@@ -119,7 +126,7 @@ def measure(n: int, seed: int = 0) -> dict[str, Any]:
     out_pipe, out_loop = fresh_dir("overhead_pipe"), fresh_dir("overhead_loop")
     try:
         pipe_run, pipe = run_pipeline_child(manifest, out_pipe, SAMPLES_PER_SHARD,
-                                            ["--batch-size", str(BATCH_SIZE)])
+                                            ["--batch-size", str(BATCH_SIZE), *SAME_WORK])
         loop_run = run_child(python_child(LOOP_CHILD, manifest, out_loop, str(SAMPLES_PER_SHARD), str(BATCH_SIZE)))
         if loop_run.returncode != 0:
             raise RuntimeError(f"plain loop failed:\n{loop_run.stderr[-3000:]}")
