@@ -9,6 +9,7 @@ Ends with ``scaling: ratio=X.XX`` = peak RSS of the largest run / peak RSS of th
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from typing import Any, Optional, Sequence
@@ -28,13 +29,13 @@ def sizes_for(n: int) -> list[int]:
     return sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n})
 
 
-def measure(sizes: Sequence[int], seed: int = 0) -> list[dict[str, Any]]:
+def measure(sizes: Sequence[int], seed: int = 0, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
         manifest = make_input(n, seed)
         out = fresh_dir(f"scaling_{n}")
         try:
-            run, result = run_pipeline_child(manifest, out, SAMPLES_PER_SHARD)
+            run, result = run_pipeline_child(manifest, out, SAMPLES_PER_SHARD, extra)
         finally:
             shutil.rmtree(out, ignore_errors=True)
         rows.append({"n": n, "run_s": result["run_s"], "wall_s": run.wall_s, "peak_mib": run.peak_tree_rss_mib,
@@ -62,8 +63,10 @@ def linear_fit(rows: list[dict[str, Any]]) -> tuple[float, float, float]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = bench_args(__doc__.splitlines()[0], 4000, argv)
-    rows = measure(sizes_for(args.n), args.seed)
+    args = bench_args(__doc__.splitlines()[0], 4000, argv, extra=lambda p: p.add_argument(
+        "--pipeline-args", default="", help="extra pipeline flags, e.g. '--spill-dir none' (the run before spilling)"))
+    extra = shlex.split(args.pipeline_args)
+    rows = measure(sizes_for(args.n), args.seed, extra)
     marginal = marginal_per_1000(rows)
     table = [[r["n"], r["run_s"], r["n"] / r["run_s"], "" if m is None else m, r["wall_s"], r["peak_mib"],
               r["maxrss_mib"], r["peak_mib"] / rows[0]["peak_mib"], r["written"]]
@@ -83,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("\n".join(lines))
     if not args.no_doc:
         setup = (f"sizes {[r['n'] for r in rows]} synthetic scenes (seed {args.seed}), stub engines, FnApiRunner, "
-                 f"samples_per_shard={SAMPLES_PER_SHARD}; each run a fresh process; ratio = peak RSS largest/smallest")
+                 f"samples_per_shard={SAMPLES_PER_SHARD}, flags {extra or 'default'}; each run a fresh process; ratio = peak RSS largest/smallest")
         append_benchmark("Pipeline scaling", "bench/scaling.py", setup, lines, ratio_line)
     print(ratio_line)
     return 0

@@ -75,6 +75,12 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                         help="keep duplicate images (by default exact and near duplicates are filtered)")
     parser.add_argument("--near-dup-threshold", "--near_dup_threshold", dest="near_dup_threshold", type=int, default=6,
                         help="near duplicates: at most this many differing bits of a 256-bit dHash (-1: exact only)")
+    parser.add_argument("--spill-dir", "--spill_dir", dest="spill_dir", default="auto",
+                        help="where image bytes wait between reading and writing, so records stay small at stage "
+                             "boundaries: auto (default) = a temp folder on local runners, whose boundaries are held "
+                             "in memory, and none on distributed runners (their shuffle is disk-backed); none; or a "
+                             "folder / fsspec URI (the run uses a subfolder and removes it at the end). Needs free "
+                             "space about the size of the input images")
     parser.add_argument("--progress-every-s", "--progress_every_s", dest="progress_every_s", type=float, default=10.0,
                         help="log samples done, rate and ETA at most this often per worker (0 = off)")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,

@@ -23,6 +23,7 @@ from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
 from transforms.read import InputError, ReadImages, list_units
 from transforms.recaption import CAPTIONERS, Recaption
+from transforms.spill import SpillDir, spill_image
 from transforms.write import STATS_SUFFIX, SHARD_PREFIX, AssignShards, SkipCompleted, WriteShards, completed_shards
 
 LOG = logging.getLogger("finehard")
@@ -123,13 +124,20 @@ def _strip_bytes(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int]) -> beam.PCollection:
-    """Add the whole chain to ``p``; returns the PCollection of per-shard stats."""
+def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
+                   spill_root: Optional[str] = None) -> beam.PCollection:
+    """Add the whole chain to ``p``; returns the PCollection of per-shard stats.
+
+    With ``spill_root`` the image bytes go there right after reading (``transforms.spill``).
+    """
     specs = {"captioner": CAPTIONERS.resolve(args.captioner), "detector": DETECTORS.resolve(args.detector),
              "negatives": NEGATIVE_ENGINES.resolve(args.negatives)}
     records = (p
                | "ReadImages" >> ReadImages(args.input, max_pixels=args.max_pixels, min_side=args.min_side,
-                                           max_short_caption_chars=args.max_short_caption_chars)
+                                           max_short_caption_chars=args.max_short_caption_chars))
+    if spill_root:
+        records = records | "SpillImages" >> beam.Map(spill_image, root=spill_root)
+    records = (records
                | "AssignShards" >> AssignShards(args.samples_per_shard)
                | "SkipCompletedShards" >> SkipCompleted(done))
     finished = []
@@ -227,10 +235,14 @@ def check_output_compatible(output: str, info: dict[str, Any]) -> set[int]:
     return done
 
 
+def is_local_runner(options: PipelineOptions) -> bool:
+    name = options.view_as(StandardOptions).runner
+    return name is None or name in LOCAL_RUNNERS
+
+
 def make_runner(options: PipelineOptions) -> Any:
     """Local runs use the FnApiRunner directly: the DirectRunner would first try Prism (a download)."""
-    name = options.view_as(StandardOptions).runner
-    if name is None or name in LOCAL_RUNNERS:
+    if is_local_runner(options):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return FnApiRunner()
@@ -271,11 +283,9 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     options = PipelineOptions(beam_args)
     p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
     started = time.monotonic()
-    build_pipeline(p, args, done)
-    if test_pipeline is None:
+    with SpillDir(args.spill_dir, local_runner=is_local_runner(options)) as spill:
+        build_pipeline(p, args, done, spill.root)
         p.run().wait_until_finish()
-    else:
-        test_pipeline.run().wait_until_finish()
     summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3))
     LOG.info("read %(read)d, written %(written)d, dead-lettered %(dead_lettered)d, filtered %(filtered)d", summary)
     return summary

@@ -16,6 +16,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
 
 from pipeline.engines import EngineRegistry, EngineSpec
+from transforms.spill import image_bytes
 
 LOG = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def split_outcomes(pcoll: beam.PCollection, stage: str) -> tuple[beam.PCollectio
 
 def open_image(record: dict[str, Any]) -> Image.Image:
     """The record's image, opened lazily (header only until pixels are touched)."""
-    return Image.open(io.BytesIO(record["image_bytes"]))
+    return Image.open(io.BytesIO(image_bytes(record)))
 
 
 class EngineModelHandler(ModelHandler[dict, dict, Any]):
@@ -116,7 +117,7 @@ class EngineModelHandler(ModelHandler[dict, dict, Any]):
         return out
 
     def get_num_bytes(self, batch: Sequence[dict]) -> int:
-        return sum(len(r.get("image_bytes", b"")) + len(r.get("caption", "")) for r in batch)
+        return sum(len(r.get("image_bytes", b"")) + len(r.get("caption", "")) for r in batch)  # spilled: 0
 
     def get_metrics_namespace(self) -> str:
         return f"{METRICS_NAMESPACE}_{self._registry.stage}"

@@ -18,6 +18,7 @@ import apache_beam as beam
 from PIL import Image
 
 from transforms.common import mark_filtered
+from transforms.spill import image_bytes
 
 STAGE = "dedup"
 HASH_SIDE = 16  # 16x16 gradient bits = 256-bit hash
@@ -37,7 +38,7 @@ def dhash(image: Image.Image, side: int = HASH_SIDE) -> int:
 
 
 def add_hashes(rec: dict[str, Any]) -> dict[str, Any]:
-    data = rec["image_bytes"]
+    data = image_bytes(rec)
     rec["_sha256"] = hashlib.sha256(data).hexdigest()
     with Image.open(io.BytesIO(data)) as im:
         rec["_dhash"] = dhash(im)

@@ -21,6 +21,7 @@ import fsspec
 import webdataset as wds
 
 from pipeline.record import PROJECT_VERSION
+from transforms.spill import image_bytes
 
 SHARD_PREFIX = "shard"
 STATS_SUFFIX = "_stats.json"
@@ -104,7 +105,7 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
             record_json = shard_record(rec)
             tw.write({
                 "__key__": rec["key"],
-                rec.get("ext", "jpg"): rec["image_bytes"],
+                rec.get("ext", "jpg"): image_bytes(rec),
                 "json": json.dumps(record_json, sort_keys=True, ensure_ascii=False).encode("utf-8"),
                 "txt": record_json["caption"].encode("utf-8"),
             })

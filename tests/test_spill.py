@@ -1,0 +1,69 @@
+"""Image bytes parked in a spill folder between reading and writing (transforms/spill.py)."""
+from __future__ import annotations
+
+import pathlib
+
+import fsspec
+import pytest
+
+from conftest import run_pipeline, shard_hashes
+from transforms.spill import SPILL, SpillDir, image_bytes, spill_image
+
+
+def test_spilling_changes_nothing_in_the_shards_and_cleans_up(tmp_path: pathlib.Path,
+                                                              scenes_dir: pathlib.Path) -> None:
+    manifest = scenes_dir / "manifest.jsonl"
+    kept = run_pipeline(manifest, tmp_path / "kept", "--spill-dir", "none", "--samples-per-shard", "4")
+    auto = run_pipeline(manifest, tmp_path / "auto", "--samples-per-shard", "4")
+    given = tmp_path / "spill"
+    chosen = run_pipeline(manifest, tmp_path / "chosen", "--spill-dir", str(given), "--samples-per-shard", "4")
+    assert kept["written"] == auto["written"] == chosen["written"] == 12
+    assert shard_hashes(tmp_path / "kept") == shard_hashes(tmp_path / "auto") == shard_hashes(tmp_path / "chosen")
+    assert given.is_dir() and list(given.iterdir()) == []  # the run's subfolder went with the run
+
+
+def test_spill_round_trip_and_dead_records(tmp_path: pathlib.Path) -> None:
+    rec = spill_image({"key": "a", "f_path": "/x/a.jpg", "image_bytes": b"\xff\xd8 bytes"}, str(tmp_path))
+    assert "image_bytes" not in rec and pathlib.Path(rec[SPILL]).parent == tmp_path
+    assert image_bytes(rec) == b"\xff\xd8 bytes"
+    again = spill_image({"key": "a", "f_path": "/x/a.jpg", "image_bytes": b"\xff\xd8 bytes"}, str(tmp_path))
+    assert again[SPILL] == rec[SPILL] and len(list(tmp_path.iterdir())) == 1  # no temp files left behind
+    other = spill_image({"key": "a", "f_path": "/x/a.jpg", "image_bytes": b"other"}, str(tmp_path))
+    assert other[SPILL] != rec[SPILL] and image_bytes(other) == b"other"  # same key, other bytes: kept apart
+    dead = spill_image({"key": "d", "image_bytes": b"broken", "_dead": {"stage": "read"}}, str(tmp_path))
+    assert "image_bytes" not in dead and SPILL not in dead and len(list(tmp_path.iterdir())) == 2
+    with pytest.raises(KeyError, match="'d'"):
+        image_bytes(dead)
+
+
+def test_spill_dir_choice_follows_the_runner(tmp_path: pathlib.Path) -> None:
+    assert SpillDir("auto", local_runner=False).root is None
+    assert SpillDir("none", local_runner=True).root is None
+    with SpillDir("auto", local_runner=True) as spill:
+        made = pathlib.Path(spill.root)
+        assert made.is_dir()
+    assert not made.exists()
+    with SpillDir("memory://spilltest", local_runner=False) as spill:
+        assert spill.root.startswith("memory:///spilltest/finehard-spill-")
+        rec = spill_image({"key": "m", "f_path": "m", "image_bytes": b"abc"}, spill.root)
+        assert rec[SPILL].startswith("memory://") and image_bytes(rec) == b"abc"
+    assert not fsspec.filesystem("memory").exists("/spilltest/" + spill.root.rsplit("/", 1)[1])
+
+
+def test_records_reach_the_writer_without_their_bytes(tmp_path: pathlib.Path, scenes_dir: pathlib.Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of spilling: what crosses stage boundaries (here the group by shard) is small."""
+    import transforms.write as write
+
+    seen: list[dict] = []
+    real = write.write_shard
+
+    def spy(output, shard_id, num_shards, items, run_info):
+        items = list(items)
+        seen.extend(items)
+        return real(output, shard_id, num_shards, items, run_info)
+
+    monkeypatch.setattr(write, "write_shard", spy)  # the in-process runner calls it in this process
+    summary = run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "out")
+    assert summary["written"] == 12 and len(seen) == 12
+    assert all("image_bytes" not in r and r["_spill"] for r in seen)
