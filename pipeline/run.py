@@ -153,13 +153,14 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     stages = {
         "recaption": lambda: Recaption(specs["captioner"], batch_size=args.batch_size,
                                        max_chars=args.max_caption_chars, engine_options=caption_options(args),
-                                       accelerator=args.gpu_accelerator),
+                                       accelerator=args.gpu_accelerator, cache_root=args.model_cache),
         "expressions": lambda: ExtractExpressions(),
         "detect": lambda: DetectBoxes(specs["detector"], batch_size=args.batch_size, conf=args.box_conf,
                                       iou=args.nms_iou, max_regions=args.max_regions,
-                                      engine_options=detector_options(args), accelerator=args.gpu_accelerator),
+                                      engine_options=detector_options(args), accelerator=args.gpu_accelerator,
+                                      cache_root=args.model_cache),
         "negatives": lambda: GenerateNegatives(specs["negatives"], batch_size=args.batch_size * 2,
-                                               retries=args.negatives_retries),
+                                               retries=args.negatives_retries, cache_root=args.model_cache),
     }
     for name in STAGES:
         if name not in stages_run:

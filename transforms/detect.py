@@ -13,8 +13,10 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from pipeline.engines import EngineEntry, EngineRegistry, EngineSpec
+from transforms.cache import ModelCache, cached_answers, digest, model_cache
 from transforms.common import (EngineModelHandler, SampleError, engine_provenance, gpu_resource_hints, mark_dead,
                                open_image, per_sample)
+from transforms.spill import image_bytes
 
 STAGE = "detect"
 
@@ -70,20 +72,32 @@ def select_regions(detections: list[Detection], expressions: list[dict[str, Any]
     return regions
 
 
-def apply_detector(engine: Any, records: list[dict], conf: float, iou: float, max_regions: int) -> list[dict]:
-    """Box every live record of the batch; per-sample engine failures mark the record dead."""
+def apply_detector(engine: Any, records: list[dict], conf: float, iou: float, max_regions: int,
+                   cache: Optional[ModelCache] = None) -> list[dict]:
+    """Box every live record of the batch; per-sample engine failures mark the record dead.
+
+    ``cache`` keeps the engine's raw detections (before conf/NMS/max_regions): see transforms.cache.
+    """
     images, exprs, alive = [], [], []
     for rec in records:
         if per_sample(STAGE, lambda r: images.append(open_image(r)), rec):
             alive.append(rec)
             exprs.append([e["short_expr"] for e in rec.get("_expressions", [])])
+    if not images:
+        return records
+    provenance = engine_provenance(engine)
+    digests = [digest(image_bytes(r), *x) for r, x in zip(alive, exprs)] if cache else [""] * len(alive)
     try:
-        results = engine.detect(images, exprs) if images else []
+        results, cached = cached_answers(cache, STAGE, provenance, digests,
+                                         lambda idx: engine.detect([images[i] for i in idx], [exprs[i] for i in idx]),
+                                         keep=lambda d: not isinstance(d, Exception))
     except Exception as e:  # noqa: BLE001
         for rec in alive:
             mark_dead(rec, STAGE, "engine_error", f"{type(e).__name__}: {e}")
         return records
-    provenance = engine_provenance(engine) if images else {}
+    for rec, hit in zip(alive, cached):
+        if hit:
+            rec.setdefault("_stats", {})["cache_hits:detect"] = 1
     for rec, dets in zip(alive, results):
         if isinstance(dets, Exception):
             reason = dets.reason if isinstance(dets, SampleError) else "engine_error"
@@ -102,15 +116,17 @@ class DetectBoxes(beam.PTransform):
 
     def __init__(self, spec: EngineSpec, batch_size: int = 8, conf: float = 0.4, iou: float = 0.5,
                  max_regions: int = 8, engine_options: Optional[dict[str, Any]] = None,
-                 accelerator: Optional[str] = None):
+                 accelerator: Optional[str] = None, cache_root: Optional[str] = None):
         super().__init__()
+        self.cache_root = cache_root
         self.engine_options = dict(engine_options or {})
         self.accelerator = accelerator
         self.spec, self.batch_size = spec, batch_size
         self.conf, self.iou, self.max_regions = conf, iou, max_regions
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        apply = functools.partial(apply_detector, conf=self.conf, iou=self.iou, max_regions=self.max_regions)
+        apply = functools.partial(apply_detector, conf=self.conf, iou=self.iou, max_regions=self.max_regions,
+                                  cache=model_cache(self.cache_root))
         infer = RunInference(EngineModelHandler(DETECTORS, self.spec, apply, batch_size=self.batch_size,
                                                 engine_options=self.engine_options))
         hints = gpu_resource_hints(DETECTORS, self.spec, self.accelerator)

@@ -21,6 +21,7 @@ from apache_beam.ml.inference.base import RunInference
 from pipeline.engines import EngineEntry, EngineRegistry, EngineSpec
 from pipeline.record import NUM_NEGATIVES, negatives_mapping
 from prompts import load_prompt
+from transforms.cache import ModelCache, digest, model_cache
 from transforms.common import EngineModelHandler, SampleError, engine_provenance
 
 STAGE = "negatives"
@@ -189,17 +190,34 @@ class NegativesResult:
     valid: bool = False
     reason: Optional[str] = None
     attempts: int = 0
+    cached: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"expression": self.expression, "negatives": self.negatives, "valid": self.valid,
                 "reason": self.reason, "attempts": self.attempts}
 
 
-def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2) -> list[NegativesResult]:
-    """Ask ``engine`` for each distinct expression, retrying invalid answers with a new seed."""
+def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
+                  cache: Optional[ModelCache] = None) -> list[NegativesResult]:
+    """Ask ``engine`` for each distinct expression, retrying invalid answers with a new seed.
+
+    With a ``cache`` (transforms.cache), valid negatives kept from an earlier run are used (after
+    validating them again) and new valid ones are kept.
+    """
     unique = list(dict.fromkeys(expressions))
     results = {e: NegativesResult(e) for e in unique}
-    pending = list(unique)
+    keys: dict[str, str] = {}
+    if cache is not None:
+        provenance = engine_provenance(engine)
+        keys = {e: cache.key(STAGE, provenance, digest(e)) for e in unique}
+        hits = cache.get_many(STAGE, list(keys.values()))
+        for e in unique:
+            got = hits.get(keys[e])
+            if isinstance(got, list) and all(isinstance(x, str) for x in got) and validate_negatives(e, got) is None:
+                res = results[e]
+                res.negatives, res.valid, res.cached = got, True, True
+    pending = [e for e in unique if not results[e].valid]
+    asked = list(pending)
     for attempt in range(retries + 1):
         if not pending:
             break
@@ -226,19 +244,24 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2) -> 
             if not res.valid:
                 still.append(expr)
         pending = still
+    if cache is not None:
+        cache.put_many(STAGE, {keys[e]: results[e].negatives for e in asked if results[e].valid})
     return [results[e] for e in expressions]
 
 
-def apply_negatives(engine: Any, records: list[dict], retries: int = 2) -> list[dict]:
+def apply_negatives(engine: Any, records: list[dict], retries: int = 2,
+                    cache: Optional[ModelCache] = None) -> list[dict]:
     """Fill ``short_expr_negs``/``flag_short_neg`` of every region in the batch and count outcomes."""
     live = [rec for rec in records if "_dead" not in rec and "_filtered" not in rec]
     regions = [r for rec in live for r in rec.get("bbox_info", [])]
-    results = negatives_for(engine, [r["short_expr"] for r in regions], retries=retries)
+    results = negatives_for(engine, [r["short_expr"] for r in regions], retries=retries, cache=cache)
     by_region = iter(results)
     for rec in live:
         stats = rec.setdefault("_stats", {})
         for region in rec.get("bbox_info", []):
             res = next(by_region)
+            if res.cached:
+                stats["cache_hits:negatives"] = stats.get("cache_hits:negatives", 0) + 1
             if res.valid:
                 region["short_expr_negs"] = negatives_mapping(res.negatives)
                 region["flag_short_neg"] = 1
@@ -255,13 +278,14 @@ def apply_negatives(engine: Any, records: list[dict], retries: int = 2) -> list[
 
 class GenerateNegatives(beam.PTransform):
     def __init__(self, spec: EngineSpec, batch_size: int = 16, retries: int = 2,
-                 engine_options: Optional[dict[str, Any]] = None):
+                 engine_options: Optional[dict[str, Any]] = None, cache_root: Optional[str] = None):
         super().__init__()
         self.spec, self.batch_size, self.retries = spec, batch_size, retries
         self.engine_options = engine_options
+        self.cache_root = cache_root
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        apply = functools.partial(apply_negatives, retries=self.retries)
+        apply = functools.partial(apply_negatives, retries=self.retries, cache=model_cache(self.cache_root))
         return records | "Negatives" >> RunInference(
             EngineModelHandler(NEGATIVE_ENGINES, self.spec, apply, batch_size=self.batch_size,
                                engine_options=self.engine_options))

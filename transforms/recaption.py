@@ -9,8 +9,10 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from pipeline.engines import EngineEntry, EngineRegistry, EngineSpec
+from transforms.cache import ModelCache, cached_answers, digest, model_cache
 from transforms.common import (EngineModelHandler, SampleError, engine_provenance, gpu_resource_hints, mark_dead,
                                open_image, per_sample)
+from transforms.spill import image_bytes
 
 STAGE = "recaption"
 
@@ -26,19 +28,27 @@ CAPTIONERS = EngineRegistry("captioner", {
 })
 
 
-def apply_captioner(engine: Any, records: list[dict], max_chars: int = 4000) -> list[dict]:
-    """Caption every live record of the batch; failures mark the record dead."""
+def apply_captioner(engine: Any, records: list[dict], max_chars: int = 4000,
+                    cache: Optional[ModelCache] = None) -> list[dict]:
+    """Caption every live record of the batch; failures mark the record dead. ``cache``: see transforms.cache."""
     images, alive = [], []
     for rec in records:
         if per_sample(STAGE, lambda r: images.append(open_image(r)), rec):
             alive.append(rec)
+    if not images:
+        return records
+    provenance = engine_provenance(engine)
     try:
-        captions = engine.caption(images) if images else []
+        captions, cached = cached_answers(
+            cache, STAGE, provenance, [digest(image_bytes(r)) for r in alive] if cache else [""] * len(alive),
+            lambda idx: engine.caption([images[i] for i in idx]), keep=lambda c: isinstance(c, str) and bool(c))
     except Exception as e:  # noqa: BLE001 - a whole-batch engine failure dead-letters the batch, with why
         for rec in alive:
             mark_dead(rec, STAGE, "engine_error", f"{type(e).__name__}: {e}")
         return records
-    provenance = engine_provenance(engine) if images else {}
+    for rec, hit in zip(alive, cached):
+        if hit:
+            rec.setdefault("_stats", {})["cache_hits:recaption"] = 1
     for rec, cap in zip(alive, captions):
         if isinstance(cap, SampleError):
             mark_dead(rec, STAGE, cap.reason, cap.detail)
@@ -62,15 +72,18 @@ class Recaption(beam.PTransform):
     """Long caption per record from the engine named by ``spec``; ``engine_options`` go to its factory."""
 
     def __init__(self, spec: EngineSpec, batch_size: int = 8, max_chars: int = 4000,
-                 engine_options: Optional[dict[str, Any]] = None, accelerator: Optional[str] = None):
+                 engine_options: Optional[dict[str, Any]] = None, accelerator: Optional[str] = None,
+                 cache_root: Optional[str] = None):
         super().__init__()
         self.spec, self.batch_size, self.max_chars = spec, batch_size, max_chars
+        self.cache_root = cache_root
         self.engine_options = dict(engine_options or {})
         self.accelerator = accelerator
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         handler = EngineModelHandler(CAPTIONERS, self.spec,
-                                     functools.partial(apply_captioner, max_chars=self.max_chars),
+                                     functools.partial(apply_captioner, max_chars=self.max_chars,
+                                                       cache=model_cache(self.cache_root)),
                                      batch_size=self.batch_size, engine_options=self.engine_options)
         infer = RunInference(handler)
         hints = gpu_resource_hints(CAPTIONERS, self.spec, self.accelerator)

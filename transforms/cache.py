@@ -1,0 +1,123 @@
+"""Model answers kept in a folder so that a re-run does not pay for them twice (``--model-cache``).
+
+One small json object per answer, at ``ROOT/<stage>/<k[:2]>/<k>.json`` where ``k`` hashes the
+stage, the engine's provenance (engine, model, prompt hash, options such as ``max_side``; never
+the run id) and the input (the image bytes; the image bytes and its expressions; the expression).
+What is kept is the engine's raw answer before the stage's own selection, so changing e.g.
+``--box-conf`` or ``--max-caption-chars`` still reads the cache; changing the model, the prompt
+or an engine option does not. Only successful answers are kept: failures are asked again.
+
+ROOT is a local folder or any fsspec URI (``gs://bucket/cache``): every worker of a distributed
+run reads and writes the same cache. Entries are written whole (local: temp file + rename), so a
+reader never sees half an answer; an unreadable entry counts as a miss.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from typing import Any, Callable, Optional, Sequence
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def digest(*parts: bytes | str) -> str:
+    """sha256 over the parts, each length-prefixed so that ("ab", "c") and ("a", "bc") differ."""
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
+
+
+class ModelCache:
+    """Get and put answers by (stage, provenance, input digest). Pickles as its root URI only."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self._fs: Optional[fsspec.AbstractFileSystem] = None
+        self._base = ""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"])
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        if self._fs is None:
+            self._fs, self._base = fsspec.core.url_to_fs(self.root)
+        return self._fs
+
+    def key(self, stage: str, provenance: dict[str, Any], input_digest: str) -> str:
+        prov = {k: v for k, v in provenance.items() if k != "run"}
+        return digest(stage, json.dumps(prov, sort_keys=True, default=str), input_digest)
+
+    def path(self, stage: str, key: str) -> str:
+        self.fs  # noqa: B018 - resolves _base on first use
+        return posixpath.join(self._base, stage, key[:2], f"{key}.json")
+
+    def get_many(self, stage: str, keys: Sequence[str]) -> dict[str, Any]:
+        """The cached answers among ``keys`` (misses absent)."""
+        found: dict[str, Any] = {}
+        for key in dict.fromkeys(keys):
+            path = self.path(stage, key)
+            try:
+                with self.fs.open(path, "rb") as f:
+                    found[key] = json.loads(f.read())["answer"]
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                continue
+        return found
+
+    def put_many(self, stage: str, answers: dict[str, Any]) -> None:
+        for key, answer in answers.items():
+            path = self.path(stage, key)
+            data = json.dumps({"answer": answer}, ensure_ascii=False).encode("utf-8")
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            if isinstance(self.fs, LocalFileSystem):
+                tmp = f"{path}.tmp-{os.getpid()}"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            else:
+                with self.fs.open(path, "wb") as f:  # object stores publish an object only when complete
+                    f.write(data)
+
+
+def model_cache(root: Optional[str]) -> Optional[ModelCache]:
+    return ModelCache(root) if root else None
+
+
+def cached_answers(cache: Optional[ModelCache], stage: str, provenance: dict[str, Any], digests: Sequence[str],
+                   ask: Callable[[list[int]], Sequence[Any]],
+                   keep: Callable[[Any], bool]) -> tuple[list[Any], list[bool]]:
+    """One answer per input: from ``cache`` where it has one, else from ``ask(indices of the misses)``.
+
+    Returns ``(answers, from_cache)``. New answers for which ``keep`` is true are stored.
+    Without a cache this is just ``ask(all indices)``.
+    """
+    n = len(digests)
+    if cache is None:
+        return list(ask(list(range(n)))), [False] * n
+    keys = [cache.key(stage, provenance, d) for d in digests]
+    hits = cache.get_many(stage, keys)
+    answers: list[Any] = [hits.get(k) for k in keys]
+    from_cache = [k in hits for k in keys]
+    missing = [i for i in range(n) if not from_cache[i]]
+    if missing:
+        fresh = list(ask(missing))
+        if len(fresh) != len(missing):
+            raise RuntimeError(f"{stage} engine gave {len(fresh)} answers for {len(missing)} inputs")
+        for i, answer in zip(missing, fresh):
+            answers[i] = answer
+        cache.put_many(stage, {keys[i]: to_json(a) for i, a in zip(missing, fresh) if keep(a)})
+    return answers, from_cache
+
+
+def to_json(answer: Any) -> Any:
+    """Tuples (boxes) as lists: what comes back from the cache is what json gives."""
+    return json.loads(json.dumps(answer))
