@@ -37,6 +37,12 @@ CASES = {
         ({"a white plate", "a glass", "a fork", "a checkered tablecloth"},
          {"a white plate": "a white plate of pasta with tomato sauce", "a glass": "a glass of red wine",
           "a fork": "a fork on a checkered tablecloth"}, {"the image"}),
+    # spaCy attaches the comma to "circle", so its noun chunk starts with ", ": trimmed.
+    "A simple drawing of three shapes on a plain light canvas: a large blue striped square on the left, "
+    "a small gray dotted circle in the center and a small red checkered ring.":
+        ({"a large blue striped square", "a small gray dotted circle", "a small red checkered ring"},
+         {"a small gray dotted circle": "a small gray dotted circle in the center",
+          "a large blue striped square": "a large blue striped square on the left"}, set()),
     "Love and freedom fill the background behind a tall lamp.":
         ({"a tall lamp"}, {"a tall lamp": "a tall lamp"}, {"love", "freedom", "the background"}),
 }
@@ -64,6 +70,13 @@ def test_offsets_point_at_the_expressions_in_the_caption(extracted: dict[str, li
             assert caption[e["start_char"]:e["end_char"]].lower() == e["short_expr"].lower()
             assert caption[e["start_char"]:e["long_end_char"]].lower() == e["long_expr"].lower()
             assert e["long_expr"].startswith(e["short_expr"])
+
+
+def test_no_expression_begins_or_ends_with_punctuation(extracted: dict[str, list[dict]]) -> None:
+    for exprs in extracted.values():
+        for e in exprs:
+            for text in (e["short_expr"], e["long_expr"]):
+                assert text == text.strip(" ,;:.-!?\"'()"), e
 
 
 def test_long_expressions_never_cross_a_conjunction(extracted: dict[str, list[dict]]) -> None:

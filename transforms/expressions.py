@@ -104,26 +104,41 @@ def _surface(doc: Any, start: int, end: int) -> str:
     return text
 
 
+def _trimmed(chunk: Any) -> tuple[int, int]:
+    """Token start and end of ``chunk`` without punctuation at either edge.
+
+    spaCy's English noun chunks start at the head's left edge, which can be a comma or a dash
+    attached to the noun ("..., a small gray dotted circle").
+    """
+    doc, start, end = chunk.doc, chunk.start, chunk.end
+    while start < end - 1 and (doc[start].is_punct or doc[start].is_space):
+        start += 1
+    while end > start + 1 and (doc[end - 1].is_punct or doc[end - 1].is_space):
+        end -= 1
+    return start, end
+
+
 def expressions_from_doc(doc: Any, max_long_tokens: int = MAX_LONG_TOKENS) -> list[dict[str, Any]]:
     """``[{short_expr, long_expr, start_char, end_char, long_end_char}]`` for one parsed caption."""
     abstract = abstract_nouns()
     cands = []
     for chunk in doc.noun_chunks:
         if _keep_chunk(chunk, abstract):
-            cands.append((chunk, long_span_end(chunk, max_long_tokens)))
+            start, short_end = _trimmed(chunk)
+            cands.append((chunk, start, short_end, max(short_end, long_span_end(chunk, max_long_tokens))))
     kept, seen = [], set()
-    for chunk, end in cands:
+    for chunk, start, short_end, end in cands:
         lemma = chunk.root.lemma_.lower()
         inside_longer = any(other is not chunk and other.root.lemma_.lower() == lemma
-                            and other.start <= chunk.start and end <= o_end
-                            and (o_end - other.start) > (end - chunk.start)
-                            for other, o_end in cands)
-        short, long_ = _surface(doc, chunk.start, chunk.end), _surface(doc, chunk.start, end)
+                            and o_start <= start and end <= o_end and (o_end - o_start) > (end - start)
+                            for other, o_start, _, o_end in cands)
+        short, long_ = _surface(doc, start, short_end), _surface(doc, start, end)
         if inside_longer or (short.lower(), long_.lower()) in seen:
             continue
         seen.add((short.lower(), long_.lower()))
-        kept.append({"short_expr": short, "long_expr": long_, "start_char": chunk.start_char,
-                     "end_char": chunk.end_char, "long_end_char": doc[end - 1].idx + len(doc[end - 1].text)})
+        last = doc[short_end - 1]
+        kept.append({"short_expr": short, "long_expr": long_, "start_char": doc[start].idx,
+                     "end_char": last.idx + len(last.text), "long_end_char": doc[end - 1].idx + len(doc[end - 1].text)})
     return kept
 
 
