@@ -273,7 +273,9 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
 
                 validate(spec, text_encoder=args.detector_text_encoder)
         validate_runner_options(beam_args, {"captioner": args.captioner, "detector": args.detector,
-                                            "negatives": args.negatives})
+                                            "negatives": args.negatives},
+                                paths={"--input": args.input, "--output": args.output,
+                                       "--spill-dir": args.spill_dir, "--model-cache": args.model_cache})
     except (EngineSpecError, ValueError) as e:
         raise UsageError(str(e)) from e
     selected_stages(args.stages)

@@ -9,13 +9,16 @@ FlinkRunner without --flink_master; a PortableRunner without --job_endpoint.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Mapping, Union
+from typing import Iterable, Mapping, Optional, Union
+
+import fsspec
 
 from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptions, GoogleCloudOptions,
                                                   PipelineOptions, PortableOptions, SetupOptions,
                                                   StandardOptions, WorkerOptions)
 
 from pipeline.engines import parse_spec
+
 
 # Engine kinds that need no accelerator on the worker: stubs, rule tables, spaCy on CPU, and
 # clients of a remote OpenAI-compatible server (the GPU is the server's, not the worker's).
@@ -108,13 +111,28 @@ def _portable_problems(options: PipelineOptions) -> list[str]:
     return _environment_problems(options)
 
 
-def validate_runner_options(beam_args: list[str], engines: Union[Mapping[str, str], Iterable[str]]) -> PipelineOptions:
-    """Parse ``beam_args`` and check them for the runner they name; raises :class:`RunnerOptionsError`."""
+def local_path_problems(paths: Mapping[str, Optional[str]]) -> list[str]:
+    """Flags naming a folder on the launching machine, which the workers of a cloud runner cannot reach."""
+    problems = []
+    for flag, value in paths.items():
+        if value and value not in ("auto", "none") and fsspec.core.split_protocol(value)[0] in (None, "file", "local"):
+            problems.append(f"{flag} {value} is a path on this machine, which Dataflow workers cannot reach; "
+                            "give a gs:// URI")
+    return problems
+
+
+def validate_runner_options(beam_args: list[str], engines: Union[Mapping[str, str], Iterable[str]],
+                            paths: Optional[Mapping[str, Optional[str]]] = None) -> PipelineOptions:
+    """Parse ``beam_args`` and check them for the runner they name; raises :class:`RunnerOptionsError`.
+
+    ``paths``: flag -> value of the pipeline's own folders (input, output, spill, cache); on
+    Dataflow they must not be local paths.
+    """
     options = PipelineOptions(beam_args)
     name = runner_name(options)
     problems: list[str] = []
     if name in ("DataflowRunner", "dataflow"):
-        problems = _dataflow_problems(options, engines)
+        problems = _dataflow_problems(options, engines) + local_path_problems(paths or {})
     elif name in ("FlinkRunner", "flink"):
         problems = _flink_problems(options)
     elif name in ("PortableRunner", "portable"):

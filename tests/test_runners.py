@@ -46,6 +46,17 @@ def test_bad_runner_options_fail_with_the_fix(argv: list[str], engines: dict, ne
     assert needle in str(err.value)
 
 
+def test_dataflow_refuses_folders_on_the_launching_machine() -> None:
+    shared = {"--input": "gs://b/in/", "--output": "gs://b/out", "--spill-dir": "auto", "--model-cache": None}
+    validate_runner_options(DATAFLOW, STUBS, paths=shared)
+    for flag, value in (("--output", "/tmp/out"), ("--spill-dir", "/mnt/spill"), ("--model-cache", "file:///c"),
+                        ("--input", "sample/manifest.jsonl")):
+        with pytest.raises(RunnerOptionsError) as err:
+            validate_runner_options(DATAFLOW, STUBS, paths={**shared, flag: value})
+        assert f"{flag} {value} is a path on this machine" in str(err.value) and "gs://" in str(err.value)
+    validate_runner_options(FLINK, STUBS, paths={**shared, "--output": "/nfs/out"})  # may be a shared mount
+
+
 @pytest.mark.parametrize("argv,engines", [
     (DATAFLOW, STUBS), (GPU_DATAFLOW, GPU), (FLINK, STUBS), (FLINK, GPU), ([], GPU),
     (["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"], STUBS),
