@@ -82,8 +82,9 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                              "cache_hits:<stage> in summary.json)")
     parser.add_argument("--spill-dir", "--spill_dir", dest="spill_dir", default="auto",
                         help="where image bytes wait between reading and writing, so records stay small at stage "
-                             "boundaries: auto (default) = a temp folder on local runners, whose boundaries are held "
-                             "in memory, and none on distributed runners (their shuffle is disk-backed); none; or a "
+                             "boundaries: auto (default) = on local runners, whose boundaries are held in memory, "
+                             "OUTPUT/.spill-* (or a temp folder when OUTPUT is remote), and none on distributed "
+                             "runners (their shuffle is disk-backed); none; or a "
                              "folder / fsspec URI (the run uses a subfolder and removes it at the end). Needs free "
                              "space about the size of the input images")
     parser.add_argument("--progress-every-s", "--progress_every_s", dest="progress_every_s", type=float, default=10.0,

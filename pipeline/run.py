@@ -286,7 +286,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     options = PipelineOptions(beam_args)
     p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
     started = time.monotonic()
-    with SpillDir(args.spill_dir, local_runner=is_local_runner(options)) as spill:
+    with SpillDir(args.spill_dir, local_runner=is_local_runner(options), output=args.output) as spill:
         build_pipeline(p, args, done, spill.root)
         p.run().wait_until_finish()
     summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3))

@@ -43,6 +43,14 @@ def test_spill_dir_choice_follows_the_runner(tmp_path: pathlib.Path) -> None:
         made = pathlib.Path(spill.root)
         assert made.is_dir()
     assert not made.exists()
+    out = tmp_path / "out"  # a local output: the spill goes next to the shards, not to /tmp (often RAM)
+    (out / ".spill-left-by-a-killed-run").mkdir(parents=True)
+    with SpillDir("auto", local_runner=True, output=str(out)) as spill:
+        assert pathlib.Path(spill.root).parent == out and pathlib.Path(spill.root).is_dir()
+        assert [p.name for p in out.iterdir()] == [pathlib.Path(spill.root).name]  # the stale one is gone
+    assert list(out.iterdir()) == []
+    with SpillDir("auto", local_runner=True, output="memory://remote-out") as spill:
+        assert not spill.root.startswith("memory://")  # a remote output: a local temp folder
     with SpillDir("memory://spilltest", local_runner=False) as spill:
         assert spill.root.startswith("memory:///spilltest/finehard-spill-")
         rec = spill_image({"key": "m", "f_path": "m", "image_bytes": b"abc"}, spill.root)

@@ -13,6 +13,7 @@ unless one is given.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import posixpath
@@ -25,6 +26,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 SPILL = "_spill"
+SPILL_PREFIX = ".spill-"  # the run's spill folder inside a local output folder
 AUTO, NONE = "auto", "none"
 
 
@@ -76,14 +78,24 @@ def image_bytes(rec: dict[str, Any]) -> bytes:
 class SpillDir:
     """The run's spill folder for ``--spill-dir``; removed with everything in it when the run ends.
 
-    ``auto``: a temp folder for local runners, none for distributed ones; ``none``: no spilling;
-    anything else: a folder (local or fsspec URI) under which this run makes its own subfolder.
+    ``auto``: on local runners ``OUTPUT/.spill-*`` when the output is a local folder (the disk that
+    takes the shards has room for the images; ``/tmp`` is often a RAM disk), else a temp folder;
+    none on distributed runners. ``none``: no spilling. Anything else: a folder (local or fsspec
+    URI) under which this run makes its own subfolder. A spill folder left in OUTPUT by a killed
+    run is removed by the next run into it.
     """
 
-    def __init__(self, value: str, local_runner: bool):
+    def __init__(self, value: str, local_runner: bool, output: Optional[str] = None):
         self.root: Optional[str] = None
         if value == AUTO and local_runner:
-            self.root = tempfile.mkdtemp(prefix="finehard-spill-")
+            if output and fsspec.core.split_protocol(output)[0] in (None, "file", "local"):
+                base = fsspec.core.url_to_fs(output)[1]
+                os.makedirs(base, exist_ok=True)
+                for stale in glob.glob(os.path.join(glob.escape(base), SPILL_PREFIX + "*")):
+                    shutil.rmtree(stale, ignore_errors=True)
+                self.root = tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=base)
+            else:
+                self.root = tempfile.mkdtemp(prefix="finehard-spill-")
         elif value not in (AUTO, NONE):
             fs, base = fsspec.core.url_to_fs(value)
             sub = posixpath.join(base, "finehard-spill-" + uuid.uuid4().hex[:12])
