@@ -26,6 +26,7 @@ from PIL import Image
 
 from pipeline.record import NUM_NEGATIVES
 
+STAGE_ORDER = ("captioner", "expressions", "detector", "negatives")  # RunInference namespaces, chain order
 SHARD_GLOB = "shard-*.tar"
 STATS_GLOB = "shard-*_stats.json"
 REPORT_NAME = "stats_report.json"
@@ -33,6 +34,50 @@ PROGRESS_LOG = logging.getLogger("finehard.progress")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 PREVIEW_MAX_SIDE = 512
 BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+
+
+def stage_metrics(result: Any, namespace_prefix: str = "finehard_") -> dict[str, dict[str, Any]]:
+    """Per model stage, from the runner's RunInference metrics: samples, seconds in the model, rate.
+
+    Works on any runner whose result can be queried after ``wait_until_finish`` (FnApiRunner,
+    Dataflow); an empty dict where the runner reports no metrics.
+    """
+    try:
+        found = result.metrics().query()
+    except Exception:  # noqa: BLE001 - a runner without metrics support: the report just lacks the section
+        return {}
+
+    def value(r: Any) -> Any:
+        return r.committed if r.committed is not None else r.attempted
+
+    stages: dict[str, dict[str, Any]] = {}
+    for kind in ("counters", "distributions"):
+        for r in found.get(kind, []):
+            ns = r.key.metric.namespace
+            if not ns.startswith(namespace_prefix):
+                continue
+            stage = stages.setdefault(ns[len(namespace_prefix):], {})
+            v = value(r)
+            if r.key.metric.name == "num_inferences":
+                stage["samples"] = stage.get("samples", 0) + int(v or 0)
+            elif r.key.metric.name == "inference_batch_latency_micro_secs" and v is not None:
+                stage["model_seconds"] = stage.get("model_seconds", 0.0) + v.sum / 1e6
+                stage["batches"] = stage.get("batches", 0) + v.count
+            elif r.key.metric.name == "load_model_latency_milli_secs" and v is not None:
+                stage["load_seconds"] = stage.get("load_seconds", 0.0) + v.sum / 1e3
+    for stage in stages.values():
+        for k in ("model_seconds", "load_seconds"):
+            if k in stage:
+                stage[k] = round(stage[k], 3)
+        secs = stage.get("model_seconds")
+        stage["samples_per_model_second"] = round(stage.get("samples", 0) / secs, 1) if secs else None
+    return in_chain_order(stages)
+
+
+def in_chain_order(stages: dict[str, Any]) -> dict[str, Any]:
+    """Stage entries in the chain's order (json files keep them sorted by name)."""
+    order = {name: i for i, name in enumerate(STAGE_ORDER)}
+    return dict(sorted(stages.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
 
 def shard_paths(output: str, names: Optional[list[str]] = None) -> list[str]:
@@ -139,6 +184,7 @@ def build_stats(output: str) -> dict[str, Any]:
         "engines": dict(sorted(engines.items())),
         "wall_seconds": seconds,
         "samples_per_second": round(total["read"] / seconds, 3) if seconds else None,
+        "stages": in_chain_order(summary.get("stage_metrics", {})),
         "config": total["engines"],
     }
 
@@ -163,6 +209,11 @@ def format_stats(report: dict[str, Any]) -> str:
         lines.append(f"  STUB output in {report['stub_samples']} sample(s): not real data")
     if report["samples_per_second"]:
         lines.append(f"  throughput {report['samples_per_second']} samples/s over {report['wall_seconds']} s")
+    for name, m in report.get("stages", {}).items():
+        rate = m.get("samples_per_model_second")
+        lines.append(f"  stage {name:<12}{m.get('samples', 0):>8} samples  {m.get('model_seconds', 0):>9.3f} s in the "
+                     f"engine ({'n/a' if rate is None else f'{rate:,.1f}/s'}), {m.get('batches', 0)} batches, "
+                     f"load {m.get('load_seconds', 0):.3f} s")
     return "\n".join(lines)
 
 

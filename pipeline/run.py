@@ -288,7 +288,11 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     started = time.monotonic()
     with SpillDir(args.spill_dir, local_runner=is_local_runner(options), output=args.output) as spill:
         build_pipeline(p, args, done, spill.root)
-        p.run().wait_until_finish()
-    summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3))
+        result = p.run()
+        result.wait_until_finish()
+    from pipeline.report import stage_metrics
+
+    summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3),
+                            stage_metrics=stage_metrics(result))
     LOG.info("read %(read)d, written %(written)d, dead-lettered %(dead_lettered)d, filtered %(filtered)d", summary)
     return summary

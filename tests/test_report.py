@@ -174,3 +174,21 @@ def test_throughput_when_the_run_recorded_its_wall_time(run_out: pathlib.Path, t
     (out / "summary.json").write_text(json.dumps({**summary, "wall_seconds": 6.5}))
     report = build_stats(str(out))
     assert report["wall_seconds"] == 6.5 and report["samples_per_second"] == round(13 / 6.5, 3)
+
+
+def test_per_stage_throughput_comes_from_the_runners_metrics(run_out: pathlib.Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    from pipeline.report import build_stats
+
+    stages = build_stats(str(run_out))["stages"]
+    assert list(stages) == ["captioner", "expressions", "detector", "negatives"]  # the chain's order
+    for name, m in stages.items():
+        # 13 read, 1 dead-lettered while reading: 12 reach every model stage.
+        assert m["samples"] == 12 and m["batches"] >= 2, (name, m)  # --batch-size 8 -> at least 2 batches
+        assert m["model_seconds"] > 0 and m["samples_per_model_second"] == round(12 / m["model_seconds"], 1)
+    assert stats_main([str(run_out)]) == 0
+    text = capsys.readouterr().out
+    positions = [text.index(f"stage {name}") for name in stages]
+    assert positions == sorted(positions)
+    assert json.loads((run_out / "stats_report.json").read_text())["stages"] == stages
+    assert json.loads((run_out / "summary.json").read_text())["stage_metrics"] == stages
