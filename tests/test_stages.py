@@ -104,3 +104,24 @@ def test_unknown_stage_fails_fast(tmp_path: pathlib.Path, scenes_dir: pathlib.Pa
 
     with pytest.raises(UsageError, match="unknown stage 'boxs'"):
         run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "o", "--stages", "boxs")
+
+
+def test_nearly_blank_pictures_with_different_objects_are_not_duplicates(tmp_path: pathlib.Path) -> None:
+    """dHash puts such pairs a few bits apart; the colour thumbnail check keeps them both."""
+    from PIL import ImageDraw
+
+    from transforms.dedup import dhash
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, colour, x in (("a_pink", (230, 90, 200), 130), ("b_yellow", (240, 220, 40), 136)):
+        im = Image.new("RGB", (384, 288), (245, 235, 225))
+        ImageDraw.Draw(im).polygon([(x, 260), (x + 40, 260), (x + 20, 235)], fill=colour)
+        im.save(src / f"{name}.jpg", quality=90)
+    a, b = (dhash(Image.open(src / f"{n}.jpg")) for n in ("a_pink", "b_yellow"))
+    assert bin(a ^ b).count("1") <= 6  # within the default threshold: dHash alone would drop one
+    original = Image.open(src / "a_pink.jpg")
+    original.resize((192, 144)).save(src / "c_pink_resized.jpg", quality=70)
+    summary = run_pipeline(src, tmp_path / "out")
+    assert summary["written"] == 2 and summary["filtered_by_reason"] == {"dedup:duplicate": 1}
+    assert {s["__key__"] for s in read_shards(tmp_path / "out")} == {"a_pink", "b_yellow"}

@@ -6,7 +6,9 @@ counted and listed under ``filtered/``, never silently lost. Near duplicates are
 256-bit difference hash and LSH banding: with threshold ``t`` the hash is cut into ``t + 1``
 bands, and two hashes within ``t`` bits share at least one band, so only images sharing a band
 are compared. Constant bands (flat regions: all 0 or all 1 bits) are not used as buckets; they
-would put every image with an empty sky or background in one bucket.
+would put every image with an empty sky or background in one bucket. A pair within ``t`` bits
+is a near duplicate only if their 16x16 colour thumbnails agree too (:func:`thumbnails_close`):
+dHash alone calls two nearly blank pictures with different small objects duplicates.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import io
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
+import numpy as np
 from PIL import Image
 
 from transforms.common import mark_filtered
@@ -23,6 +26,8 @@ from transforms.spill import image_bytes
 STAGE = "dedup"
 HASH_SIDE = 16  # 16x16 gradient bits = 256-bit hash
 HASH_BITS = HASH_SIDE * HASH_SIDE
+THUMB_SIDE = 16  # colour thumbnail that confirms a near-duplicate pair
+THUMB_MAX_DIFF = 32
 
 
 def dhash(image: Image.Image, side: int = HASH_SIDE) -> int:
@@ -37,11 +42,31 @@ def dhash(image: Image.Image, side: int = HASH_SIDE) -> int:
     return bits
 
 
+def thumbnail(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
+    """A ``side`` x ``side`` RGB thumbnail (box filter): the colour check of a near-duplicate pair."""
+    return image.convert("RGB").resize((side, side), Image.Resampling.BOX).tobytes()
+
+
+def thumbnails_close(a: bytes, b: bytes, limit: int = THUMB_MAX_DIFF) -> bool:
+    """Whether no value of two thumbnails differs by more than ``limit`` (0-255, any channel).
+
+    dHash is grey and gradient-only: two nearly blank pictures with a different small object
+    (or background colour) can be a few bits apart. Re-encoded (JPEG q40-90) and resized (to a
+    quarter) copies stayed within 21 on the bundled photos and scenes; such distinct pairs
+    differed by 43 or more (docs/data_quality.md). The maximum, not a mean or percentile, so a
+    small object still counts.
+    """
+    diff = np.abs(np.frombuffer(a, np.uint8).astype(np.int16) - np.frombuffer(b, np.uint8).astype(np.int16))
+    return bool(diff.max() <= limit)
+
+
 def add_hashes(rec: dict[str, Any]) -> dict[str, Any]:
     data = image_bytes(rec)
     rec["_sha256"] = hashlib.sha256(data).hexdigest()
     with Image.open(io.BytesIO(data)) as im:
+        im.load()
         rec["_dhash"] = dhash(im)
+        rec["_thumb"] = thumbnail(im)
     return rec
 
 
@@ -65,12 +90,13 @@ def _exact_pairs(group: tuple[str, Iterable[str]]) -> Iterator[tuple[str, tuple[
         yield k, (keys[0], 0)
 
 
-def _near_pairs(group: tuple[Any, Iterable[tuple[str, int]]], threshold: int) -> Iterator[tuple[str, tuple[str, int]]]:
+def _near_pairs(group: tuple[Any, Iterable[tuple[str, int, bytes]]],
+                threshold: int) -> Iterator[tuple[str, tuple[str, int]]]:
     members = sorted(set(group[1]))
-    for i, (ka, ha) in enumerate(members):
-        for kb, hb in members[i + 1:]:
+    for i, (ka, ha, ta) in enumerate(members):
+        for kb, hb, tb in members[i + 1:]:
             d = bin(ha ^ hb).count("1")
-            if d <= threshold and ka != kb:
+            if d <= threshold and ka != kb and thumbnails_close(ta, tb):
                 yield kb, (ka, d)  # the larger key duplicates the smaller one
 
 
@@ -78,6 +104,7 @@ def _mark(rec: dict[str, Any], duplicates: dict[str, tuple[str, int]]) -> dict[s
     hit = duplicates.get(rec["key"])
     rec.pop("_dhash", None)
     rec.pop("_sha256", None)
+    rec.pop("_thumb", None)
     if hit is not None:
         ref, dist = hit
         kind = "exact duplicate" if dist == 0 else f"near duplicate (dHash distance {dist})"
@@ -102,7 +129,8 @@ class DropDuplicates(beam.PTransform):
         found = [exact]
         if t >= 0:
             found.append(hashed
-                         | "Bands" >> beam.FlatMap(lambda r: [(b, (r["key"], r["_dhash"])) for b in bands(r["_dhash"], t)])
+                         | "Bands" >> beam.FlatMap(lambda r: [(b, (r["key"], r["_dhash"], r["_thumb"]))
+                                                             for b in bands(r["_dhash"], t)])
                          | "GroupBand" >> beam.GroupByKey()
                          | "NearPairs" >> beam.FlatMap(_near_pairs, threshold=t))
         duplicates = (found | "AllPairs" >> beam.Flatten()
