@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             return rc
         timings[name] = time.time() - t
         results[name] = evaluate_model(os.path.join(out, "final"), sets)
-    header = f"| run | fgovd_hard | box_cls | retrieval_r1 | train s |\n|---|---|---|---|---|"
+    header = "| run | fgovd_hard | box_cls | retrieval_r1 | train s |\n|---|---|---|---|---|"
     rows = [f"| {k} | {v['fgovd_hard']:.3f} | {v['box_cls']:.3f} | {v['retrieval_r1']:.3f} | {timings[k]:.0f} |"
             for k, v in results.items()]
     ratio = results["stage2_full"]["fgovd_hard"] / max(results["stage1"]["fgovd_hard"], 1e-9)
