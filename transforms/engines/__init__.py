@@ -11,15 +11,21 @@ ENGINE_OPTION_KEYS = frozenset({
 })
 
 
-def split_target(target: str) -> tuple[str, dict[str, str]]:
-    """``'/m.gguf?n_ctx=2048'`` -> ``('/m.gguf', {'n_ctx': '2048'})``; other query keys stay in the target."""
+def split_target(target: str, keys: frozenset[str] = ENGINE_OPTION_KEYS) -> tuple[str, dict[str, str]]:
+    """``'/m.gguf?n_ctx=2048'`` -> ``('/m.gguf', {'n_ctx': '2048'})``; query keys not in ``keys`` stay in the target."""
     parts = urlsplit(target)
     if not parts.query:
         return target, {}
     pairs = parse_qsl(parts.query, keep_blank_values=True)
-    options = {k: v for k, v in pairs if k in ENGINE_OPTION_KEYS}
-    rest = "&".join(f"{k}={v}" for k, v in pairs if k not in ENGINE_OPTION_KEYS)
+    options = {k: v for k, v in pairs if k in keys}
+    rest = "&".join(f"{k}={v}" for k, v in pairs if k not in keys)
     return urlunsplit(parts._replace(query=rest)), options
+
+
+def split_coerced(target: str, keys: frozenset[str]) -> tuple[str, dict[str, object]]:
+    """:func:`split_target` with the option values typed by :func:`coerce`."""
+    rest, options = split_target(target, keys)
+    return rest, {k: coerce(v) for k, v in options.items()}
 
 
 def coerce(value: str) -> object:

@@ -17,14 +17,13 @@ import io
 import json
 import re
 from typing import Any, Callable, Optional, Sequence
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from PIL import Image
 
 from pipeline.engines import EngineSpec
 from prompts import load_prompt
 from transforms.common import SampleError
-from transforms.engines import ENGINE_OPTION_KEYS, coerce
+from transforms.engines import ENGINE_OPTION_KEYS, split_coerced
 
 DEFAULT_PROMPT = "recaption.txt"
 DEFAULT_MAX_SIDE = 1024
@@ -43,20 +42,9 @@ _PREAMBLE = re.compile(
     r")\s*", re.IGNORECASE)
 
 
-def split_options(target: str, keys: frozenset[str] = CAPTION_OPTION_KEYS) -> tuple[str, dict[str, Any]]:
-    """``'/m?max_side=768&x=1'`` -> ``('/m?x=1', {'max_side': 768})``: engine keys out, the rest stays."""
-    parts = urlsplit(target)
-    if not parts.query:
-        return target, {}
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    options = {k: coerce(v) for k, v in pairs if k in keys}
-    rest = "&".join(f"{k}={v}" for k, v in pairs if k not in keys)
-    return urlunsplit(parts._replace(query=rest)), options
-
-
 def resolve_options(spec: EngineSpec, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The spec's target without engine options, and keyword options overridden by the spec's."""
-    target, spec_options = split_options(spec.target)
+    target, spec_options = split_coerced(spec.target, CAPTION_OPTION_KEYS)  # '/m?max_side=768&x=1' -> '/m?x=1'
     return target, {**{k: v for k, v in options.items() if v is not None}, **spec_options}
 
 

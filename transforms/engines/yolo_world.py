@@ -19,14 +19,13 @@ import collections
 import os
 import tempfile
 from typing import Any, Callable, Sequence
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import numpy as np
 from PIL import Image
 
 from pipeline.engines import EngineSpec
 from transforms.common import SampleError
-from transforms.engines import coerce
+from transforms.engines import split_coerced
 
 DETECTOR_OPTION_KEYS = frozenset({"text_encoder", "imgsz", "device", "half", "min_conf", "pre_nms_iou",
                                   "max_det", "text_cache_size", "fuse"})
@@ -43,17 +42,6 @@ def prepare_ultralytics_env() -> None:
         folder = os.path.join(tempfile.gettempdir(), f"finehard-yolo-config-{os.getuid()}")
         os.makedirs(folder, exist_ok=True)
         os.environ["YOLO_CONFIG_DIR"] = folder
-
-
-def split_detector_options(target: str) -> tuple[str, dict[str, Any]]:
-    """``'/w.pt?imgsz=1280'`` -> ``('/w.pt', {'imgsz': 1280})``."""
-    parts = urlsplit(target)
-    if not parts.query:
-        return target, {}
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    options = {k: coerce(v) for k, v in pairs if k in DETECTOR_OPTION_KEYS}
-    rest = "&".join(f"{k}={v}" for k, v in pairs if k not in DETECTOR_OPTION_KEYS)
-    return urlunsplit(parts._replace(query=rest)), options
 
 
 def local_weights(path: str) -> str:
@@ -80,7 +68,7 @@ def local_weights(path: str) -> str:
 
 def resolve_detector_options(spec: EngineSpec, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Weights path and options: keywords (from flags) overridden by ``?key=`` and ``#text=`` in the spec."""
-    weights, spec_opts = split_detector_options(spec.target)
+    weights, spec_opts = split_coerced(spec.target, DETECTOR_OPTION_KEYS)  # '/w.pt?imgsz=1280' -> '/w.pt'
     if spec.model.startswith("text="):
         spec_opts.setdefault("text_encoder", spec.model[len("text="):])
     return weights, {**{k: v for k, v in options.items() if v is not None}, **spec_opts}
