@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from training.bench_utils import append_benchmark  # noqa: E402
+from bench.common import append_section, torch_version  # noqa: E402
 from pipeline.synthetic import COLOURS, SHAPES, long_caption, make_scene, short_caption  # noqa: E402
 from training.cli import train_main  # noqa: E402
 from training.evaluate import image_tensor, region_accuracy, retrieval_r1  # noqa: E402
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
     if not args.no_doc:
-        append_benchmark("FG-CLIP loss ablation (bench/ablation.py)",
-                         [f"Setup: {setup}", "", header] + rows + ["", f"ablation: ratio={ratio:.2f}"])
+        append_section("FG-CLIP loss ablation (bench/ablation.py)",
+                       [f"Setup: {setup}", "", header] + rows + ["", f"ablation: ratio={ratio:.2f}"], [torch_version()])
     print(f"ablation: ratio={ratio:.2f}")
     return 0
 

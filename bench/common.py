@@ -53,12 +53,13 @@ def _mem_total_gib() -> float:
     return 0.0
 
 
-def machine() -> str:
-    """One line naming the machine and the versions that matter for these figures."""
+def machine(*extras: str) -> str:
+    """One line naming the machine and the versions that matter for these figures (``extras`` appended)."""
     import apache_beam
 
-    return (f"{platform.node() or 'host'} {platform.machine()}, {os.cpu_count()} cpus ({_cpu_model()}), "
-            f"{_mem_total_gib():.0f} GiB RAM, python {platform.python_version()}, apache-beam {apache_beam.__version__}")
+    return ", ".join([f"{platform.node() or 'host'} {platform.machine()}", f"{os.cpu_count()} cpus ({_cpu_model()})",
+                      f"{_mem_total_gib():.0f} GiB RAM", f"python {platform.python_version()}",
+                      f"apache-beam {apache_beam.__version__}", *extras])
 
 
 def make_input(n: int, seed: int = 0, cache: str = INPUT_CACHE) -> str:
@@ -207,17 +208,43 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def append_benchmark(title: str, script: str, setup: str, lines: Sequence[str], ratio_line: str,
-                     doc: str = BENCH_DOC) -> None:
-    """Append one dated section (machine, setup, table, ratio line) to docs/benchmarks.md; never rewrites."""
+def spacy_version() -> str:
+    import spacy
+
+    return f"spacy {spacy.__version__}"
+
+
+def torch_version() -> str:
+    import torch
+
+    return f"torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+
+
+def append_section(title: str, lines: Sequence[str], extras: Sequence[str] = (), doc: str = BENCH_DOC) -> None:
+    """Append one dated section (title, machine line, ``lines``) to docs/benchmarks.md; never rewrites."""
     os.makedirs(os.path.dirname(doc), exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"\n## {title} ({script}) — {now}\n\nMachine: {machine()}\n\nSetup: {setup}\n\n"
-            + "\n".join(lines) + f"\n\n{ratio_line}\n")
+    text = f"\n## {title} — {now}\n\nMachine: {machine(*extras)}\n\n" + "\n".join(lines) + "\n"
     with open(doc, "a", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # other benchmarks append to the same file
         f.write(text)
         fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def append_benchmark(title: str, script: str, setup: str, lines: Sequence[str], ratio_line: str,
+                     doc: str = BENCH_DOC) -> None:
+    """A pipeline benchmark's section: setup, table, ratio line (see :func:`append_section`)."""
+    append_section(f"{title} ({script})", [f"Setup: {setup}", "", *lines, "", ratio_line], doc=doc)
+
+
+def publish(args: argparse.Namespace, title: str, script: str, setup: str, lines: Sequence[str],
+            ratio_line: str) -> int:
+    """Print the table, append it to docs/benchmarks.md unless ``--no-doc``, end with the ratio line; exit 0."""
+    print("\n".join(lines))
+    if not args.no_doc:
+        append_benchmark(title, script, setup, lines, ratio_line)
+    print(ratio_line)
+    return 0
 
 
 def bench_args(description: str, default_n: int, argv: Optional[Sequence[str]] = None,

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (append_benchmark, bench_args, fresh_dir, make_input, markdown_table,  # noqa: E402
+from bench.common import (bench_args, fresh_dir, make_input, markdown_table, publish,  # noqa: E402
                           pipeline_argv, run_child)
 
 GOAL = 0.85
@@ -213,13 +213,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  f"{m['calls']} generate calls in the pipeline, engine load {m['load_s']:.1f} s, "
                  f"{m['written']} samples written")
     ratio_line = f"gpu_engines: ratio={ratio:.2f}"
-    print("\n".join(lines))
-    if not args.no_doc:
-        setup = (f"n={args.n} synthetic scenes, spec {spec}, negatives retries 0, pipeline batch size "
-                 f"{args.batch_size}, model {'shared across processes' if args.shared_model else 'in the worker'}; direct replays the pipeline's requests (same prompts and seeds)")
-        append_benchmark("vLLM negatives in the pipeline vs direct", "bench/gpu_engines.py", setup, lines, ratio_line)
-    print(ratio_line)
-    return 0
+    setup = (f"n={args.n} synthetic scenes, spec {spec}, negatives retries 0, pipeline batch size "
+             f"{args.batch_size}, model {'shared across processes' if args.shared_model else 'in the worker'}; direct replays the pipeline's requests (same prompts and seeds)")
+    return publish(args, "vLLM negatives in the pipeline vs direct", "bench/gpu_engines.py", setup, lines, ratio_line)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from spacy_batching import append_doc, captions  # noqa: E402
+from spacy_batching import captions  # noqa: E402
+
+from bench.common import append_section, spacy_version  # noqa: E402
 
 from pipeline.engines import parse_spec  # noqa: E402
 from transforms.expressions import extract_expressions  # noqa: E402
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"negatives_speed: ratio={ratio:.2f}"]
     print("\n".join(lines))
     if not args.no_doc:
-        append_doc("Hard negatives speed (bench/negatives_speed.py)", lines)
+        append_section("Hard negatives speed (bench/negatives_speed.py)", lines, [spacy_version()])
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (append_benchmark, bench_args, fresh_dir, make_input, markdown_table,  # noqa: E402
+from bench.common import (bench_args, fresh_dir, make_input, markdown_table, publish,  # noqa: E402
                           python_child, run_child, run_pipeline_child)
 
 GOAL = 0.7
@@ -169,13 +169,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lines.append(f"pipeline / loop samples/s: {ratio:.2f} (goal >= {GOAL}: {'met' if ratio >= GOAL else 'MISSED'}); "
                  f"byte-identical shards from both: {m['same_shards']}")
     ratio_line = f"pipeline_overhead: ratio={ratio:.2f}"
-    print("\n".join(lines))
-    if not args.no_doc:
-        setup = (f"n={n} synthetic scenes (seed {args.seed}), samples_per_shard={SAMPLES_PER_SHARD}, "
-                 f"batch_size={BATCH_SIZE}; 'run s' excludes interpreter start and imports, includes model loads")
-        append_benchmark("Pipeline overhead", "bench/pipeline_overhead.py", setup, lines, ratio_line)
-    print(ratio_line)
-    return 0
+    setup = (f"n={n} synthetic scenes (seed {args.seed}), samples_per_shard={SAMPLES_PER_SHARD}, "
+             f"batch_size={BATCH_SIZE}; 'run s' excludes interpreter start and imports, includes model loads")
+    return publish(args, "Pipeline overhead", "bench/pipeline_overhead.py", setup, lines, ratio_line)
 
 
 if __name__ == "__main__":

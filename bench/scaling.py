@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (append_benchmark, bench_args, fresh_dir, make_input, markdown_table,  # noqa: E402
+from bench.common import (bench_args, fresh_dir, make_input, markdown_table, publish,  # noqa: E402
                           run_pipeline_child)
 
 MEMORY_GOAL = 1.2
@@ -83,13 +83,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  f"RSS growth per 1,000 samples: "
                  f"{(rows[-1]['peak_mib'] - rows[0]['peak_mib']) / max(1, rows[-1]['n'] - rows[0]['n']) * 1000:.0f} MiB")
     ratio_line = f"scaling: ratio={mem_ratio:.2f}"
-    print("\n".join(lines))
-    if not args.no_doc:
-        setup = (f"sizes {[r['n'] for r in rows]} synthetic scenes (seed {args.seed}), stub engines, FnApiRunner, "
-                 f"samples_per_shard={SAMPLES_PER_SHARD}, flags {extra or 'default'}; each run a fresh process; ratio = peak RSS largest/smallest")
-        append_benchmark("Pipeline scaling", "bench/scaling.py", setup, lines, ratio_line)
-    print(ratio_line)
-    return 0
+    setup = (f"sizes {[r['n'] for r in rows]} synthetic scenes (seed {args.seed}), stub engines, FnApiRunner, "
+             f"samples_per_shard={SAMPLES_PER_SHARD}, flags {extra or 'default'}; each run a fresh process; ratio = peak RSS largest/smallest")
+    return publish(args, "Pipeline scaling", "bench/scaling.py", setup, lines, ratio_line)
 
 
 if __name__ == "__main__":

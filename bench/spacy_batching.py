@@ -7,33 +7,17 @@ batched time, so > 1 means batching is faster).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.common import append_section, spacy_version  # noqa: E402
 from pipeline.synthetic import long_caption, make_scene  # noqa: E402
 from transforms.expressions import expressions_from_doc, load_nlp  # noqa: E402
 
-BENCH_DOC = os.path.join(ROOT, "docs", "benchmarks.md")
-
-
-def machine() -> str:
-    import spacy
-
-    return f"{platform.node() or 'host'} {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, spacy {spacy.__version__}"
-
-
-def append_doc(title: str, lines: list[str]) -> None:
-    """Append a dated section to docs/benchmarks.md (never rewrites what is there)."""
-    os.makedirs(os.path.dirname(BENCH_DOC), exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    with open(BENCH_DOC, "a", encoding="utf-8") as f:
-        f.write(f"\n## {title} — {now}\n\nMachine: {machine()}\n\n" + "\n".join(lines) + "\n")
 
 
 def captions(n: int) -> list[str]:
@@ -67,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
              f"spacy_batching: ratio={ratio:.2f}"]
     print("\n".join(lines))
     if not args.no_doc:
-        append_doc("spaCy batching (bench/spacy_batching.py)", lines)
+        append_section("spaCy batching (bench/spacy_batching.py)", lines, [spacy_version()])
     return 0
 
 

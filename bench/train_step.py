@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from transformers import CLIPModel  # noqa: E402
 
-from training.bench_utils import append_benchmark  # noqa: E402
+from bench.common import append_section, torch_version  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import make_loader  # noqa: E402
 from training.model import FGCLIP, tiny_clip_config  # noqa: E402
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     print(setup)
     print("\n".join(table))
     if not args.no_doc:
-        append_benchmark("FG-CLIP train step (bench/train_step.py)",
-                         [f"Setup: {setup}", ""] + table + ["", f"train_step: ratio={ratio:.2f}"])
+        append_section("FG-CLIP train step (bench/train_step.py)",
+                       [f"Setup: {setup}", ""] + table + ["", f"train_step: ratio={ratio:.2f}"], [torch_version()])
     print(f"train_step: ratio={ratio:.2f}")
     return 0
 

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (append_benchmark, bench_args, fresh_dir, make_input, markdown_table,  # noqa: E402
+from bench.common import (bench_args, fresh_dir, make_input, markdown_table, publish,  # noqa: E402
                           run_pipeline_child)
 
 SAMPLES_PER_SHARD = 250  # several shards, so the final write stage has work to split too
@@ -61,13 +61,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lines.append("")
     lines.append(f"speed-up 2 workers vs 1: {speedup:.2f}x on {os.cpu_count()} cores")
     ratio_line = f"workers: ratio={speedup:.2f}"
-    print("\n".join(lines))
-    if not args.no_doc:
-        setup = (f"n={args.n} synthetic scenes (seed {args.seed}), stub engines, FnApiRunner, "
-                 f"samples_per_shard={SAMPLES_PER_SHARD}; {args.repeats} fresh-process runs per mode, median shown; ratio = 1-worker / 2-worker time")
-        append_benchmark("Pipeline workers", "bench/workers.py", setup, lines, ratio_line)
-    print(ratio_line)
-    return 0
+    setup = (f"n={args.n} synthetic scenes (seed {args.seed}), stub engines, FnApiRunner, "
+             f"samples_per_shard={SAMPLES_PER_SHARD}; {args.repeats} fresh-process runs per mode, median shown; ratio = 1-worker / 2-worker time")
+    return publish(args, "Pipeline workers", "bench/workers.py", setup, lines, ratio_line)
 
 
 if __name__ == "__main__":
