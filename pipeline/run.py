@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline.engines import EngineSpecError
 from pipeline.options import add_curation_args, check_positive
 from pipeline.record import PROJECT_VERSION, text_hash
+from pipeline.report import stage_metrics
 from pipeline.submit import validate_runner_options
 from transforms.common import mark_dead, split_outcomes
 from transforms.dedup import DropDuplicates
@@ -290,8 +291,6 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         build_pipeline(p, args, done, spill.root)
         result = p.run()
         result.wait_until_finish()
-    from pipeline.report import stage_metrics
-
     summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3),
                             stage_metrics=stage_metrics(result))
     LOG.info("read %(read)d, written %(written)d, dead-lettered %(dead_lettered)d, filtered %(filtered)d", summary)

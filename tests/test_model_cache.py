@@ -54,10 +54,11 @@ def test_bad_entries_are_misses_and_the_cache_pickles_as_its_root(tmp_path: path
         return [f"answer {i}" for i in idx]
 
     digests = [digest(b"img0"), digest(b"img1")]
-    answers, hits = cached_answers(cache, "s", prov, digests, ask, keep=bool)
+    answers, hits = cached_answers(cache, "s", prov, 2, digests.__getitem__, ask, keep=bool)
     assert answers == ["answer 0", "answer 1"] and hits == [False, False]
     pathlib.Path(cache.path("s", cache.key("s", prov, digests[1]))).write_text("{not json")
-    answers, hits = cached_answers(pickle.loads(pickle.dumps(cache)), "s", prov, digests, ask, keep=bool)
+    answers, hits = cached_answers(pickle.loads(pickle.dumps(cache)), "s", prov, 2, digests.__getitem__, ask,
+                                   keep=bool)
     assert answers == ["answer 0", "answer 1"] and hits == [True, False] and asked == [[0, 1], [1]]
     entry = json.loads(pathlib.Path(cache.path("s", cache.key("s", prov, digests[1]))).read_text())
     assert entry == {"answer": "answer 1"}  # rewritten whole

@@ -38,8 +38,7 @@ class ModelCache:
 
     def __init__(self, root: str):
         self.root = root
-        self._fs: Optional[fsspec.AbstractFileSystem] = None
-        self._base = ""
+        self._resolved: Optional[tuple[fsspec.AbstractFileSystem, str]] = None  # (filesystem, root path), on first use
 
     def __getstate__(self) -> dict[str, Any]:
         return {"root": self.root}
@@ -49,17 +48,19 @@ class ModelCache:
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        if self._fs is None:
-            self._fs, self._base = fsspec.core.url_to_fs(self.root)
-        return self._fs
+        return self._fs_and_base()[0]
+
+    def _fs_and_base(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        if self._resolved is None:
+            self._resolved = fsspec.core.url_to_fs(self.root)
+        return self._resolved
 
     def key(self, stage: str, provenance: dict[str, Any], input_digest: str) -> str:
         prov = {k: v for k, v in provenance.items() if k != "run"}
         return digest(stage, json.dumps(prov, sort_keys=True, default=str), input_digest)
 
     def path(self, stage: str, key: str) -> str:
-        self.fs  # noqa: B018 - resolves _base on first use
-        return posixpath.join(self._base, stage, key[:2], f"{key}.json")
+        return posixpath.join(self._fs_and_base()[1], stage, key[:2], f"{key}.json")
 
     def get_many(self, stage: str, keys: Sequence[str]) -> dict[str, Any]:
         """The cached answers among ``keys`` (misses absent)."""
@@ -92,18 +93,17 @@ def model_cache(root: Optional[str]) -> Optional[ModelCache]:
     return ModelCache(root) if root else None
 
 
-def cached_answers(cache: Optional[ModelCache], stage: str, provenance: dict[str, Any], digests: Sequence[str],
-                   ask: Callable[[list[int]], Sequence[Any]],
+def cached_answers(cache: Optional[ModelCache], stage: str, provenance: dict[str, Any], n: int,
+                   digest_of: Callable[[int], str], ask: Callable[[list[int]], Sequence[Any]],
                    keep: Callable[[Any], bool]) -> tuple[list[Any], list[bool]]:
-    """One answer per input: from ``cache`` where it has one, else from ``ask(indices of the misses)``.
+    """One answer for each of ``n`` inputs: from ``cache`` where it has one, else ``ask(indices of the misses)``.
 
-    Returns ``(answers, from_cache)``. New answers for which ``keep`` is true are stored.
-    Without a cache this is just ``ask(all indices)``.
+    ``digest_of(i)`` names input ``i`` (called only with a cache). Returns ``(answers, from_cache)``;
+    new answers for which ``keep`` is true are stored. Without a cache this is ``ask(all indices)``.
     """
-    n = len(digests)
     if cache is None:
         return list(ask(list(range(n)))), [False] * n
-    keys = [cache.key(stage, provenance, d) for d in digests]
+    keys = [cache.key(stage, provenance, digest_of(i)) for i in range(n)]
     hits = cache.get_many(stage, keys)
     answers: list[Any] = [hits.get(k) for k in keys]
     from_cache = [k in hits for k in keys]

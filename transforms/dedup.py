@@ -12,7 +12,6 @@ dHash alone calls two nearly blank pictures with different small objects duplica
 """
 from __future__ import annotations
 
-import hashlib
 import io
 from typing import Any, Iterable, Iterator
 
@@ -21,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from transforms.common import mark_filtered
-from transforms.spill import image_bytes
+from transforms.spill import SHA256, image_bytes, image_sha256
 
 STAGE = "dedup"
 HASH_SIDE = 16  # 16x16 gradient bits = 256-bit hash
@@ -61,9 +60,8 @@ def thumbnails_close(a: bytes, b: bytes, limit: int = THUMB_MAX_DIFF) -> bool:
 
 
 def add_hashes(rec: dict[str, Any]) -> dict[str, Any]:
-    data = image_bytes(rec)
-    rec["_sha256"] = hashlib.sha256(data).hexdigest()
-    with Image.open(io.BytesIO(data)) as im:
+    image_sha256(rec)
+    with Image.open(io.BytesIO(image_bytes(rec))) as im:
         im.load()
         rec["_dhash"] = dhash(im)
         rec["_thumb"] = thumbnail(im)
@@ -103,7 +101,6 @@ def _near_pairs(group: tuple[Any, Iterable[tuple[str, int, bytes]]],
 def _mark(rec: dict[str, Any], duplicates: dict[str, tuple[str, int]]) -> dict[str, Any]:
     hit = duplicates.get(rec["key"])
     rec.pop("_dhash", None)
-    rec.pop("_sha256", None)
     rec.pop("_thumb", None)
     if hit is not None:
         ref, dist = hit
@@ -123,7 +120,7 @@ class DropDuplicates(beam.PTransform):
         t = self.near_threshold
         hashed = records | "Hash" >> beam.Map(add_hashes)
         exact = (hashed
-                 | "BySha" >> beam.Map(lambda r: (r["_sha256"], r["key"]))
+                 | "BySha" >> beam.Map(lambda r: (r[SHA256], r["key"]))
                  | "GroupSha" >> beam.GroupByKey()
                  | "ExactPairs" >> beam.FlatMap(_exact_pairs))
         found = [exact]

@@ -16,7 +16,7 @@ from pipeline.engines import EngineEntry, EngineRegistry, EngineSpec
 from transforms.cache import ModelCache, cached_answers, digest, model_cache
 from transforms.common import (EngineModelHandler, SampleError, engine_provenance, gpu_resource_hints, mark_dead,
                                open_image, per_sample)
-from transforms.spill import image_bytes
+from transforms.spill import image_sha256
 
 STAGE = "detect"
 
@@ -86,9 +86,9 @@ def apply_detector(engine: Any, records: list[dict], conf: float, iou: float, ma
     if not images:
         return records
     provenance = engine_provenance(engine)
-    digests = [digest(image_bytes(r), *x) for r, x in zip(alive, exprs)] if cache else [""] * len(alive)
     try:
-        results, cached = cached_answers(cache, STAGE, provenance, digests,
+        results, cached = cached_answers(cache, STAGE, provenance, len(alive),
+                                         lambda i: digest(image_sha256(alive[i]), *exprs[i]),
                                          lambda idx: engine.detect([images[i] for i in idx], [exprs[i] for i in idx]),
                                          keep=lambda d: not isinstance(d, Exception))
     except Exception as e:  # noqa: BLE001

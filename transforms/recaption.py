@@ -9,10 +9,10 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from pipeline.engines import EngineEntry, EngineRegistry, EngineSpec
-from transforms.cache import ModelCache, cached_answers, digest, model_cache
+from transforms.cache import ModelCache, cached_answers, model_cache
 from transforms.common import (EngineModelHandler, SampleError, engine_provenance, gpu_resource_hints, mark_dead,
                                open_image, per_sample)
-from transforms.spill import image_bytes
+from transforms.spill import image_sha256
 
 STAGE = "recaption"
 
@@ -40,7 +40,7 @@ def apply_captioner(engine: Any, records: list[dict], max_chars: int = 4000,
     provenance = engine_provenance(engine)
     try:
         captions, cached = cached_answers(
-            cache, STAGE, provenance, [digest(image_bytes(r)) for r in alive] if cache else [""] * len(alive),
+            cache, STAGE, provenance, len(alive), lambda i: image_sha256(alive[i]),
             lambda idx: engine.caption([images[i] for i in idx]), keep=lambda c: isinstance(c, str) and bool(c))
     except Exception as e:  # noqa: BLE001 - a whole-batch engine failure dead-letters the batch, with why
         for rec in alive:

@@ -26,22 +26,24 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 SPILL = "_spill"
+SHA256 = "_image_sha256"  # of the stored image bytes, computed once (spill name, dedup, model cache)
 SPILL_PREFIX = ".spill-"  # the run's spill folder inside a local output folder
 AUTO, NONE = "auto", "none"
 
 
-def spill_name(rec: dict[str, Any], data: bytes) -> str:
+def spill_name(rec: dict[str, Any]) -> str:
     """A file name unique to the sample (key and source) and its bytes."""
     who = hashlib.sha1(f"{rec.get('key')}\0{rec.get('f_path')}".encode("utf-8")).hexdigest()[:20]
-    return f"{who}-{hashlib.sha256(data).hexdigest()[:20]}"
+    return f"{who}-{image_sha256(rec)[:20]}"
 
 
 def spill_image(rec: dict[str, Any], root: str) -> dict[str, Any]:
     """Move a live record's bytes to ``root``; dead and filtered records just drop theirs."""
-    data = rec.pop("image_bytes", None)
-    if data is None or "_dead" in rec or "_filtered" in rec:
+    if rec.get("image_bytes") is None or "_dead" in rec or "_filtered" in rec:
+        rec.pop("image_bytes", None)
         return rec
-    name = spill_name(rec, data)
+    name = spill_name(rec)
+    data = rec.pop("image_bytes")
     if os.path.isabs(root):  # a local folder: plain file calls (fsspec costs ~6x more per small read)
         path = os.path.join(root, name)
         if not os.path.exists(path):
@@ -73,6 +75,13 @@ def image_bytes(rec: dict[str, Any]) -> bytes:
             return f.read()
     with fsspec.open(path, "rb") as f:
         return f.read()
+
+
+def image_sha256(rec: dict[str, Any]) -> str:
+    """sha256 hex of the record's stored image bytes, computed on first use and kept on the record."""
+    if SHA256 not in rec:
+        rec[SHA256] = hashlib.sha256(image_bytes(rec)).hexdigest()
+    return rec[SHA256]
 
 
 class SpillDir:
