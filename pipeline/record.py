@@ -11,6 +11,7 @@ from typing import Any
 
 PROJECT_VERSION = "0.1.0"
 NUM_NEGATIVES = 10
+METRICS_NAMESPACE = "finehard"  # Beam metrics; RunInference stages use "finehard_<stage>"
 
 # Fields of the emitted .json member (FineHARD layout plus key/provenance).
 RECORD_FIELDS = ("key", "f_path", "caption", "short_caption", "width", "height", "bbox_info", "provenance")

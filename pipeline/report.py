@@ -24,7 +24,7 @@ import apache_beam as beam
 import fsspec
 from PIL import Image
 
-from pipeline.record import NUM_NEGATIVES
+from pipeline.record import METRICS_NAMESPACE, NUM_NEGATIVES
 
 STAGE_ORDER = ("captioner", "expressions", "detector", "negatives")  # RunInference namespaces, chain order
 SHARD_GLOB = "shard-*.tar"
@@ -36,7 +36,7 @@ PREVIEW_MAX_SIDE = 512
 BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 
 
-def stage_metrics(result: Any, namespace_prefix: str = "finehard_") -> dict[str, dict[str, Any]]:
+def stage_metrics(result: Any, namespace_prefix: str = f"{METRICS_NAMESPACE}_") -> dict[str, dict[str, Any]]:
     """Per model stage, from the runner's RunInference metrics: samples, seconds in the model, rate.
 
     Works on any runner whose result can be queried after ``wait_until_finish`` (FnApiRunner,
@@ -402,7 +402,7 @@ class LogProgress(beam.DoFn):
 
     def setup(self) -> None:
         self._clock = self.clock or time.monotonic
-        self._counter = beam.metrics.Metrics.counter("finehard", "samples_done")
+        self._counter = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "samples_done")
         self._done, self._start, self._last = 0, None, 0.0
 
     def process(self, element: Any, total: Optional[int] = None) -> Iterator[Any]:

@@ -12,13 +12,11 @@ import os
 from typing import Iterable, Mapping, Optional, Union
 
 import fsspec
-
 from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptions, GoogleCloudOptions,
                                                   PipelineOptions, PortableOptions, SetupOptions,
                                                   StandardOptions, WorkerOptions)
 
 from pipeline.engines import parse_spec
-
 
 # Engine kinds that need no accelerator on the worker: stubs, rule tables, spaCy on CPU, and
 # clients of a remote OpenAI-compatible server (the GPU is the server's, not the worker's).

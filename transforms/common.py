@@ -16,13 +16,13 @@ from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
 
 from pipeline.engines import EngineRegistry, EngineSpec
+from pipeline.record import METRICS_NAMESPACE
 from transforms.spill import image_bytes
 
 LOG = logging.getLogger(__name__)
 
 DEAD = "dead"
 FILTERED = "filtered"
-METRICS_NAMESPACE = "finehard"
 
 
 class SampleError(Exception):
