@@ -95,6 +95,9 @@ def test_exact_and_near_duplicates_are_filtered_with_their_reference(tmp_path: p
     assert len(kept) == 12
     assert Image.open(io.BytesIO(next(s for s in read_shards(tmp_path / "out")
                                       if s["__key__"] == "scene_03_000004")["jpg"])).size == im.size
+    exact_only = run_pipeline(src, tmp_path / "exact", "--near-dup-threshold", "-1")
+    assert exact_only["written"] == 13 and exact_only["filtered_by_reason"] == {"dedup:duplicate": 1}
+    assert "zz_resized_copy" in {s["__key__"] for s in read_shards(tmp_path / "exact")}
 
 
 def test_unknown_stage_fails_fast(tmp_path: pathlib.Path, scenes_dir: pathlib.Path) -> None:

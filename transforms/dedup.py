@@ -59,12 +59,13 @@ def thumbnails_close(a: bytes, b: bytes, limit: int = THUMB_MAX_DIFF) -> bool:
     return bool(diff.max() <= limit)
 
 
-def add_hashes(rec: dict[str, Any]) -> dict[str, Any]:
+def add_hashes(rec: dict[str, Any], near: bool = True) -> dict[str, Any]:
+    """The content hash, and for the near check the dHash and colour thumbnail (one decode)."""
     image_sha256(rec)
-    with Image.open(io.BytesIO(image_bytes(rec))) as im:
-        im.load()
-        rec["_dhash"] = dhash(im)
-        rec["_thumb"] = thumbnail(im)
+    if near:
+        with Image.open(io.BytesIO(image_bytes(rec))) as im:
+            rec["_dhash"] = dhash(im)
+            rec["_thumb"] = thumbnail(im)
     return rec
 
 
@@ -118,7 +119,7 @@ class DropDuplicates(beam.PTransform):
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         t = self.near_threshold
-        hashed = records | "Hash" >> beam.Map(add_hashes)
+        hashed = records | "Hash" >> beam.Map(add_hashes, near=t >= 0)
         exact = (hashed
                  | "BySha" >> beam.Map(lambda r: (r[SHA256], r["key"]))
                  | "GroupSha" >> beam.GroupByKey()
