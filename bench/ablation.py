@@ -2,7 +2,7 @@
 
 Trains stage 1 (global only), then from that model stage 2 with L_regional only (w_hard = 0) and the
 full stage 2 (L_global + 0.1 L_regional + 0.5 L_hard), all through ``training.cli.train_main`` on
-WebDataset shards written from ``pipeline.synthetic``. Held-out scenes (another seed) give:
+WebDataset shards written from ``core.synthetic``. Held-out scenes (another seed) give:
   fgovd_hard   top-1 of the positive among positive + 10 attribute-swapped negatives, per object box;
   box_cls      top-1 of a held-out box's RoIAlign feature among all "a <colour> <shape>" class texts;
   retrieval_r1 image<->long-caption R@1 (mean of both directions) over the held-out images.
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.common import append_section, torch_version  # noqa: E402
-from pipeline.synthetic import COLOURS, SHAPES, long_caption, make_scene, short_caption  # noqa: E402
+from core.synthetic import COLOURS, SHAPES, long_caption, make_scene, short_caption  # noqa: E402
 from training.cli import train_main  # noqa: E402
 from training.evaluate import image_tensor, region_accuracy, retrieval_r1  # noqa: E402
 from training.model import load_fgclip, tiny_clip_config  # noqa: E402

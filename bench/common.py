@@ -63,8 +63,8 @@ def machine(*extras: str) -> str:
 
 
 def make_input(n: int, seed: int = 0, cache: str = INPUT_CACHE) -> str:
-    """Manifest of ``n`` synthetic scenes (``pipeline.synthetic.write_scenes``), cached per (n, seed)."""
-    from pipeline.synthetic import write_scenes
+    """Manifest of ``n`` synthetic scenes (``core.synthetic.write_scenes``), cached per (n, seed)."""
+    from core.synthetic import write_scenes
 
     folder = os.path.join(cache, f"scenes_n{n}_s{seed}")
     manifest = os.path.join(folder, "manifest.jsonl")

@@ -110,7 +110,7 @@ def build_counting(spec: Any, **options: Any) -> Any:
 PIPELINE_CHILD = """
 import json, sys, time, logging
 logging.disable(logging.WARNING)
-from pipeline.engines import EngineEntry
+from core.engines import EngineEntry
 from transforms.negatives import NEGATIVE_ENGINES
 old = NEGATIVE_ENGINES.entries["vllm"]
 shared = sys.argv[2] == "shared"  # gpu=True: RunInference shares one model per machine (a proxy)
@@ -125,7 +125,7 @@ child_report({"run_s": time.perf_counter() - t, "written": summary["written"], "
 # The direct side: the same engine class, the same requests, one LLM.chat call.
 DIRECT_CHILD = """
 import json, sys, time
-from pipeline.engines import parse_spec
+from core.engines import parse_spec
 from bench.gpu_engines import _CountingLLM
 from transforms.engines.negatives_vllm import VllmNegatives
 spec, calls = parse_spec(sys.argv[1]), [json.loads(l) for l in open(sys.argv[2]) if '"expressions"' in l]

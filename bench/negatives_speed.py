@@ -21,7 +21,7 @@ from spacy_batching import captions  # noqa: E402
 
 from bench.common import append_section, spacy_version  # noqa: E402
 
-from pipeline.engines import parse_spec  # noqa: E402
+from core.engines import parse_spec  # noqa: E402
 from transforms.expressions import extract_expressions  # noqa: E402
 from transforms.negatives import NEGATIVE_ENGINES, negatives_for  # noqa: E402
 

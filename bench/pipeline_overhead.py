@@ -53,7 +53,7 @@ def _batches(items: Any, size: int) -> Any:
 def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_SHARD,
                batch_size: int = BATCH_SIZE) -> dict[str, Any]:
     """The pipeline's per-sample work as plain Python; returns counts like the pipeline's summary."""
-    from pipeline.engines import parse_spec
+    from core.engines import parse_spec
     from pipeline.run import STAGE_FIELDS, carry_input_fields, parse_args, run_info, selected_stages, stamp_run
     from transforms.detect import DETECTORS, apply_detector
     from transforms.expressions import expressions_from_doc, expressions_provenance, load_nlp

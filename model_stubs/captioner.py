@@ -5,8 +5,8 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.engines import EngineSpec, stub_provenance
-from pipeline.synthetic import long_caption, scene_from_image
+from core.engines import EngineSpec, stub_provenance
+from core.synthetic import long_caption, scene_from_image
 
 
 class StubCaptioner:

@@ -5,8 +5,8 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.engines import EngineSpec, stub_provenance
-from pipeline.synthetic import COLOURS, PATTERNS, SHAPES, SIZES, scene_from_image
+from core.engines import EngineSpec, stub_provenance
+from core.synthetic import COLOURS, PATTERNS, SHAPES, SIZES, scene_from_image
 
 # (x1, y1, x2, y2) in pixels, score, index of the expression it answers
 Detection = tuple[tuple[float, float, float, float], float, int]

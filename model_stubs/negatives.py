@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.engines import EngineSpec, stub_provenance
+from core.engines import EngineSpec, stub_provenance
 
 _COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black",
             "gray", "white", "silver")

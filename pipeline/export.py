@@ -22,7 +22,7 @@ from typing import Any, Iterator, Optional
 
 import fsspec
 
-from pipeline.record import NUM_NEGATIVES
+from core.record import NUM_NEGATIVES
 from pipeline.report import iter_samples, shard_paths
 
 FGCLIP_JSON = "finehard.json"

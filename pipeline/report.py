@@ -24,7 +24,7 @@ import apache_beam as beam
 import fsspec
 from PIL import Image
 
-from pipeline.record import METRICS_NAMESPACE, NUM_NEGATIVES
+from core.record import METRICS_NAMESPACE, NUM_NEGATIVES
 
 STAGE_ORDER = ("captioner", "expressions", "detector", "negatives")  # RunInference namespaces, chain order
 SHARD_GLOB = "shard-*.tar"

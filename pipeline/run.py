@@ -12,9 +12,9 @@ import apache_beam as beam
 import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.engines import EngineSpecError
+from core.engines import EngineSpecError
 from pipeline.options import add_curation_args, check_positive
-from pipeline.record import PROJECT_VERSION, text_hash
+from core.record import PROJECT_VERSION, text_hash
 from pipeline.report import stage_metrics
 from pipeline.submit import validate_runner_options
 from transforms.common import mark_dead, split_outcomes

@@ -1,6 +1,6 @@
 """Regenerate the bundled sample: ``python -m pipeline.sample sample`` (what ``make sample`` runs).
 
-24 synthetic scenes (ground truth embedded, see ``pipeline.synthetic``), the photos already in
+24 synthetic scenes (ground truth embedded, see ``core.synthetic``), the photos already in
 ``sample/photos`` with their alt-texts, and one deliberately truncated JPEG so a first run shows
 a dead-lettered sample. Everything is listed in ``sample/manifest.jsonl``.
 """
@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from pipeline.synthetic import encode_scene_jpeg, make_scene, short_caption
+from core.synthetic import encode_scene_jpeg, make_scene, short_caption
 
 NUM_SCENES = 24
 PHOTO_ALT_TEXT = {

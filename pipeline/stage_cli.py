@@ -80,7 +80,7 @@ def negatives_main(argv: list[str], stdin: Optional[IO[str]] = None, stdout: Opt
     parser.add_argument("--batch-size", type=int, default=16, help="expressions handed to the engine at once")
     args = parser.parse_args(argv)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    from pipeline.engines import EngineSpecError
+    from core.engines import EngineSpecError
     from transforms.negatives import negatives_for
 
     try:

@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptio
                                                   PipelineOptions, PortableOptions, SetupOptions,
                                                   StandardOptions, WorkerOptions)
 
-from pipeline.engines import parse_spec
+from core.engines import parse_spec
 
 # Engine kinds that need no accelerator on the worker: stubs, rule tables, spaCy on CPU, and
 # clients of a remote OpenAI-compatible server (the GPU is the server's, not the worker's).

@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 @pytest.fixture(scope="session")
 def scenes_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """12 synthetic scenes plus a jsonl manifest, shared read-only by tests."""
-    from pipeline.synthetic import write_scenes
+    from core.synthetic import write_scenes
 
     d = tmp_path_factory.mktemp("scenes")
     write_scenes(str(d), 12, seed=3)

@@ -10,7 +10,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from pipeline.engines import EngineEntry, EngineSpec, stub_provenance
+from core.engines import EngineEntry, EngineSpec, stub_provenance
 from transforms.common import SampleError
 from transforms.detect import DETECTORS, DetectBoxes
 

@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from PIL import Image  # noqa: E402
 
-from pipeline.engines import EngineSpec  # noqa: E402
+from core.engines import EngineSpec  # noqa: E402
 from transforms.detect import DETECTORS, apply_detector  # noqa: E402
 from transforms.engines.yolo_world import NO_TEXT_ENCODER, YoloWorldDetector  # noqa: E402
 

@@ -10,7 +10,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that
 
 from pipeline.stage_cli import expressions_main
-from pipeline.synthetic import long_caption, make_scene
+from core.synthetic import long_caption, make_scene
 from transforms.expressions import ExtractExpressions, abstract_nouns, extract_expressions, load_nlp
 
 BLACKBIRD = "A red-winged blackbird perched on a tree branch next to a man in a blue striped shirt."

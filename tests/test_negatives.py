@@ -11,7 +11,7 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that
 
-from pipeline.engines import EngineEntry, parse_spec
+from core.engines import EngineEntry, parse_spec
 from pipeline.stage_cli import negatives_main
 from prompts import load_prompt
 from transforms.negatives import (NEGATIVE_ENGINES, GenerateNegatives, apply_negatives, clean_negative,

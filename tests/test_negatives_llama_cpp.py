@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from pipeline.engines import parse_spec
+from core.engines import parse_spec
 from transforms.negatives import (NEGATIVE_ENGINES, apply_negatives, clean_negative, negatives_for,
                                   parse_answer)
 

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from pipeline.engines import parse_spec
+from core.engines import parse_spec
 from test_negatives_llama_cpp import VALIDATION_REASONS, smollm_gguf
 from fake_openai_server import FakeOpenAIServer, completion
 from transforms.negatives import NEGATIVE_ENGINES, apply_negatives, load_negatives_prompt, negatives_for, parse_answer

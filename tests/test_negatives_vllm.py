@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.engines import parse_spec
+from core.engines import parse_spec
 from transforms.negatives import NEGATIVE_ENGINES, load_negatives_prompt, negatives_for, request_seed
 
 GOOD = ["a blue wooden chair", "a red metal chair", "a green plastic chair", "a small red wooden chair",

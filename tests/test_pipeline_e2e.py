@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import dead_letters, read_shards, run_pipeline
-from pipeline.record import NUM_NEGATIVES, RECORD_FIELDS, validate_record
-from pipeline.synthetic import scene_from_image
+from core.record import NUM_NEGATIVES, RECORD_FIELDS, validate_record
+from core.synthetic import scene_from_image
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "sample"
 

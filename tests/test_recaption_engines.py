@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fake_openai_server import FakeOpenAIServer, completion, scripted, slow
-from pipeline.engines import EngineSpec
+from core.engines import EngineSpec
 from prompts import load_prompt
 from transforms.common import SampleError
 from transforms.engines.captioners import (OpenAICaptioner, TransformersCaptioner, VllmCaptioner, clean_caption,

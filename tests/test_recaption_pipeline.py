@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import run_pipeline
 from fake_openai_server import FakeOpenAIServer, completion
-from pipeline.engines import EngineEntry, EngineSpec, stub_provenance
+from core.engines import EngineEntry, EngineSpec, stub_provenance
 from transforms.common import SampleError
 from transforms.recaption import CAPTIONERS, Recaption
 

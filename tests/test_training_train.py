@@ -141,7 +141,7 @@ def test_train_main_resume_continues_from_checkpoint(tmp_path, shards, model_con
 def test_eval_main_fgovd_and_retrieval(tmp_path, shards, model_config, capsys):
     out = str(tmp_path / "m")
     assert train_main(["--stage", "1", "--model-config", model_config] + _common(shards, out, 1)) == 0
-    from pipeline.synthetic import make_scene
+    from core.synthetic import make_scene
 
     img, scene = make_scene(0, 5)
     img.save(tmp_path / "scene.png")

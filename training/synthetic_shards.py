@@ -1,4 +1,4 @@
-"""FineHARD-layout WebDataset shards built straight from ``pipeline.synthetic`` scenes (tests, benchmarks).
+"""FineHARD-layout WebDataset shards built straight from ``core.synthetic`` scenes (tests, benchmarks).
 
 Regions are the scene objects; ``short_expr`` is the object expression, ``long_expr`` adds its place,
 and the 10 hard negatives swap one attribute (colour, pattern or size) while keeping the shape noun.
@@ -12,12 +12,12 @@ from typing import Any
 
 import webdataset as wds
 
-from pipeline.record import negatives_mapping
-from pipeline.synthetic import COLOURS, PATTERNS, SIZES, encode_scene_jpeg, long_caption, make_scene, short_caption
+from core.record import negatives_mapping
+from core.synthetic import COLOURS, PATTERNS, SIZES, encode_scene_jpeg, long_caption, make_scene, short_caption
 
 
 def expression(size: str, colour: str, pattern: str, shape: str) -> str:
-    """The synthetic referring expression for these attributes (same wording as pipeline.synthetic)."""
+    """The synthetic referring expression for these attributes (same wording as core.synthetic)."""
     words = [size, colour] + ([pattern] if pattern != "plain" else []) + [shape]
     return "a " + " ".join(words)
 

@@ -15,8 +15,8 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
 
-from pipeline.engines import EngineRegistry, EngineSpec
-from pipeline.record import METRICS_NAMESPACE
+from core.engines import EngineRegistry, EngineSpec
+from core.record import METRICS_NAMESPACE
 from transforms.spill import image_bytes
 
 LOG = logging.getLogger(__name__)

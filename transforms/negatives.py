@@ -18,8 +18,8 @@ from typing import Any, Optional, Sequence
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
-from pipeline.engines import EngineEntry, EngineRegistry, EngineSpec
-from pipeline.record import NUM_NEGATIVES, negatives_mapping
+from core.engines import EngineEntry, EngineRegistry, EngineSpec
+from core.record import NUM_NEGATIVES, negatives_mapping
 from prompts import load_prompt
 from transforms.cache import ModelCache, digest, model_cache
 from transforms.common import EngineModelHandler, SampleError, engine_provenance

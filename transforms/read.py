@@ -21,7 +21,7 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from pipeline.record import make_key
+from core.record import make_key
 from transforms.common import SampleError, bump, mark_dead, mark_filtered
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")

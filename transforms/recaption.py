@@ -8,7 +8,7 @@ import functools
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
-from pipeline.engines import EngineEntry, EngineRegistry, EngineSpec
+from core.engines import EngineEntry, EngineRegistry, EngineSpec
 from transforms.cache import ModelCache, cached_answers, model_cache
 from transforms.common import (EngineModelHandler, SampleError, engine_provenance, gpu_resource_hints, mark_dead,
                                open_image, per_sample)

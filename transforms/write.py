@@ -20,7 +20,7 @@ import apache_beam as beam
 import fsspec
 import webdataset as wds
 
-from pipeline.record import PROJECT_VERSION
+from core.record import PROJECT_VERSION
 from transforms.spill import image_bytes
 
 SHARD_PREFIX = "shard"

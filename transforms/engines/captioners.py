@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from PIL import Image
 
-from pipeline.engines import EngineSpec
+from core.engines import EngineSpec
 from prompts import load_prompt
 from transforms.common import SampleError
 from transforms.engines import ENGINE_OPTION_KEYS, split_coerced

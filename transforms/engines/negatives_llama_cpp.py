@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from pipeline.engines import EngineSpec
+from core.engines import EngineSpec
 from transforms.common import SampleError
 from transforms.engines import coerce, split_target
 from transforms.negatives import load_negatives_prompt, request_seed

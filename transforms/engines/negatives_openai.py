@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
-from pipeline.engines import EngineSpec
+from core.engines import EngineSpec
 from transforms.common import SampleError
 from transforms.engines import coerce, split_target
 from transforms.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout

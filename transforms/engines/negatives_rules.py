@@ -13,7 +13,7 @@ import random
 import re
 from typing import Any
 
-from pipeline.engines import EngineSpec
+from core.engines import EngineSpec
 from prompts import load_prompt
 from transforms.negatives import LEXICONS_FILE, _norm, head_noun
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from pipeline.engines import EngineSpec
+from core.engines import EngineSpec
 from transforms.common import SampleError
 from transforms.engines import split_coerced
 

@@ -1,0 +1,1 @@
+"""Ground floor: the vocabulary every layer shares (engine specs, the record). Imports nothing of ours."""
