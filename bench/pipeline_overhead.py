@@ -40,6 +40,8 @@ t1 = time.perf_counter()
 stats = plain_loop(manifest, output, samples_per_shard, batch_size)
 t2 = time.perf_counter()
 from bench.common import child_report
+
+from core.record import Field
 child_report({"import_s": t1 - t0, "run_s": t2 - t1, **stats})
 """
 
@@ -54,11 +56,14 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
                batch_size: int = BATCH_SIZE) -> dict[str, Any]:
     """The pipeline's per-sample work as plain Python; returns counts like the pipeline's summary."""
     from core.engines import parse_spec
+    from core.record import Field
+    from transforms.common import bump
     from pipeline.run import STAGE_FIELDS, carry_input_fields, parse_args, run_info, selected_stages, stamp_run
     from transforms.detect import DETECTORS, apply_detector
     from transforms.expressions import expressions_from_doc, expressions_provenance, load_nlp
     from transforms.negatives import NEGATIVE_ENGINES, apply_negatives
-    from transforms.read import check_image, list_units, read_unit
+    from transforms.check import check_image
+    from transforms.read import list_units, read_unit
     from transforms.recaption import CAPTIONERS, apply_captioner
     from transforms.write import num_shards_for, shard_of, write_shard
 
@@ -71,10 +76,10 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     provenance = expressions_provenance(nlp)
 
     def live(rec: dict[str, Any]) -> bool:
-        return "_dead" not in rec and "_filtered" not in rec
+        return Field.DEAD not in rec and Field.FILTERED not in rec
 
     info = run_info(args)
-    run_id, stages = info["config_hash"], selected_stages(args.stages)
+    config_hash, stages = info["config_hash"], selected_stages(args.stages)
     units = list_units(args.input)
     # The loop knows the count up front (the pipeline counts in a side input); shards as in the pipeline.
     records = [r for u in units for r in read_unit(u)]
@@ -83,9 +88,9 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
 
     def checked() -> Any:
         for rec in records:
-            rec["_shard"] = (shard_of(rec["key"], num_shards), num_shards)
+            rec[Field.SHARD] = (shard_of(rec["key"], num_shards), num_shards)
             rec = check_image(rec, args.max_pixels, args.min_side)
-            yield carry_input_fields(rec, stages, run_id, args.reuse_captions) if live(rec) else rec
+            yield carry_input_fields(rec, stages, config_hash, args.reuse_captions) if live(rec) else rec
 
     def captioned() -> Any:
         for batch in _batches(checked(), batch_size):
@@ -96,9 +101,9 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
         pairs = ((r.get("caption", ""), r) for r in captioned())
         for doc, rec in nlp.pipe(pairs, as_tuples=True, batch_size=64):
             if live(rec):
-                rec["_expressions"] = expressions_from_doc(doc)
+                rec[Field.EXPRESSIONS] = expressions_from_doc(doc)
                 rec.setdefault("provenance", {})["expressions"] = provenance
-                rec.setdefault("_stats", {})["expressions"] = len(rec["_expressions"])
+                bump(rec, "expressions", len(rec[Field.EXPRESSIONS]))
             yield rec
 
     def detected() -> Any:
@@ -110,8 +115,8 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
         apply_negatives(negatives, batch, retries=args.negatives_retries)
         for rec in batch:
             for name in stages:  # the pipeline stamps each stage's field with the run that made it
-                stamp_run(rec, STAGE_FIELDS[name], run_id)
-            by_shard.setdefault(rec["_shard"][0], []).append(rec)
+                stamp_run(rec, STAGE_FIELDS[name], config_hash)
+            by_shard.setdefault(rec[Field.SHARD][0], []).append(rec)
     totals = {"read": 0, "written": 0, "dead_lettered": 0, "filtered": 0}
     for shard_id in sorted(by_shard):
         stats = write_shard(output, shard_id, num_shards, by_shard.pop(shard_id), info)

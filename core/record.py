@@ -11,11 +11,44 @@ from typing import Any
 
 PROJECT_VERSION = "0.1.0"
 NUM_NEGATIVES = 10
+# Image file extensions (lower case, no dot) the readers accept and the shard readers recognise.
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 METRICS_NAMESPACE = "finehard"  # Beam metrics; RunInference stages use "finehard_<stage>"
 
 # Fields of the emitted .json member (FineHARD layout plus key/provenance).
 RECORD_FIELDS = ("key", "f_path", "caption", "short_caption", "width", "height", "bbox_info", "provenance")
 REGION_FIELDS = ("bbox", "short_expr", "long_expr", "flag_short_neg", "short_expr_negs")
+
+
+
+class Field:
+    """The record's internal fields: set and read between stages, never written to a shard's ``.json``.
+
+    Everything a stage adds that is not a FineHARD field is named here, and :func:`public_fields`
+    is the one place they are stripped.
+    """
+    DEAD = "_dead"                    # {"stage", "reason", "detail"}: goes to the dead-letter output
+    FILTERED = "_filtered"            # {"stage", "reason", "detail"}: dropped on purpose (too small, duplicate)
+    STATS = "_stats"                  # per-record counters the shard writer sums into the shard's stats
+    SHARD = "_shard"                  # shard id, assigned after reading
+    EXPRESSIONS = "_expressions"      # referring expressions found in the caption, for the detector
+    INPUT_RECORD = "_input_record"    # the record an input shard of ours carried (fields of stages not rerun)
+    INPUT_CAPTION = "_input_caption"  # a long caption the input already had
+    SPILL = "_spill"                  # where the image bytes were spilled (local runners)
+    DHASH = "_dhash"                  # perceptual hash for near-duplicate removal
+    THUMB = "_thumb"                  # tiny thumbnail that confirms a near-duplicate
+    TAR_ERROR = "_tar_error"          # why a tar member could not be read
+    IMAGE_BYTES = "image_bytes"       # the (checked, normalised) image file
+    EXT = "ext"                       # its file extension in the shard (jpg, png, webp)
+
+
+INTERNAL_FIELDS = frozenset(v for k, v in vars(Field).items() if k.isupper())
+
+
+def public_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The record without its internal fields: what a shard's ``.json`` member holds."""
+    return {k: v for k, v in record.items() if k not in INTERNAL_FIELDS and not k.startswith("_")}
+
 
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 

@@ -5,16 +5,13 @@ from typing import Any
 
 from PIL import Image
 
-from core.engines import EngineSpec, stub_provenance
+from core.engines import Captioner, EngineSpec, stub_provenance
 from core.synthetic import long_caption, scene_from_image
 
 
-class StubCaptioner:
+class StubCaptioner(Captioner):
     def __init__(self, spec: EngineSpec, **_: Any):
         self.provenance = stub_provenance("captioner-oracle")
-
-    def get_provenance(self) -> dict[str, Any]:
-        return self.provenance
 
     def caption(self, images: list[Image.Image]) -> list[str]:
         return [self._one(im) for im in images]

@@ -5,7 +5,7 @@ from typing import Any
 
 from PIL import Image
 
-from core.engines import EngineSpec, stub_provenance
+from core.engines import Detector, EngineSpec, stub_provenance
 from core.synthetic import COLOURS, PATTERNS, SHAPES, SIZES, scene_from_image
 
 # (x1, y1, x2, y2) in pixels, score, index of the expression it answers
@@ -21,12 +21,9 @@ def _matches(expression: str, obj: dict[str, Any]) -> bool:
     return said <= {obj["colour"], obj["pattern"], obj["size"]}
 
 
-class StubDetector:
+class StubDetector(Detector):
     def __init__(self, spec: EngineSpec, **_: Any):
         self.provenance = stub_provenance("detector-oracle")
-
-    def get_provenance(self) -> dict[str, Any]:
-        return self.provenance
 
     def detect(self, images: list[Image.Image], expressions: list[list[str]]) -> list[list[Detection]]:
         return [self._one(im, exprs) for im, exprs in zip(images, expressions)]

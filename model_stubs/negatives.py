@@ -1,15 +1,15 @@
-"""StubNegatives: ten colour swaps of the expression (keeps the noun), or a bad answer on request."""
+"""StubNegatives: ten colour swaps of the expression (keeps the noun)."""
 from __future__ import annotations
 
 from typing import Any
 
-from core.engines import EngineSpec, stub_provenance
+from core.engines import EngineSpec, NegativesEngine, stub_provenance
 
 _COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black",
             "gray", "white", "silver")
 
 
-class StubNegatives:
+class StubNegatives(NegativesEngine):
     def __init__(self, spec: EngineSpec, **_: Any):
         self.provenance = stub_provenance("negatives-colour-swap")
 

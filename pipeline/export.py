@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 import fsspec
 
 from core.record import NUM_NEGATIVES
-from pipeline.report import iter_samples, shard_paths
+from pipeline.output import iter_samples, shard_paths
 
 FGCLIP_JSON = "finehard.json"
 FGCLIP_LIST = "finehard_files.txt"  # the .txt form of --data_path: one json file path a line

@@ -4,18 +4,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import posixpath
 import time
 from typing import Any, Optional
 
 import apache_beam as beam
-import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from core.engines import EngineSpecError
 from pipeline.options import add_curation_args, check_positive
-from core.record import PROJECT_VERSION, text_hash
-from pipeline.report import stage_metrics
+from core.record import Field, PROJECT_VERSION, text_hash
+from pipeline.output import read_shard_stats, stage_metrics, write_summary
 from pipeline.submit import validate_runner_options
 from transforms.common import mark_dead, split_outcomes
 from transforms.dedup import DropDuplicates
@@ -24,8 +22,9 @@ from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
 from transforms.read import InputError, ReadImages, list_units
 from transforms.recaption import CAPTIONERS, Recaption
+from transforms.progress import LogProgress
 from transforms.spill import SpillDir, spill_image
-from transforms.write import STATS_SUFFIX, SHARD_PREFIX, AssignShards, SkipCompleted, WriteShards, completed_shards
+from transforms.write import AssignShards, SkipCompleted, WriteShards, completed_shards
 
 LOG = logging.getLogger("finehard")
 LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "direct")
@@ -62,12 +61,11 @@ def detector_options(args: argparse.Namespace) -> dict[str, Any]:
 
 STAGES = ("recaption", "expressions", "detect", "negatives")
 STAGE_FIELDS = {"recaption": "caption", "expressions": "expressions", "detect": "bbox_info", "negatives": "negatives"}
-STAGE_PRESETS = {"all": STAGES, "recaption": ("recaption",), "stage1": ("recaption",),
-                 "negatives": ("negatives",), "boxes": ("expressions", "detect", "negatives")}
+STAGE_PRESETS = {"all": STAGES}  # every other value is a stage name or a comma list of them
 
 
 def selected_stages(raw: str) -> tuple[str, ...]:
-    """``all`` | ``recaption`` | ``negatives`` | a comma list of stage names; detect implies expressions."""
+    """``all`` or a comma list of stage names (``recaption``, ``negatives`` ...); detect implies expressions."""
     names: list[str] = []
     for part in (p.strip() for p in raw.split(",") if p.strip()):
         if part in STAGE_PRESETS:
@@ -75,8 +73,7 @@ def selected_stages(raw: str) -> tuple[str, ...]:
         elif part in STAGES:
             names.append(part)
         else:
-            raise UsageError(f"--stages: unknown stage {part!r}; choose from {', '.join(STAGE_PRESETS)} "
-                             f"or a comma list of {', '.join(STAGES)}")
+            raise UsageError(f"--stages: unknown stage {part!r}; give all or a comma list of {', '.join(STAGES)}")
     if "detect" in names:
         names.append("expressions")
     if not names:
@@ -84,16 +81,16 @@ def selected_stages(raw: str) -> tuple[str, ...]:
     return tuple(n for n in STAGES if n in names)
 
 
-def carry_input_fields(rec: dict[str, Any], stages: tuple[str, ...], run_id: str,
+def carry_input_fields(rec: dict[str, Any], stages: tuple[str, ...], config_hash: str,
                        reuse_captions: bool) -> dict[str, Any]:
     """Keep what the input already has (our own shards, a long-caption column) for the stages not rerun."""
-    old = rec.pop("_input_record", {})
-    caption = rec.pop("_input_caption", None)
+    old = rec.pop(Field.INPUT_RECORD, {})
+    caption = rec.pop(Field.INPUT_CAPTION, None)
     provenance = dict(old.get("provenance", {}))
     provenance.pop("version", None)
     if caption and ("recaption" not in stages or reuse_captions):
         rec["caption"] = caption
-        provenance.setdefault("caption", {"engine": "input", "stub": False, "run": run_id})
+        provenance.setdefault("caption", {"engine": "input", "stub": False, "run": config_hash})
     else:
         provenance.pop("caption", None)
     if "detect" not in stages and "bbox_info" in old:
@@ -112,16 +109,16 @@ def carry_input_fields(rec: dict[str, Any], stages: tuple[str, ...], run_id: str
     return rec
 
 
-def stamp_run(rec: dict[str, Any], field: str, run_id: str) -> dict[str, Any]:
+def stamp_run(rec: dict[str, Any], field: str, config_hash: str) -> dict[str, Any]:
     """Say which run produced ``field`` (kept as is when the field came from an earlier run)."""
     block = rec.get("provenance", {}).get(field)
-    if isinstance(block, dict) and "_dead" not in rec:
-        block.setdefault("run", run_id)
+    if isinstance(block, dict) and Field.DEAD not in rec:
+        block.setdefault("run", config_hash)
     return rec
 
 
 def _strip_bytes(rec: dict[str, Any]) -> dict[str, Any]:
-    rec.pop("image_bytes", None)
+    rec.pop(Field.IMAGE_BYTES, None)
     return rec
 
 
@@ -145,8 +142,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     live, dead, filtered = split_outcomes(records, "read")
     finished += [dead, filtered]
     stages_run = selected_stages(args.stages)
-    run_id = run_info(args)["config_hash"]
-    live = live | "CarryInputFields" >> beam.Map(carry_input_fields, stages=stages_run, run_id=run_id,
+    config_hash = run_info(args)["config_hash"]
+    live = live | "CarryInputFields" >> beam.Map(carry_input_fields, stages=stages_run, config_hash=config_hash,
                                                  reuse_captions=args.reuse_captions)
     if args.dedup:
         live, dead, filtered = split_outcomes(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup")
@@ -171,59 +168,18 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
             needs, has = (live | "NeedsCaption" >> beam.Partition(lambda r, _: int("caption" in r), 2))
             stage_input = needs
         out = (stage_input | name.title() >> stages[name]()
-               | f"Stamp{name.title()}" >> beam.Map(stamp_run, field=STAGE_FIELDS[name], run_id=run_id))
+               | f"Stamp{name.title()}" >> beam.Map(stamp_run, field=STAGE_FIELDS[name], config_hash=config_hash))
         if name == "recaption":
             out = (out, has) | "WithReusedCaptions" >> beam.Flatten()
         live, dead, filtered = split_outcomes(out, name)
         finished += [dead, filtered]
     failed = finished | "AllFailed" >> beam.Flatten() | "DropBytes" >> beam.Map(_strip_bytes)
     if args.progress_every_s > 0:
-        from pipeline.report import LogProgress
-
         total = records | "CountForProgress" >> beam.combiners.Count.Globally()
         live = live | "Progress" >> beam.ParDo(LogProgress(every_s=args.progress_every_s),
                                                total=beam.pvalue.AsSingleton(total))
     return ((live, failed) | "AllOutcomes" >> beam.Flatten()
             | "WriteShards" >> WriteShards(args.output, run_info(args)))
-
-
-def read_shard_stats(output: str) -> list[dict[str, Any]]:
-    fs, root = fsspec.core.url_to_fs(output)
-    stats = []
-    for p in sorted(fs.glob(posixpath.join(root, f"{SHARD_PREFIX}-*{STATS_SUFFIX}"))):
-        with fs.open(p, "rt", encoding="utf-8") as f:
-            stats.append(json.load(f))
-    return stats
-
-
-def summarise(stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over shard stats; ``reconciled`` says read == written + dead_lettered + filtered."""
-    total: dict[str, Any] = {"shards": len(stats), "read": 0, "written": 0, "dead_lettered": 0, "filtered": 0,
-                             "dead_lettered_by_reason": {}, "filtered_by_reason": {}, "counters": {}}
-    for s in stats:
-        for k in ("read", "written", "dead_lettered", "filtered"):
-            total[k] += s[k]
-        for k in ("dead_lettered_by_reason", "filtered_by_reason", "counters"):
-            for reason, n in s[k].items():
-                total[k][reason] = total[k].get(reason, 0) + n
-    for k in ("dead_lettered_by_reason", "filtered_by_reason", "counters"):
-        total[k] = dict(sorted(total[k].items()))
-    c = total["counters"]
-    invalid = sum(v for k, v in c.items() if k.startswith("negatives_invalid:"))
-    regions = c.get("negatives_valid", 0) + invalid
-    total["regions"] = c.get("regions", 0)
-    total["negatives_valid_rate"] = round(c.get("negatives_valid", 0) / regions, 4) if regions else None
-    total["reconciled"] = total["read"] == total["written"] + total["dead_lettered"] + total["filtered"]
-    total["engines"] = stats[0]["run"]["config"] if stats else {}
-    return total
-
-
-def write_summary(output: str, **extra: Any) -> dict[str, Any]:
-    summary = {**summarise(read_shard_stats(output)), **extra}
-    fs, root = fsspec.core.url_to_fs(output)
-    with fs.open(posixpath.join(root, "summary.json"), "wt", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
-    return summary
 
 
 def check_output_compatible(output: str, info: dict[str, Any]) -> set[int]:

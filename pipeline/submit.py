@@ -9,18 +9,21 @@ FlinkRunner without --flink_master; a PortableRunner without --job_endpoint.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Mapping, Optional, Union
+from typing import Mapping, Optional
 
 import fsspec
 from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptions, GoogleCloudOptions,
                                                   PipelineOptions, PortableOptions, SetupOptions,
                                                   StandardOptions, WorkerOptions)
 
-from core.engines import parse_spec
+from core.engines import EngineRegistry
+from transforms.detect import DETECTORS
+from transforms.negatives import NEGATIVE_ENGINES
+from transforms.recaption import CAPTIONERS
 
-# Engine kinds that need no accelerator on the worker: stubs, rule tables, spaCy on CPU, and
-# clients of a remote OpenAI-compatible server (the GPU is the server's, not the worker's).
-CPU_ENGINE_KINDS = ("stub", "rules", "spacy", "openai")
+# Each engine flag's registry; whether an engine needs the worker's accelerator is its
+# ``EngineEntry.gpu`` there (a client of a remote server is CPU: the GPU is the server's).
+ENGINE_REGISTRIES: dict[str, EngineRegistry] = {r.role: r for r in (CAPTIONERS, DETECTORS, NEGATIVE_ENGINES)}
 ACCELERATOR_OPTION = "worker_accelerator"
 ACCELERATOR_EXAMPLE = "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
 
@@ -35,10 +38,9 @@ def runner_name(options: PipelineOptions) -> str:
     return name if isinstance(name, str) else type(name).__name__
 
 
-def gpu_engines(engines: Union[Mapping[str, str], Iterable[str]]) -> list[str]:
-    """The engine specs that run a model on the worker's accelerator."""
-    specs = engines.values() if isinstance(engines, Mapping) else engines
-    return [raw for raw in specs if raw and parse_spec(raw).kind not in CPU_ENGINE_KINDS]
+def gpu_engines(engines: Mapping[str, str]) -> list[str]:
+    """The engine specs (``{"captioner": raw, "detector": raw, "negatives": raw}``) that need the worker's GPU."""
+    return [raw for role, raw in engines.items() if raw and ENGINE_REGISTRIES[role].is_gpu(raw)]
 
 
 def _has_accelerator(gcp: GoogleCloudOptions, options: PipelineOptions) -> bool:
@@ -47,7 +49,7 @@ def _has_accelerator(gcp: GoogleCloudOptions, options: PipelineOptions) -> bool:
     return bool(service) or any(e.startswith(ACCELERATOR_OPTION) for e in experiments)
 
 
-def _dataflow_problems(options: PipelineOptions, engines: Union[Mapping[str, str], Iterable[str]]) -> list[str]:
+def _dataflow_problems(options: PipelineOptions, engines: Mapping[str, str]) -> list[str]:
     gcp = options.view_as(GoogleCloudOptions)
     problems = []
     if not gcp.project:
@@ -119,7 +121,7 @@ def local_path_problems(paths: Mapping[str, Optional[str]]) -> list[str]:
     return problems
 
 
-def validate_runner_options(beam_args: list[str], engines: Union[Mapping[str, str], Iterable[str]],
+def validate_runner_options(beam_args: list[str], engines: Mapping[str, str],
                             paths: Optional[Mapping[str, Optional[str]]] = None) -> PipelineOptions:
     """Parse ``beam_args`` and check them for the runner they name; raises :class:`RunnerOptionsError`.
 

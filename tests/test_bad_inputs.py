@@ -11,7 +11,7 @@ from PIL import Image
 from bad_inputs import LONG_CAPTION_CHARS, RED, write_bad_corpus, write_malicious_tar
 from conftest import dead_letters, read_shards, run_pipeline
 from core.record import make_key, validate_record
-from transforms.read import MAX_SHORT_CAPTION_CHARS
+from transforms.check import MAX_SHORT_CAPTION_CHARS
 
 
 def _key(case) -> str:

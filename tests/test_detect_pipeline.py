@@ -10,7 +10,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from core.engines import EngineEntry, EngineSpec, stub_provenance
+from core.engines import Detector, EngineEntry, EngineSpec, stub_provenance
 from transforms.common import SampleError
 from transforms.detect import DETECTORS, DetectBoxes
 
@@ -18,7 +18,7 @@ EXPRS = [{"short_expr": "a dog", "long_expr": "a dog on the left"},
          {"short_expr": "a cat", "long_expr": "a cat on the right"}]
 
 
-class ScriptedDetector:
+class ScriptedDetector(Detector):
     """Fixed detections per image width; a 13px-wide image fails with a reason."""
 
     def __init__(self, spec: EngineSpec, **_: Any):

@@ -11,7 +11,7 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that
 
-from core.engines import EngineEntry, parse_spec
+from core.engines import EngineEntry, NegativesEngine, parse_spec
 from pipeline.stage_cli import negatives_main
 from prompts import load_prompt
 from transforms.negatives import (NEGATIVE_ENGINES, GenerateNegatives, apply_negatives, clean_negative,
@@ -86,7 +86,7 @@ def test_rules_engine_gives_ten_valid_negatives_deterministically() -> None:
     assert any("striped" not in n for n in shirt) and any("blue" not in n for n in shirt)  # attributes swapped
 
 
-class ScriptedEngine:
+class ScriptedEngine(NegativesEngine):
     """Answers from a script per attempt (seed); records what it was asked."""
 
     def __init__(self, *answers: object):

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from core.engines import parse_spec
+from core.engines import NegativesEngine, parse_spec
 from transforms.negatives import (NEGATIVE_ENGINES, apply_negatives, clean_negative, negatives_for,
                                   parse_answer)
 
@@ -29,7 +29,7 @@ def smollm_gguf() -> str:
     return found[0]
 
 
-class Recording:
+class Recording(NegativesEngine):
     """Passes calls to the real engine and keeps its raw answers."""
 
     def __init__(self, engine):

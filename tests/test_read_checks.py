@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from bad_inputs import bomb_png
-from transforms.read import check_image, clip_short_caption, unsafe_member_problem
+from transforms.check import check_image, clip_short_caption
+from transforms.read import unsafe_member_problem
 
 
 def _jpeg(size: tuple[int, int] = (64, 48)) -> bytes:

@@ -14,8 +14,10 @@ from fake_openai_server import FakeOpenAIServer, completion, scripted, slow
 from core.engines import EngineSpec
 from prompts import load_prompt
 from transforms.common import SampleError
-from transforms.engines.captioners import (OpenAICaptioner, TransformersCaptioner, VllmCaptioner, clean_caption,
-                                           fit_max_side)
+from transforms.engines.captioner_base import clean_caption, fit_max_side
+from transforms.engines.captioner_openai import OpenAICaptioner
+from transforms.engines.captioner_transformers import TransformersCaptioner
+from transforms.engines.captioner_vllm import VllmCaptioner
 from transforms.recaption import CAPTIONERS, apply_captioner
 
 PROMPT, PROMPT_HASH = load_prompt("recaption.txt")

@@ -15,12 +15,12 @@ from PIL import Image
 
 from conftest import run_pipeline
 from fake_openai_server import FakeOpenAIServer, completion
-from core.engines import EngineEntry, EngineSpec, stub_provenance
+from core.engines import Captioner, EngineEntry, EngineSpec, stub_provenance
 from transforms.common import SampleError
 from transforms.recaption import CAPTIONERS, Recaption
 
 
-class PickyCaptioner:
+class PickyCaptioner(Captioner):
     """Captions every image except pure-red ones (a per-sample failure), with a configurable suffix."""
 
     def __init__(self, spec: EngineSpec, suffix: str = "", **_: Any):

@@ -68,12 +68,24 @@ def test_good_runner_options_pass(argv: list[str], engines: dict) -> None:
 
 def test_gpu_engines_are_the_model_specs() -> None:
     assert gpu_engines(GPU) == ["vllm:/models/qwen2-vl", "yolo-world:/w/yolov8s-worldv2.pt"]
-    assert gpu_engines(["stub", "rules", "spacy", "openai:http://vllm:8000/v1#m"]) == []
+    assert gpu_engines({"captioner": "openai:http://vllm:8000/v1#m", "detector": "stub", "negatives": "rules"}) == []
+    # llama.cpp runs in the worker's process on its CPU (a CPU build): no accelerator asked for
+    assert gpu_engines({"captioner": "stub", "detector": "stub", "negatives": "llama-cpp:/m/x.gguf"}) == []
+
+
+def test_the_registry_is_the_one_place_that_says_gpu_or_not() -> None:
+    from pipeline.submit import ENGINE_REGISTRIES
+
+    for role, registry in ENGINE_REGISTRIES.items():
+        for kind, entry in registry.entries.items():
+            raw = kind + (":/x" if entry.needs_target else "")
+            assert (gpu_engines({role: raw}) == [raw]) is entry.gpu, (role, kind)
 
 
 def _proto_round_trip(beam_args: list[str], environment: environments.Environment) -> tuple:
     args, rest = parse_args(["--input", str(SAMPLE), "--output", "/tmp/finehard-never-written", *beam_args])
-    options = validate_runner_options(rest, {"c": args.captioner, "d": args.detector, "n": args.negatives})
+    options = validate_runner_options(rest, {"captioner": args.captioner, "detector": args.detector,
+                                                "negatives": args.negatives})
     p = beam.Pipeline(runner=FnApiRunner(), options=options)  # built, never run
     build_pipeline(p, args, done=set())
     proto = p.to_runner_api(default_environment=environment)

@@ -227,7 +227,11 @@ def test_train_main_stage2_on_cuda_bf16(tmp_path, shards, model_config):
                       + _common(shards, out, 2)) == 0
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
-    assert CLIPModel.from_pretrained(out + "/final") is not None
+    loaded = CLIPModel.from_pretrained(out + "/final")
+    with open(model_config) as f:
+        expected = json.load(f)
+    assert loaded.config.projection_dim == expected["projection_dim"]  # the trained model, not a default one
+    assert all(torch.isfinite(p).all() for p in loaded.parameters())  # bf16 steps left no NaN/inf weights
 
 
 def test_python_dash_m_training_entry_prints_usage():

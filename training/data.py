@@ -26,11 +26,10 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from core.record import IMAGE_EXTS, NUM_NEGATIVES
 from training.tokenizer import tokenize
 
 log = logging.getLogger(__name__)
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm")
-NUM_NEGATIVES = 10
 
 
 def expand_shards(uri: str | Sequence[str]) -> list[str]:

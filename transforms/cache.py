@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 from typing import Any, Callable, Optional, Sequence
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from core.files import atomic_write
 
 
 def digest(*parts: bytes | str) -> str:
@@ -80,10 +81,7 @@ class ModelCache:
             data = json.dumps({"answer": answer}, ensure_ascii=False).encode("utf-8")
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
             if isinstance(self.fs, LocalFileSystem):
-                tmp = f"{path}.tmp-{os.getpid()}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
+                atomic_write(self.fs, path, data)
             else:
                 with self.fs.open(path, "wb") as f:  # object stores publish an object only when complete
                     f.write(data)

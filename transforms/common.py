@@ -1,7 +1,7 @@
 """Pieces every stage shares: dead-letter marking, the engine ModelHandler, image opening.
 
 Records flow between stages as plain dicts. A sample that fails a stage is not raised: the stage
-sets ``record["_dead"] = {"stage", "reason", "detail"}`` (or ``record["_filtered"]``) and
+sets ``record[Field.DEAD] = {"stage", "reason", "detail"}`` (or ``record[Field.FILTERED]``) and
 :class:`SplitOutcomes` routes it to a side output, so one bad sample never fails a bundle and
 every sample ends in exactly one of: written, dead-lettered, filtered.
 """
@@ -15,8 +15,9 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
 
-from core.engines import EngineRegistry, EngineSpec
-from core.record import METRICS_NAMESPACE
+from core.engines import Engine, EngineRegistry, EngineSpec
+from core.record import Field, METRICS_NAMESPACE
+from transforms.cache import ModelCache, cached_answers
 from transforms.spill import image_bytes
 
 LOG = logging.getLogger(__name__)
@@ -35,18 +36,18 @@ class SampleError(Exception):
 
 
 def mark_dead(record: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
-    record["_dead"] = {"stage": stage, "reason": reason, "detail": detail[:500]}
+    record[Field.DEAD] = {"stage": stage, "reason": reason, "detail": detail[:500]}
     return record
 
 
 def mark_filtered(record: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
-    record["_filtered"] = {"stage": stage, "reason": reason, "detail": detail[:500]}
+    record[Field.FILTERED] = {"stage": stage, "reason": reason, "detail": detail[:500]}
     return record
 
 
 def bump(record: dict[str, Any], counter: str, n: int = 1) -> None:
     """Add to a per-record counter; the shard writer sums them into the shard's stats."""
-    stats = record.setdefault("_stats", {})
+    stats = record.setdefault(Field.STATS, {})
     stats[counter] = stats.get(counter, 0) + n
 
 
@@ -62,10 +63,10 @@ class SplitOutcomes(beam.DoFn):
         self._filtered = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{self.stage}_filtered")
 
     def process(self, record: dict[str, Any]) -> Iterable[Any]:
-        if "_dead" in record:
+        if Field.DEAD in record:
             self._dead.inc()
             yield beam.pvalue.TaggedOutput(DEAD, record)
-        elif "_filtered" in record:
+        elif Field.FILTERED in record:
             self._filtered.inc()
             yield beam.pvalue.TaggedOutput(FILTERED, record)
         else:
@@ -117,7 +118,7 @@ class EngineModelHandler(ModelHandler[dict, dict, Any]):
         return out
 
     def get_num_bytes(self, batch: Sequence[dict]) -> int:
-        return sum(len(r.get("image_bytes", b"")) + len(r.get("caption", "")) for r in batch)  # spilled: 0
+        return sum(len(r.get(Field.IMAGE_BYTES, b"")) + len(r.get("caption", "")) for r in batch)  # spilled: 0
 
     def get_metrics_namespace(self) -> str:
         return f"{METRICS_NAMESPACE}_{self._registry.stage}"
@@ -128,17 +129,6 @@ class EngineModelHandler(ModelHandler[dict, dict, Any]):
     def share_model_across_processes(self) -> bool:
         return self._gpu
 
-    def get_resource_hints(self) -> dict:
-        return {}
-
-    def model_copies(self) -> int:
-        return 1
-
-
-def engine_provenance(engine: Any) -> dict[str, Any]:
-    """The engine's provenance; a GPU engine shared across processes is a proxy exposing only methods."""
-    getter = getattr(engine, "get_provenance", None)
-    return dict(getter()) if callable(getter) else dict(engine.provenance)
 
 
 def gpu_resource_hints(registry: EngineRegistry, spec: EngineSpec, accelerator: Optional[str]) -> dict[str, str]:
@@ -160,3 +150,42 @@ def per_sample(stage: str, fn: Callable[[dict], Any], record: dict) -> bool:
         LOG.exception("%s failed on %s", stage, record.get("key"))
         mark_dead(record, stage, "error", f"{type(e).__name__}: {e}")
     return False
+
+
+def apply_image_engine(stage: str, engine: Engine, records: list[dict], cache: Optional[ModelCache],
+                       digest_of: Callable[[dict], str], ask: Callable[[list[Image.Image], list[dict]], Sequence[Any]],
+                       keep: Callable[[Any], bool], accept: Callable[[dict, Any, dict[str, Any]], None]) -> list[dict]:
+    """The skeleton of a model stage that looks at the image (recaption, detect).
+
+    Opens each live record's image (an unreadable one is dead-lettered), asks the engine for the
+    whole batch at once (through ``cache`` when one is set: ``digest_of(record)`` names the
+    question, ``keep(answer)`` says whether an answer may be stored), and hands each record its
+    answer: an ``Exception`` dead-letters that record (a :class:`SampleError` with its reason,
+    anything else as ``engine_error``), any other answer goes to ``accept(record, answer,
+    provenance)``. An engine that fails the whole batch dead-letters the batch, with why.
+    """
+    images, alive = [], []
+    for rec in records:
+        if per_sample(stage, lambda r: images.append(open_image(r)), rec):
+            alive.append(rec)
+    if not images:
+        return records
+    provenance = engine.get_provenance()
+    try:
+        answers, cached = cached_answers(cache, stage, provenance, len(alive), lambda i: digest_of(alive[i]),
+                                         lambda idx: ask([images[i] for i in idx], [alive[i] for i in idx]),
+                                         keep=keep)
+    except Exception as e:  # noqa: BLE001 - a whole-batch engine failure dead-letters the batch, with why
+        for rec in alive:
+            mark_dead(rec, stage, "engine_error", f"{type(e).__name__}: {e}")
+        return records
+    for rec, hit, answer in zip(alive, cached, answers):
+        if hit:
+            bump(rec, f"cache_hits:{stage}")
+        if isinstance(answer, SampleError):
+            mark_dead(rec, stage, answer.reason, answer.detail)
+        elif isinstance(answer, Exception):
+            mark_dead(rec, stage, "engine_error", f"{type(answer).__name__}: {answer}")
+        else:
+            accept(rec, answer, provenance)
+    return records

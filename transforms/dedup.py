@@ -19,6 +19,7 @@ import apache_beam as beam
 import numpy as np
 from PIL import Image
 
+from core.record import Field
 from transforms.common import mark_filtered
 from transforms.spill import SHA256, image_bytes, image_sha256
 
@@ -64,8 +65,8 @@ def add_hashes(rec: dict[str, Any], near: bool = True) -> dict[str, Any]:
     image_sha256(rec)
     if near:
         with Image.open(io.BytesIO(image_bytes(rec))) as im:
-            rec["_dhash"] = dhash(im)
-            rec["_thumb"] = thumbnail(im)
+            rec[Field.DHASH] = dhash(im)
+            rec[Field.THUMB] = thumbnail(im)
     return rec
 
 
@@ -101,8 +102,8 @@ def _near_pairs(group: tuple[Any, Iterable[tuple[str, int, bytes]]],
 
 def _mark(rec: dict[str, Any], duplicates: dict[str, tuple[str, int]]) -> dict[str, Any]:
     hit = duplicates.get(rec["key"])
-    rec.pop("_dhash", None)
-    rec.pop("_thumb", None)
+    rec.pop(Field.DHASH, None)
+    rec.pop(Field.THUMB, None)
     if hit is not None:
         ref, dist = hit
         kind = "exact duplicate" if dist == 0 else f"near duplicate (dHash distance {dist})"
@@ -127,8 +128,8 @@ class DropDuplicates(beam.PTransform):
         found = [exact]
         if t >= 0:
             found.append(hashed
-                         | "Bands" >> beam.FlatMap(lambda r: [(b, (r["key"], r["_dhash"], r["_thumb"]))
-                                                             for b in bands(r["_dhash"], t)])
+                         | "Bands" >> beam.FlatMap(lambda r: [(b, (r["key"], r[Field.DHASH], r[Field.THUMB]))
+                                                             for b in bands(r[Field.DHASH], t)])
                          | "GroupBand" >> beam.GroupByKey()
                          | "NearPairs" >> beam.FlatMap(_near_pairs, threshold=t))
         duplicates = (found | "AllPairs" >> beam.Flatten()

@@ -12,23 +12,21 @@ from typing import Any, Optional, Sequence
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
-from core.engines import EngineEntry, EngineRegistry, EngineSpec
-from transforms.cache import ModelCache, cached_answers, digest, model_cache
-from transforms.common import (EngineModelHandler, SampleError, engine_provenance, gpu_resource_hints, mark_dead,
-                               open_image, per_sample)
+from core.engines import Detection, Detector, EngineEntry, EngineRegistry, EngineSpec
+from core.record import Field
+from transforms.cache import ModelCache, digest, model_cache
+from transforms.common import EngineModelHandler, apply_image_engine, bump, gpu_resource_hints
 from transforms.spill import image_sha256
 
 STAGE = "detect"
 
-DETECTORS = EngineRegistry("detector", {
+DETECTORS = EngineRegistry(STAGE, "detector", Detector, {
     "stub": EngineEntry("model_stubs.detector:build", False, False,
                         "ground-truth boxes on synthetic scenes, one generic box otherwise; marked stub"),
     "yolo-world": EngineEntry("transforms.engines.yolo_world:build", True, True,
                               "ultralytics YOLO-World weights + a local CLIP text encoder: "
                               "yolo-world:/w/yolov8x-worldv2.pt#text=/w/clip-vit-base-patch32"),
 })
-
-Detection = tuple[Sequence[float], float, int]
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -72,43 +70,26 @@ def select_regions(detections: list[Detection], expressions: list[dict[str, Any]
     return regions
 
 
-def apply_detector(engine: Any, records: list[dict], conf: float, iou: float, max_regions: int,
+def _expressions(rec: dict[str, Any]) -> list[str]:
+    return [e["short_expr"] for e in rec.get(Field.EXPRESSIONS, [])]
+
+
+def apply_detector(engine: Detector, records: list[dict], conf: float, iou: float, max_regions: int,
                    cache: Optional[ModelCache] = None) -> list[dict]:
     """Box every live record of the batch; per-sample engine failures mark the record dead.
 
     ``cache`` keeps the engine's raw detections (before conf/NMS/max_regions): see transforms.cache.
     """
-    images, exprs, alive = [], [], []
-    for rec in records:
-        if per_sample(STAGE, lambda r: images.append(open_image(r)), rec):
-            alive.append(rec)
-            exprs.append([e["short_expr"] for e in rec.get("_expressions", [])])
-    if not images:
-        return records
-    provenance = engine_provenance(engine)
-    try:
-        results, cached = cached_answers(cache, STAGE, provenance, len(alive),
-                                         lambda i: digest(image_sha256(alive[i]), *exprs[i]),
-                                         lambda idx: engine.detect([images[i] for i in idx], [exprs[i] for i in idx]),
-                                         keep=lambda d: not isinstance(d, Exception))
-    except Exception as e:  # noqa: BLE001
-        for rec in alive:
-            mark_dead(rec, STAGE, "engine_error", f"{type(e).__name__}: {e}")
-        return records
-    for rec, hit in zip(alive, cached):
-        if hit:
-            rec.setdefault("_stats", {})["cache_hits:detect"] = 1
-    for rec, dets in zip(alive, results):
-        if isinstance(dets, Exception):
-            reason = dets.reason if isinstance(dets, SampleError) else "engine_error"
-            mark_dead(rec, STAGE, reason, str(dets))
-            continue
-        rec["bbox_info"] = select_regions(dets, rec.get("_expressions", []), rec["width"], rec["height"],
+    def accept(rec: dict, dets: Any, provenance: dict[str, Any]) -> None:
+        rec["bbox_info"] = select_regions(dets, rec.get(Field.EXPRESSIONS, []), rec["width"], rec["height"],
                                           conf, iou, max_regions)
         rec.setdefault("provenance", {})["bbox_info"] = {**provenance, "conf": conf, "iou": iou,
                                                          "max_regions": max_regions}
-        rec.setdefault("_stats", {})["regions"] = len(rec["bbox_info"])
-    return records
+        bump(rec, "regions", len(rec["bbox_info"]))
+
+    return apply_image_engine(STAGE, engine, records, cache, lambda r: digest(image_sha256(r), *_expressions(r)),
+                              lambda images, recs: engine.detect(images, [_expressions(r) for r in recs]),
+                              keep=lambda d: not isinstance(d, Exception), accept=accept)
 
 
 class DetectBoxes(beam.PTransform):

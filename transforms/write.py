@@ -20,7 +20,8 @@ import apache_beam as beam
 import fsspec
 import webdataset as wds
 
-from core.record import PROJECT_VERSION
+from core.files import atomic_write
+from core.record import PROJECT_VERSION, Field, public_fields
 from transforms.spill import image_bytes
 
 SHARD_PREFIX = "shard"
@@ -58,8 +59,8 @@ def completed_shards(output: str) -> set[int]:
 
 
 def shard_record(rec: dict[str, Any]) -> dict[str, Any]:
-    """The emitted ``.json`` member: the record without internal (``_``-prefixed) and byte fields."""
-    out = {k: v for k, v in rec.items() if not k.startswith("_") and k not in ("image_bytes", "ext")}
+    """The emitted ``.json`` member: the record without its internal fields (``core.record.Field``)."""
+    out = public_fields(rec)
     out.setdefault("caption", "")
     out.setdefault("bbox_info", [])
     prov = dict(out.get("provenance", {}))
@@ -87,12 +88,12 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
     name = shard_name(shard_id)
     ok, dead, filtered = [], [], []
     for rec in items:
-        (dead if "_dead" in rec else filtered if "_filtered" in rec else ok).append(rec)
+        (dead if Field.DEAD in rec else filtered if Field.FILTERED in rec else ok).append(rec)
     ok.sort(key=lambda r: (r["key"], r["f_path"]))
     written, seen = [], set()
     for rec in ok:
         if rec["key"] in seen:
-            rec["_dead"] = {"stage": "write", "reason": "duplicate_key", "detail": "an earlier sample has this key"}
+            rec[Field.DEAD] = {"stage": "write", "reason": "duplicate_key", "detail": "an earlier sample has this key"}
             dead.append(rec)
         else:
             seen.add(rec["key"])
@@ -105,17 +106,16 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
             record_json = shard_record(rec)
             tw.write({
                 "__key__": rec["key"],
-                rec.get("ext", "jpg"): image_bytes(rec),
+                rec.get(Field.EXT, "jpg"): image_bytes(rec),
                 "json": json.dumps(record_json, sort_keys=True, ensure_ascii=False).encode("utf-8"),
                 "txt": record_json["caption"].encode("utf-8"),
             })
-            stats.update(rec.get("_stats", {}))
+            stats.update(rec.get(Field.STATS, {}))
     fs.makedirs(root, exist_ok=True)
     tar_path = posixpath.join(root, f"{name}.tar")
-    _write_bytes(fs, tar_path + ".inprogress", buf.getvalue())
-    fs.mv(tar_path + ".inprogress", tar_path)
+    atomic_write(fs, tar_path, buf.getvalue(), tmp=tar_path + ".inprogress")
 
-    for kind, recs, folder in (("_dead", dead, DEADLETTER_DIR), ("_filtered", filtered, FILTERED_DIR)):
+    for kind, recs, folder in ((Field.DEAD, dead, DEADLETTER_DIR), (Field.FILTERED, filtered, FILTERED_DIR)):
         path = posixpath.join(root, folder, f"{name}.jsonl")
         if recs:
             fs.makedirs(posixpath.join(root, folder), exist_ok=True)
@@ -125,8 +125,8 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
         elif fs.exists(path):
             fs.rm(path)
 
-    dead_by: Counter[str] = Counter(f"{r['_dead']['stage']}:{r['_dead']['reason']}" for r in dead)
-    filtered_by: Counter[str] = Counter(f"{r['_filtered']['stage']}:{r['_filtered']['reason']}" for r in filtered)
+    dead_by: Counter[str] = Counter(f"{r[Field.DEAD]['stage']}:{r[Field.DEAD]['reason']}" for r in dead)
+    filtered_by: Counter[str] = Counter(f"{r[Field.FILTERED]['stage']}:{r[Field.FILTERED]['reason']}" for r in filtered)
     shard_stats = {
         "shard": name, "shard_id": shard_id, "num_shards": num_shards,
         # read = every input sample of this shard; a duplicate key is a read sample dead-lettered here.
@@ -164,7 +164,7 @@ class AssignShards(beam.PTransform):
 
         def assign(rec: dict[str, Any], n: int) -> dict[str, Any]:
             shards = num_shards_for(n, sps)
-            rec["_shard"] = (shard_of(rec["key"], shards), shards)
+            rec[Field.SHARD] = (shard_of(rec["key"], shards), shards)
             return rec
 
         return records | "Assign" >> beam.Map(assign, n=beam.pvalue.AsSingleton(count))
@@ -179,7 +179,7 @@ class SkipCompleted(beam.PTransform):
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         done = self.done
-        return records | "SkipDone" >> beam.Filter(lambda r: r["_shard"][0] not in done)
+        return records | "SkipDone" >> beam.Filter(lambda r: r[Field.SHARD][0] not in done)
 
 
 class WriteShards(beam.PTransform):
@@ -191,6 +191,6 @@ class WriteShards(beam.PTransform):
 
     def expand(self, outcomes: beam.PCollection) -> beam.PCollection:
         return (outcomes
-                | "ByShard" >> beam.Map(lambda r: (r["_shard"], r))
+                | "ByShard" >> beam.Map(lambda r: (r[Field.SHARD], r))
                 | "Group" >> beam.GroupByKey()
                 | "Write" >> beam.ParDo(_WriteShardFn(self.output, self.run_info)))

@@ -1,6 +1,7 @@
 """Real model engines behind the stage registries, one module per engine, imported lazily by spec."""
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 # Query keys that configure our engines rather than the server they talk to.
@@ -26,6 +27,17 @@ def split_coerced(target: str, keys: frozenset[str]) -> tuple[str, dict[str, obj
     """:func:`split_target` with the option values typed by :func:`coerce`."""
     rest, options = split_target(target, keys)
     return rest, {k: coerce(v) for k, v in options.items()}
+
+
+def engine_options(target: str, flags: dict[str, Any], keys: frozenset[str] = ENGINE_OPTION_KEYS
+                   ) -> tuple[str, dict[str, Any]]:
+    """The one precedence rule of every engine: an option written in the spec (``?key=value``) wins
+    over the same option given as a flag or keyword; flags left unset (``None``) are ignored.
+
+    Returns the target without the engine's options, and the merged options.
+    """
+    rest, spec_options = split_coerced(target, keys)
+    return rest, {**{k: v for k, v in flags.items() if v is not None}, **spec_options}
 
 
 def coerce(value: str) -> object:

@@ -9,16 +9,15 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from core.engines import EngineSpec
+from core.engines import EngineSpec, NegativesEngine
 from transforms.common import SampleError
-from transforms.engines import coerce, split_target
+from transforms.engines import engine_options
 from transforms.negatives import load_negatives_prompt, request_seed
 
 
-class LlamaCppNegatives:
+class LlamaCppNegatives(NegativesEngine):
     def __init__(self, spec: EngineSpec, llama: Optional[Any] = None, **options: Any):
-        path, opts = split_target(spec.target)
-        opts = {**{k: coerce(v) for k, v in opts.items()}, **options}
+        path, opts = engine_options(spec.target, options)
         self.prompt = load_negatives_prompt()
         self.temperature = float(opts.get("temperature", 0.8))
         self.top_p = float(opts.get("top_p", 0.95))

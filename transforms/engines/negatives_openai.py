@@ -16,9 +16,9 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
-from core.engines import EngineSpec
+from core.engines import EngineSpec, NegativesEngine
 from transforms.common import SampleError
-from transforms.engines import coerce, split_target
+from transforms.engines import engine_options
 from transforms.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout
 from transforms.negatives import load_negatives_prompt, request_seed
 
@@ -41,10 +41,9 @@ def rejects_request_shape(error: OpenAIError, mode: str) -> bool:
         "response_format" in body or "grammar" in body)
 
 
-class OpenAINegatives:
+class OpenAINegatives(NegativesEngine):
     def __init__(self, spec: EngineSpec, client: Optional[OpenAIClient] = None, **options: Any):
-        base_url, opts = split_target(spec.target)
-        opts = {**{k: coerce(v) for k, v in opts.items()}, **options}
+        base_url, opts = engine_options(spec.target, options)
         self.prompt = load_negatives_prompt()
         self.client = client or OpenAIClient(base_url, model=spec.model, timeout=float(opts.get("timeout", 120)),
                                              retries=int(opts.get("retries", 2)),

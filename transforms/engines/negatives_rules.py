@@ -13,7 +13,7 @@ import random
 import re
 from typing import Any
 
-from core.engines import EngineSpec
+from core.engines import EngineSpec, NegativesEngine
 from prompts import load_prompt
 from transforms.negatives import LEXICONS_FILE, _norm, head_noun
 
@@ -59,7 +59,7 @@ def _fix_article(words: list[str]) -> list[str]:
     return words
 
 
-class RulesNegatives:
+class RulesNegatives(NegativesEngine):
     def __init__(self, spec: EngineSpec, **_: Any):
         self.lex = Lexicons()
         self.provenance = {"engine": "rules", "model": f"lexicons:{self.lex.sha}", "lexicon_sha": self.lex.sha,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from core.engines import EngineSpec
+from core.engines import EngineSpec, NegativesEngine
 from transforms.common import SampleError
-from transforms.engines import coerce, split_target
+from transforms.engines import engine_options
 from transforms.negatives import load_negatives_prompt, request_seed
 
 LLM_OPTION_KEYS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "load_format", "dtype",
@@ -32,13 +32,12 @@ def structured_kwargs(vllm: Any, schema: dict[str, Any]) -> dict[str, Any]:
     raise RuntimeError("this vLLM has neither StructuredOutputsParams nor GuidedDecodingParams")
 
 
-class VllmNegatives:
+class VllmNegatives(NegativesEngine):
     def __init__(self, spec: EngineSpec, llm: Optional[Any] = None, **options: Any):
         import vllm  # lazy: only on a machine that has it
         import vllm.sampling_params  # noqa: F401
 
-        path, opts = split_target(spec.target)
-        opts = {**{k: coerce(v) for k, v in opts.items()}, **options}
+        path, opts = engine_options(spec.target, options)
         self.vllm = vllm
         self.prompt = load_negatives_prompt()
         self.temperature = float(opts.get("temperature", 0.8))
@@ -49,10 +48,6 @@ class VllmNegatives:
         self.provenance = {"engine": "vllm", "model": spec.model or path, "vllm_version": getattr(vllm, "__version__", ""),
                            "load_format": self.llm_kwargs.get("load_format", "auto"), "stub": False,
                            **self.prompt.provenance()}
-
-    def get_provenance(self) -> dict[str, Any]:
-        """Provenance through a method: Beam's shared-model proxy (GPU engines) exposes methods only."""
-        return dict(self.provenance)
 
     def sampling_params(self, expression: str, seed: int) -> Any:
         return self.vllm.SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,

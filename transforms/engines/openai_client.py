@@ -108,9 +108,6 @@ class OpenAIClient:
     def post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         return self.request_json("POST", path, payload)
 
-    def get_json(self, path: str) -> dict[str, Any]:
-        return self.request_json("GET", path)
-
     def chat(self, messages: list[dict[str, Any]], **request_extras: Any) -> str:
         """The text of the first choice of a chat completion; extras go into the request body."""
         payload: dict[str, Any] = {"messages": messages, **request_extras}

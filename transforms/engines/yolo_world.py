@@ -23,9 +23,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from core.engines import EngineSpec
+from core.engines import Detector, EngineSpec
 from transforms.common import SampleError
-from transforms.engines import split_coerced
+from transforms.engines import engine_options
 
 DETECTOR_OPTION_KEYS = frozenset({"text_encoder", "imgsz", "device", "half", "min_conf", "pre_nms_iou",
                                   "max_det", "text_cache_size", "fuse"})
@@ -68,10 +68,9 @@ def local_weights(path: str) -> str:
 
 def resolve_detector_options(spec: EngineSpec, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Weights path and options: keywords (from flags) overridden by ``?key=`` and ``#text=`` in the spec."""
-    weights, spec_opts = split_coerced(spec.target, DETECTOR_OPTION_KEYS)  # '/w.pt?imgsz=1280' -> '/w.pt'
-    if spec.model.startswith("text="):
-        spec_opts.setdefault("text_encoder", spec.model[len("text="):])
-    return weights, {**{k: v for k, v in options.items() if v is not None}, **spec_opts}
+    if spec.model.startswith("text="):  # '#text=/w/clip' names the text encoder, like '?text_encoder=' would
+        options = {**options, "text_encoder": spec.model[len("text="):]}
+    return engine_options(spec.target, options, DETECTOR_OPTION_KEYS)  # '/w.pt?imgsz=1280' -> '/w.pt'
 
 
 def validate(spec: EngineSpec, **options: Any) -> None:
@@ -138,7 +137,7 @@ def _refuse_set_classes(*_: Any, **__: Any) -> None:
     raise RuntimeError("set_classes would download a CLIP model; this engine sets txt_feats directly")
 
 
-class YoloWorldDetector:
+class YoloWorldDetector(Detector):
     """``detect(images, expressions_per_image)``: one forward pass per batch, per-image classes."""
 
     def __init__(self, spec: EngineSpec, text_encoder: Any = None, model: Any = None, **options: Any):
@@ -183,10 +182,6 @@ class YoloWorldDetector:
         self.text_features = CachedTextFeatures(text_encoder.encode, int(opts.get("text_cache_size", 8192)))
         self.provenance = {"engine": "yolo-world", "model": weights or "in-memory", "text_encoder": encoder_name,
                            "imgsz": self.imgsz, "min_conf": self.min_conf, "stub": False}
-
-    def get_provenance(self) -> dict[str, Any]:
-        """Provenance through a method too: a model shared across processes is reached by proxy."""
-        return self.provenance
 
     def set_text_features(self, expressions_per_image: Sequence[Sequence[str]]) -> int:
         """Put (batch, classes, dim) features on the model, padding each row with its first feature."""

@@ -1,0 +1,32 @@
+"""Files every layer writes and names: atomic writes, and the URI prefix of a filesystem."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def protocol_prefix(fs: fsspec.AbstractFileSystem) -> str:
+    """``""`` for the local filesystem, else ``"proto://"``: what turns an fsspec path back into a URI."""
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return "" if proto in ("file", "local") else f"{proto}://"
+
+
+def atomic_write(fs: Optional[fsspec.AbstractFileSystem], path: str, data: bytes, tmp: Optional[str] = None) -> None:
+    """Write ``data`` to ``path`` so a reader sees either no file or the whole of it.
+
+    The bytes go to ``tmp`` (default: ``PATH.tmp-PID``, unique to this process) in the same folder
+    and are then renamed over ``path``. ``fs=None`` means a local path (plain file calls: fsspec
+    costs several times more per small file).
+    """
+    tmp = tmp or f"{path}.tmp-{os.getpid()}"
+    if fs is None or isinstance(fs, LocalFileSystem):
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)

@@ -1,0 +1,155 @@
+"""What a finished run leaves in OUTPUT, read back: shard URIs, samples, per-shard stats, the summary.
+
+``finehard shards`` writes ``summary.json`` with :func:`write_summary`; ``finehard stats``,
+``finehard preview`` and the exports read the same files through the functions here.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from typing import Any, Iterator, Optional
+
+import fsspec
+
+from core.files import protocol_prefix
+from core.record import IMAGE_EXTS, METRICS_NAMESPACE
+from transforms.write import SHARD_PREFIX, STATS_SUFFIX
+
+STAGE_ORDER = ("recaption", "expressions", "detect", "negatives")  # chain order
+SHARD_GLOB = f"{SHARD_PREFIX}-*.tar"
+STATS_GLOB = f"{SHARD_PREFIX}-*{STATS_SUFFIX}"
+
+
+def stage_metrics(result: Any, namespace_prefix: str = f"{METRICS_NAMESPACE}_") -> dict[str, dict[str, Any]]:
+    """Per model stage, from the runner's RunInference metrics: samples, seconds in the model, rate.
+
+    Works on any runner whose result can be queried after ``wait_until_finish`` (FnApiRunner,
+    Dataflow); an empty dict where the runner reports no metrics.
+    """
+    try:
+        found = result.metrics().query()
+    except Exception:  # noqa: BLE001 - a runner without metrics support: the report just lacks the section
+        return {}
+
+    def value(r: Any) -> Any:
+        return r.committed if r.committed is not None else r.attempted
+
+    stages: dict[str, dict[str, Any]] = {}
+    for kind in ("counters", "distributions"):
+        for r in found.get(kind, []):
+            ns = r.key.metric.namespace
+            if not ns.startswith(namespace_prefix):
+                continue
+            stage = stages.setdefault(ns[len(namespace_prefix):], {})
+            v = value(r)
+            if r.key.metric.name == "num_inferences":
+                stage["samples"] = stage.get("samples", 0) + int(v or 0)
+            elif r.key.metric.name == "inference_batch_latency_micro_secs" and v is not None:
+                stage["model_seconds"] = stage.get("model_seconds", 0.0) + v.sum / 1e6
+                stage["batches"] = stage.get("batches", 0) + v.count
+            elif r.key.metric.name == "load_model_latency_milli_secs" and v is not None:
+                stage["load_seconds"] = stage.get("load_seconds", 0.0) + v.sum / 1e3
+    for stage in stages.values():
+        for k in ("model_seconds", "load_seconds"):
+            if k in stage:
+                stage[k] = round(stage[k], 3)
+        secs = stage.get("model_seconds")
+        stage["samples_per_model_second"] = round(stage.get("samples", 0) / secs, 1) if secs else None
+    return in_chain_order(stages)
+
+
+def in_chain_order(stages: dict[str, Any]) -> dict[str, Any]:
+    """Stage entries in the chain's order (json files keep them sorted by name)."""
+    order = {name: i for i, name in enumerate(STAGE_ORDER)}
+    return dict(sorted(stages.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def shard_paths(output: str, names: Optional[list[str]] = None) -> list[str]:
+    """Sorted shard URIs in ``output`` (only ``names`` — ``shard-00003`` or ``shard-00003.tar`` — when given)."""
+    fs, root = fsspec.core.url_to_fs(output)
+    prefix = protocol_prefix(fs)
+    paths = sorted(fs.glob(posixpath.join(root, SHARD_GLOB)))
+    if names:
+        wanted = {n if n.endswith(".tar") else n + ".tar" for n in names}
+        missing = wanted - {posixpath.basename(p) for p in paths}
+        if missing:
+            raise FileNotFoundError(f"no shard {sorted(missing)[0]} in {output}")
+        paths = [p for p in paths if posixpath.basename(p) in wanted]
+    return [prefix + p for p in paths]
+
+
+def iter_samples(shard_uris: list[str], with_images: bool = True) -> Iterator[dict[str, Any]]:
+    """Samples of the shards in order: ``{"key", "record", "ext", "image"}`` (image bytes only if asked)."""
+    for uri in shard_uris:
+        current: dict[str, Any] = {}
+        with fsspec.open(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for ti in tar:
+                if not ti.isfile():
+                    continue
+                key, _, ext = ti.name.partition(".")
+                if current and current["key"] != key:
+                    if "record" in current:
+                        yield current
+                    current = {}
+                current.setdefault("key", key)
+                if ext == "json":
+                    current["record"] = json.loads(tar.extractfile(ti).read())
+                elif ext in IMAGE_EXTS:
+                    current["ext"] = ext
+                    if with_images:
+                        current["image"] = tar.extractfile(ti).read()
+        if current.get("record") is not None:
+            yield current
+
+
+
+def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    with fs.open(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+
+def is_stub(record: dict[str, Any]) -> bool:
+    """True when any field of the record came from a stub engine."""
+    return any(isinstance(v, dict) and v.get("stub") for v in record.get("provenance", {}).values())
+
+
+
+def read_shard_stats(output: str) -> list[dict[str, Any]]:
+    fs, root = fsspec.core.url_to_fs(output)
+    stats = []
+    for p in sorted(fs.glob(posixpath.join(root, f"{SHARD_PREFIX}-*{STATS_SUFFIX}"))):
+        with fs.open(p, "rt", encoding="utf-8") as f:
+            stats.append(json.load(f))
+    return stats
+
+
+def summarise(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over shard stats; ``reconciled`` says read == written + dead_lettered + filtered."""
+    total: dict[str, Any] = {"shards": len(stats), "read": 0, "written": 0, "dead_lettered": 0, "filtered": 0,
+                             "dead_lettered_by_reason": {}, "filtered_by_reason": {}, "counters": {}}
+    for s in stats:
+        for k in ("read", "written", "dead_lettered", "filtered"):
+            total[k] += s[k]
+        for k in ("dead_lettered_by_reason", "filtered_by_reason", "counters"):
+            for reason, n in s[k].items():
+                total[k][reason] = total[k].get(reason, 0) + n
+    for k in ("dead_lettered_by_reason", "filtered_by_reason", "counters"):
+        total[k] = dict(sorted(total[k].items()))
+    c = total["counters"]
+    invalid = sum(v for k, v in c.items() if k.startswith("negatives_invalid:"))
+    regions = c.get("negatives_valid", 0) + invalid
+    total["regions"] = c.get("regions", 0)
+    total["negatives_valid_rate"] = round(c.get("negatives_valid", 0) / regions, 4) if regions else None
+    total["reconciled"] = total["read"] == total["written"] + total["dead_lettered"] + total["filtered"]
+    total["engines"] = stats[0]["run"]["config"] if stats else {}
+    return total
+
+
+def write_summary(output: str, **extra: Any) -> dict[str, Any]:
+    summary = {**summarise(read_shard_stats(output)), **extra}
+    fs, root = fsspec.core.url_to_fs(output)
+    with fs.open(posixpath.join(root, "summary.json"), "wt", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+    return summary

@@ -1,0 +1,155 @@
+"""``finehard preview OUTPUT --out page.html``: one self-contained HTML page of samples.
+
+Images are inline data URIs, boxes an SVG overlay; no script, no network.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import sys
+from typing import Any, Optional
+
+import fsspec
+from PIL import Image
+
+from pipeline.output import SHARD_GLOB, is_stub, iter_samples, read_shard_stats, shard_paths, summarise
+
+PREVIEW_MAX_SIDE = 512
+BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+
+
+def _data_uri(image: bytes, ext: str) -> str:
+    """The image as a data URI, shrunk to at most PREVIEW_MAX_SIDE (boxes are normalised, so they still fit)."""
+    mime = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}[ext]
+    try:
+        im = Image.open(io.BytesIO(image))
+        if max(im.size) > PREVIEW_MAX_SIDE:
+            im = im.convert("RGB")
+            im.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=85)
+            image, mime = buf.getvalue(), "jpeg"
+    except OSError:
+        pass  # show the bytes as they are; the browser draws a broken image
+    return f"data:image/{mime};base64,{base64.b64encode(image).decode('ascii')}"
+
+
+def _overlay(record: dict[str, Any]) -> str:
+    w, h = max(1, int(record.get("width") or 1)), max(1, int(record.get("height") or 1))
+    font = w / 32  # ~12 px once the image is scaled to the card's width, whatever its pixel size
+    line = w / 220
+    parts = [f'<svg class="boxes" viewBox="0 0 {w} {h}" preserveAspectRatio="none">']
+    for i, region in enumerate(record.get("bbox_info", [])):
+        x1, y1, x2, y2, score = (list(region.get("bbox", [])) + [0, 0, 0, 0, 0])[:5]
+        colour = BOX_COLOURS[i % len(BOX_COLOURS)]
+        label = html.escape(f"{i + 1}. {region.get('short_expr', '')} {score:.2f}")
+        x, y = x1 * w, y1 * h
+        ty = y + font if y < font * 1.4 else y - font * 0.3
+        # labels of boxes on the right half end at the box's right edge, so they stay in the image
+        tx, anchor = (x2 * w - 2, "end") if x1 > 0.5 else (x + 2, "start")
+        parts.append(
+            f'<g class="region" data-short-expr="{html.escape(region.get("short_expr", ""))}" data-score="{score:.2f}">'
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{(x2 - x1) * w:.1f}" height="{(y2 - y1) * h:.1f}" '
+            f'fill="none" stroke="{colour}" stroke-width="{line:.2f}"/>'
+            f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="{anchor}" font-size="{font:.2f}" fill="{colour}" '
+            f'stroke="#fff" stroke-width="{font / 6:.2f}" paint-order="stroke">{label}</text></g>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _regions_table(record: dict[str, Any]) -> str:
+    rows = []
+    for i, region in enumerate(record.get("bbox_info", [])):
+        colour = BOX_COLOURS[i % len(BOX_COLOURS)]
+        negs = region.get("short_expr_negs") or {}
+        neg_items = "".join(f"<li>{html.escape(str(negs[k]))}</li>" for k in sorted(negs, key=lambda k: int(k)
+                                                                                      if str(k).isdigit() else 0))
+        ok = "ok" if region.get("flag_short_neg") == 1 else "no valid negatives"
+        rows.append(
+            f'<tr class="region-row"><td style="color:{colour}">{i + 1}</td>'
+            f'<td><b class="short-expr">{html.escape(region.get("short_expr", ""))}</b><br>'
+            f'<span class="long-expr">{html.escape(region.get("long_expr", ""))}</span></td>'
+            f'<td><details open><summary>{len(negs)} negatives ({ok})</summary>'
+            f'<ol class="negatives">{neg_items}</ol></details></td></tr>')
+    if not rows:
+        return '<p class="none">no regions</p>'
+    return "<table class=\"regions\"><tr><th>#</th><th>expression (short / long)</th><th>hard negatives</th></tr>" \
+           + "".join(rows) + "</table>"
+
+
+def sample_card(sample: dict[str, Any]) -> str:
+    """One sample as an HTML card: image with boxes, captions, expressions and negatives."""
+    rec = sample["record"]
+    badge = '<span class="badge stub" title="at least one field came from a stub engine">stub</span>' \
+        if is_stub(rec) else ""
+    image = ""
+    if sample.get("image") is not None:
+        image = (f'<div class="figure"><img alt="{html.escape(rec.get("key", ""))}" '
+                 f'src="{_data_uri(sample["image"], sample["ext"])}">{_overlay(rec)}</div>')
+    return (f'<section class="sample" data-key="{html.escape(sample["key"])}">'
+            f'<h2>{html.escape(sample["key"])} {badge}</h2>{image}'
+            f'<p class="meta">{rec.get("width")}×{rec.get("height")} · {html.escape(str(rec.get("f_path", "")))}</p>'
+            f'<p><b>long caption</b> <span class="caption">{html.escape(rec.get("caption", ""))}</span></p>'
+            f'<p><b>short caption</b> <span class="short-caption">{html.escape(rec.get("short_caption", ""))}</span></p>'
+            f'{_regions_table(rec)}</section>')
+
+
+PAGE_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:16px;background:#f4f4f4;color:#222}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:14px}
+.sample{background:#fff;border-radius:6px;padding:10px;box-shadow:0 1px 3px #0002;overflow-wrap:anywhere}
+.sample h2{font-size:13px;margin:0 0 6px}
+.figure{position:relative;line-height:0}
+.figure img{width:100%;height:auto;display:block}
+.figure svg{position:absolute;left:0;top:0;width:100%;height:100%}
+.badge{font-size:11px;padding:1px 6px;border-radius:8px;color:#fff;background:#c0392b;vertical-align:middle}
+.meta{color:#777;font-size:11px}
+table.regions{border-collapse:collapse;width:100%;font-size:12px}
+table.regions td,table.regions th{border-top:1px solid #eee;padding:3px;text-align:left;vertical-align:top}
+ol.negatives{margin:2px 0;padding-left:18px}
+"""
+
+
+def render_preview(samples: list[dict[str, Any]], title: str, stats: Optional[dict[str, Any]] = None) -> str:
+    """The whole self-contained page."""
+    head = ""
+    if stats:
+        head = (f'<p class="summary">read {stats["read"]}, written {stats["written"]}, dead-lettered '
+                f'{stats["dead_lettered"]}, filtered {stats["filtered"]}; showing {len(samples)} sample(s)</p>')
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{head}<main>"
+            + "".join(sample_card(s) for s in samples) + "</main></body></html>")
+
+
+def preview_main(argv: list[str]) -> int:
+    """``finehard preview OUTPUT --out preview.html [--n 24]``."""
+    parser = argparse.ArgumentParser(prog="finehard preview",
+                                     description="Write a self-contained HTML page of samples with their boxes, "
+                                                 "captions, expressions and hard negatives.")
+    parser.add_argument("output", help="a `finehard shards` --output folder (any fsspec URI)")
+    parser.add_argument("--out", required=True, help="the HTML file to write")
+    parser.add_argument("--n", type=int, default=24, help="how many samples (the first ones, in shard order)")
+    parser.add_argument("--shards", nargs="*", default=None, help="only these shards (e.g. shard-00003)")
+    args = parser.parse_args(argv)
+    try:
+        uris = shard_paths(args.output, args.shards)
+    except FileNotFoundError as e:
+        print(f"finehard preview: error: {e}", file=sys.stderr)
+        return 2
+    if not uris:
+        print(f"finehard preview: error: no {SHARD_GLOB} in {args.output}", file=sys.stderr)
+        return 2
+    samples = []
+    for s in iter_samples(uris):
+        if len(samples) >= args.n:
+            break
+        samples.append(s)
+    stats = summarise(read_shard_stats(args.output))
+    page = render_preview(samples, f"FineHARD preview — {args.output}", stats)
+    with fsspec.open(args.out, "wt", encoding="utf-8") as f:
+        f.write(page)
+    print(f"wrote {args.out}: {len(samples)} sample(s), {len(page) // 1024} KiB")
+    return 0

@@ -1,0 +1,123 @@
+"""``finehard stats OUTPUT``: counts per stage and reason, regions per image, negatives valid rate."""
+from __future__ import annotations
+
+import argparse
+import json
+import posixpath
+import sys
+from collections import Counter
+from typing import Any
+
+import fsspec
+
+from core.record import NUM_NEGATIVES
+from pipeline.output import STATS_GLOB, _read_json, in_chain_order, is_stub, iter_samples, shard_paths, summarise
+
+REPORT_NAME = "stats_report.json"
+
+
+def _by_stage(by_reason: dict[str, int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for stage_reason, n in sorted(by_reason.items()):
+        stage, _, reason = stage_reason.partition(":")
+        out.setdefault(stage, {})[reason] = n
+    return out
+
+
+
+def build_stats(output: str) -> dict[str, Any]:
+    """The stats report of a run's OUTPUT folder (see module docstring)."""
+    fs, root = fsspec.core.url_to_fs(output)
+    stats = [_read_json(fs, p) for p in sorted(fs.glob(posixpath.join(root, STATS_GLOB)))]
+    if not stats:
+        raise FileNotFoundError(f"{output} holds no shard stats ({STATS_GLOB}); is it a `finehard shards` output?")
+    total = summarise(stats)
+    regions_hist: Counter[int] = Counter()
+    negs_valid = regions = stub_samples = 0
+    engines: Counter[str] = Counter()
+    for s in iter_samples(shard_paths(output), with_images=False):
+        rec = s["record"]
+        info = rec.get("bbox_info", [])
+        regions_hist[len(info)] += 1
+        regions += len(info)
+        negs_valid += sum(1 for r in info if r.get("flag_short_neg") == 1
+                          and len(r.get("short_expr_negs", {})) == NUM_NEGATIVES)
+        stub_samples += is_stub(rec)
+        for field, prov in sorted(rec.get("provenance", {}).items()):
+            if isinstance(prov, dict):
+                engines[f"{field}:{prov.get('model') or prov.get('engine')}"] += 1
+    summary = {}
+    if fs.exists(posixpath.join(root, "summary.json")):
+        summary = _read_json(fs, posixpath.join(root, "summary.json"))
+    seconds = summary.get("wall_seconds")
+    counters = total["counters"]
+    return {
+        "output": output,
+        "shards": total["shards"],
+        "read": total["read"], "written": total["written"],
+        "dead_lettered": total["dead_lettered"], "filtered": total["filtered"],
+        "reconciled": total["reconciled"],
+        "dead_lettered_by_stage": _by_stage(total["dead_lettered_by_reason"]),
+        "filtered_by_stage": _by_stage(total["filtered_by_reason"]),
+        "conversions": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("converted:")},
+        "counters": counters,
+        "regions_per_image": {str(k): v for k, v in sorted(regions_hist.items())},
+        "regions": regions,
+        "regions_with_valid_negatives": negs_valid,
+        "negatives_valid_rate": round(negs_valid / regions, 4) if regions else None,
+        "negatives_valid_rate_at_generation": total["negatives_valid_rate"],
+        "stub_samples": stub_samples,
+        "engines": dict(sorted(engines.items())),
+        "wall_seconds": seconds,
+        "samples_per_second": round(total["read"] / seconds, 3) if seconds else None,
+        "stages": in_chain_order(summary.get("stage_metrics", {})),
+        "config": total["engines"],
+    }
+
+
+def format_stats(report: dict[str, Any]) -> str:
+    """The report as a few aligned lines for a terminal."""
+    lines = [f"{report['output']}: {report['shards']} shard(s)",
+             f"  read {report['read']} = written {report['written']} + dead-lettered {report['dead_lettered']}"
+             f" + filtered {report['filtered']}  ({'reconciled' if report['reconciled'] else 'NOT RECONCILED'})"]
+    for title, key in (("dead-lettered", "dead_lettered_by_stage"), ("filtered", "filtered_by_stage")):
+        for stage, reasons in report[key].items():
+            for reason, n in reasons.items():
+                lines.append(f"  {title:<14}{stage + ':' + reason:<36}{n:>8}")
+    for what, n in report["conversions"].items():
+        lines.append(f"  {'converted':<14}{what:<36}{n:>8}")
+    hist = "  ".join(f"{k}:{v}" for k, v in report["regions_per_image"].items())
+    lines.append(f"  regions per image  {hist}")
+    rate = report["negatives_valid_rate"]
+    lines.append(f"  regions {report['regions']}, with {NUM_NEGATIVES} valid negatives "
+                 f"{report['regions_with_valid_negatives']} ({'n/a' if rate is None else f'{rate:.1%}'})")
+    if report["stub_samples"]:
+        lines.append(f"  STUB output in {report['stub_samples']} sample(s): not real data")
+    if report["samples_per_second"]:
+        lines.append(f"  throughput {report['samples_per_second']} samples/s over {report['wall_seconds']} s")
+    for name, m in report.get("stages", {}).items():
+        rate = m.get("samples_per_model_second")
+        lines.append(f"  stage {name:<12}{m.get('samples', 0):>8} samples  {m.get('model_seconds', 0):>9.3f} s in the "
+                     f"engine ({'n/a' if rate is None else f'{rate:,.1f}/s'}), {m.get('batches', 0)} batches, "
+                     f"load {m.get('load_seconds', 0):.3f} s")
+    return "\n".join(lines)
+
+
+def stats_main(argv: list[str]) -> int:
+    """``finehard stats OUTPUT``: print the report and write OUTPUT/stats_report.json."""
+    parser = argparse.ArgumentParser(prog="finehard stats",
+                                     description="Counts per stage and reason, regions per image, negatives "
+                                                 "valid rate; also written to OUTPUT/stats_report.json.")
+    parser.add_argument("output", help="a `finehard shards` --output folder (any fsspec URI)")
+    parser.add_argument("--json", action="store_true", help="print the report as json instead of text")
+    args = parser.parse_args(argv)
+    try:
+        report = build_stats(args.output)
+    except FileNotFoundError as e:
+        print(f"finehard stats: error: {e}", file=sys.stderr)
+        return 2
+    fs, root = fsspec.core.url_to_fs(args.output)
+    with fs.open(posixpath.join(root, REPORT_NAME), "wt", encoding="utf-8") as f:
+        json.dump(report, f, indent=1, sort_keys=True, ensure_ascii=False)
+    print(json.dumps(report, indent=1, sort_keys=True, ensure_ascii=False) if args.json else format_stats(report))
+    return 0

@@ -1,0 +1,81 @@
+"""The house's layers: every package imports only from the layers below it, and no module cycle exists.
+
+core <- prompts <- transforms / model_stubs <- pipeline <- bench, tests; training <- core only.
+Imports inside functions count too (a lazy import is still a dependency).
+"""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OURS = ("core", "prompts", "transforms", "model_stubs", "training", "pipeline", "bench")
+ALLOWED = {
+    "core": {"core"},
+    "prompts": {"prompts"},
+    "transforms": {"core", "prompts", "transforms"},
+    "model_stubs": {"core", "model_stubs"},
+    "training": {"core", "training"},
+    "pipeline": {"core", "prompts", "transforms", "model_stubs", "training", "pipeline"},
+    "bench": set(OURS),
+}
+
+
+def modules() -> dict[str, pathlib.Path]:
+    found = {}
+    for package in OURS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports(path: pathlib.Path, top_level_only: bool = False) -> set[str]:
+    """The modules of ours that ``path`` imports (``from a.b import c`` gives ``a.b`` and ``a.b.c``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return {n for n in names if n.split(".")[0] in OURS}
+
+
+MODULES = modules()
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_a_module_imports_only_from_its_layer_or_below(module: str) -> None:
+    layer = module.split(".")[0]
+    wrong = sorted(n for n in imports(MODULES[module]) if n.split(".")[0] not in ALLOWED[layer])
+    assert not wrong, f"{module} ({layer}/) imports {wrong}; {layer}/ may import only {sorted(ALLOWED[layer])}"
+
+
+def test_no_import_cycle_between_modules() -> None:
+    graph = {m: {n for n in imports(p, top_level_only=True) if n in MODULES and n != m} for m, p in MODULES.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(n):] + [n]))
+            if n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_the_layer_check_sees_a_wrong_import(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from pipeline.run import run\n", encoding="utf-8")
+    assert "pipeline.run" in imports(bad)  # a lazy import inside a function is found
+    assert not {"pipeline"} <= ALLOWED["transforms"]

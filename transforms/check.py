@@ -1,0 +1,138 @@
+"""CheckImage: every image is fully decoded once and stored the way every reader sees it.
+
+Runs right after reading: size limits from the header (decompression bombs), a full decode
+(truncated or corrupt files are dead-lettered here, never later), EXIF orientation applied,
+CMYK/16-bit/palette/alpha made RGB, first frame of animations; the short caption is clipped.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from core.record import Field
+from transforms.common import SampleError, bump, mark_dead, mark_filtered
+
+STAGE = "read"
+MAX_SHORT_CAPTION_CHARS = 2000  # alt-text longer than this is cut at a word boundary
+
+
+def clip_short_caption(record: dict[str, Any], max_chars: int) -> dict[str, Any]:
+    """Cut an over-long alt-text at a word boundary (counted as ``short_caption_truncated``)."""
+    text = record.get("short_caption") or ""
+    text = text.replace("\x00", "")
+    if len(text) > max_chars:
+        cut = text[:max_chars]
+        text = cut.rsplit(" ", 1)[0] if " " in cut else cut
+        bump(record, "short_caption_truncated")
+    record["short_caption"] = text
+    return record
+
+
+_FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+_KEPT_MODES = ("RGB", "L")  # greyscale is kept as stored: every reader converts to RGB on load
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_WHITE = (255, 255, 255)
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def _to_rgb(im: Image.Image) -> tuple[Image.Image, str]:
+    """``im`` as an 8-bit RGB (or L) image and the name of the conversion done ("" when none)."""
+    if im.mode in _KEPT_MODES:
+        return im, ""
+    if im.mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        if im.mode == "RGB":
+            return im, "palette"
+        return _flatten_alpha(im), "palette"
+    if im.mode in _ALPHA_MODES:
+        return _flatten_alpha(im), "alpha"
+    if im.mode.startswith("I") or im.mode == "F":  # 16-bit / 32-bit greyscale: scale to 8 bits
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr * (255.0 / top) if top != 255.0 else arr, 0, 255)
+        return Image.fromarray(np.round(arr).astype(np.uint8), mode="L"), "16bit"
+    if im.mode == "CMYK":
+        return im.convert("RGB"), "cmyk"
+    return im.convert("RGB"), im.mode.lower()
+
+
+def _flatten_alpha(im: Image.Image) -> Image.Image:
+    """Composite a transparent image on white: transparent pixels become white, not black."""
+    rgba = im.convert("RGBA")
+    base = Image.new("RGB", rgba.size, _WHITE)
+    base.paste(rgba, mask=rgba.getchannel("A"))
+    return base
+
+
+def _encode(im: Image.Image, source_format: str) -> tuple[bytes, str]:
+    """Re-encode: JPEG stays JPEG (quality 95), everything else becomes lossless PNG."""
+    buf = io.BytesIO()
+    if source_format == "JPEG" and im.mode in _KEPT_MODES:
+        im.save(buf, format="JPEG", quality=95)
+        return buf.getvalue(), "JPEG"
+    im.save(buf, format="PNG")
+    return buf.getvalue(), "PNG"
+
+
+def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
+                max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS) -> dict[str, Any]:
+    """Decode once; store an image every reader sees the same way, set width/height/ext, or mark the record.
+
+    The size limit is checked from the header, before any pixel is decoded (decompression bombs).
+    EXIF orientation is applied to the stored pixels (so boxes and pixels agree); CMYK, 16-bit,
+    palette and alpha images become RGB (alpha composited on white); an animated image keeps its
+    first frame; greyscale (L) is kept. Untouched JPEG/PNG/WebP bytes are stored as they came.
+    Each conversion is counted as ``converted:<what>`` in the shard stats.
+    """
+    if Field.DEAD in record:
+        return record
+    clip_short_caption(record, max_short_caption_chars)
+    data = record.get(Field.IMAGE_BYTES, b"")
+    if not data:
+        return mark_dead(record, STAGE, "empty_file")
+    Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit below, before decoding pixels
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                return mark_dead(record, STAGE, "too_large", f"{width}x{height} exceeds --max-pixels {max_pixels}")
+            fmt = im.format
+            conversions = []
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+                conversions.append("first_frame")
+            im.load()
+            out = im
+            if out.mode not in _KEPT_MODES:
+                out, what = _to_rgb(out)
+                conversions.append(what)
+            transpose = _EXIF_TRANSPOSE.get(im.getexif().get(_EXIF_ORIENTATION, 1))
+            if transpose is not None:
+                out = out.transpose(transpose)
+                conversions.append("exif_orientation")
+            if fmt not in _FORMAT_EXT:
+                conversions.append(f"format_{str(fmt).lower()}")
+            if conversions:
+                record[Field.IMAGE_BYTES], fmt = _encode(out, fmt)
+                width, height = out.size
+                for what in conversions:
+                    bump(record, f"converted:{what}")
+    except SampleError as e:
+        return mark_dead(record, STAGE, e.reason, e.detail)
+    except Image.UnidentifiedImageError as e:
+        return mark_dead(record, STAGE, "corrupt_image", f"not an image: {e}")
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        reason = "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"
+        return mark_dead(record, STAGE, reason, f"{type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - e.g. ultralytics patches Image.open and tries pi_heif on unknown bytes
+        return mark_dead(record, STAGE, "corrupt_image", f"{type(e).__name__}: {e}")
+    record["width"], record["height"], record[Field.EXT] = width, height, _FORMAT_EXT[fmt]
+    if min(width, height) < min_side:
+        return mark_filtered(record, STAGE, "too_small", f"{width}x{height} below --min-side {min_side}")
+    return record
