@@ -35,6 +35,7 @@ class Field:
     INPUT_RECORD = "_input_record"    # the record an input shard of ours carried (fields of stages not rerun)
     INPUT_CAPTION = "_input_caption"  # a long caption the input already had
     SPILL = "_spill"                  # where the image bytes were spilled (local runners)
+    SHA256 = "_image_sha256"          # sha256 of the stored image bytes, computed once (spill name, dedup, cache)
     DHASH = "_dhash"                  # perceptual hash for near-duplicate removal
     THUMB = "_thumb"                  # tiny thumbnail that confirms a near-duplicate
     TAR_ERROR = "_tar_error"          # why a tar member could not be read

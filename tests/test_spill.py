@@ -7,7 +7,10 @@ import fsspec
 import pytest
 
 from conftest import run_pipeline, shard_hashes
-from transforms.spill import SPILL, SpillDir, image_bytes, spill_image
+from core.record import Field
+from transforms.spill import SpillDir, image_bytes, spill_image
+
+SPILL = Field.SPILL
 
 
 def test_spilling_changes_nothing_in_the_shards_and_cleans_up(tmp_path: pathlib.Path,

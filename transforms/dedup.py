@@ -21,7 +21,7 @@ from PIL import Image
 
 from core.record import Field
 from transforms.common import mark_filtered
-from transforms.spill import SHA256, image_bytes, image_sha256
+from transforms.spill import image_bytes, image_sha256
 
 STAGE = "dedup"
 HASH_SIDE = 16  # 16x16 gradient bits = 256-bit hash
@@ -122,7 +122,7 @@ class DropDuplicates(beam.PTransform):
         t = self.near_threshold
         hashed = records | "Hash" >> beam.Map(add_hashes, near=t >= 0)
         exact = (hashed
-                 | "BySha" >> beam.Map(lambda r: (r[SHA256], r["key"]))
+                 | "BySha" >> beam.Map(lambda r: (r[Field.SHA256], r["key"]))
                  | "GroupSha" >> beam.GroupByKey()
                  | "ExactPairs" >> beam.FlatMap(_exact_pairs))
         found = [exact]

@@ -28,8 +28,6 @@ from fsspec.implementations.local import LocalFileSystem
 from core.files import atomic_write
 from core.record import Field
 
-SPILL = Field.SPILL
-SHA256 = "_image_sha256"  # of the stored image bytes, computed once (spill name, dedup, model cache)
 SPILL_PREFIX = ".spill-"  # the run's spill folder inside a local output folder
 AUTO, NONE = "auto", "none"
 
@@ -51,14 +49,14 @@ def spill_image(rec: dict[str, Any], root: str) -> dict[str, Any]:
         path = os.path.join(root, name)
         if not os.path.exists(path):
             atomic_write(None, path, data)  # readers never see a half-written file
-        rec[SPILL] = path
+        rec[Field.SPILL] = path
         return rec
     fs, base = fsspec.core.url_to_fs(root)
     path = posixpath.join(base, name)
     if not fs.exists(path):
         with fs.open(path, "wb") as f:  # object stores make an object visible only when it is complete
             f.write(data)
-    rec[SPILL] = fs.unstrip_protocol(path)
+    rec[Field.SPILL] = fs.unstrip_protocol(path)
     return rec
 
 
@@ -67,7 +65,7 @@ def image_bytes(rec: dict[str, Any]) -> bytes:
     data = rec.get(Field.IMAGE_BYTES)
     if data is not None:
         return data
-    path = rec.get(SPILL)
+    path = rec.get(Field.SPILL)
     if path is None:
         raise KeyError(f"record {rec.get('key')!r} carries no image bytes")
     if os.path.isabs(path):
@@ -79,9 +77,9 @@ def image_bytes(rec: dict[str, Any]) -> bytes:
 
 def image_sha256(rec: dict[str, Any]) -> str:
     """sha256 hex of the record's stored image bytes, computed on first use and kept on the record."""
-    if SHA256 not in rec:
-        rec[SHA256] = hashlib.sha256(image_bytes(rec)).hexdigest()
-    return rec[SHA256]
+    if Field.SHA256 not in rec:
+        rec[Field.SHA256] = hashlib.sha256(image_bytes(rec)).hexdigest()
+    return rec[Field.SHA256]
 
 
 class SpillDir:
