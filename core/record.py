@@ -11,6 +11,9 @@ from typing import Any
 
 PROJECT_VERSION = "0.1.0"
 NUM_NEGATIVES = 10
+# Reasons that say an engine (a server, a GPU worker) failed rather than the sample: the sample is
+# written to the dead-letter list as retryable, and a re-run into the same output asks again.
+RETRYABLE_REASONS = frozenset({"caption_request_failed", "caption_timeout", "engine_error", "timeout"})
 # Image file extensions (lower case, no dot) the readers accept and the shard readers recognise.
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 METRICS_NAMESPACE = "finehard"  # Beam metrics; RunInference stages use "finehard_<stage>"

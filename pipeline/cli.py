@@ -57,17 +57,40 @@ def shards_main(argv: list[str]) -> int:
         parser.print_help()
         return 0
     _, beam_args = parser.parse_known_args(argv)  # argparse exits 2 with one line on a missing/bad value
+    from pipeline.outdir import OutputInUse
     from pipeline.run import UsageError, run
 
     try:
         check_beam_args(beam_args)
         summary = run(argv)
-    except (UsageError, ValueError) as e:
+    except (UsageError, ValueError, OutputInUse) as e:
         print(f"finehard shards: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("finehard shards: interrupted; completed shards are kept: run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback; the log above has the details
+        print(f"finehard shards: error: the run failed: {_first_line(e)}; completed shards are kept: fix the "
+              "cause and run the same command again to resume", file=sys.stderr)
+        return 1
     print(json.dumps({k: summary[k] for k in ("read", "written", "dead_lettered", "filtered", "shards",
-                                               "reconciled", "negatives_valid_rate")}))
+                                               "reconciled", "retryable", "negatives_valid_rate")}))
+    if summary["reconciled"] is not True:
+        print(f"finehard shards: error: NOT RECONCILED: {summary['read']} input items read, but written + "
+              f"dead-lettered + filtered = {summary['accounted']}: samples were lost (a bug: please report it)",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _first_line(e: BaseException) -> str:
+    """The innermost cause's message, on one line (Beam wraps worker errors several times)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = f"{type(e).__name__}: {e}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else type(e).__name__
 
 
 def _lazy(module: str, func: str) -> Callable[[list[str]], int]:

@@ -75,11 +75,19 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                         help="keep duplicate images (by default exact and near duplicates are filtered)")
     parser.add_argument("--near-dup-threshold", "--near_dup_threshold", dest="near_dup_threshold", type=int, default=6,
                         help="near duplicates: at most this many differing bits of a 256-bit dHash (-1: exact only)")
-    parser.add_argument("--model-cache", "--model_cache", dest="model_cache", default=None,
+    parser.add_argument("--model-cache", "--model_cache", dest="model_cache", default="auto",
                         help="keep model answers (captions, raw boxes, valid negatives) under this folder or fsspec "
                              "URI, keyed by stage, engine, model, prompt hash, engine options and input hash; a re-run "
                              "with the same engines reads them instead of calling the model (hits are counted as "
-                             "cache_hits:<stage> in summary.json)")
+                             "cache_hits:<stage> in summary.json). auto (default): OUTPUT/.model-cache on local runs "
+                             "with a real model engine, so retrying failed samples never re-asks the ones that "
+                             "succeeded; none: off")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over: remove what earlier runs wrote into --output (shards, markers, lists, "
+                             "summary; nothing else) instead of resuming")
+    parser.add_argument("--no-retry-failed", "--no_retry_failed", dest="retry_failed", action="store_false",
+                        help="on a re-run, keep shards whose samples failed because an engine was down (retryable "
+                             "dead letters); by default such shards are redone")
     parser.add_argument("--spill-dir", "--spill_dir", dest="spill_dir", default="auto",
                         help="where image bytes wait between reading and writing, so records stay small at stage "
                              "boundaries: auto (default) = on local runners, whose boundaries are held in memory, "

@@ -12,9 +12,9 @@ from typing import Any, Iterator, Optional
 
 import fsspec
 
-from core.files import protocol_prefix
+from core.files import atomic_write, protocol_prefix
 from core.record import IMAGE_EXTS, METRICS_NAMESPACE
-from transforms.write import SHARD_PREFIX, STATS_SUFFIX
+from transforms.write import READ_COUNTS_DIR, SHARD_PREFIX, STATS_SUFFIX, read_marker
 
 STAGE_ORDER = ("recaption", "expressions", "detect", "negatives")  # chain order
 SHARD_GLOB = f"{SHARD_PREFIX}-*.tar"
@@ -117,20 +117,40 @@ def is_stub(record: dict[str, Any]) -> bool:
 
 
 def read_shard_stats(output: str) -> list[dict[str, Any]]:
+    """The complete stats markers in ``output`` (a corrupt one counts as missing)."""
     fs, root = fsspec.core.url_to_fs(output)
     stats = []
     for p in sorted(fs.glob(posixpath.join(root, f"{SHARD_PREFIX}-*{STATS_SUFFIX}"))):
-        with fs.open(p, "rt", encoding="utf-8") as f:
-            stats.append(json.load(f))
+        marker = read_marker(fs, p)
+        if marker is not None:
+            stats.append(marker)
     return stats
 
 
-def summarise(stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over shard stats; ``reconciled`` says read == written + dead_lettered + filtered."""
-    total: dict[str, Any] = {"shards": len(stats), "read": 0, "written": 0, "dead_lettered": 0, "filtered": 0,
+def read_listed(output: str) -> Optional[int]:
+    """How many input items the read stage listed (``read_counts/``), or None when the run left no counts."""
+    fs, root = fsspec.core.url_to_fs(output)
+    paths = fs.glob(posixpath.join(root, READ_COUNTS_DIR, "*.json"))
+    if not paths:
+        return None
+    total = 0
+    for p in paths:
+        with fs.open(p, "rb") as f:
+            total += int(json.loads(f.read())["items"])
+    return total
+
+
+def summarise(stats: list[dict[str, Any]], listed: Optional[int] = None) -> dict[str, Any]:
+    """Totals over shard stats.
+
+    ``read`` is ``listed``, the number of input items the read stage counted (kept apart from the
+    records, see ``transforms.read.read_and_count``); ``reconciled`` says it equals written +
+    dead_lettered + filtered, the outcomes the shard writers counted. None when ``listed`` is not known.
+    """
+    total: dict[str, Any] = {"shards": len(stats), "read": listed, "written": 0, "dead_lettered": 0, "filtered": 0,
                              "dead_lettered_by_reason": {}, "filtered_by_reason": {}, "counters": {}}
     for s in stats:
-        for k in ("read", "written", "dead_lettered", "filtered"):
+        for k in ("written", "dead_lettered", "filtered"):
             total[k] += s[k]
         for k in ("dead_lettered_by_reason", "filtered_by_reason", "counters"):
             for reason, n in s[k].items():
@@ -142,14 +162,15 @@ def summarise(stats: list[dict[str, Any]]) -> dict[str, Any]:
     regions = c.get("negatives_valid", 0) + invalid
     total["regions"] = c.get("regions", 0)
     total["negatives_valid_rate"] = round(c.get("negatives_valid", 0) / regions, 4) if regions else None
-    total["reconciled"] = total["read"] == total["written"] + total["dead_lettered"] + total["filtered"]
+    total["accounted"] = total["written"] + total["dead_lettered"] + total["filtered"]
+    total["reconciled"] = None if listed is None else listed == total["accounted"]
+    total["retryable"] = sum(s.get("retryable", 0) for s in stats)
     total["engines"] = stats[0]["run"]["config"] if stats else {}
     return total
 
 
 def write_summary(output: str, **extra: Any) -> dict[str, Any]:
-    summary = {**summarise(read_shard_stats(output)), **extra}
+    summary = {**summarise(read_shard_stats(output), read_listed(output)), **extra}
     fs, root = fsspec.core.url_to_fs(output)
-    with fs.open(posixpath.join(root, "summary.json"), "wt", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
+    atomic_write(fs, posixpath.join(root, "summary.json"), json.dumps(summary, indent=1, sort_keys=True).encode())
     return summary

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import fsspec
 from PIL import Image
 
-from pipeline.output import SHARD_GLOB, is_stub, iter_samples, read_shard_stats, shard_paths, summarise
+from pipeline.output import SHARD_GLOB, is_stub, iter_samples, read_listed, read_shard_stats, shard_paths, summarise
 
 PREVIEW_MAX_SIDE = 512
 BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
@@ -147,7 +147,7 @@ def preview_main(argv: list[str]) -> int:
         if len(samples) >= args.n:
             break
         samples.append(s)
-    stats = summarise(read_shard_stats(args.output))
+    stats = summarise(read_shard_stats(args.output), read_listed(args.output))
     page = render_preview(samples, f"FineHARD preview — {args.output}", stats)
     with fsspec.open(args.out, "wt", encoding="utf-8") as f:
         f.write(page)

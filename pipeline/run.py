@@ -4,14 +4,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import posixpath
 import time
 from typing import Any, Optional
 
 import apache_beam as beam
+import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from core.engines import EngineSpecError
+from core.engines import EngineSpecError, parse_spec
 from pipeline.options import add_curation_args, check_positive
+from pipeline.outdir import (RUN_FILE, OutputLock, input_fingerprint, prepare_output, read_run_file,
+                             remove_run_outputs, remove_stale_temp_files, write_run_file)
 from core.record import Field, PROJECT_VERSION, text_hash
 from pipeline.output import read_shard_stats, stage_metrics, write_summary
 from pipeline.submit import validate_runner_options
@@ -20,11 +24,11 @@ from transforms.dedup import DropDuplicates
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
-from transforms.read import InputError, ReadImages, list_units
+from transforms.read import InputError, ReadImages, ReadUnit, list_units
 from transforms.recaption import CAPTIONERS, Recaption
 from transforms.progress import LogProgress
-from transforms.spill import SpillDir, spill_image
-from transforms.write import AssignShards, SkipCompleted, WriteShards, completed_shards
+from transforms.spill import SpillDir, check_spill_dir, spill_image
+from transforms.write import READ_COUNTS_DIR, AssignShards, SkipCompleted, WriteShards, completed_shards
 
 LOG = logging.getLogger("finehard")
 LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "direct")
@@ -132,12 +136,11 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
              "negatives": NEGATIVE_ENGINES.resolve(args.negatives)}
     records = (p
                | "ReadImages" >> ReadImages(args.input, max_pixels=args.max_pixels, min_side=args.min_side,
-                                           max_short_caption_chars=args.max_short_caption_chars))
+                                           max_short_caption_chars=args.max_short_caption_chars,
+                                           counts_root=posixpath.join(args.output, READ_COUNTS_DIR)))
     if spill_root:
         records = records | "SpillImages" >> beam.Map(spill_image, root=spill_root)
-    records = (records
-               | "AssignShards" >> AssignShards(args.samples_per_shard)
-               | "SkipCompletedShards" >> SkipCompleted(done))
+    records = records | "AssignShards" >> AssignShards(args.samples_per_shard)
     finished = []
     live, dead, filtered = split_outcomes(records, "read")
     finished += [dead, filtered]
@@ -146,8 +149,10 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     live = live | "CarryInputFields" >> beam.Map(carry_input_fields, stages=stages_run, config_hash=config_hash,
                                                  reuse_captions=args.reuse_captions)
     if args.dedup:
+        # over the whole input, completed shards included: a resumed run makes the same duplicate decisions
         live, dead, filtered = split_outcomes(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup")
         finished += [dead, filtered]
+    live = live | "SkipCompletedShards" >> SkipCompleted(done)
     stages = {
         "recaption": lambda: Recaption(specs["captioner"], batch_size=args.batch_size,
                                        max_chars=args.max_caption_chars, engine_options=caption_options(args),
@@ -173,7 +178,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
             out = (out, has) | "WithReusedCaptions" >> beam.Flatten()
         live, dead, filtered = split_outcomes(out, name)
         finished += [dead, filtered]
-    failed = finished | "AllFailed" >> beam.Flatten() | "DropBytes" >> beam.Map(_strip_bytes)
+    failed = (finished | "AllFailed" >> beam.Flatten() | "DropBytes" >> beam.Map(_strip_bytes)
+              | "SkipCompletedFailed" >> SkipCompleted(done))
     if args.progress_every_s > 0:
         total = records | "CountForProgress" >> beam.combiners.Count.Globally()
         live = live | "Progress" >> beam.ParDo(LogProgress(every_s=args.progress_every_s),
@@ -182,15 +188,67 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
             | "WriteShards" >> WriteShards(args.output, run_info(args)))
 
 
-def check_output_compatible(output: str, info: dict[str, Any]) -> set[int]:
-    """Completed shard ids in ``output``; fails when they came from another configuration."""
-    done = completed_shards(output)
-    if done:
-        previous = {s["run"]["config_hash"] for s in read_shard_stats(output)}
-        if previous != {info["config_hash"]}:
-            raise UsageError(f"--output {output} holds shards from a different configuration; "
-                             "use a new --output (or delete the old one) to start over")
+def check_resume(output: str, info: dict[str, Any], fingerprint: dict[str, Any], retry_failed: bool) -> set[int]:
+    """The shard ids a re-run into ``output`` skips; refuses when the output came from another config or input."""
+    done = completed_shards(output, retry_failed=retry_failed)
+    if not done and not read_shard_stats(output):
+        return set()
+    previous = read_run_file(output)
+    if previous is None:
+        raise UsageError(f"--output {output} holds shards but no {RUN_FILE} (an older version, or not ours); "
+                         "use a new --output, or --overwrite to start over")
+    if previous.get("config_hash") != info["config_hash"]:
+        raise UsageError(f"--output {output} holds shards from a different configuration; "
+                         "use a new --output, or --overwrite to start over")
+    if previous.get("input_fingerprint") != fingerprint:
+        then, now = (previous.get("input_fingerprint") or {}).get("listed_uris"), fingerprint["listed_uris"]
+        raise UsageError(f"--input changed since the run that wrote --output {output} (files or manifests "
+                         f"added, removed or rewritten: {then} listed then, {now} now); resuming would mix the "
+                         "two. Use a new --output, or --overwrite to start over")
     return done
+
+
+def check_manifests(units: list[ReadUnit]) -> None:
+    """A parquet manifest that cannot be opened stops the run at once, with its name."""
+    for unit in units:
+        for uri in unit.uris:
+            if unit.kind == "manifest" and uri.lower().split("?")[0].endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                try:
+                    with fsspec.open(uri, "rb") as f:
+                        pq.ParquetFile(f).metadata
+                except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
+                    raise UsageError(f"manifest {uri} is not a readable parquet file ({type(e).__name__}: {e}); "
+                                     "fix or remove it") from e
+
+
+def probe_servers(args: argparse.Namespace) -> None:
+    """On local runs, an OpenAI-compatible engine that does not answer stops the run before it starts."""
+    from transforms.engines import split_target
+    from transforms.engines.openai_client import OpenAIClient, OpenAIError
+
+    for flag, raw in (("--captioner", args.captioner), ("--negatives", args.negatives)):
+        spec = parse_spec(raw)
+        if spec.kind != "openai":
+            continue
+        base_url, _ = split_target(spec.target)
+        try:
+            OpenAIClient(base_url, timeout=10.0, retries=0).request_json("GET", "models")
+        except OpenAIError as e:
+            if getattr(e, "status", None) is None:  # no answer at all (an HTTP error still means it is up)
+                raise UsageError(f"{flag} server {base_url} does not answer ({e}); start it (or fix the URL) "
+                                 "and run again") from e
+
+
+def model_cache_root(args: argparse.Namespace, local_runner: bool) -> Optional[str]:
+    """``--model-cache auto``: OUTPUT/.model-cache for local outputs when a real model engine runs, so a
+    re-run that retries failed samples does not ask again for the answers that succeeded."""
+    if args.model_cache != "auto":
+        return None if args.model_cache in ("none", "") else args.model_cache
+    real = any(parse_spec(raw).kind not in ("stub", "rules") for raw in (args.captioner, args.detector, args.negatives))
+    local = fsspec.core.split_protocol(args.output)[0] in (None, "file", "local")
+    return posixpath.join(args.output, ".model-cache") if real and local and local_runner else None
 
 
 def is_local_runner(options: PipelineOptions) -> bool:
@@ -216,12 +274,19 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
 
 
 def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> dict[str, Any]:
-    """Run the curation job; returns the summary (also written to OUTPUT/summary.json)."""
+    """Run the curation job; returns the summary (also written to OUTPUT/summary.json).
+
+    Bad flags and paths raise :class:`UsageError` before anything is written; a run that another
+    live run holds the output of raises :class:`~pipeline.outdir.OutputInUse`.
+    """
     args, beam_args = parse_args(argv)
+    if not args.output.strip():
+        raise UsageError("--output is empty; give the folder the shards go to")
     try:
-        list_units(args.input)  # fail fast on a missing or empty input, before any worker starts
+        units = list_units(args.input)  # fail fast on a missing or empty input, before any worker starts
     except InputError as e:
         raise UsageError(str(e)) from e
+    check_manifests(units)
     try:
         for reg, raw in ((CAPTIONERS, args.captioner), (DETECTORS, args.detector), (NEGATIVE_ENGINES, args.negatives)):
             spec = reg.resolve(raw)
@@ -233,21 +298,34 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
                                             "negatives": args.negatives},
                                 paths={"--input": args.input, "--output": args.output,
                                        "--spill-dir": args.spill_dir, "--model-cache": args.model_cache})
-    except (EngineSpecError, ValueError) as e:
+        check_spill_dir(args.spill_dir)
+        prepare_output(args.output)
+    except (EngineSpecError, ValueError, OSError) as e:
         raise UsageError(str(e)) from e
     selected_stages(args.stages)
-    info = run_info(args)
-    done = check_output_compatible(args.output, info)
-    if done:
-        LOG.info("resuming: %d shard(s) already complete in %s are skipped", len(done), args.output)
     options = PipelineOptions(beam_args)
-    p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
-    started = time.monotonic()
-    with SpillDir(args.spill_dir, local_runner=is_local_runner(options), output=args.output) as spill:
-        build_pipeline(p, args, done, spill.root)
-        result = p.run()
-        result.wait_until_finish()
-    summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3),
-                            stage_metrics=stage_metrics(result))
-    LOG.info("read %(read)d, written %(written)d, dead-lettered %(dead_lettered)d, filtered %(filtered)d", summary)
+    local = is_local_runner(options)
+    if local:
+        probe_servers(args)
+    info = run_info(args)
+    fingerprint = input_fingerprint(units)
+    with OutputLock(args.output):
+        if args.overwrite:
+            LOG.info("--overwrite: removed %d earlier output path(s) from %s", remove_run_outputs(args.output),
+                     args.output)
+        remove_stale_temp_files(args.output)
+        done = check_resume(args.output, info, fingerprint, args.retry_failed)
+        if done:
+            LOG.info("resuming: %d shard(s) already complete in %s are skipped", len(done), args.output)
+        write_run_file(args.output, {**info, "input_fingerprint": fingerprint})
+        args.model_cache = model_cache_root(args, local)
+        p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+        started = time.monotonic()
+        with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill:
+            build_pipeline(p, args, done, spill.root)
+            result = p.run()
+            result.wait_until_finish()
+        summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3),
+                                stage_metrics=stage_metrics(result))
+    LOG.info("read %(read)s, written %(written)d, dead-lettered %(dead_lettered)d, filtered %(filtered)d", summary)
     return summary

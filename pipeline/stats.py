@@ -11,9 +11,11 @@ from typing import Any
 import fsspec
 
 from core.record import NUM_NEGATIVES
-from pipeline.output import STATS_GLOB, _read_json, in_chain_order, is_stub, iter_samples, shard_paths, summarise
+from pipeline.output import (STATS_GLOB, _read_json, in_chain_order, is_stub, iter_samples, read_listed,
+                             read_shard_stats, shard_paths, summarise)
 
 REPORT_NAME = "stats_report.json"
+RECONCILED = {True: "reconciled", False: "NOT RECONCILED: samples are missing", None: "no read counts: not checked"}
 
 
 def _by_stage(by_reason: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -28,10 +30,10 @@ def _by_stage(by_reason: dict[str, int]) -> dict[str, dict[str, int]]:
 def build_stats(output: str) -> dict[str, Any]:
     """The stats report of a run's OUTPUT folder (see module docstring)."""
     fs, root = fsspec.core.url_to_fs(output)
-    stats = [_read_json(fs, p) for p in sorted(fs.glob(posixpath.join(root, STATS_GLOB)))]
+    stats = read_shard_stats(output)
     if not stats:
         raise FileNotFoundError(f"{output} holds no shard stats ({STATS_GLOB}); is it a `finehard shards` output?")
-    total = summarise(stats)
+    total = summarise(stats, read_listed(output))
     regions_hist: Counter[int] = Counter()
     negs_valid = regions = stub_samples = 0
     engines: Counter[str] = Counter()
@@ -79,7 +81,7 @@ def format_stats(report: dict[str, Any]) -> str:
     """The report as a few aligned lines for a terminal."""
     lines = [f"{report['output']}: {report['shards']} shard(s)",
              f"  read {report['read']} = written {report['written']} + dead-lettered {report['dead_lettered']}"
-             f" + filtered {report['filtered']}  ({'reconciled' if report['reconciled'] else 'NOT RECONCILED'})"]
+             f" + filtered {report['filtered']}  ({RECONCILED[report['reconciled']]})"]
     for title, key in (("dead-lettered", "dead_lettered_by_stage"), ("filtered", "filtered_by_stage")):
         for stage, reasons in report[key].items():
             for reason, n in reasons.items():

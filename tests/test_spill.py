@@ -22,7 +22,11 @@ def test_spilling_changes_nothing_in_the_shards_and_cleans_up(tmp_path: pathlib.
     chosen = run_pipeline(manifest, tmp_path / "chosen", "--spill-dir", str(given), "--samples-per-shard", "4")
     assert kept["written"] == auto["written"] == chosen["written"] == 12
     assert shard_hashes(tmp_path / "kept") == shard_hashes(tmp_path / "auto") == shard_hashes(tmp_path / "chosen")
-    assert given.is_dir() and list(given.iterdir()) == []  # the run's subfolder went with the run
+    assert not given.exists()  # the run made the folder, and removed it with its subfolder
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    run_pipeline(manifest, tmp_path / "again", "--spill-dir", str(existing), "--samples-per-shard", "4")
+    assert existing.is_dir() and list(existing.iterdir()) == []  # a folder the user gave is kept, emptied
 
 
 def test_spill_round_trip_and_dead_records(tmp_path: pathlib.Path) -> None:

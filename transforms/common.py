@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import apache_beam as beam
@@ -35,13 +36,22 @@ class SampleError(Exception):
         self.detail = detail
 
 
+_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
+
+
+def stable_detail(detail: str) -> str:
+    """A failure's detail as the run writes it: at most 500 characters, no memory addresses
+    (``<_io.BytesIO object at 0x7f..>`` differs between two runs of the same input)."""
+    return _ADDRESS.sub("", detail)[:500]
+
+
 def mark_dead(record: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
-    record[Field.DEAD] = {"stage": stage, "reason": reason, "detail": detail[:500]}
+    record[Field.DEAD] = {"stage": stage, "reason": reason, "detail": stable_detail(detail)}
     return record
 
 
 def mark_filtered(record: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
-    record[Field.FILTERED] = {"stage": stage, "reason": reason, "detail": detail[:500]}
+    record[Field.FILTERED] = {"stage": stage, "reason": reason, "detail": stable_detail(detail)}
     return record
 
 

@@ -8,6 +8,7 @@ marked dead (``unreadable``) instead of failing the bundle.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -18,7 +19,7 @@ from typing import Any, Iterable, Iterator, Optional
 import apache_beam as beam
 import fsspec
 
-from core.files import protocol_prefix
+from core.files import atomic_write, protocol_prefix
 from core.record import Field, IMAGE_EXTS, make_key
 from transforms.check import MAX_SHORT_CAPTION_CHARS, check_image
 from transforms.common import mark_dead
@@ -258,16 +259,44 @@ def read_unit(unit: ReadUnit) -> Iterator[dict[str, Any]]:
     yield from reader(unit)
 
 
+def unit_id(unit: ReadUnit) -> str:
+    """A stable name for a read unit (its kind and URIs)."""
+    h = hashlib.sha1(unit.kind.encode("utf-8"))
+    for uri in unit.uris:
+        h.update(b"\0" + uri.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:20]
+
+
+def read_and_count(unit: ReadUnit, counts_root: Optional[str] = None) -> Iterator[dict[str, Any]]:
+    """:func:`read_unit`, then ``COUNTS_ROOT/<unit id>.json`` saying how many input items the unit held.
+
+    That count reaches the run's summary by its own path (not through the records), so a sample
+    lost anywhere between here and the shard writer shows up as ``reconciled: false``. A folder
+    unit counts its listed files; a manifest or tar counts the items its reader found.
+    """
+    n = 0
+    for rec in read_unit(unit):
+        n += 1
+        yield rec
+    if counts_root:
+        listed = len(unit.uris) if unit.kind == "files" else n
+        fs, root = fsspec.core.url_to_fs(counts_root)
+        fs.makedirs(root, exist_ok=True)
+        body = {"unit": unit_id(unit), "kind": unit.kind, "uris": len(unit.uris), "items": listed}
+        atomic_write(fs, posixpath.join(root, unit_id(unit) + ".json"), json.dumps(body, sort_keys=True).encode())
+
+
 class ReadImages(beam.PTransform):
     """``input_uri`` -> records ``{key, f_path, short_caption, image_bytes, width, height, ext}``."""
 
     def __init__(self, input_uri: str, max_pixels: int = 64_000_000, min_side: int = 8,
-                 max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS):
+                 max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS, counts_root: Optional[str] = None):
         super().__init__()
         self.input_uri = input_uri
         self.max_pixels = max_pixels
         self.min_side = min_side
         self.max_short_caption_chars = max_short_caption_chars
+        self.counts_root = counts_root
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         max_pixels, min_side, max_alt = self.max_pixels, self.min_side, self.max_short_caption_chars
@@ -275,6 +304,6 @@ class ReadImages(beam.PTransform):
                 | "Input" >> beam.Create([self.input_uri])
                 | "ListUnits" >> beam.FlatMap(list_units)
                 | "SpreadUnits" >> beam.Reshuffle()
-                | "ReadUnit" >> beam.FlatMap(read_unit)
+                | "ReadUnit" >> beam.FlatMap(read_and_count, counts_root=self.counts_root)
                 | "CheckImage" >> beam.Map(check_image, max_pixels=max_pixels, min_side=min_side,
                                               max_short_caption_chars=max_alt))

@@ -82,6 +82,17 @@ def image_sha256(rec: dict[str, Any]) -> str:
     return rec[Field.SHA256]
 
 
+def check_spill_dir(value: str) -> None:
+    """``--spill-dir`` must be auto, none, or a local folder that exists or whose parent does (the run makes
+    its own subfolder in it, and removes the folder too if it made it)."""
+    if value in (AUTO, NONE):
+        return
+    fs, base = fsspec.core.url_to_fs(value)
+    if isinstance(fs, LocalFileSystem) and not os.path.isdir(base) and not os.path.isdir(os.path.dirname(base)):
+        raise ValueError(f"--spill-dir {value} is not an existing folder (nor is its parent); create it, "
+                         "or use --spill-dir auto")
+
+
 class SpillDir:
     """The run's spill folder for ``--spill-dir``; removed with everything in it when the run ends.
 
@@ -94,6 +105,7 @@ class SpillDir:
 
     def __init__(self, value: str, local_runner: bool, output: Optional[str] = None):
         self.root: Optional[str] = None
+        self.made: Optional[str] = None  # a --spill-dir folder this run created (removed at the end if empty)
         if value == AUTO and local_runner:
             if output and fsspec.core.split_protocol(output)[0] in (None, "file", "local"):
                 base = fsspec.core.url_to_fs(output)[1]
@@ -105,6 +117,8 @@ class SpillDir:
                 self.root = tempfile.mkdtemp(prefix="finehard-spill-")
         elif value not in (AUTO, NONE):
             fs, base = fsspec.core.url_to_fs(value)
+            if isinstance(fs, LocalFileSystem) and not os.path.isdir(base):
+                self.made = base
             sub = posixpath.join(base, "finehard-spill-" + uuid.uuid4().hex[:12])
             fs.makedirs(sub, exist_ok=True)
             self.root = sub if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(sub)
@@ -118,5 +132,10 @@ class SpillDir:
         fs, base = fsspec.core.url_to_fs(self.root)
         if isinstance(fs, LocalFileSystem):
             shutil.rmtree(base, ignore_errors=True)
+            if self.made:
+                try:
+                    os.rmdir(self.made)
+                except OSError:
+                    pass  # something else was put there meanwhile: leave it
         elif fs.exists(base):
             fs.rm(base, recursive=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import posixpath
 from collections import Counter
@@ -21,12 +22,14 @@ import fsspec
 import webdataset as wds
 
 from core.files import atomic_write
-from core.record import PROJECT_VERSION, Field, public_fields
+from core.record import PROJECT_VERSION, RETRYABLE_REASONS, Field, public_fields
 from transforms.spill import image_bytes
 
+LOG = logging.getLogger("finehard")
 SHARD_PREFIX = "shard"
 STATS_SUFFIX = "_stats.json"
 DEADLETTER_DIR = "deadletter"
+READ_COUNTS_DIR = "read_counts"  # per read unit: how many input items it held (the independent count)
 FILTERED_DIR = "filtered"
 TAR_MTIME = 0.0  # fixed metadata: same input + engines => byte-identical tars
 
@@ -43,19 +46,43 @@ def shard_of(key: str, num_shards: int) -> int:
     return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") % num_shards
 
 
-def completed_shards(output: str) -> set[int]:
-    """Shard ids whose stats marker exists under ``output``."""
+def read_marker(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """A shard's stats marker, or None when it is missing, empty or not a complete stats object."""
+    try:
+        with fs.open(path, "rb") as f:
+            stats = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stats, dict) or not all(isinstance(stats.get(k), int) for k in ("written", "dead_lettered",
+                                                                                       "filtered", "shard_id")):
+        return None
+    return stats
+
+
+def completed_shards(output: str, retry_failed: bool = False) -> set[int]:
+    """Shard ids whose stats marker is complete under ``output``.
+
+    A corrupt or empty marker (a run killed or a disk filled while writing it) is an unfinished
+    shard. With ``retry_failed`` a shard holding retryable failures (an engine was down) is
+    unfinished too, so a re-run asks again.
+    """
     fs, path = fsspec.core.url_to_fs(output)
     if not fs.exists(path):
         return set()
     done = set()
     for p in fs.glob(posixpath.join(path, f"{SHARD_PREFIX}-*{STATS_SUFFIX}")):
-        name = posixpath.basename(p)[: -len(STATS_SUFFIX)]
-        try:
-            done.add(int(name.split("-")[-1]))
-        except ValueError:
+        stats = read_marker(fs, p)
+        if stats is None:
+            LOG.warning("%s is not a complete stats marker: its shard is redone", p)
             continue
+        if retry_failed and stats.get("retryable", 0):
+            continue
+        done.add(stats["shard_id"])
     return done
+
+
+def is_retryable(rec: dict[str, Any]) -> bool:
+    return rec.get(Field.DEAD, {}).get("reason") in RETRYABLE_REASONS
 
 
 def shard_record(rec: dict[str, Any]) -> dict[str, Any]:
@@ -72,13 +99,11 @@ def shard_record(rec: dict[str, Any]) -> dict[str, Any]:
 def letter(rec: dict[str, Any], kind: str) -> dict[str, Any]:
     """One dead-letter / filtered line: key, source URI, stage, reason, detail."""
     info = rec[kind]
-    return {"key": rec.get("key"), "f_path": rec.get("f_path"), "stage": info["stage"],
+    line = {"key": rec.get("key"), "f_path": rec.get("f_path"), "stage": info["stage"],
             "reason": info["reason"], "detail": info.get("detail", "")}
-
-
-def _write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    with fs.open(path, "wb") as f:
-        f.write(data)
+    if kind == Field.DEAD and info["reason"] in RETRYABLE_REASONS:
+        line["retryable"] = True
+    return line
 
 
 def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dict[str, Any]],
@@ -120,7 +145,7 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
         if recs:
             fs.makedirs(posixpath.join(root, folder), exist_ok=True)
             lines = sorted((letter(r, kind) for r in recs), key=lambda x: (x["key"] or "", x["f_path"] or ""))
-            _write_bytes(fs, path, "".join(json.dumps(x, sort_keys=True, ensure_ascii=False) + "\n"
+            atomic_write(fs, path, "".join(json.dumps(x, sort_keys=True, ensure_ascii=False) + "\n"
                                            for x in lines).encode("utf-8"))
         elif fs.exists(path):
             fs.rm(path)
@@ -135,10 +160,13 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
         "dead_lettered_by_reason": dict(sorted(dead_by.items())),
         "filtered_by_reason": dict(sorted(filtered_by.items())),
         "counters": dict(sorted(stats.items())),
+        # engine failures (dead letters and regions without negatives): a re-run retries this shard
+        "retryable": sum(1 for r in dead if is_retryable(r))
+        + sum(stats.get(f"negatives_invalid:{reason}", 0) for reason in sorted(RETRYABLE_REASONS)),
         "run": run_info,
     }
-    _write_bytes(fs, posixpath.join(root, name + STATS_SUFFIX),
-                 json.dumps(shard_stats, sort_keys=True, indent=1).encode("utf-8"))
+    atomic_write(fs, posixpath.join(root, name + STATS_SUFFIX),
+                 json.dumps(shard_stats, sort_keys=True, indent=1).encode("utf-8"), durable=True)
     return shard_stats
 
 
