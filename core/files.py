@@ -1,8 +1,9 @@
 """Files every layer writes and names: atomic writes, and the URI prefix of a filesystem."""
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional
+from typing import IO, Iterator, Optional
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -14,31 +15,39 @@ def protocol_prefix(fs: fsspec.AbstractFileSystem) -> str:
     return "" if proto in ("file", "local") else f"{proto}://"
 
 
-def atomic_write(fs: Optional[fsspec.AbstractFileSystem], path: str, data: bytes, tmp: Optional[str] = None,
-                 durable: bool = False) -> None:
-    """Write ``data`` to ``path`` so a reader sees either no file or the whole of it.
+@contextlib.contextmanager
+def atomic_open(fs: Optional[fsspec.AbstractFileSystem], path: str, tmp: Optional[str] = None,
+                durable: bool = False) -> Iterator[IO[bytes]]:
+    """A binary file to stream into; it appears at ``path`` whole, or not at all.
 
-    The bytes go to ``tmp`` (default: ``PATH.tmp-PID``, unique to this process) in the same folder
-    and are then renamed over ``path``. ``fs=None`` means a local path (plain file calls: fsspec
-    costs several times more per small file). ``durable``: on a local disk, the bytes are flushed to
-    the device before the rename (for markers that say "this is complete").
+    The bytes go to ``tmp`` (default: ``PATH.tmp-PID``, unique to this process) in the same folder,
+    renamed over ``path`` when the block ends without an error; on an error (a full disk, an
+    interrupt) the temporary file is removed. ``fs=None`` means a local path (plain file calls:
+    fsspec costs several times more per small file). ``durable``: on a local disk the bytes are
+    flushed to the device before the rename (for markers that say "this is complete").
     """
     tmp = tmp or f"{path}.tmp-{os.getpid()}"
-    if fs is None or isinstance(fs, LocalFileSystem):
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
+    local = fs is None or isinstance(fs, LocalFileSystem)
+    try:
+        with (open(tmp, "wb") if local else fs.open(tmp, "wb")) as f:
+            yield f
+            if durable and local:
+                f.flush()
+                os.fsync(f.fileno())
+        if local:
             os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.remove(tmp)  # a full disk leaves no half-written file behind
-            except OSError:
-                pass
-            raise
-        return
-    with fs.open(tmp, "wb") as f:
+        else:
+            fs.mv(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp) if local else fs.rm(tmp)
+        except (OSError, FileNotFoundError):
+            pass
+        raise
+
+
+def atomic_write(fs: Optional[fsspec.AbstractFileSystem], path: str, data: bytes, tmp: Optional[str] = None,
+                 durable: bool = False) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_open`."""
+    with atomic_open(fs, path, tmp, durable) as f:
         f.write(data)
-    fs.mv(tmp, path)

@@ -14,14 +14,15 @@ import json
 import logging
 import math
 import posixpath
+import tarfile
 from collections import Counter
-from typing import Any, Iterable
+from typing import IO, Any, Iterable
 
 import apache_beam as beam
 import fsspec
-import webdataset as wds
+from fsspec.implementations.local import LocalFileSystem
 
-from core.files import atomic_write
+from core.files import atomic_open, atomic_write
 from core.record import PROJECT_VERSION, RETRYABLE_REASONS, Field, public_fields
 from transforms.spill import image_bytes
 
@@ -32,6 +33,32 @@ DEADLETTER_DIR = "deadletter"
 READ_COUNTS_DIR = "read_counts"  # per read unit: how many input items it held (the independent count)
 FILTERED_DIR = "filtered"
 TAR_MTIME = 0.0  # fixed metadata: same input + engines => byte-identical tars
+
+
+class ShardTarWriter:
+    """A WebDataset tar writer: ``KEY.EXT`` members, sorted by extension, fixed metadata.
+
+    The same bytes as ``webdataset.TarWriter(user="finehard", group="finehard", mode=0o444,
+    mtime=0, encoder=False)`` (tested), without importing webdataset, which imports torch (~3 s
+    and most of a worker's memory) in every process that writes shards.
+    """
+
+    def __init__(self, fileobj: IO[bytes]):
+        self.tar = tarfile.open(fileobj=fileobj, mode="w|")
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        for ext in sorted(members):
+            data = members[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o444
+            info.uname = info.gname = "finehard"
+            self.tar.addfile(info, io.BytesIO(data))
+
+    def __enter__(self) -> "ShardTarWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.tar.close()
 
 
 def shard_name(shard_id: int) -> str:
@@ -125,20 +152,18 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
             written.append(rec)
 
     stats: Counter[str] = Counter()
-    buf = io.BytesIO()
-    with wds.TarWriter(buf, user="finehard", group="finehard", mode=0o444, mtime=TAR_MTIME, encoder=False) as tw:
-        for rec in written:
+    fs.makedirs(root, exist_ok=True)
+    tar_path = posixpath.join(root, f"{name}.tar")
+    local = isinstance(fs, LocalFileSystem)
+    with atomic_open(None if local else fs, tar_path, tmp=tar_path + ".inprogress") as f, ShardTarWriter(f) as tw:
+        for rec in written:  # streamed to disk sample by sample: a shard is never held in memory
             record_json = shard_record(rec)
-            tw.write({
-                "__key__": rec["key"],
+            tw.write(rec["key"], {
                 rec.get(Field.EXT, "jpg"): image_bytes(rec),
                 "json": json.dumps(record_json, sort_keys=True, ensure_ascii=False).encode("utf-8"),
                 "txt": record_json["caption"].encode("utf-8"),
             })
             stats.update(rec.get(Field.STATS, {}))
-    fs.makedirs(root, exist_ok=True)
-    tar_path = posixpath.join(root, f"{name}.tar")
-    atomic_write(fs, tar_path, buf.getvalue(), tmp=tar_path + ".inprogress")
 
     for kind, recs, folder in ((Field.DEAD, dead, DEADLETTER_DIR), (Field.FILTERED, filtered, FILTERED_DIR)):
         path = posixpath.join(root, folder, f"{name}.jsonl")

@@ -1,0 +1,48 @@
+"""Workers start light (no torch where no stage needs it) and shard tars are the bytes webdataset writes."""
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import subprocess
+import sys
+
+import webdataset as wds
+
+from conftest import ROOT
+from transforms.write import TAR_MTIME, ShardTarWriter
+
+
+def test_the_shard_writer_writes_the_bytes_webdatasets_tarwriter_writes() -> None:
+    samples = [("a_key", {"jpg": b"\xff\xd8 image", "json": b'{"caption": "x"}', "txt": b"x"}),
+               ("b-key_2", {"png": b"\x89PNG data" * 100, "json": b"{}", "txt": "é ünïcode".encode()})]
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    with ShardTarWriter(ours) as tw:
+        for key, members in samples:
+            tw.write(key, members)
+    with wds.TarWriter(theirs, user="finehard", group="finehard", mode=0o444, mtime=TAR_MTIME, encoder=False) as tw:
+        for key, members in samples:
+            tw.write({"__key__": key, **members})
+    assert ours.getvalue() == theirs.getvalue()
+    back = list(wds.WebDataset([_as_file(ours.getvalue())], shardshuffle=False, empty_check=False))
+    assert [s["__key__"] for s in back] == ["a_key", "b-key_2"] and back[1]["png"] == samples[1][1]["png"]
+
+
+def _as_file(data: bytes) -> str:
+    import tempfile
+
+    f = tempfile.NamedTemporaryFile(suffix=".tar", delete=False)
+    f.write(data)
+    f.close()
+    return f.name
+
+
+def test_a_run_whose_stages_need_no_torch_never_imports_it(scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    # (spaCy's thinc imports torch when it is installed, so a run with the expressions stage does.)
+    code = ("import sys, json; from pipeline.run import run; "
+            f"s = run(['--input', {str(scenes_dir / 'manifest.jsonl')!r}, '--output', {str(tmp_path / 'o')!r}, "
+            "'--stages', 'recaption']); "
+            "print(json.dumps({'written': s['written'], 'torch': 'torch' in sys.modules}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"written": 12, "torch": False}
