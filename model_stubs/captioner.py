@@ -23,7 +23,9 @@ class StubCaptioner(Captioner):
             return long_caption(scene)
         w, h = image.size
         shape = "wide" if w > h * 1.2 else "tall" if h > w * 1.2 else "square"
-        # Dominant colour of a thumbnail, so different photos get different (but generic) text.
+        # Dominant colour of a thumbnail, so different photos get different (but generic) text. A JPEG is
+        # decoded at a reduced scale (draft): the image was fully decoded once already, when it was read.
+        image.draft("RGB", (max(1, w // 8), max(1, h // 8)))
         r, g, b = image.convert("RGB").resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))
         tone = "bright" if (r + g + b) / 3 > 140 else "dark"
         hue = max((("red", r), ("green", g), ("blue", b)), key=lambda t: t[1])[0]

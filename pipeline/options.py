@@ -65,7 +65,9 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
     parser.add_argument("--negatives-retries", "--negatives_retries", dest="negatives_retries", type=int, default=2,
                         help="re-ask the negatives engine this many times (new seed) for an invalid answer")
     parser.add_argument("--stages", default="all",
-                        help="which stages run: all (default); recaption (stage-1 data: captions, no regions); "
+                        help="which stages run: all (default); ingest (no model: read, check, dedup, shard, "
+                             "the first step before paying for GPUs; run the models later over those shards); "
+                             "recaption (stage-1 data: captions, no regions); "
                              "negatives (only new negatives, e.g. over existing shards); or a comma list of "
                              "recaption,expressions,detect,negatives. Fields of stages not run are kept from the input")
     parser.add_argument("--reuse-captions", "--reuse_captions", dest="reuse_captions", action="store_true",

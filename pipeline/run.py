@@ -65,19 +65,24 @@ def detector_options(args: argparse.Namespace) -> dict[str, Any]:
 
 STAGES = ("recaption", "expressions", "detect", "negatives")
 STAGE_FIELDS = {"recaption": "caption", "expressions": "expressions", "detect": "bbox_info", "negatives": "negatives"}
-STAGE_PRESETS = {"all": STAGES}  # every other value is a stage name or a comma list of them
+# ``ingest``: no model stage (read, check, normalise, dedup, shard), the img2dataset-like first step
+STAGE_PRESETS = {"all": STAGES, "ingest": ()}  # every other value is a stage name or a comma list of them
 
 
 def selected_stages(raw: str) -> tuple[str, ...]:
-    """``all`` or a comma list of stage names (``recaption``, ``negatives`` ...); detect implies expressions."""
+    """``all``, ``ingest`` or a comma list of stage names (``recaption``, ``negatives`` ...); detect implies expressions."""
     names: list[str] = []
-    for part in (p.strip() for p in raw.split(",") if p.strip()):
-        if part in STAGE_PRESETS:
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    if parts == ["ingest"]:
+        return ()
+    for part in parts:
+        if part in STAGE_PRESETS and part != "ingest":
             names += STAGE_PRESETS[part]
         elif part in STAGES:
             names.append(part)
         else:
-            raise UsageError(f"--stages: unknown stage {part!r}; give all or a comma list of {', '.join(STAGES)}")
+            raise UsageError(f"--stages: unknown stage {part!r}; give all, ingest (alone) or a comma list of "
+                             f"{', '.join(STAGES)}")
     if "detect" in names:
         names.append("expressions")
     if not names:
@@ -108,7 +113,7 @@ def carry_input_fields(rec: dict[str, Any], stages: tuple[str, ...], config_hash
             region["flag_short_neg"], region["short_expr_negs"] = 0, {}
     if provenance:
         rec["provenance"] = provenance
-    if "caption" not in rec and "recaption" not in stages:
+    if "caption" not in rec and stages and "recaption" not in stages:  # a model stage needs a caption
         return mark_dead(rec, "recaption", "no_caption", "the input has no long caption and --stages skips recaption")
     return rec
 

@@ -128,3 +128,15 @@ def test_nearly_blank_pictures_with_different_objects_are_not_duplicates(tmp_pat
     summary = run_pipeline(src, tmp_path / "out")
     assert summary["written"] == 2 and summary["filtered_by_reason"] == {"dedup:duplicate": 1}
     assert {s["__key__"] for s in read_shards(tmp_path / "out")} == {"a_pink", "b_yellow"}
+
+
+def test_ingest_runs_no_model_and_its_shards_feed_a_later_model_run(tmp_path: pathlib.Path,
+                                                                    scenes_dir: pathlib.Path) -> None:
+    ingested = run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "ingest", "--stages", "ingest")
+    assert ingested["written"] == 12 and ingested["reconciled"] is True
+    assert ingested["stage_metrics"] == {}  # no model stage ran
+    records = [s["record"] for s in read_shards(tmp_path / "ingest")]
+    assert all(r["caption"] == "" and r["bbox_info"] == [] and "caption" not in r.get("provenance", {})
+               for r in records)
+    later = run_pipeline(str(tmp_path / "ingest" / "shard-*.tar"), tmp_path / "models", "--no-dedup")
+    assert later["written"] == 12 and later["regions"] > 0 and later["reconciled"] is True
