@@ -16,7 +16,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
 
 from core.engines import Engine, EngineRegistry, EngineSpec
-from core.record import Field, METRICS_NAMESPACE
+from core.record import Field, METRICS_NAMESPACE, valid_text
 from transforms.cache import ModelCache, cached_answers
 from transforms.spill import image_bytes
 
@@ -36,12 +36,13 @@ class SampleError(Exception):
 
 
 def mark_dead(record: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
-    record[Field.DEAD] = {"stage": stage, "reason": reason, "detail": detail[:500]}
+    # The detail often quotes a path or an input value: made valid text (escaped) so the letter can be written.
+    record[Field.DEAD] = {"stage": stage, "reason": reason, "detail": valid_text(str(detail)[:500], escape=True)}
     return record
 
 
 def mark_filtered(record: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
-    record[Field.FILTERED] = {"stage": stage, "reason": reason, "detail": detail[:500]}
+    record[Field.FILTERED] = {"stage": stage, "reason": reason, "detail": valid_text(str(detail)[:500], escape=True)}
     return record
 
 
@@ -186,6 +187,6 @@ def apply_image_engine(stage: str, engine: Engine, records: list[dict], cache: O
             mark_dead(rec, stage, answer.reason, answer.detail)
         elif isinstance(answer, Exception):
             mark_dead(rec, stage, "engine_error", f"{type(answer).__name__}: {answer}")
-        else:
-            accept(rec, answer, provenance)
+        else:  # an answer the stage cannot use fails that sample only, never the bundle
+            per_sample(stage, lambda r, a=answer: accept(r, a, provenance), rec)
     return records
