@@ -80,6 +80,14 @@ def _encode(im: Image.Image, source_format: str) -> tuple[bytes, str]:
     return buf.getvalue(), "PNG"
 
 
+def _verify_chunks(data: bytes) -> None:
+    """PNG: every chunk's CRC, which a full decode does not check (Pillow's ``load`` skips IDAT CRCs,
+    and libpng-based readers such as ``torchvision.io.decode_png`` fail hard on them)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+
+
 def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
                 max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS) -> dict[str, Any]:
     """Decode once; store an image every reader sees the same way, set width/height/ext, or mark the record.
@@ -88,9 +96,11 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
     EXIF orientation is applied to the stored pixels (so boxes and pixels agree); CMYK, 16-bit,
     palette and alpha images become RGB (alpha composited on white); an animated image keeps its
     first frame; greyscale (L) is kept. Untouched JPEG/PNG/WebP bytes are stored as they came.
+    A PNG's chunk CRCs are verified too (a bad one is ``corrupt_image``). Records already marked
+    dead or filtered by the reader pass through untouched.
     Each conversion is counted as ``converted:<what>`` in the shard stats.
     """
-    if Field.DEAD in record:
+    if Field.DEAD in record or Field.FILTERED in record:
         return record
     clip_short_caption(record, max_short_caption_chars)
     data = record.get(Field.IMAGE_BYTES, b"")
@@ -102,6 +112,7 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
             width, height = im.size
             if width * height > max_pixels:
                 return mark_dead(record, STAGE, "too_large", f"{width}x{height} exceeds --max-pixels {max_pixels}")
+            _verify_chunks(data)
             fmt = im.format
             conversions = []
             if getattr(im, "n_frames", 1) > 1:
