@@ -132,7 +132,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
              "negatives": NEGATIVE_ENGINES.resolve(args.negatives)}
     records = (p
                | "ReadImages" >> ReadImages(args.input, max_pixels=args.max_pixels, min_side=args.min_side,
-                                           max_short_caption_chars=args.max_short_caption_chars))
+                                           max_short_caption_chars=args.max_short_caption_chars,
+                                           max_image_bytes=args.max_image_bytes))
     if spill_root:
         records = records | "SpillImages" >> beam.Map(spill_image, root=spill_root)
     records = (records
