@@ -18,6 +18,7 @@ from typing import Optional
 from PIL import Image, ImageDraw
 
 RED, BLUE, WHITE = (220, 30, 30), (30, 30, 220), (255, 255, 255)
+HEIC_HEAD = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64  # the start of an iPhone photo (HEIC)
 LONG_CAPTION_CHARS = 1_000_000
 
 
@@ -94,6 +95,7 @@ def _files() -> dict[str, bytes]:
         "long_caption.jpg": good,
         "dotted_key.jpg": good,
         "bad_crc.png": bad_crc_png(),
+        "iphone.jpg": HEIC_HEAD,
     }
 
 
@@ -118,6 +120,7 @@ CASES = (
     Case("long_caption.jpg", "written", size=(64, 48), ext="jpg", caption="word " * (LONG_CAPTION_CHARS // 5)),
     Case("dotted_key.jpg", "written", size=(64, 48), ext="jpg", key="shop.example.com/img/../a.b.c"),
     Case("bad_crc.png", "dead", "corrupt_image"),  # IDAT CRC flipped: decodes in Pillow, fails in libpng
+    Case("iphone.jpg", "filtered", "unsupported_format"),  # a HEIC named .jpg: an image we cannot decode
 )
 
 

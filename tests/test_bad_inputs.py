@@ -8,7 +8,7 @@ import pathlib
 import pytest
 from PIL import Image
 
-from bad_inputs import (BLUE, LONG_CAPTION_CHARS, RED, FifoGuard, ImageServer, bad_crc_png, body, fails_first, jpeg,
+from bad_inputs import (BLUE, HEIC_HEAD, LONG_CAPTION_CHARS, RED, FifoGuard, ImageServer, bad_crc_png, body, fails_first, jpeg,
                         own_shard_json, png, redirect, unsized, write_bad_corpus, write_malicious_tar, write_tar)
 from conftest import dead_letters, read_shards, run_pipeline
 from core.record import make_key, validate_record
@@ -63,7 +63,11 @@ def test_every_bad_input_has_its_named_outcome(corpus_run) -> None:
         if c.outcome == "dead":
             expected_dead[f"read:{c.reason}"] = expected_dead.get(f"read:{c.reason}", 0) + 1
     assert summary["dead_lettered_by_reason"] == expected_dead
-    assert summary["filtered_by_reason"] == {"read:too_small": 1}
+    expected_filtered: dict[str, int] = {}
+    for c in cases:
+        if c.outcome == "filtered":
+            expected_filtered[f"read:{c.reason}"] = expected_filtered.get(f"read:{c.reason}", 0) + 1
+    assert summary["filtered_by_reason"] == expected_filtered
     for c in cases:
         for what in c.conversions:
             assert summary["counters"].get(f"converted:{what}", 0) >= 1, what
@@ -158,17 +162,26 @@ def test_rows_that_are_json_but_not_objects_are_dead_lettered(tmp_path: pathlib.
     c = _colors(3)
     for i in range(3):
         (tmp_path / f"g{i}.jpg").write_bytes(jpeg(c[i]))
-    lines = ['{"url": "g0.jpg"}', "[1, 2]", '"just a string"', "null", "42", '{"url": "g1.jpg"}', "{broken"]
+    lines = ['{"url": "g0.jpg", "caption": {"not": "text"}}', "[1, 2]", '"just a string"', "null", "42",
+             '{"url": "g1.jpg", "caption": "kept"}', "{broken", '{"url": ["g0.jpg"]}', '{"url": {"x": 1}}']
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
     summary, samples, dead, _ = _outcomes(tmp_path / "m.jsonl", tmp_path / "out1")
-    assert set(samples) == {"g0", "g1"} and summary["read"] == 7
-    assert _reasons(dead) == ["bad_manifest_row"] * 5
+    assert set(samples) == {"g0", "g1"} and summary["read"] == 9
+    assert samples["g0"]["record"]["short_caption"] == "" and samples["g1"]["record"]["short_caption"] == "kept"
+    assert _reasons(dead) == ["bad_manifest_row"] * 7
     assert any("a JSON list, not an object" in d["detail"] for d in dead.values())
     assert any("not JSON" in d["detail"] for d in dead.values())
 
     (tmp_path / "list.json").write_text(json.dumps([{"url": "g2.jpg"}, 5, ["x"], None, "s"]))
     summary, samples, dead, _ = _outcomes(tmp_path / "list.json", tmp_path / "out2")
     assert set(samples) == {"g2"} and _reasons(dead) == ["bad_manifest_row"] * 4
+
+    # A key the manifest repeats: both rows written (the second key gets a hash), counted.
+    (tmp_path / "dup.jsonl").write_text(json.dumps({"url": "g0.jpg", "key": "same"}) + "\n"
+                                        + json.dumps({"url": "g1.jpg", "key": "same"}) + "\n")
+    summary, samples, dead, _ = _outcomes(tmp_path / "dup.jsonl", tmp_path / "out4")
+    assert not dead and len(samples) == 2 and "same" in samples
+    assert summary["counters"]["duplicate_input_key"] == 1
 
     (tmp_path / "broken.json").write_text('[{"url": "g0.jpg"}, {"url": ')
     summary, samples, dead, _ = _outcomes(tmp_path / "broken.json", tmp_path / "out3")
@@ -188,14 +201,19 @@ def test_tar_sidecars_and_tampered_shards_are_dead_lettered(tmp_path: pathlib.Pa
                ("g.jpg", jpeg(c[6])), ("g.json", own_shard_json("g", bbox_info=["nope"])),
                ("h.jpg", jpeg(c[7])), ("h.json", own_shard_json("h", bbox_info=[{"bbox": "x"}])),
                ("i.jpg", jpeg(c[8])), ("i.json", own_shard_json("i", caption=7)),
-               ("j.jpg", jpeg(c[9])), ("j.json", own_shard_json("j"))]
+               ("j.jpg", jpeg(c[9])), ("j.json", own_shard_json("j")),
+               ("k.jpg", jpeg(c[0])), ("k.json", own_shard_json("k", provenance={"caption": "stub", "version": "1"})),
+               ("l.jpg", jpeg(c[1])), ("l.json", own_shard_json("l", bbox_info=[
+                   {"bbox": [0.1, 0.1, 0.5, 0.5, 0.9], "short_expr": "x", "long_expr": "x", "flag_short_neg": 1,
+                    "short_expr_negs": {"0": "y"}}]))]
     write_tar(tmp_path / "in.tar", members)
-    summary, samples, dead, _ = _outcomes(tmp_path / "in.tar", tmp_path / "out")
-    assert set(samples) == {"e", "j"} and summary["read"] == 10
+    summary, samples, dead, _ = _outcomes(tmp_path / "in.tar", tmp_path / "out", "--no-dedup")
+    assert set(samples) == {"e", "j"} and summary["read"] == 12
     assert samples["e"]["record"]["short_caption"] == ""  # a caption that is not text is not used
     assert {k: d["reason"] for k, d in dead.items()} == {
         "a": "bad_member_json", "b": "bad_member_json", "c": "bad_member_json", "d": "bad_member_json",
-        "f": "bad_shard_record", "g": "bad_shard_record", "h": "bad_shard_record", "i": "bad_shard_record"}
+        "f": "bad_shard_record", "g": "bad_shard_record", "h": "bad_shard_record", "i": "bad_shard_record",
+        "k": "bad_shard_record", "l": "bad_shard_record"}
     assert "bbox_info is a str" in dead["f"]["detail"] and "not an object" in dead["g"]["detail"]
 
 
@@ -256,7 +274,8 @@ def test_http_manifests_are_fetched_or_dead_lettered_per_sample(tmp_path: pathli
     routes = {"/ok.jpg": body(jpeg(c[0])), "/moved.jpg": redirect("/ok2.jpg"), "/ok2.jpg": body(jpeg(c[1])),
               "/flaky.jpg": fails_first(2, body(jpeg(c[2]))), "/loop.jpg": redirect("/loop.jpg"),
               "/big.jpg": body(big), "/big-unsized.jpg": unsized(big),
-              "/to-ftp.jpg": redirect("ftp://127.0.0.1/x.jpg"), "/gone.jpg": body(b"gone", 410, "text/plain")}
+              "/to-ftp.jpg": redirect("ftp://127.0.0.1/x.jpg"), "/gone.jpg": body(b"gone", 410, "text/plain"),
+              "/caf%C3%A9%20au%20lait.jpg": body(jpeg(BLUE))}
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
@@ -264,22 +283,25 @@ def test_http_manifests_are_fetched_or_dead_lettered_per_sample(tmp_path: pathli
         rows = [{"url": f"{server.url}{p}", "key": p.strip("/").split(".")[0]}
                 for p in ("/ok.jpg", "/moved.jpg", "/flaky.jpg", "/loop.jpg", "/big.jpg", "/big-unsized.jpg",
                           "/to-ftp.jpg", "/gone.jpg", "/missing.jpg")]
-        rows += [{"url": "ftp://127.0.0.1/x.jpg", "key": "ftp"}, {"url": "gopher2://host/x.jpg", "key": "unknown"},
+        rows += [{"url": f"{server.url}/café au lait.jpg", "key": "iri"},
+                 {"url": "data:image/png;base64,iVBORw0KGgo=", "key": "data"},
+                 {"url": "ftp://127.0.0.1/x.jpg", "key": "ftp"}, {"url": "gopher2://host/x.jpg", "key": "unknown"},
                  {"url": f"http://127.0.0.1:{closed}/x.jpg", "key": "refused"}]
         (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         summary, samples, dead, _ = _outcomes(tmp_path / "m.jsonl", tmp_path / "out", "--max-image-bytes", str(limit))
         # The manifest itself over http, rows relative to it.
-        routes["/m.jsonl"] = body(b'{"url": "ok.jpg", "key": "rel"}\n', content_type="application/jsonl")
-        summary2, samples2, dead2, _ = _outcomes(f"{server.url}/m.jsonl", tmp_path / "out2")
-    assert set(samples) == {"ok", "moved", "flaky"}
-    assert {k: d["reason"] for k, d in dead.items()} == {
+        routes["/m1.jsonl"] = body(b'{"url": "ok.jpg", "key": "rel"}\n', content_type="application/jsonl")
+        routes["/m2.jsonl"] = body(b'{"url": "ok2.jpg", "key": "rel2"}\n', content_type="application/jsonl")
+        summary2, samples2, dead2, _ = _outcomes(f"{server.url}/m{{1,2}}.jsonl", tmp_path / "out2")
+    assert set(samples) == {"ok", "moved", "flaky", "iri"}
+    assert {k: d["reason"] for k, d in dead.items()} == {"data": "unsupported_scheme",
         "loop": "too_many_redirects", "big": "file_too_large", "big-unsized": "file_too_large",
         "to-ftp": "unsupported_scheme", "gone": "http_error", "missing": "http_error",
         "ftp": "unsupported_scheme", "unknown": "unsupported_scheme", "refused": "fetch_failed"}
     assert "404" in dead["missing"]["detail"]
     assert server.hits["/flaky.jpg"] == 3 and server.hits["/gone.jpg"] == 1  # 503 retried, 410 not
     assert all(ua.startswith("finehard/") for ua in server.user_agents)
-    assert set(samples2) == {"rel"} and not dead2
+    assert set(samples2) == {"rel", "rel2"} and not dead2
 
 
 def test_tar_members_group_by_full_path_and_clashes_are_dead_lettered(tmp_path: pathlib.Path) -> None:
@@ -291,16 +313,23 @@ def test_tar_members_group_by_full_path_and_clashes_are_dead_lettered(tmp_path: 
         ("000002.jpg", jpeg(c[2])), ("000002.png", png(c[3])), ("000002.txt", b"two"),
         ("000003.jpg", jpeg(c[4])), ("000003.JPG", jpeg(c[5])),
         ("000004.gif", _save_gif(c[6])),
+        ("000002.webp", _save_webp(c[0])),  # not next to the other 000002 members: still a second image
     ])
-    summary, samples, dead, _ = _outcomes(tmp_path / "in.tar", tmp_path / "out")
-    assert summary["read"] == 7
+    summary, samples, dead, _ = _outcomes(tmp_path / "in.tar", tmp_path / "out", "--no-dedup")
+    assert summary["read"] == 8
     captions = {s["record"]["short_caption"] for s in samples.values()}
     assert {"from A", "from B", "two"} <= captions
     assert "000001" in samples and "000002" in samples and "000003" in samples and "000004" in samples
     assert len(samples) == 5
-    assert _reasons(dead) == ["duplicate_image_member"] * 2
+    assert _reasons(dead) == ["duplicate_image_member"] * 3
     details = " ".join(d["detail"] for d in dead.values())
-    assert "000002.png" in details and "000003.JPG" in details
+    assert "000002.png" in details and "000003.JPG" in details and "000002.webp" in details
+
+
+def _save_webp(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 24), color).save(buf, format="WEBP", lossless=True)
+    return buf.getvalue()
 
 
 def _save_gif(color: tuple[int, int, int]) -> bytes:
@@ -374,7 +403,7 @@ def test_every_file_of_a_folder_is_read_or_filtered_with_a_reason(tmp_path: path
     (folder / "photo.jfif").write_bytes(jpeg(c[0]))
     (folder / "noext").write_bytes(jpeg(c[1]))
     (folder / "good.jpg").write_bytes(jpeg(c[2]))
-    (folder / "image.heic").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64)
+    (folder / "image.heic").write_bytes(HEIC_HEAD)
     (folder / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>')
     (folder / "README").write_text("not an image\n")
     (folder / "sub" / "manifest.jsonl").write_text('{"url": "good.jpg"}\n')
@@ -428,3 +457,19 @@ def test_png_with_a_bad_crc_is_dead_lettered(tmp_path: pathlib.Path) -> None:
     summary, samples, dead, _ = _outcomes(tmp_path / "in", tmp_path / "out")
     assert set(samples) == {"ok"} and {k: d["reason"] for k, d in dead.items()} == {"bad": "corrupt_image"}
     assert "CRC" in dead["bad"]["detail"] or "checksum" in dead["bad"]["detail"]
+
+
+def test_parquet_rows_with_image_bytes_and_wrong_types(tmp_path: pathlib.Path) -> None:
+    """Class 6 (parquet): a Hugging Face image cell ({bytes, path}) is read from the row; a row without any image
+    is dead-lettered; nothing about a row's types fails the run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    c = _colors(2)
+    table = pa.table({"image": [{"bytes": jpeg(c[0]), "path": "a.jpg"}, {"bytes": None, "path": None},
+                                {"bytes": jpeg(c[1]), "path": None}],
+                      "caption": ["first", "none", "third"]})
+    pq.write_table(table, tmp_path / "hf.parquet")
+    summary, samples, dead, _ = _outcomes(tmp_path / "hf.parquet", tmp_path / "out", "--no-dedup")
+    assert sorted(s["record"]["short_caption"] for s in samples.values()) == ["first", "third"]
+    assert _reasons(dead) == ["bad_manifest_row"]

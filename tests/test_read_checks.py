@@ -157,3 +157,13 @@ def test_oversized_and_non_regular_files_are_never_read_whole(tmp_path) -> None:
         read_limited("/dev/zero", 10)
     with pytest.raises(SampleError, match="not_a_regular_file"):
         read_limited(str(tmp_path), 10)
+
+
+def test_key_clashes_are_found_across_read_units(tmp_path) -> None:
+    from transforms.read import list_units
+
+    for name in ("a.jpg", "b.jpg", "b.png", "c.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    units = list_units(str(tmp_path), files_per_unit=1)  # b.jpg and b.png land in different units
+    assert [u.uris[0].rsplit("/", 1)[-1] for u in units] == ["a.jpg", "b.jpg", "b.png", "c.jpg"]
+    assert [bool(u.ext_keys) for u in units] == [False, True, True, False]

@@ -21,6 +21,7 @@ At most ``max_image_bytes + 1`` bytes of an image are ever read (``file_too_larg
 """
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
 import json
@@ -44,8 +45,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from core.files import protocol_prefix
-from core.record import (Field, IMAGE_EXTS, PROJECT_VERSION, REGION_FIELDS, is_valid_text, make_key,
-                         valid_text)
+from core.record import (Field, IMAGE_EXTS, NUM_NEGATIVES, PROJECT_VERSION, REGION_FIELDS, is_valid_text,
+                         make_key, valid_text)
 from transforms.check import MAX_SHORT_CAPTION_CHARS, check_image
 from transforms.common import SampleError, bump, mark_dead, mark_filtered
 
@@ -155,7 +156,12 @@ def _fsspec_fs(proto: str) -> fsspec.AbstractFileSystem:
         raise SampleError("unsupported_scheme", f"{proto}://: {e}") from e
 
 
+_NON_FILE_SCHEMES = ("data:", "javascript:", "mailto:", "blob:", "about:", "tel:")
+
+
 def _check_scheme(uri: str, allowed: tuple[str, ...] = ()) -> Optional[str]:
+    if uri.lower().startswith(_NON_FILE_SCHEMES):
+        raise SampleError("unsupported_scheme", f"{uri.split(':', 1)[0].lower()}: URIs are not read: {uri[:100]}")
     proto = protocol_of(uri)
     if proto is None or proto in LOCAL_PROTOCOLS or proto in HTTP_PROTOCOLS:
         return proto
@@ -174,9 +180,23 @@ class _BoundedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+def http_url(uri: str) -> str:
+    """``uri`` as http.client accepts it: IDN host punycoded, spaces and non-ASCII percent-encoded
+    (manifests scraped from the web hold both); ``%XX`` already there is kept."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    if not host.isascii():
+        netloc = parts.netloc.replace(host, host.encode("idna").decode("ascii"))
+        parts = parts._replace(netloc=netloc)
+    safe = "/:@!$&'()*+,;=%~-._"
+    return urllib.parse.urlunsplit(parts._replace(
+        path=urllib.parse.quote(parts.path, safe=safe, errors="surrogateescape"),
+        query=urllib.parse.quote(parts.query, safe=safe + "?", errors="surrogateescape"), fragment=""))
+
+
 def _http_open(uri: str, timeout: float) -> http.client.HTTPResponse:
     opener = urllib.request.build_opener(_BoundedRedirects)  # per call: honours the proxy environment
-    return opener.open(urllib.request.Request(uri, headers={"User-Agent": USER_AGENT}), timeout=timeout)
+    return opener.open(urllib.request.Request(http_url(uri), headers={"User-Agent": USER_AGENT}), timeout=timeout)
 
 
 def _http_failure(e: BaseException) -> tuple[SampleError, bool]:
@@ -310,8 +330,14 @@ def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[Rea
     """
     if input_uri is None or not str(input_uri).strip():
         raise InputError("--input is empty; give a folder, glob, manifest or tar")
-    if protocol_of(input_uri) in HTTP_PROTOCOLS:  # one URL: no listing over http
-        return [ReadUnit(detect_kind(input_uri), input_uri.rsplit("/", 1)[0], (input_uri,))]
+    if protocol_of(input_uri) in HTTP_PROTOCOLS:  # URLs are not listed; {a,b} / {000..009} are expanded
+        import braceexpand
+
+        urls = list(braceexpand.braceexpand(input_uri)) if "{" in input_uri else [input_uri]
+        kinds = {detect_kind(u) for u in urls}
+        if len(kinds) > 1:
+            raise InputError(f"--input {input_uri} mixes {sorted(kinds)}; point it at one kind of input")
+        return [ReadUnit(detect_kind(u), u.rsplit("/", 1)[0], (u,)) for u in urls]
     fs, path = _input_fs(input_uri)
     prefix = protocol_prefix(fs)
     skipped: list[str] = []
@@ -578,12 +604,24 @@ def _manifest_rows(uri: str) -> Iterator[tuple[str, Any]]:
 
 
 def _first(row: dict[str, Any], names: Iterable[str]) -> Optional[str]:
+    """The first of ``names`` whose value is text or a number (a list or object is not a path or caption)."""
     for n in names:
         v = row.get(n)
-        if v not in (None, ""):
-            if isinstance(v, bytes):
-                return _decode(v)[0]
-            return str(v)
+        if v in (None, "") or isinstance(v, (list, tuple, dict, bool)):
+            continue
+        if isinstance(v, (bytes, bytearray)):
+            return _decode(bytes(v))[0]
+        return str(v)
+    return None
+
+
+def _inline_image(row: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """A Hugging Face ``datasets`` image cell (``{"bytes": ..., "path": ...}``) in an image column, if any."""
+    for n in URI_COLUMNS:
+        v = row.get(n)
+        if isinstance(v, dict) and (isinstance(v.get("bytes"), (bytes, bytearray)) and v["bytes"]
+                                    or isinstance(v.get("path"), str) and v["path"]):
+            return v
     return None
 
 
@@ -606,7 +644,7 @@ def _records_from_manifest(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> 
 
     try:
         for i, (where, row) in enumerate(_manifest_rows(manifest)):
-            pending.append(_row_record(i, where, row, manifest, base, used))
+            pending.append(_row_record(i, where, row, manifest, base, used, max_bytes))
             if len(pending) >= READ_THREADS * 4:
                 yield from drain()
     except Exception as e:  # noqa: BLE001 - the rows before stay; the manifest is dead-lettered with why
@@ -618,8 +656,8 @@ def _records_from_manifest(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> 
     yield from drain()
 
 
-def _row_record(i: int, where: str, row: Any, manifest: str, base: str,
-                used: set[str]) -> tuple[dict[str, Any], Optional[str]]:
+def _row_record(i: int, where: str, row: Any, manifest: str, base: str, used: set[str],
+                max_bytes: int = MAX_IMAGE_BYTES) -> tuple[dict[str, Any], Optional[str]]:
     """The record of manifest row ``i`` and the URI to read its image from (None: the record is marked)."""
     def bad(reason: str, detail: str) -> tuple[dict[str, Any], None]:
         rec = new_record(make_key(f"row{i}", f"{manifest}#{i}"), f"{manifest}#{i}")
@@ -631,14 +669,22 @@ def _row_record(i: int, where: str, row: Any, manifest: str, base: str,
         return bad("bad_manifest_row", str(row))
     if not isinstance(row, dict):
         return bad("bad_manifest_row", _not_object(row))
+    inline = _inline_image(row)
     image_uri = _first(row, URI_COLUMNS)
+    if inline is not None:  # bytes in the row (HF datasets parquet); its path, if any, only names it
+        path = inline.get("path")
+        image_uri = path if isinstance(path, str) and path else f"{manifest}#{i}"
     if image_uri is None:
         return bad("bad_manifest_row", f"no image column (one of {', '.join(URI_COLUMNS)})")
-    if "://" not in image_uri and not image_uri.startswith("/"):
+    if "://" not in image_uri and not image_uri.startswith("/") and not image_uri.lower().startswith(_NON_FILE_SCHEMES):
         image_uri = f"{base}/{image_uri}"
     key_src = _first(row, ("key", "__key__", "id"))
+    renamed = False
     if key_src:
-        key = make_key(key_src)  # a key the input chose: a repeat is the input's duplicate_key
+        key = make_key(key_src)  # the key the input chose; a repeat in this manifest gets a hash of its row
+        if key in used:
+            key = f"{key}_{hashlib.sha1(f'{manifest}#{i}'.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
+            renamed = True
     else:
         # Derived from the file name; when an earlier row of this manifest has it (b.jpg, b.png; two
         # URLs ending in image.jpg), the name with its extension and a hash of the whole URI, then the row.
@@ -651,9 +697,17 @@ def _row_record(i: int, where: str, row: Any, manifest: str, base: str,
             key = make_key(key_src, f"{image_uri}#{i}")
     used.add(key)
     rec = new_record(key, image_uri, _first(row, CAPTION_COLUMNS) or "", key_source=key_src)
+    if renamed:
+        bump(rec, "duplicate_input_key")
     long_caption = row.get("long_caption")
     if isinstance(long_caption, str) and long_caption:
         rec[Field.INPUT_CAPTION] = long_caption
+    if inline is not None and isinstance(inline.get("bytes"), (bytes, bytearray)) and inline["bytes"]:
+        if len(inline["bytes"]) > max_bytes:
+            mark_dead(rec, STAGE, "file_too_large", f"{len(inline['bytes'])} bytes > --max-image-bytes {max_bytes}")
+        else:
+            rec[Field.IMAGE_BYTES] = bytes(inline["bytes"])
+        return rec, None
     return rec, image_uri
 
 
@@ -713,6 +767,11 @@ def shard_record_problem(meta: dict[str, Any]) -> Optional[str]:
         negs = r["short_expr_negs"]
         if not isinstance(negs, dict) or not all(isinstance(v, str) for v in negs.values()):
             return f"bbox_info[{i}].short_expr_negs is not an object of strings"
+        if r["flag_short_neg"] == 1 and len(negs) != NUM_NEGATIVES:
+            return f"bbox_info[{i}] has flag_short_neg 1 and {len(negs)} negatives, not {NUM_NEGATIVES}"
+    for name, block in meta["provenance"].items():
+        if name != "version" and not isinstance(block, dict):
+            return f"provenance.{name} is a {type(block).__name__}, not an object"
     return None
 
 
@@ -738,6 +797,7 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Itera
     """
     uri = unit.uris[0]
     used: set[str] = set()
+    seen_with_image: set[str] = set()
     groups = 0
 
     def key_for(stem: str) -> str:
@@ -757,6 +817,16 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Itera
         groups += 1
         key = key_for(stem)
         images = [e for e in TAR_IMAGE_EXTS if e in members]
+        if stem in seen_with_image and images:  # 1.jpg, 2.jpg, 1.png: a second image for sample 1
+            for ext in images:
+                m = members[ext]
+                extra = new_record(make_key(f"{stem}.{ext}", f"{uri}#{m.name}#{groups}"), f"{uri}#{m.name}",
+                                   key_source=stem)
+                yield mark_dead(extra, STAGE, "duplicate_image_member",
+                                f"{m.name}: sample {stem} already had an image earlier in the tar")
+            return
+        if images:
+            seen_with_image.add(stem)
         for ext in images[1:]:
             m = members[ext]
             extra = new_record(make_key(f"{stem}.{ext}", f"{uri}#{m.name}"), f"{uri}#{m.name}", key_source=stem)
@@ -790,7 +860,7 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Itera
             if meta.get("caption"):
                 rec[Field.INPUT_CAPTION] = str(meta["caption"])
         else:
-            txt = members["txt"].data.decode("utf-8", "replace") if "txt" in members else ""
+            txt = members["txt"].data.decode("utf-8-sig", "replace") if "txt" in members else ""
             caption = meta.get("caption")
             rec["short_caption"] = txt or (caption if isinstance(caption, str) else "")
         if not images:
