@@ -473,3 +473,16 @@ def test_parquet_rows_with_image_bytes_and_wrong_types(tmp_path: pathlib.Path) -
     summary, samples, dead, _ = _outcomes(tmp_path / "hf.parquet", tmp_path / "out", "--no-dedup")
     assert sorted(s["record"]["short_caption"] for s in samples.values()) == ["first", "third"]
     assert _reasons(dead) == ["bad_manifest_row"]
+
+
+def test_model_answers_with_lone_surrogates_are_made_valid(tmp_path: pathlib.Path) -> None:
+    """Class 7 (model side): a captioner that answers half an emoji (a JSON "\\ud83d") must not fail the write."""
+    from fake_openai_server import FakeOpenAIServer, completion
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(jpeg())
+    with FakeOpenAIServer(lambda req: (200, completion("A red block \ud83d on white."))) as server:
+        summary, samples, dead, _ = _outcomes(tmp_path / "in", tmp_path / "out",
+                                              "--captioner", f"openai:{server.url}?timeout=10#m")
+    assert not dead and samples["a"]["record"]["caption"] == "A red block \ufffd on white."
+    assert summary["counters"]["unicode_repaired"] == 1

@@ -167,3 +167,22 @@ def test_key_clashes_are_found_across_read_units(tmp_path) -> None:
     units = list_units(str(tmp_path), files_per_unit=1)  # b.jpg and b.png land in different units
     assert [u.uris[0].rsplit("/", 1)[-1] for u in units] == ["a.jpg", "b.jpg", "b.png", "c.jpg"]
     assert [bool(u.ext_keys) for u in units] == [False, True, True, False]
+
+
+def test_tar_names_with_dot_slash_and_globs_over_folders(tmp_path) -> None:
+    from bad_inputs import jpeg, write_tar
+    from transforms.read import ReadUnit, list_units, read_unit
+
+    write_tar(tmp_path / "t.tar", [("./000001.jpg", jpeg()), ("000001.txt", b"one")])
+    recs = list(read_unit(ReadUnit("tar", str(tmp_path), (str(tmp_path / "t.tar"),))))
+    assert [(r["key"], r["short_caption"]) for r in recs] == [("000001", "one")]
+    (tmp_path / "sub.jpg").mkdir()
+    (tmp_path / "a.jpg").write_bytes(jpeg())
+    units = list_units(str(tmp_path / "*.jpg"))
+    assert [u.uris for u in units] == [(str(tmp_path / "a.jpg"),)]
+
+
+def test_model_text_with_lone_surrogates_is_made_valid() -> None:
+    from transforms.negatives import parse_answer
+
+    assert parse_answer('["a red \\ud83d cup", "a blue cup"]') == ["a red \ufffd cup", "a blue cup"]

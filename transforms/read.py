@@ -343,12 +343,15 @@ def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[Rea
     skipped: list[str] = []
     has_glob = any(ch in path for ch in "*?[{")
     if has_glob and not fs.exists(path):
+        def glob(pattern: str) -> list[str]:  # folders a pattern matches are not items
+            return [p for p, info in fs.glob(pattern, detail=True).items() if info.get("type") != "directory"]
+
         if "{" in path:
             import braceexpand
 
-            matched = sorted(p for pat in braceexpand.braceexpand(path) for p in fs.glob(pat))
+            matched = sorted(p for pat in braceexpand.braceexpand(path) for p in glob(pat))
         else:
-            matched = sorted(fs.glob(path))
+            matched = sorted(glob(path))
         root = path.split("*")[0].split("?")[0].split("[")[0].split("{")[0]
         root = root if root.endswith("/") else posixpath.dirname(root)
     elif fs.isdir(path):
@@ -883,7 +886,10 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Itera
                                      f"{uri}#{ti.name}")
                     yield mark_dead(rec, STAGE, "unsafe_tar_member", f"{problem}: {ti.name!r}")
                     continue
-                folder, _, name = ti.name.rpartition("/")
+                member_name = ti.name
+                while member_name.startswith("./"):  # "./000001.jpg" is "000001.jpg" (tar -C dir .)
+                    member_name = member_name[2:]
+                folder, _, name = member_name.rpartition("/")
                 base, _, ext = name.partition(".")
                 stem = f"{folder}/{base}" if folder else base
                 if stem != current:
