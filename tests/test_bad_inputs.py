@@ -245,6 +245,13 @@ def test_unicode_in_manifests_names_and_members_never_crashes(tmp_path: pathlib.
     assert "caf\\xe9.jpg" in records  # the undecodable byte, written out
     assert summary["counters"]["unicode_repaired"] >= 4
 
+    # The same manifest saved as UTF-16 (with its BOM), as Windows tools do.
+    text = "\n".join([json.dumps({"url": "u0.jpg", "caption": "utf-16 café"}, ensure_ascii=False),
+                      json.dumps({"url": "u1.jpg", "caption": "second"})])
+    (tmp_path / "m16.jsonl").write_bytes(text.encode("utf-16"))
+    summary, samples, dead, _ = _outcomes(tmp_path / "m16.jsonl", tmp_path / "out16", "--no-dedup")
+    assert not dead and sorted(s["record"]["short_caption"] for s in samples.values()) == ["second", "utf-16 café"]
+
     # A folder whose file names are not UTF-8, and a tar whose member name is not either.
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -293,6 +300,12 @@ def test_http_manifests_are_fetched_or_dead_lettered_per_sample(tmp_path: pathli
         routes["/m1.jsonl"] = body(b'{"url": "ok.jpg", "key": "rel"}\n', content_type="application/jsonl")
         routes["/m2.jsonl"] = body(b'{"url": "ok2.jpg", "key": "rel2"}\n', content_type="application/jsonl")
         summary2, samples2, dead2, _ = _outcomes(f"{server.url}/m{{1,2}}.jsonl", tmp_path / "out2")
+        # A tar streamed over http.
+        tar_path = tmp_path / "t.tar"
+        write_tar(tar_path, [("000001.jpg", jpeg(c[0])), ("000001.txt", b"over http")])
+        routes["/t.tar"] = body(tar_path.read_bytes(), content_type="application/x-tar")
+        _, samples3, dead3, _ = _outcomes(f"{server.url}/t.tar", tmp_path / "out3")
+    assert not dead3 and samples3["000001"]["record"]["short_caption"] == "over http"
     assert set(samples) == {"ok", "moved", "flaky", "iri"}
     assert {k: d["reason"] for k, d in dead.items()} == {"data": "unsupported_scheme",
         "loop": "too_many_redirects", "big": "file_too_large", "big-unsized": "file_too_large",

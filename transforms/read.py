@@ -61,6 +61,7 @@ MAX_MANIFEST_LINE_BYTES = 64 * 1024 * 1024  # a longer jsonl line is a bad_manif
 SNIFF_BYTES = 64 * 1024  # enough of a file without an image extension to tell whether it is an image
 READ_THREADS = 16  # images of one manifest read (fetched) at the same time
 UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 LOCAL_PROTOCOLS = ("file", "local")
 HTTP_PROTOCOLS = ("http", "https")
@@ -543,6 +544,22 @@ def _lines(f: IO[bytes], limit: int) -> Iterator[tuple[bytes, bool]]:
             yield (b"", True) if len(line) > limit + 1 else (line, False)
 
 
+class _Prefixed:
+    """``prefix`` then the rest of ``f``: a stream whose first bytes were already read."""
+
+    def __init__(self, prefix: bytes, f: IO[bytes]):
+        self.prefix, self.f = prefix, f
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.prefix:
+            return self.f.read(n)
+        if n is None or n < 0:
+            out, self.prefix = self.prefix + self.f.read(), b""
+            return out
+        out, self.prefix = self.prefix[:n], self.prefix[n:]
+        return out + (self.f.read(n - len(out)) if len(out) < n else b"")
+
+
 def _decode(data: bytes) -> tuple[str, bool]:
     """UTF-8 text; undecodable bytes kept as lone surrogates (made valid later). Second: it was invalid."""
     try:
@@ -570,6 +587,11 @@ def _manifest_rows(uri: str) -> Iterator[tuple[str, Any]]:
                     i += 1
         return
     with open_input(uri) as f:
+        head = f.read(2)
+        if head in UTF16_BOMS:  # a manifest saved as UTF-16 (PowerShell's default): read whole, as UTF-8
+            f = io.BytesIO((head + f.read()).decode("utf-16", "replace").encode("utf-8"))
+        else:
+            f = _Prefixed(head, f)
         if uri.lower().split("?")[0].endswith(".json"):
             data = f.read()
             if data.startswith(UTF8_BOM):
