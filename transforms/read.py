@@ -202,8 +202,8 @@ def _http_open(uri: str, timeout: float) -> http.client.HTTPResponse:
 
 def _http_failure(e: BaseException) -> tuple[SampleError, bool]:
     """The per-sample reason for a failed fetch and whether another try may help."""
-    if isinstance(e, SampleError):
-        return e, e.reason == "http_timeout"
+    if isinstance(e, SampleError):  # too large, a redirect elsewhere, a download past the total time: final
+        return e, False
     if isinstance(e, urllib.error.HTTPError):
         if e.code in REDIRECT_STATUS:
             return SampleError("too_many_redirects", f"more than {HTTP_MAX_REDIRECTS} redirects or a loop: {e}"), False
