@@ -325,3 +325,16 @@ def unsized(data: bytes):
         handler.wfile.write(data)
         handler.close_connection = True
     return route
+
+
+def slow(seconds: float, then):
+    """A route that waits ``seconds`` before answering as ``then`` (longer than the fetch timeout in the test)."""
+    def route(handler, hits: int) -> None:
+        import time
+
+        time.sleep(seconds)
+        try:
+            then(handler, hits)
+        except OSError:  # the client gave up and closed the connection
+            pass
+    return route

@@ -8,8 +8,9 @@ import pathlib
 import pytest
 from PIL import Image
 
-from bad_inputs import (BLUE, HEIC_HEAD, LONG_CAPTION_CHARS, RED, FifoGuard, ImageServer, bad_crc_png, body, fails_first, jpeg,
-                        own_shard_json, png, redirect, unsized, write_bad_corpus, write_malicious_tar, write_tar)
+from bad_inputs import (BLUE, HEIC_HEAD, LONG_CAPTION_CHARS, RED, FifoGuard, ImageServer, bad_crc_png, body, fails_first,
+                        jpeg, own_shard_json, png, redirect, slow, unsized, write_bad_corpus, write_malicious_tar,
+                        write_tar)
 from conftest import dead_letters, read_shards, run_pipeline
 from core.record import make_key, validate_record
 from transforms.check import MAX_SHORT_CAPTION_CHARS
@@ -274,6 +275,7 @@ def test_http_manifests_are_fetched_or_dead_lettered_per_sample(tmp_path: pathli
     import transforms.read as read
 
     monkeypatch.setattr(read, "HTTP_BACKOFF_S", 0.01)
+    monkeypatch.setattr(read, "HTTP_TIMEOUT_S", 1.0)  # the slow route answers after 3 s
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     c = _colors(4)
     limit = 20_000
@@ -282,14 +284,14 @@ def test_http_manifests_are_fetched_or_dead_lettered_per_sample(tmp_path: pathli
               "/flaky.jpg": fails_first(2, body(jpeg(c[2]))), "/loop.jpg": redirect("/loop.jpg"),
               "/big.jpg": body(big), "/big-unsized.jpg": unsized(big),
               "/to-ftp.jpg": redirect("ftp://127.0.0.1/x.jpg"), "/gone.jpg": body(b"gone", 410, "text/plain"),
-              "/caf%C3%A9%20au%20lait.jpg": body(jpeg(BLUE))}
+              "/caf%C3%A9%20au%20lait.jpg": body(jpeg(BLUE)), "/slow.jpg": slow(3.0, body(jpeg(BLUE)))}
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     with ImageServer(routes) as server:
         rows = [{"url": f"{server.url}{p}", "key": p.strip("/").split(".")[0]}
                 for p in ("/ok.jpg", "/moved.jpg", "/flaky.jpg", "/loop.jpg", "/big.jpg", "/big-unsized.jpg",
-                          "/to-ftp.jpg", "/gone.jpg", "/missing.jpg")]
+                          "/to-ftp.jpg", "/gone.jpg", "/missing.jpg", "/slow.jpg")]
         rows += [{"url": f"{server.url}/café au lait.jpg", "key": "iri"},
                  {"url": "data:image/png;base64,iVBORw0KGgo=", "key": "data"},
                  {"url": "ftp://127.0.0.1/x.jpg", "key": "ftp"}, {"url": "gopher2://host/x.jpg", "key": "unknown"},
@@ -308,7 +310,7 @@ def test_http_manifests_are_fetched_or_dead_lettered_per_sample(tmp_path: pathli
     assert not dead3 and samples3["000001"]["record"]["short_caption"] == "over http"
     assert set(samples) == {"ok", "moved", "flaky", "iri"}
     assert {k: d["reason"] for k, d in dead.items()} == {"data": "unsupported_scheme",
-        "loop": "too_many_redirects", "big": "file_too_large", "big-unsized": "file_too_large",
+        "slow": "http_timeout", "loop": "too_many_redirects", "big": "file_too_large", "big-unsized": "file_too_large",
         "to-ftp": "unsupported_scheme", "gone": "http_error", "missing": "http_error",
         "ftp": "unsupported_scheme", "unknown": "unsupported_scheme", "refused": "fetch_failed"}
     assert "404" in dead["missing"]["detail"]
