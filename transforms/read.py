@@ -971,9 +971,11 @@ class ReadImages(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         max_pixels, min_side, max_alt = self.max_pixels, self.min_side, self.max_short_caption_chars
+        # The input goes in as an argument (pickled), not as an element: Beam's str coder cannot
+        # carry a path whose undecodable bytes Python keeps as lone surrogates.
         return (pbegin
-                | "Input" >> beam.Create([self.input_uri])
-                | "ListUnits" >> beam.FlatMap(list_units)
+                | "Input" >> beam.Create([None])
+                | "ListUnits" >> beam.FlatMap(lambda _, uri: list_units(uri), uri=self.input_uri)
                 | "SpreadUnits" >> beam.Reshuffle()
                 | "ReadUnit" >> beam.FlatMap(read_unit, max_image_bytes=self.max_image_bytes)
                 | "CheckImage" >> beam.Map(check_image, max_pixels=max_pixels, min_side=min_side,
