@@ -15,7 +15,7 @@ NUM_NEGATIVES = 10
 # written to the dead-letter list as retryable, and a re-run into the same output asks again.
 RETRYABLE_REASONS = frozenset({"caption_request_failed", "caption_timeout", "engine_error", "timeout"})
 # Image file extensions (lower case, no dot) the readers accept and the shard readers recognise.
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "jfif", "jpe", "avif")
 METRICS_NAMESPACE = "finehard"  # Beam metrics; RunInference stages use "finehard_<stage>"
 
 # Fields of the emitted .json member (FineHARD layout plus key/provenance).
@@ -62,6 +62,40 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def is_valid_text(text: str) -> bool:
+    """False when ``text`` holds lone surrogates (which UTF-8 cannot encode), e.g. from a JSON ``"\\ud800"``
+    escape or from undecodable bytes (Python's ``surrogateescape``) in a file name or manifest line."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def valid_text(text: str, escape: bool = False) -> str:
+    """``text`` with every lone surrogate made valid; unchanged when it is valid already.
+
+    ``escape=False`` (captions, expressions) puts U+FFFD in its place; ``escape=True`` (paths, URLs)
+    writes it out so the original stays recognisable: an undecodable byte ``0xff`` kept by
+    ``surrogateescape`` becomes the four characters ``\\xff``, any other lone surrogate ``\\udXXX``.
+    """
+    if is_valid_text(text):
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            if not escape:
+                out.append("\ufffd")
+            elif 0xDC80 <= code <= 0xDCFF:
+                out.append(f"\\x{code - 0xDC00:02x}")
+            else:
+                out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def make_key(name: str, identity: str | None = None) -> str:
     """A WebDataset-safe key (no dots, no slashes) that is stable for the same ``name``.
 
@@ -71,7 +105,9 @@ def make_key(name: str, identity: str | None = None) -> str:
     identity = name if identity is None else identity
     safe = _KEY_BAD.sub("_", name).strip("_")[:80]
     if safe != name or not safe:
-        safe = f"{safe or 'k'}_{hashlib.sha1(identity.encode('utf-8')).hexdigest()[:10]}"
+        # surrogatepass: a name with lone surrogates (undecodable bytes) still hashes, and every valid
+        # name hashes exactly as before
+        safe = f"{safe or 'k'}_{hashlib.sha1(identity.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
     return safe
 
 

@@ -58,6 +58,14 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                         help="at most this many regions per image (training uses 4)")
     parser.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=int, default=64_000_000,
                         help="images with more pixels are dead-lettered as too_large (decompression bombs)")
+    parser.add_argument("--rows-per-read-unit", "--rows_per_read_unit", dest="rows_per_read_unit", type=int,
+                        default=5000,  # transforms.read.ROWS_PER_UNIT
+                        help="a .jsonl/.parquet manifest is read in parts of about this many rows, so many "
+                             "workers read one large manifest (parquet splits at row groups); 0: read each whole")
+    parser.add_argument("--max-image-bytes", "--max_image_bytes", dest="max_image_bytes", type=int,
+                        default=64 * 1024 * 1024,
+                        help="an image file (or tar member, or download) larger than this is dead-lettered as "
+                             "file_too_large; at most this many bytes + 1 are ever read (default 64 MiB)")
     parser.add_argument("--min-side", "--min_side", dest="min_side", type=int, default=8,
                         help="images with a side shorter than this are filtered as too_small")
     parser.add_argument("--max-caption-chars", "--max_caption_chars", dest="max_caption_chars", type=int,
@@ -114,7 +122,7 @@ class FineHardOptions(PipelineOptions):
 def check_positive(args: argparse.Namespace) -> None:
     for name in ("samples_per_shard", "max_regions", "max_pixels", "batch_size", "max_caption_chars",
                  "caption_max_side", "caption_max_tokens", "caption_concurrency", "detector_imgsz",
-                 "max_short_caption_chars"):
+                 "max_short_caption_chars", "max_image_bytes"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.box_conf <= 1 or not 0 <= args.nms_iou <= 1:

@@ -122,16 +122,19 @@ def input_fingerprint(units: Iterable[ReadUnit]) -> dict[str, Any]:
     h = hashlib.sha256()
     items = 0
     for unit in units:
-        h.update(f"{unit.kind}\0{unit.root}\0".encode("utf-8", "surrogateescape"))
+        h.update(f"{unit.kind}\0{unit.root}\0".encode("utf-8", "surrogatepass"))
         for uri in unit.uris:
-            h.update(uri.encode("utf-8", "surrogateescape") + b"\0")
+            h.update(uri.encode("utf-8", "surrogatepass") + b"\0")
             items += 1
-            if unit.kind != "files":
-                fs, path = fsspec.core.url_to_fs(uri)
+            if unit.kind != "files" and not uri.lower().startswith(("http://", "https://")):
                 try:
+                    fs, path = fsspec.core.url_to_fs(uri)
                     info = fs.info(path)
-                except OSError:
+                except (OSError, ImportError, ValueError):
                     info = {}
+            else:  # an image, or a manifest/tar over http(s): its URI only (no cheap size/mtime)
+                info = {}
+            if info:
                 h.update(f"{info.get('size')}\0{info.get('mtime') or info.get('updated') or info.get('etag')}\0"
                          .encode("utf-8"))
     return {"sha256": h.hexdigest(), "listed_uris": items}

@@ -16,7 +16,7 @@ from core.engines import EngineSpecError, parse_spec
 from pipeline.options import add_curation_args, check_positive
 from pipeline.outdir import (RUN_FILE, OutputLock, input_fingerprint, prepare_output, read_run_file,
                              remove_run_outputs, remove_stale_temp_files, write_run_file)
-from core.record import Field, PROJECT_VERSION, text_hash
+from core.record import PROJECT_VERSION, Field, text_hash, valid_text
 from pipeline.output import read_shard_stats, stage_metrics, write_summary
 from pipeline.submit import validate_runner_options
 from transforms.common import mark_dead, split_outcomes
@@ -24,7 +24,7 @@ from transforms.dedup import DropDuplicates
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
-from transforms.read import InputError, ReadImages, ReadUnit, list_units
+from transforms.read import MAX_IMAGE_BYTES, InputError, ReadImages, ReadUnit, list_units
 from transforms.recaption import CAPTIONERS, Recaption
 from transforms.progress import LogProgress
 from transforms.spill import SpillDir, check_spill_dir, spill_image
@@ -40,7 +40,7 @@ class UsageError(ValueError):
 
 def run_info(args: argparse.Namespace) -> dict[str, Any]:
     """What identifies a run's configuration; stored in every shard's stats (no timestamps)."""
-    config = {"input": args.input, "samples_per_shard": args.samples_per_shard,
+    config = {"input": valid_text(args.input, escape=True), "samples_per_shard": args.samples_per_shard,
               "captioner": args.captioner, "detector": args.detector, "negatives": args.negatives,
               "box_conf": args.box_conf, "nms_iou": args.nms_iou, "max_regions": args.max_regions,
               "max_pixels": args.max_pixels, "min_side": args.min_side,
@@ -49,6 +49,10 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
               "caption": caption_options(args), "detector_options": detector_options(args),
               "stages": args.stages, "reuse_captions": args.reuse_captions, "dedup": args.dedup,
               "near_dup_threshold": args.near_dup_threshold}
+    # Options added since 0.1.0 enter the hash only when set away from their default, so outputs of
+    # earlier runs keep their config hash (and resume) when the new option is not used.
+    if args.max_image_bytes != MAX_IMAGE_BYTES:
+        config["max_image_bytes"] = args.max_image_bytes
     return {"version": PROJECT_VERSION, "config": config,
             "config_hash": text_hash(json.dumps(config, sort_keys=True))}
 
@@ -142,7 +146,9 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     records = (p
                | "ReadImages" >> ReadImages(args.input, max_pixels=args.max_pixels, min_side=args.min_side,
                                            max_short_caption_chars=args.max_short_caption_chars,
-                                           counts_root=posixpath.join(args.output, READ_COUNTS_DIR)))
+                                           max_image_bytes=args.max_image_bytes,
+                                           counts_root=posixpath.join(args.output, READ_COUNTS_DIR),
+                                           rows_per_unit=args.rows_per_read_unit))
     if spill_root:
         records = records | "SpillImages" >> beam.Map(spill_image, root=spill_root)
     records = records | "AssignShards" >> AssignShards(args.samples_per_shard)
@@ -217,7 +223,8 @@ def check_manifests(units: list[ReadUnit]) -> None:
     """A parquet manifest that cannot be opened stops the run at once, with its name."""
     for unit in units:
         for uri in unit.uris:
-            if unit.kind == "manifest" and uri.lower().split("?")[0].endswith(".parquet"):
+            local_or_store = not uri.lower().startswith(("http://", "https://"))  # http: read per row, later
+            if unit.kind == "manifest" and local_or_store and uri.lower().split("?")[0].endswith(".parquet"):
                 import pyarrow.parquet as pq
 
                 try:

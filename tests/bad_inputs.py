@@ -18,6 +18,7 @@ from typing import Optional
 from PIL import Image, ImageDraw
 
 RED, BLUE, WHITE = (220, 30, 30), (30, 30, 220), (255, 255, 255)
+HEIC_HEAD = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64  # the start of an iPhone photo (HEIC)
 LONG_CAPTION_CHARS = 1_000_000
 
 
@@ -93,6 +94,8 @@ def _files() -> dict[str, bytes]:
         "unicode.jpg": good,
         "long_caption.jpg": good,
         "dotted_key.jpg": good,
+        "bad_crc.png": bad_crc_png(),
+        "iphone.jpg": HEIC_HEAD,
     }
 
 
@@ -116,6 +119,8 @@ CASES = (
     Case("unicode.jpg", "written", size=(64, 48), ext="jpg", caption="猫 and a 🐈‍⬛ on a café table — «ok»"),
     Case("long_caption.jpg", "written", size=(64, 48), ext="jpg", caption="word " * (LONG_CAPTION_CHARS // 5)),
     Case("dotted_key.jpg", "written", size=(64, 48), ext="jpg", key="shop.example.com/img/../a.b.c"),
+    Case("bad_crc.png", "dead", "corrupt_image"),  # IDAT CRC flipped: decodes in Pillow, fails in libpng
+    Case("iphone.jpg", "filtered", "unsupported_format"),  # a HEIC named .jpg: an image we cannot decode
 )
 
 
@@ -152,3 +157,184 @@ def write_malicious_tar(path: pathlib.Path, good_jpg: bytes) -> None:
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(link)
         add(tar, "000000004.jpg", good_jpg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile inputs of issue #16 ("Nothing lost, ever"): each helper makes one class of them, small, in the test.
+
+
+def jpeg(color: tuple[int, int, int] = RED, size: tuple[int, int] = (32, 24)) -> bytes:
+    """A distinct small JPEG per colour (tests that want several written images vary the colour)."""
+    return _save(Image.new("RGB", size, color), "JPEG", quality=90)
+
+
+def png(color: tuple[int, int, int] = BLUE, size: tuple[int, int] = (32, 24)) -> bytes:
+    return _save(Image.new("RGB", size, color), "PNG")
+
+
+def bad_crc_png() -> bytes:
+    """A valid PNG whose IDAT chunk CRC has one byte flipped: Pillow's ``load()`` accepts it, libpng does not."""
+    data = bytearray(png((10, 200, 10)))
+    i = data.find(b"IDAT")
+    length = struct.unpack(">I", data[i - 4:i])[0]
+    data[i + 4 + length] ^= 0xFF
+    return bytes(data)
+
+
+def write_tar(path: pathlib.Path, members: list[tuple[str, bytes]], mode: str = "w") -> None:
+    """A tar with ``members`` (name, bytes) in this order (``mode`` ``"w:gz"`` for a gzipped one)."""
+    with tarfile.open(path, mode) as tar:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tar.addfile(ti, io.BytesIO(data))
+
+
+def own_shard_json(key: str, **override) -> bytes:
+    """The ``.json`` member of a shard of ours (one region), with ``override`` fields (tampering)."""
+    rec = {"key": key, "f_path": f"/src/{key}.jpg", "caption": "a red block", "short_caption": "red",
+           "width": 32, "height": 24,
+           "bbox_info": [{"bbox": [0.1, 0.1, 0.5, 0.5, 0.9], "short_expr": "a red block", "long_expr": "a red block",
+                          "flag_short_neg": 0, "short_expr_negs": {}}],
+           "provenance": {"caption": {"engine": "stub", "stub": True}, "version": "0.1.0"}}
+    rec.update(override)
+    return json.dumps(rec).encode("utf-8")
+
+
+class FifoGuard:
+    """Keeps a test over a FIFO from hanging for ever when a regression waits on it.
+
+    While active, a thread keeps trying to open ``path`` for writing without blocking; that only
+    succeeds when some reader is waiting on it, and then it writes junk and closes: the waiting
+    reader gets bytes that are not an image, so the test fails on the reason instead of hanging.
+    """
+
+    def __init__(self, path: pathlib.Path):
+        import threading
+
+        self.path = path
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._unblock, daemon=True)
+
+    def _unblock(self) -> None:
+        import os
+
+        while not self.stop.wait(0.5):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: nobody is reading, which is what should happen
+                continue
+            try:
+                os.write(fd, b"junk from the FIFO guard\n")
+            finally:
+                os.close(fd)
+
+    def __enter__(self) -> "FifoGuard":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+class ImageServer:
+    """An http server on 127.0.0.1 (a thread) serving a few scripted paths, for fetching manifests.
+
+    ``routes`` maps a path to a callable ``(handler, hits) -> None`` that writes the response;
+    ``hits`` counts earlier requests of that path (for a server that fails once). Every request's
+    User-Agent is kept in ``user_agents``.
+    """
+
+    def __init__(self, routes: dict):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.routes = routes
+        self.hits: dict[str, int] = {}
+        self.user_agents: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?")[0]
+                server.user_agents.append(self.headers.get("User-Agent", ""))
+                hits = server.hits.get(path, 0)
+                server.hits[path] = hits + 1
+                route = server.routes.get(path)
+                if route is None:
+                    self.send_error(404)
+                    return
+                route(self, hits)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "ImageServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+def body(data: bytes, status: int = 200, content_type: str = "image/jpeg"):
+    """A route that answers ``status`` with ``data``."""
+    def route(handler, hits: int) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+    return route
+
+
+def redirect(location: str):
+    def route(handler, hits: int) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    return route
+
+
+def fails_first(times: int, then):
+    """A route that answers 503 ``times`` times, then as ``then``."""
+    def route(handler, hits: int) -> None:
+        if hits < times:
+            body(b"busy", 503, "text/plain")(handler, hits)
+        else:
+            then(handler, hits)
+    return route
+
+
+def unsized(data: bytes):
+    """A route that streams ``data`` without a Content-Length (the byte limit must hold while reading)."""
+    def route(handler, hits: int) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.write(data)
+        handler.close_connection = True
+    return route
+
+
+def slow(seconds: float, then):
+    """A route that waits ``seconds`` before answering as ``then`` (longer than the fetch timeout in the test)."""
+    def route(handler, hits: int) -> None:
+        import time
+
+        time.sleep(seconds)
+        try:
+            then(handler, hits)
+        except OSError:  # the client gave up and closed the connection
+            pass
+    return route

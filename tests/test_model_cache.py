@@ -63,3 +63,37 @@ def test_bad_entries_are_misses_and_the_cache_pickles_as_its_root(tmp_path: path
     entry = json.loads(pathlib.Path(cache.path("s", cache.key("s", prov, digests[1]))).read_text())
     assert entry == {"answer": "answer 1"}  # rewritten whole
     assert digest("ab", "c") != digest("a", "bc")
+
+
+def test_entries_of_the_wrong_kind_are_misses_not_failures(tmp_path: pathlib.Path, scenes_dir: pathlib.Path) -> None:
+    """Issue #16 (classes 6, 15): an entry that is a folder, a FIFO, not an object, or an answer of the wrong type
+    is a miss; the sample is asked again and written, and an entry that cannot be rewritten is only logged."""
+    import os
+
+    from bad_inputs import FifoGuard
+
+    cache = tmp_path / "cache"
+    manifest = scenes_dir / "manifest.jsonl"
+    first = run_pipeline(manifest, tmp_path / "a", "--model-cache", str(cache))
+    entries = {stage: sorted((cache / stage).glob("*/*.json")) for stage in ("recaption", "detect")}
+    assert len(entries["recaption"]) == len(entries["detect"]) == 12
+    rec, det = entries["recaption"], entries["detect"]
+    for path in (rec[0], det[0]):
+        path.unlink()
+        path.mkdir()  # a folder where the entry should be (cannot be rewritten either)
+    rec[1].unlink()
+    os.mkfifo(rec[1])
+    bad = {rec[2]: [1, 2], rec[3]: "a string", rec[4]: None, rec[5]: {"answer": 5}, rec[6]: {"answer": ["x"]},
+           det[1]: {"answer": "boxes"}, det[2]: {"answer": [[1, 2, 3]]}, det[3]: {"answer": [[[0, 0, 1], 0.9, 0]]},
+           det[4]: {"answer": [[[0, 0, 10, 10], "high", 0]]}, det[5]: {"no answer": 1}}
+    for path, value in bad.items():
+        path.write_text(json.dumps(value))
+    det[6].write_text("[" * 100_000)  # json nested past the recursion limit
+    with FifoGuard(rec[1]):
+        again = run_pipeline(manifest, tmp_path / "b", "--model-cache", str(cache))
+    assert again["reconciled"] and again["written"] == first["written"] == 12 and again["dead_lettered"] == 0
+    assert shard_hashes(tmp_path / "a") == shard_hashes(tmp_path / "b")
+    assert again["counters"]["cache_hits:recaption"] == 12 - 7
+    assert again["counters"]["cache_hits:detect"] == 12 - 7
+    assert rec[0].is_dir()  # could not be rewritten: logged, the sample was still written
+    assert isinstance(json.loads(rec[2].read_text())["answer"], str) and rec[1].is_file()  # rewritten whole

@@ -73,3 +73,116 @@ def test_tar_member_names_are_checked(name: str, kind: bytes, problem: str | Non
     ti.type = kind
     found = unsafe_member_problem(ti)
     assert (found is None) if problem is None else (problem in found)
+
+
+# Issue #16: the reader's and checker's building blocks, one at a time.
+
+
+def test_png_with_a_flipped_idat_crc_is_corrupt() -> None:
+    from bad_inputs import bad_crc_png, png
+
+    with Image.open(io.BytesIO(bad_crc_png())) as im:
+        im.load()  # what made it slip through: Pillow decodes it without complaint
+    rec = check_image(_rec(bad_crc_png()), max_pixels=10**8, min_side=8)
+    assert rec["_dead"]["reason"] == "corrupt_image" and "IDAT" in rec["_dead"]["detail"]
+    assert "_dead" not in check_image(_rec(png()), max_pixels=10**8, min_side=8)
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t\n"])
+def test_an_empty_input_is_refused_before_listing(blank: str) -> None:
+    from transforms.read import InputError, list_units
+
+    with pytest.raises(InputError, match=r"^--input is empty; give a folder, glob, manifest or tar$"):
+        list_units(blank)
+
+
+def test_manifest_lines_split_only_at_newline_and_long_lines_are_bounded() -> None:
+    from transforms.read import _lines
+
+    data = '{"a": "x\u2028y\u2029z\x85w\x0cv"}\r\n\n'.encode("utf-8") + b"z" * 100 + b"\n{}"
+    lines = list(_lines(io.BytesIO(data), limit=50))
+    assert lines[0] == ('{"a": "x\u2028y\u2029z\x85w\x0cv"}\r\n'.encode("utf-8"), False)
+    assert lines[1:] == [(b"\n", False), (b"", True), (b"{}", False)]
+
+
+@pytest.mark.parametrize("uri,proto,local", [
+    ("/data/a::b.jpg", None, "/data/a::b.jpg"), ("a::b.jpg", None, "a::b.jpg"), ("file:///x/y.jpg", "file", "/x/y.jpg"),
+    ("gs://b/x.jpg", "gs", None), ("HTTPS://h/x.jpg", "https", None), ("simplecache::gs://b/x", "simplecache::gs", None),
+    ("dir/x://y.jpg", None, "dir/x://y.jpg")])
+def test_protocols_are_read_without_url_chaining(uri: str, proto, local) -> None:
+    from transforms.read import local_path, protocol_of
+
+    assert protocol_of(uri) == proto and local_path(uri) == local
+
+
+def test_unsupported_schemes_are_refused_without_a_connection() -> None:
+    from transforms.common import SampleError
+    from transforms.read import read_limited
+
+    for uri in ("ftp://127.0.0.1/x.jpg", "data://image/png;base64,AAAA", "nosuch://h/x.jpg"):
+        with pytest.raises(SampleError) as e:
+            read_limited(uri, 1000)
+        assert e.value.reason == "unsupported_scheme"
+
+
+def test_text_is_made_valid_and_keys_of_valid_names_do_not_change() -> None:
+    from core.record import make_key, valid_text
+    from transforms.read import valid_record
+
+    assert make_key("a b") == "a_b_" + __import__("hashlib").sha1(b"a b").hexdigest()[:10]
+    assert make_key("x\udcff").isascii() and make_key("x\udcff") != make_key("x\udcfe")
+    assert valid_text("caf\udce9", escape=True) == "caf\\xe9" and valid_text("a\ud83db") == "a\ufffdb"
+    rec = valid_record({"key": "k", "f_path": "/p/\udcff.jpg", "short_caption": "x\ud800",
+                        "_input_record": {"bbox_info": [{"short_expr": "\udc80"}]}, "image_bytes": b"\xff"})
+    assert rec["f_path"] == "/p/\\xff.jpg" and rec["short_caption"] == "x\ufffd"
+    assert rec["_input_record"]["bbox_info"][0]["short_expr"] == "\ufffd"
+    assert rec["_stats"] == {"unicode_repaired": 3} and rec["image_bytes"] == b"\xff"
+
+
+def test_oversized_and_non_regular_files_are_never_read_whole(tmp_path) -> None:
+    import os
+
+    from bad_inputs import FifoGuard
+    from transforms.common import SampleError
+    from transforms.read import read_limited
+
+    (tmp_path / "f").write_bytes(b"x" * 11)
+    assert read_limited(str(tmp_path / "f"), 11) == b"x" * 11
+    with pytest.raises(SampleError, match="file_too_large"):
+        read_limited(str(tmp_path / "f"), 10)
+    os.mkfifo(tmp_path / "p")
+    with FifoGuard(tmp_path / "p"), pytest.raises(SampleError, match="not_a_regular_file"):
+        read_limited(str(tmp_path / "p"), 10)
+    with pytest.raises(SampleError, match="not_a_regular_file"):
+        read_limited("/dev/zero", 10)
+    with pytest.raises(SampleError, match="not_a_regular_file"):
+        read_limited(str(tmp_path), 10)
+
+
+def test_key_clashes_are_found_across_read_units(tmp_path) -> None:
+    from transforms.read import list_units
+
+    for name in ("a.jpg", "b.jpg", "b.png", "c.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    units = list_units(str(tmp_path), files_per_unit=1)  # b.jpg and b.png land in different units
+    assert [u.uris[0].rsplit("/", 1)[-1] for u in units] == ["a.jpg", "b.jpg", "b.png", "c.jpg"]
+    assert [bool(u.ext_keys) for u in units] == [False, True, True, False]
+
+
+def test_tar_names_with_dot_slash_and_globs_over_folders(tmp_path) -> None:
+    from bad_inputs import jpeg, write_tar
+    from transforms.read import ReadUnit, list_units, read_unit
+
+    write_tar(tmp_path / "t.tar", [("./000001.jpg", jpeg()), ("000001.txt", b"one")])
+    recs = list(read_unit(ReadUnit("tar", str(tmp_path), (str(tmp_path / "t.tar"),))))
+    assert [(r["key"], r["short_caption"]) for r in recs] == [("000001", "one")]
+    (tmp_path / "sub.jpg").mkdir()
+    (tmp_path / "a.jpg").write_bytes(jpeg())
+    units = list_units(str(tmp_path / "*.jpg"))
+    assert [u.uris for u in units] == [(str(tmp_path / "a.jpg"),)]
+
+
+def test_model_text_with_lone_surrogates_is_made_valid() -> None:
+    from transforms.negatives import parse_answer
+
+    assert parse_answer('["a red \\ud83d cup", "a blue cup"]') == ["a red \ufffd cup", "a blue cup"]

@@ -10,7 +10,7 @@ import io
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from core.record import Field
 from transforms.common import SampleError, bump, mark_dead, mark_filtered
@@ -80,6 +80,33 @@ def _encode(im: Image.Image, source_format: str) -> tuple[bytes, str]:
     return buf.getvalue(), "PNG"
 
 
+_FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
+                b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+
+
+def unsupported_format(data: bytes) -> str:
+    """The name of an image format Pillow cannot open here that ``data`` looks like ("" when none)."""
+    head = data[:512]
+    if head[4:8] == b"ftyp" and head[8:12] in _FTYP_BRANDS:
+        return _FTYP_BRANDS[head[8:12]]
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")):
+        return "JPEG XL"
+    text = head.lstrip().lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in data[:4096].lower()):
+        return "SVG"
+    if head.startswith(b"%PDF"):
+        return "PDF"
+    return ""
+
+
+def _verify_chunks(data: bytes) -> None:
+    """PNG: every chunk's CRC, which a full decode does not check (Pillow's ``load`` skips IDAT CRCs,
+    and libpng-based readers such as ``torchvision.io.decode_png`` fail hard on them)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+
+
 def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
                 max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS) -> dict[str, Any]:
     """Decode once; store an image every reader sees the same way, set width/height/ext, or mark the record.
@@ -88,20 +115,24 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
     EXIF orientation is applied to the stored pixels (so boxes and pixels agree); CMYK, 16-bit,
     palette and alpha images become RGB (alpha composited on white); an animated image keeps its
     first frame; greyscale (L) is kept. Untouched JPEG/PNG/WebP bytes are stored as they came.
+    A PNG's chunk CRCs are verified too (a bad one is ``corrupt_image``). Records already marked
+    dead or filtered by the reader pass through untouched.
     Each conversion is counted as ``converted:<what>`` in the shard stats.
     """
-    if Field.DEAD in record:
+    if Field.DEAD in record or Field.FILTERED in record:
         return record
     clip_short_caption(record, max_short_caption_chars)
     data = record.get(Field.IMAGE_BYTES, b"")
     if not data:
         return mark_dead(record, STAGE, "empty_file")
     Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit below, before decoding pixels
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a library in the same process may have turned it on
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
             if width * height > max_pixels:
                 return mark_dead(record, STAGE, "too_large", f"{width}x{height} exceeds --max-pixels {max_pixels}")
+            _verify_chunks(data)
             fmt = im.format
             conversions = []
             if getattr(im, "n_frames", 1) > 1:
@@ -126,6 +157,9 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
     except SampleError as e:
         return mark_dead(record, STAGE, e.reason, e.detail)
     except Image.UnidentifiedImageError as e:
+        known = unsupported_format(data)
+        if known:  # an image, in a format we do not decode (an iPhone HEIC named .jpg): filtered, not corrupt
+            return mark_filtered(record, STAGE, "unsupported_format", f"{known} (no decoder)")
         return mark_dead(record, STAGE, "corrupt_image", f"not an image: {e}")
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         reason = "truncated_image" if "truncated" in str(e).lower() else "corrupt_image"

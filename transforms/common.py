@@ -17,7 +17,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
 
 from core.engines import Engine, EngineRegistry, EngineSpec
-from core.record import Field, METRICS_NAMESPACE
+from core.record import Field, METRICS_NAMESPACE, valid_text
 from transforms.cache import ModelCache, cached_answers
 from transforms.spill import image_bytes
 
@@ -39,10 +39,11 @@ class SampleError(Exception):
 _ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
 
 
-def stable_detail(detail: str) -> str:
-    """A failure's detail as the run writes it: at most 500 characters, no memory addresses
+def stable_detail(detail: object) -> str:
+    """A failure's detail as the run writes it: valid text (it often quotes a path or an input value,
+    escaped so the letter can be written), at most 500 characters, no memory addresses
     (``<_io.BytesIO object at 0x7f..>`` differs between two runs of the same input)."""
-    return _ADDRESS.sub("", detail)[:500]
+    return valid_text(_ADDRESS.sub("", str(detail))[:500], escape=True)
 
 
 def mark_dead(record: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:
@@ -196,6 +197,6 @@ def apply_image_engine(stage: str, engine: Engine, records: list[dict], cache: O
             mark_dead(rec, stage, answer.reason, answer.detail)
         elif isinstance(answer, Exception):
             mark_dead(rec, stage, "engine_error", f"{type(answer).__name__}: {answer}")
-        else:
-            accept(rec, answer, provenance)
+        else:  # an answer the stage cannot use fails that sample only, never the bundle
+            per_sample(stage, lambda r, a=answer: accept(r, a, provenance), rec)
     return records

@@ -74,6 +74,17 @@ def _expressions(rec: dict[str, Any]) -> list[str]:
     return [e["short_expr"] for e in rec.get(Field.EXPRESSIONS, [])]
 
 
+def valid_detections(dets: Any) -> bool:
+    """True for a list of ``(box xyxy, score, expression index)`` with numbers where numbers belong."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return isinstance(dets, (list, tuple)) and all(
+        isinstance(d, (list, tuple)) and len(d) == 3 and isinstance(d[0], (list, tuple)) and len(d[0]) == 4
+        and all(number(v) for v in d[0]) and number(d[1]) and isinstance(d[2], int) and not isinstance(d[2], bool)
+        for d in dets)
+
+
 def apply_detector(engine: Detector, records: list[dict], conf: float, iou: float, max_regions: int,
                    cache: Optional[ModelCache] = None) -> list[dict]:
     """Box every live record of the batch; per-sample engine failures mark the record dead.
@@ -89,7 +100,7 @@ def apply_detector(engine: Detector, records: list[dict], conf: float, iou: floa
 
     return apply_image_engine(STAGE, engine, records, cache, lambda r: digest(image_sha256(r), *_expressions(r)),
                               lambda images, recs: engine.detect(images, [_expressions(r) for r in recs]),
-                              keep=lambda d: not isinstance(d, Exception), accept=accept)
+                              keep=valid_detections, accept=accept)
 
 
 class DetectBoxes(beam.PTransform):

@@ -19,7 +19,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from core.engines import EngineEntry, EngineRegistry, EngineSpec, NegativesEngine
-from core.record import Field, NUM_NEGATIVES, negatives_mapping
+from core.record import Field, NUM_NEGATIVES, is_valid_text, negatives_mapping, valid_text
 from prompts import load_prompt
 from transforms.cache import ModelCache, digest, model_cache
 from transforms.common import EngineModelHandler, SampleError, bump
@@ -178,7 +178,8 @@ def parse_answer(raw: Any) -> list[str]:
             items = next((v for v in items.values() if isinstance(v, list)), None)
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
         raise SampleError("unparseable", f"not a list of strings: {str(raw)[:120]!r}")
-    return [c for c in (clean_negative(i) for i in items) if c]
+    # valid_text: a lone surrogate (a JSON "\\ud83d" from a model or a cache entry) would fail the shard write
+    return [c for c in (clean_negative(valid_text(i)) for i in items) if c]
 
 
 @dataclass
@@ -213,7 +214,8 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
         hits = cache.get_many(STAGE, list(keys.values()))
         for e in unique:
             got = hits.get(keys[e])
-            if isinstance(got, list) and all(isinstance(x, str) for x in got) and validate_negatives(e, got) is None:
+            if (isinstance(got, list) and all(isinstance(x, str) and is_valid_text(x) for x in got)
+                    and validate_negatives(e, got) is None):
                 res = results[e]
                 res.negatives, res.valid, res.cached = got, True, True
     pending = [e for e in unique if not results[e].valid]

@@ -8,6 +8,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from core.engines import Captioner, EngineEntry, EngineRegistry, EngineSpec
+from core.record import is_valid_text, valid_text
 from transforms.cache import ModelCache, model_cache
 from transforms.common import EngineModelHandler, apply_image_engine, bump, gpu_resource_hints, mark_dead
 from transforms.spill import image_sha256
@@ -31,6 +32,9 @@ def apply_captioner(engine: Captioner, records: list[dict], max_chars: int = 400
     """Caption every live record of the batch; failures mark the record dead. ``cache``: see transforms.cache."""
     def accept(rec: dict, cap: Any, provenance: dict[str, Any]) -> None:
         cap = " ".join((cap or "").split())
+        if not is_valid_text(cap):  # a lone surrogate from a model (or a cache entry) would fail the shard write
+            cap = valid_text(cap)
+            bump(rec, "unicode_repaired")
         if not cap:
             mark_dead(rec, STAGE, "empty_caption")
             return

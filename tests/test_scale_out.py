@@ -1,0 +1,124 @@
+"""Scale-out: one manifest is read in parts by several workers, and the model stages run on all of them.
+
+Proven on the multi-process runners available here: the FnApiRunner with two worker processes,
+and Beam's portable SDK-harness path (PortableRunner, embedded job server, EXTERNAL worker pool
+in its own process, traffic on 127.0.0.1 only). Shards must be byte-identical to in-process runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, read_shards, run_pipeline, shard_hashes
+from transforms.read import ReadUnit, read_unit, split_unit
+
+CHILD = """
+import json, sys
+from core.engines import EngineEntry
+from transforms.recaption import CAPTIONERS
+CAPTIONERS.entries["pidlog"] = EngineEntry("pid_engine:build", False, False, "test: logs the worker pid")
+from pipeline.run import run
+s = run(json.loads(sys.argv[1]))
+print(json.dumps({k: s[k] for k in ("read", "written", "reconciled")}))
+"""
+
+
+def run_child(argv: list[str], pid_log: pathlib.Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+           "FINEHARD_TEST_PID_LOG": str(pid_log)}
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(argv)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_manifest_is_split_into_parts_that_read_every_row_once(scenes_dir: pathlib.Path,
+                                                                  tmp_path: pathlib.Path) -> None:
+    manifest = scenes_dir / "manifest.jsonl"
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    odd = tmp_path / "m.jsonl"  # a BOM, blank lines and a bad row, to check the parts' row numbering
+    odd.write_bytes(b"\xef\xbb\xbf" + lines[0] + b"\n  \n" + b"".join(lines[1:5]) + b"not json\n"
+                    + b"".join(lines[5:]))
+    whole = ReadUnit("manifest", str(scenes_dir), (str(odd),))
+    parts = list(split_unit(whole, rows_per_unit=4))
+    assert len(parts) == 4 and [p.first_row for p in parts] == [0, 4, 8, 12]
+    split_keys = [r["key"] for p in parts for r in read_unit(p)]
+    assert split_keys == [r["key"] for r in read_unit(whole)] and len(split_keys) == 13
+
+    table = pa.Table.from_pylist([json.loads(line) for line in lines])
+    pq.write_table(table, tmp_path / "m.parquet", row_group_size=3)
+    rows = [json.loads(line) for line in lines]
+    pq.write_table(pa.Table.from_pylist([{**r, "url": str(scenes_dir / r["url"])} for r in rows]),
+                   tmp_path / "m.parquet", row_group_size=3)
+    whole = ReadUnit("manifest", str(tmp_path), (str(tmp_path / "m.parquet"),))
+    parts = list(split_unit(whole, rows_per_unit=5))
+    assert [p.span for p in parts] == [(0, 2), (2, 4)] and [p.first_row for p in parts] == [0, 6]
+    assert [r["key"] for p in parts for r in read_unit(p)] == [r["key"] for r in read_unit(whole)]
+    assert list(split_unit(whole, rows_per_unit=100)) == [whole]  # small manifests stay whole
+
+
+def test_one_manifest_spreads_over_both_worker_processes(scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    common = ["--input", str(scenes_dir / "manifest.jsonl"), "--captioner", "pidlog", "--samples-per-shard", "4",
+              "--rows-per-read-unit", "2", "--no-dedup"]
+    single = run_child([*common, "--output", str(tmp_path / "one")], tmp_path / "one.log")
+    multi = run_child([*common, "--output", str(tmp_path / "two"), "--direct_running_mode=multi_processing",
+                       "--direct_num_workers=2"], tmp_path / "two.log")
+    assert single == multi == {"read": 12, "written": 12, "reconciled": True}
+    calls = [line.split() for line in (tmp_path / "two.log").read_text().splitlines()]
+    pids = {pid for pid, _ in calls}
+    assert len(pids) == 2, calls  # the captioner ran in both worker processes
+    assert sum(int(n) for _, n in calls) == 12
+    assert shard_hashes(tmp_path / "one") == shard_hashes(tmp_path / "two")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def worker_pool() -> str:
+    port = _free_port()
+    # the pool starts each SDK worker as `python -c ...`: this interpreter's folder goes first on PATH
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+                             f"--service_port={port}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert proc.poll() is None and time.monotonic() < deadline, "the worker pool did not start"
+        time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_the_portable_sdk_harness_path_writes_the_same_shards(scenes_dir: pathlib.Path, tmp_path: pathlib.Path,
+                                                              worker_pool: str) -> None:
+    manifest = scenes_dir / "manifest.jsonl"
+    reference = run_pipeline(manifest, tmp_path / "ref", "--samples-per-shard", "4")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "shards", "--input", str(manifest), "--output",
+                           str(tmp_path / "portable"), "--samples-per-shard", "4", "--runner=PortableRunner",
+                           "--job_endpoint=embed", "--environment_type=EXTERNAL",
+                           f"--environment_config={worker_pool}"],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)  # a worker that never comes fails the test instead of hanging it
+    assert done.returncode == 0, done.stderr[-3000:]
+    portable = json.loads(done.stdout.strip().splitlines()[-1])
+    assert portable["reconciled"] is True and portable["written"] == reference["written"] == 12
+    assert len(read_shards(tmp_path / "portable")) == 12
+    assert shard_hashes(tmp_path / "portable") == shard_hashes(tmp_path / "ref")
