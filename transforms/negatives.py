@@ -23,6 +23,7 @@ from core.record import NUM_NEGATIVES, negatives_mapping
 from prompts import load_prompt
 from transforms.cache import ModelCache, digest, model_cache
 from transforms.common import EngineModelHandler, SampleError, engine_provenance
+from transforms.text import norm
 
 STAGE = "negatives"
 PROMPT_FILE = "negatives.txt"
@@ -48,7 +49,6 @@ NEGATIVE_ENGINES = EngineRegistry("negatives", {
 _NUMBERING = re.compile(r"^\s*(?:(?:negative|option|answer)\s*\d{0,2}\s*[:.)\]-]|\(?\d{1,2}\s*[.):\]-]|[-*\u2022])\s*",
                         re.IGNORECASE)
 _SYMBOLS = re.compile(r"[;,\n\r\t\"\u201c\u201d\u2018\u2019`\[\]{}]+")
-_ARTICLE = re.compile(r"^(?:a|an|the)\s+")
 _HEAD_STOPS = ("in", "on", "at", "with", "of", "near", "next", "under", "behind", "beside", "that", "which",
                "who", "by", "from", "to", "above", "below", "over", "against", "holding", "wearing")
 
@@ -92,11 +92,6 @@ def clean_negative(text: str) -> str:
     text = _SYMBOLS.sub(" ", text)
     text = text.strip(" '.:!?")
     return " ".join(text.split())
-
-
-def _norm(text: str) -> str:
-    """Comparison form: lower case, single spaces, hyphens as spaces, no leading article."""
-    return _ARTICLE.sub("", " ".join(text.lower().replace("-", " ").split()))
 
 
 def head_noun(expression: str) -> str:
@@ -144,10 +139,10 @@ def validate_negatives(positive: str, negatives: Sequence[str], min_chars: int =
     max_words = len(positive.split()) + extra_words
     if any(not (min_chars <= len(n) <= max_chars) or len(n.split()) > max_words for n in negatives):
         return "bad_length"
-    normed = [_norm(n) for n in negatives]
+    normed = [norm(n) for n in negatives]
     if len(set(normed)) != len(normed):
         return "duplicates"
-    if _norm(positive) in normed:
+    if norm(positive) in normed:
         return "equals_positive"
     head = head_noun(positive).replace("-", " ")
     if head:

@@ -15,7 +15,8 @@ from typing import Any
 
 from core.engines import EngineSpec
 from prompts import load_prompt
-from transforms.negatives import LEXICONS_FILE, _norm, head_noun
+from transforms.negatives import LEXICONS_FILE, head_noun
+from transforms.text import norm
 
 _VOWEL_SOUND = re.compile(r"^(?:[aeio]|u(?!ni|se|su|ro|ten|ti)|hour|honest|8|11|18)", re.IGNORECASE)
 
@@ -114,14 +115,14 @@ class RulesNegatives:
         rng.shuffle(swapped)
         rng.shuffle(inserted)
         cats = swapped + inserted  # swaps (harder negatives) come first in every round
-        seen, out = {_norm(expression)}, []
+        seen, out = {norm(expression)}, []
         # Round robin over categories so the ten negatives vary different attributes.
         while len(out) < 10 and any(by_cat[c] for c in cats):
             for cat in cats:
                 if by_cat[cat] and len(out) < 10:
                     text = " ".join(_fix_article(by_cat[cat].pop()))
-                    if _norm(text) not in seen:
-                        seen.add(_norm(text))
+                    if norm(text) not in seen:
+                        seen.add(norm(text))
                         out.append(text)
         return out
 
