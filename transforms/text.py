@@ -1,15 +1,252 @@
 """Text helpers the text stages share (hard negatives, their validation and every negatives engine).
 
-Ground rules: nothing here imports a stage module at import time; spaCy and the inflection library
-load lazily, once per process.
+- :func:`norm`: the comparison form of an expression.
+- :func:`analyse`: an expression parsed by spaCy (the pipeline of ``transforms.expressions``) into
+  whitespace words with their tag, dependency and head, plus the head noun: the root of the first
+  noun chunk ("a man riding a horse" -> "man", "a black dog lying on the grass" -> "dog").
+- Inflection with the ``inflect`` library: noun plural and singular ("person" <-> "people",
+  "mouse" <-> "mice", "sheep" <-> "sheep"), verb number ("is" <-> "are", "sleeps" <-> "sleep"),
+  and the indefinite article ("an old man", "a university").
+
+spaCy and inflect load lazily, once per process; analyses are cached per expression.
 """
 from __future__ import annotations
 
+import functools
 import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
 
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+")
+_EDGE = " \t\r\n.,;:!?\"'"
+_TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
+# Fallback head finder (no noun chunk): the last word before a preposition, clause or participle.
+_HEAD_STOPS = frozenset(("in", "on", "at", "with", "of", "near", "next", "under", "behind", "beside", "that", "which",
+                         "who", "by", "from", "to", "above", "below", "over", "against", "holding", "wearing"))
+_VOWEL_DIGITS = re.compile(r"^(?:8|11|18)")
+_VERB_SG = {"are": "is", "were": "was", "have": "has", "do": "does"}
+_VERB_PL = {v: k for k, v in _VERB_SG.items()}
+NOUN_TAGS = ("NN", "NNS", "NNP", "NNPS")
+# -ing words that are nouns; any other one after a noun is that noun's participle ("a duck swimming")
+ING_NOUNS = frozenset(("building", "painting", "drawing", "ceiling", "clothing", "ring", "king", "wing", "string", "swing",
+                       "thing", "spring", "sibling", "pudding", "icing", "frosting", "railing", "awning", "wedding",
+                       "bedding", "carving", "earring", "evening", "morning", "stocking", "sling", "dumpling", "lighting",
+                       "crossing", "opening", "meeting", "parking", "wrapping", "stuffing", "seating", "ping", "sing",
+                       "ceiling", "dressing", "filling", "topping", "setting", "sibling", "fitting", "coating", "shilling",
+                       "duckling", "gosling", "seedling", "sapling", "herring", "whiting", "viking", "pudding", "wing"))
+PLURAL_TAGS = ("NNS", "NNPS")
 
 
 def norm(text: str) -> str:
     """Comparison form: lower case, single spaces, hyphens as spaces, no leading article."""
     return _ARTICLE.sub("", " ".join(text.lower().replace("-", " ").split()))
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-case words of ``text`` for checks; a hyphenated word stays one ("t-shirt", "red-winged")."""
+    return _TOKEN.findall(text.lower())
+
+
+def clean_words(expression: str) -> list[str]:
+    """The expression's whitespace words, without punctuation at either end of the expression."""
+    return expression.strip(_EDGE).split()
+
+
+@dataclass(frozen=True)
+class Word:
+    """One whitespace word and what spaCy says of its main token (the one attached outside the word)."""
+
+    text: str
+    tag: str
+    pos: str
+    dep: str
+    lemma: str
+    head: int  # word index of the syntactic head (its own index for the root)
+
+    @property
+    def low(self) -> str:
+        return self.text.lower()
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A parsed expression: words, the head noun and the noun chunks, all in word indices."""
+
+    text: str
+    words: tuple[Word, ...]
+    head: int  # word index of the head noun, -1 for an empty expression
+    start: int  # first word of the head's noun chunk (its determiner, if any)
+    chunks: tuple[tuple[int, int, int], ...]  # (start, end, root) of each noun chunk
+
+    @property
+    def head_word(self) -> str:
+        return self.words[self.head].low if self.head >= 0 else ""
+
+    @property
+    def plural(self) -> bool:
+        return self.head >= 0 and self.words[self.head].tag in PLURAL_TAGS
+
+    def children(self, i: int) -> list[int]:
+        return [j for j, w in enumerate(self.words) if w.head == i and j != i]
+
+
+def _load_nlp() -> Any:
+    from transforms.expressions import load_nlp  # lazy: spaCy only where text is analysed
+
+    return load_nlp()
+
+
+_CACHE: dict[str, Phrase] = {}
+_CACHE_MAX = 200_000
+
+
+def _fallback_head(words: Sequence[str]) -> int:
+    low = [w.lower().strip(_EDGE) for w in words]
+    end = len(low)
+    for i, w in enumerate(low[1:], start=1):
+        if w in _HEAD_STOPS:
+            end = i
+            break
+    return end - 1
+
+
+def _phrase(text: str, doc: Any) -> Phrase:
+    raw = text.split(" ") if text else []
+    starts, pos = [], 0
+    for w in raw:
+        starts.append(pos)
+        pos += len(w) + 1
+    tok_word = {}
+    for tok in doc:
+        i = max(k for k, s in enumerate(starts) if s <= tok.idx)
+        tok_word[tok.i] = i
+    main: dict[int, Any] = {}
+    for tok in doc:
+        i = tok_word[tok.i]
+        outside = tok.head.i == tok.i or tok_word[tok.head.i] != i
+        if i not in main or (outside and not (main[i].head.i == main[i].i or tok_word[main[i].head.i] != i)):
+            main[i] = tok
+    words = tuple(Word(w, main[i].tag_, main[i].pos_, main[i].dep_, main[i].lemma_.lower(),
+                       tok_word[main[i].head.i]) for i, w in enumerate(raw))
+    chunks = []
+    for ch in doc.noun_chunks:
+        root = ch.root
+        if root.pos_ not in ("NOUN", "PROPN") or root.tag_ in ("PRP", "PRP$", "WP", "WDT", "EX"):
+            continue
+        first = ch.start
+        while first < ch.end - 1 and (doc[first].is_punct or doc[first].is_space):
+            first += 1
+        chunks.append((tok_word[first], tok_word[ch.end - 1] + 1, tok_word[root.i]))
+    if chunks:
+        start, end, head = chunks[0]
+        head, end = _repair_head(words, start, end, head)
+        chunks[0] = (start, end, head)
+    elif words:
+        nouns = [i for i, w in enumerate(words) if w.pos in ("NOUN", "PROPN") and w.dep != "compound"]
+        head = nouns[0] if nouns else _fallback_head(raw)
+        start = 0
+    else:
+        start, head = 0, -1
+    return Phrase(text, words, head, start, tuple(chunks))
+
+
+def _repair_head(words: tuple[Word, ...], start: int, end: int, head: int) -> tuple[int, int]:
+    """Two parses the small English model gets wrong on bare noun phrases, put right.
+
+    "a duck swimming in a pond": "swimming" as the chunk's noun and "duck" its compound -> the
+    head is "duck". "a fire hydrant": "hydrant" as an adverb in apposition to "fire" -> the head
+    is "hydrant".
+    """
+    w = words[head]
+    if (w.low.endswith("ing") and w.low not in ING_NOUNS and head - 1 >= start and words[head - 1].tag in NOUN_TAGS
+            and words[head - 1].dep == "compound" and words[head - 1].text.isalpha()):
+        return head - 1, head
+    nxt = head + 1
+    if (nxt < len(words) and words[nxt].dep == "appos" and words[nxt].head == head and w.text.isalpha()
+            and words[nxt].pos in ("ADV", "NOUN", "PROPN", "ADJ") and words[nxt].text.isalpha()
+            and words[nxt].low not in _HEAD_STOPS):
+        return nxt, nxt + 1
+    return head, end
+
+
+def analyse_many(expressions: Iterable[str]) -> list[Phrase]:
+    """:func:`analyse` for many expressions, the new ones parsed together with ``nlp.pipe``."""
+    texts = [" ".join(clean_words(e)) for e in expressions]
+    todo = list(dict.fromkeys(t for t in texts if t not in _CACHE))
+    if todo:
+        if len(_CACHE) + len(todo) > _CACHE_MAX:
+            _CACHE.clear()
+        for t, doc in zip(todo, _load_nlp().pipe(todo, batch_size=256)):
+            _CACHE[t] = _phrase(t, doc)
+    return [_CACHE[t] for t in texts]
+
+
+def analyse(expression: str) -> Phrase:
+    """The expression parsed (cached): words with tags and heads, the head noun, the noun chunks."""
+    return analyse_many([expression])[0]
+
+
+def head_noun(expression: str) -> str:
+    """The expression's head noun in lower case: the root of its first noun chunk (spaCy)."""
+    return analyse(expression).head_word
+
+
+@functools.lru_cache(maxsize=None)
+def _inflect() -> Any:
+    import inflect  # lazy: only where negatives are made or checked
+
+    return inflect.engine()
+
+
+@functools.lru_cache(maxsize=65536)
+def plural_noun(noun: str) -> str:
+    """The plural of a singular noun ("dog" -> "dogs", "person" -> "people", "sheep" -> "sheep")."""
+    if not noun or not noun[-1].isalpha():
+        return noun
+    return _inflect().plural_noun(noun) or noun
+
+
+@functools.lru_cache(maxsize=65536)
+def singular_noun(noun: str, lemma: Optional[str] = None) -> str:
+    """The singular of a plural noun ("people" -> "person", "mice" -> "mouse"); the noun if none is found."""
+    if not noun or not noun[-1].isalpha():
+        return noun
+    low = noun.lower()
+    for cand in (_inflect().singular_noun(noun) or None, lemma):
+        if cand and plural_noun(cand).lower() == low:
+            return cand
+    return noun
+
+
+@functools.lru_cache(maxsize=65536)
+def indefinite_article(word: str) -> str:
+    """"a" or "an" before ``word`` ("an old", "a university", "an hour", "an 8")."""
+    if not word:
+        return "a"
+    if word[0].isdigit():
+        return "an" if _VOWEL_DIGITS.match(word) else "a"
+    return _inflect().a(word).split(" ", 1)[0].lower()
+
+
+def plural_verb(verb: str) -> str:
+    """Third person singular -> plural ("is" -> "are", "sleeps" -> "sleep", "has" -> "have")."""
+    low = verb.lower()
+    if low in _VERB_PL:
+        return _VERB_PL[low]
+    if low == "was":
+        return "were"
+    return _inflect().plural_verb(verb) or verb
+
+
+def singular_verb(verb: str) -> str:
+    """Plural -> third person singular ("are" -> "is", "sleep" -> "sleeps", "carry" -> "carries")."""
+    low = verb.lower()
+    if low in _VERB_SG:
+        return _VERB_SG[low]
+    if low == "were":
+        return "was"
+    if re.search(r"(?:s|x|z|ch|sh|o)$", low):
+        return verb + "es"
+    if re.search(r"[^aeiou]y$", low):
+        return verb[:-1] + "ies"
+    return verb + "s"
