@@ -14,9 +14,11 @@ from apache_beam.testing.util import assert_that
 from core.engines import EngineEntry, parse_spec
 from pipeline.stage_cli import negatives_main
 from prompts import load_prompt
-from transforms.negatives import (NEGATIVE_ENGINES, GenerateNegatives, apply_negatives, clean_negative,
-                                  head_noun, load_negatives_prompt, negatives_for, parse_answer,
-                                  validate_negatives)
+from transforms.lexicons import lexicons
+from transforms.negatives import (NEGATIVE_ENGINES, PLAUSIBILITY_REASONS, GenerateNegatives, apply_negatives,
+                                  clean_negative, head_noun, implausible, load_negatives_prompt, negative_reason,
+                                  negatives_for, parse_answer, validate_negatives)
+from transforms.text import analyse, tokens
 
 GOOD = ["a blue wooden chair", "a red metal chair", "a green plastic chair", "a small red wooden chair",
         "a striped red wooden chair", "a broken red wooden chair", "two red wooden chairs",
@@ -200,3 +202,197 @@ def test_cli_reports_invalid_answers_and_bad_specs(capsys: pytest.CaptureFixture
     assert json.loads(out.getvalue())["expression"] == "a red green car"
     assert negatives_main(["--negatives", "nosuch"], stdin=io.StringIO(""), stdout=io.StringIO()) == 2
     assert "unknown negatives engine" in capsys.readouterr().err
+
+
+# --- Issue 14: negatives a person would accept -------------------------------------------------------------------
+# Each test below fails on the rules engine and validation before it (pluralised last word, materials on people,
+# adjectives out of order, no plausibility checks).
+
+COUNT_WORDS = {"two", "three", "four", "five", "several", "many", "multiple"}
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return NEGATIVE_ENGINES.build(parse_spec("rules"))
+
+
+def _all_negatives(engine, expression: str, seeds: int = 4) -> list[str]:
+    """The rules negatives of several attempts (seeds), so more of the possible edits are seen."""
+    return list(dict.fromkeys(n for s in range(seeds) for n in engine.negatives(expression, seed=s)))
+
+
+@pytest.mark.parametrize("positive, plural_phrase", [
+    ("a black dog lying on the grass", "dogs lying on the grass"),
+    ("a white cat sleeping on a sofa", "cats sleeping on a sofa"),
+    ("a person standing near a window", "people standing near a window"),
+    ("a brown horse pulling a cart", "horses pulling a cart"),
+    ("a young boy riding a bicycle", "young boys riding a bicycle"),
+    ("a woman carrying a basket", "women carrying a basket"),
+    ("a child eating an apple", "children eating an apple"),
+    ("a mouse on the table", "mice on the table"),
+    ("a goose walking by the lake", "geese walking by the lake"),
+    ("a sheep standing in a field", "sheep standing in a field"),
+    ("a duck swimming in a pond", "ducks swimming in a pond"),
+    ("a fire hydrant", "fire hydrants"),
+    ("the man", "men"),
+    ("a policeman directing traffic", "policemen directing traffic"),
+])
+def test_a_count_pluralises_the_head_noun_never_the_last_word(rules, positive: str, plural_phrase: str) -> None:
+    counted = [n for n in _all_negatives(rules, positive) if set(tokens(n)) & COUNT_WORDS]
+    assert counted, f"no count change for {positive!r}"
+    for n in counted:
+        assert n.endswith(plural_phrase), (positive, n)  # head plural, rest of the phrase untouched
+        assert negative_reason(positive, n) is None, (n, negative_reason(positive, n))
+
+
+def test_count_changes_agree_with_determiners_and_verbs(rules) -> None:
+    assert "two men" in _all_negatives(rules, "the man", seeds=8)  # "the" goes, not "the two man" / "two man"
+    dogs = _all_negatives(rules, "two dogs", seeds=8)
+    assert "a dog" in dogs and "three dogs" in dogs  # back to one, or another count
+    assert "a child playing soccer" in _all_negatives(rules, "children playing soccer", seeds=8)
+    assert "two women who are talking on the phone" in _all_negatives(rules, "a woman who is talking on the phone",
+                                                                       seeds=8)
+    his = [n for n in _all_negatives(rules, "his dog", seeds=8) if set(tokens(n)) & COUNT_WORDS]
+    assert his and all(n.startswith("his ") and n.endswith(" dogs") and "several" not in n for n in his)
+    assert any(n.startswith("an old ") for n in _all_negatives(rules, "a man", seeds=8))  # a -> an
+
+
+@pytest.mark.parametrize("positive", ["the grass", "the water", "green grass", "some rice", "the sky", "glasses",
+                                      "blue jeans", "the ground"])
+def test_mass_and_plural_only_nouns_are_never_counted(rules, positive: str) -> None:
+    negs = _all_negatives(rules, positive)
+    assert len(set(negs)) >= 10
+    assert not [n for n in negs if set(tokens(n)) & COUNT_WORDS], negs
+
+
+PEOPLE_AND_ANIMALS = ["a man", "two children", "children playing soccer", "a woman carrying a basket",
+                      "a person standing near a window", "a young boy riding a bicycle", "a black dog",
+                      "a white cat", "birds", "a horse", "a zebra", "an old woman sitting on a bench",
+                      "a baby", "a police officer", "a duck swimming in a pond", "a puppy", "three elephants"]
+
+
+@pytest.mark.parametrize("positive", PEOPLE_AND_ANIMALS)
+def test_no_material_or_odd_pattern_on_people_and_animals(rules, positive: str) -> None:
+    lex = lexicons()
+    for n in _all_negatives(rules, positive):
+        assert not set(tokens(n)) & lex.materials, n
+        assert implausible(positive, n) is None, (n, implausible(positive, n))
+
+
+def test_patterns_on_animals_only_where_they_occur(rules) -> None:
+    pats = lexicons().patterns
+    assert not [n for n in _all_negatives(rules, "a zebra") if set(tokens(n)) & pats]  # its stripes are not news
+    assert not [n for n in _all_negatives(rules, "birds") if set(tokens(n)) & pats]
+    dog = {w for n in _all_negatives(rules, "a black dog", seeds=8) for w in tokens(n) if w in pats}
+    assert dog <= {"spotted"}
+    assert {w for n in _all_negatives(rules, "plain horses", seeds=8) for w in tokens(n) if w in pats} <= {"plain", "spotted"}
+    assert {w for n in _all_negatives(rules, "a white cat", seeds=8) for w in tokens(n) if w in pats} <= {"striped"}
+
+
+@pytest.mark.parametrize("positive, category", [
+    ("a green tree", "material"), ("a large pizza", "material"), ("a banana", "material"),
+    ("a green tree", "pattern"), ("a large pizza", "pattern"), ("the sky", "material"), ("a sandwich", "colour"),
+])
+def test_plants_food_and_scenes_get_no_category_that_does_not_fit(rules, positive: str, category: str) -> None:
+    lex = lexicons()
+    words = {w for g in lex.categories[category] for w in g}
+    assert not [n for n in _all_negatives(rules, positive) if set(tokens(n)) & words - set(tokens(positive))]
+
+
+def test_an_unknown_noun_only_changes_colour_size_or_count(rules) -> None:
+    lex = lexicons()
+    allowed = {w for c in ("colour", "size", "count") for g in lex.categories[c] for w in g} | {"a", "an", "gizmos"}
+    assert lex.kind_of(analyse("a gizmo")).kind == "unknown"
+    negs = _all_negatives(rules, "a gizmo", seeds=8)
+    assert len(negs) >= 10 and all(set(tokens(n)) - {"gizmo"} <= allowed for n in negs), negs
+
+
+@pytest.mark.parametrize("phrase, kind", [
+    ("a woman", "people"), ("children playing soccer", "children"), ("a black dog", "animals"),
+    ("a red-winged blackbird", "birds"), ("a green tree", "plants"), ("a hot dog", "dishes"),
+    ("a banana", "produce"), ("a yellow school bus", "vehicles"), ("an old wooden table", "furniture"),
+    ("a blue striped shirt", "clothing"), ("a tall building", "buildings"), ("a teddy bear", "toys"),
+    ("a wooden horse", "toys"), ("a gizmo", "unknown"), ("two shapes", "shapes"),
+])
+def test_head_noun_kind_comes_from_the_noun_lists(phrase: str, kind: str) -> None:
+    assert lexicons().kind_of(analyse(phrase)).kind == kind
+
+
+def test_compatibility_table_keeps_materials_off_living_things_and_has_a_conservative_default() -> None:
+    lex = lexicons()
+    for kind in lex.living | {"plants", "flowers", "produce", "dishes"}:
+        assert lex.allowed(kind, "material") is None, kind
+    assert set(lex.compat["unknown"]) == {"colour", "size", "count"}
+    for kind, patterns in lex.compat.items():
+        if kind in lex.living and "pattern" in patterns:
+            assert set(patterns["pattern"]) <= {"striped", "stripy", "spotted"}, kind
+
+
+def _ranks(negative: str) -> list[int]:
+    lex = lexicons()
+    ph = analyse(negative)
+    return [lex.word_rank(ph.words[i].low) for i in range(ph.start, ph.head)
+            if lex.word_rank(ph.words[i].low) is not None]
+
+
+@pytest.mark.parametrize("positive", ["an old wooden table", "a small yellow dotted square", "a plain shirt",
+                                      "plain horses", "a red car", "a brown leather couch", "a white cup",
+                                      "a black leather jacket", "a tall building", "a blue striped shirt"])
+def test_inserted_adjectives_follow_english_order(rules, positive: str) -> None:
+    for n in _all_negatives(rules, positive, seeds=6):
+        ranks = _ranks(n)
+        assert ranks == sorted(ranks), (n, ranks)  # opinion, size, age, shape, colour, origin, material, purpose
+    table = _all_negatives(rules, "an old wooden table", seeds=8)
+    assert any(n.startswith("a small old wooden") for n in table)
+    assert not any("wooden old" in n for n in table)
+    shirt = [n for n in _all_negatives(rules, "a plain shirt", seeds=8) if set(tokens(n)) & {"red", "blue", "white"}]
+    assert shirt and all(n.startswith("a plain ") for n in shirt)  # "a plain white shirt", not "a white plain shirt"
+
+
+def test_a_swap_keeps_the_slot(rules) -> None:
+    for n in _all_negatives(rules, "a small yellow dotted square", seeds=6):
+        words = n.split()
+        if "yellow" not in words and len(words) == 5 and words[-1] == "square":
+            assert lexicons().word.get(words[2], ("",))[0] == "colour", n  # the new colour where yellow was
+
+
+@pytest.mark.parametrize("positive, negative, reason", [
+    ("a black dog lying on the grass", "several black dog lyings on the grass", "plural_verb"),
+    ("a person standing near a window", "three person standings near a window", "plural_verb"),
+    ("a brown horse pulling a cart", "five brown horse pulling a carts", "count_without_plural"),
+    ("a young boy riding a bicycle", "four young boys riding a bicycles", "plural_after_article"),
+    ("a dog", "a dogs", "plural_after_article"),
+    ("a man", "two mans", "bad_plural"),
+    ("a dog", "a group of dog", "count_without_plural"),
+    ("children playing soccer", "two concrete children playing soccer", "material_on_living"),
+    ("a woman carrying a basket", "a wicker woman carrying a basket", "material_on_living"),
+    ("a black dog", "a black concrete dog", "material_on_living"),
+    ("a white cat", "a white paper cat", "material_on_living"),
+    ("birds", "three dotted birds", "pattern_on_living"),
+    ("a man", "a checkered man", "pattern_on_living"),
+    # what is fine stays fine
+    ("a man", "three men", None), ("a person", "two people", None), ("a sheep", "three sheep", None),
+    ("a mouse", "two mice", None), ("a dog", "a spotted dog", None), ("a wooden horse", "a metal horse", None),
+    ("a 2 year old boy", "a tall 2 year old boy", None), ("a dog", "a group of dogs", None),
+    ("a man riding a horse", "a man riding two horses", None), ("glasses", "red glasses", None),
+    ("some rice", "a pile of rice", None), ("the grass", "a patch of grass", None),
+])
+def test_validation_rejects_what_no_annotator_would_write(positive: str, negative: str, reason: str | None) -> None:
+    assert negative_reason(positive, negative) == reason
+    assert reason is None or reason in PLAUSIBILITY_REASONS
+
+
+def test_a_bad_llm_answer_is_caught_and_counted_by_reason() -> None:
+    answer = ["a red wooden woman", "two women", "a tall woman", "a short woman", "an old woman", "a young woman",
+              "three women", "a woman sitting", "a woman sleeping", "several women"]
+    assert validate_negatives("a woman", answer) == "material_on_living"
+    assert validate_negatives("a woman", answer[1:] + ["four women"]) is None
+    records = [_record("a", ["a woman"])]
+    apply_negatives(ScriptedEngine(json.dumps(answer)), records, retries=1)
+    assert records[0]["bbox_info"][0]["flag_short_neg"] == 0
+    assert records[0]["_stats"] == {"negatives_invalid:material_on_living": 1}
+    dogs = ["two dog sitting", "a black dog sitting", "a small dog sitting", "a dog lying", "a dog standing",
+            "an old dog sitting", "a young dog sitting", "a white dog sitting", "a large dog sitting", "a dog running"]
+    [res] = negatives_for(ScriptedEngine(json.dumps(dogs)), ["a dog sitting"], retries=0)
+    assert not res.valid and res.reason == "count_without_plural"
+
