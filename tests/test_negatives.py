@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import types
 
@@ -396,3 +397,12 @@ def test_a_bad_llm_answer_is_caught_and_counted_by_reason() -> None:
     [res] = negatives_for(ScriptedEngine(json.dumps(dogs)), ["a dog sitting"], retries=0)
     assert not res.valid and res.reason == "count_without_plural"
 
+
+def test_prompt_states_the_constraints_with_examples_that_pass_validation() -> None:
+    text = load_prompt("negatives.txt")[0]
+    examples = re.findall(r'Example for (an? \w+), "([^"]+)":\n(\[.*\])', text)
+    assert [kind for kind, _, _ in examples] == ["a person", "an animal", "an object"]
+    for _, positive, answer in examples:
+        assert validate_negatives(positive, json.loads(answer)) is None, positive
+    for rule in ("plural", "material", "person", "animal", "striped", "spotted", "order"):
+        assert rule in text, rule
