@@ -237,6 +237,11 @@ def _all_negatives(engine, expression: str, seeds: int = 4) -> list[str]:
     ("a fire hydrant", "fire hydrants"),
     ("the man", "men"),
     ("a policeman directing traffic", "policemen directing traffic"),
+    ("an elephant spraying water", "elephants spraying water"),  # the small model makes "water" the root
+    ("a gray wolf howling at the moon", "wolves howling at the moon"),
+    ("a wooden shelf holding books", "shelves holding books"),
+    ("an ox pulling a plow", "oxen pulling a plow"),
+    ("a knife on a cutting board", "knives on a cutting board"),
 ])
 def test_a_count_pluralises_the_head_noun_never_the_last_word(rules, positive: str, plural_phrase: str) -> None:
     counted = [n for n in _all_negatives(rules, positive) if set(tokens(n)) & COUNT_WORDS]
@@ -244,6 +249,17 @@ def test_a_count_pluralises_the_head_noun_never_the_last_word(rules, positive: s
     for n in counted:
         assert n.endswith(plural_phrase), (positive, n)  # head plural, rest of the phrase untouched
         assert negative_reason(positive, n) is None, (n, negative_reason(positive, n))
+
+
+@pytest.mark.parametrize("expression, head", [
+    ("a man riding a horse", "man"), ("a black dog lying on the grass", "dog"), ("a duck swimming in a pond", "duck"),
+    ("an elephant spraying water", "elephant"), ("several geese flying south", "geese"), ("a fire hydrant", "hydrant"),
+    ("a woman who is talking on the phone", "woman"), ("the man's hat", "hat"), ("a cup of coffee", "cup"),
+    ("a parked red car", "car"), ("a black and white dog", "dog"), ("a white t-shirt", "t-shirt"),
+])
+def test_head_noun_is_the_noun_the_phrase_is_about(expression: str, head: str) -> None:
+    assert head_noun(expression) == head
+    assert f'"{head}"' in load_negatives_prompt().messages(expression)[0]["content"]  # the LLM is told the same
 
 
 def test_count_changes_agree_with_determiners_and_verbs(rules) -> None:
@@ -288,6 +304,24 @@ def test_patterns_on_animals_only_where_they_occur(rules) -> None:
     assert dog <= {"spotted"}
     assert {w for n in _all_negatives(rules, "plain horses", seeds=8) for w in tokens(n) if w in pats} <= {"plain", "spotted"}
     assert {w for n in _all_negatives(rules, "a white cat", seeds=8) for w in tokens(n) if w in pats} <= {"striped"}
+
+
+def test_poses_change_only_where_a_pose_fits(rules) -> None:
+    poses = {w for g in lexicons().categories["pose"] for w in g}
+    walk = _all_negatives(rules, "a woman walking her dog in the park", seeds=8)
+    assert all(" walking her dog" in n for n in walk), walk  # a verb with an object is no pose to swap
+    fox = _all_negatives(rules, "a fox running through the snow", seeds=8)
+    assert {n.split(" through")[0].split()[-1] for n in fox} <= {"running", "walking", "jumping", "crawling"}, fox
+    assert not [n for n in _all_negatives(rules, "the policemen on horses", seeds=8) if set(tokens(n)) & poses]
+    man = [n for n in _all_negatives(rules, "a man", seeds=8) if set(tokens(n)) & poses]
+    assert man and all(n.split()[-1] in poses for n in man)  # "a man sitting", never "a sitting man"
+
+
+def test_containers_and_groups_keep_what_the_phrase_says(rules) -> None:
+    colours = {w for g in lexicons().categories["colour"] for w in g}
+    assert not [n for n in _all_negatives(rules, "a bunch of bananas", seeds=6) if set(tokens(n)) & colours]
+    for positive in ("a cup of coffee", "a vase with roses", "a bowl of rice"):
+        assert not [n for n in _all_negatives(rules, positive, seeds=6) if set(tokens(n)) & {"empty", "full"}]
 
 
 @pytest.mark.parametrize("positive, category", [

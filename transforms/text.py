@@ -2,8 +2,10 @@
 
 - :func:`norm`: the comparison form of an expression.
 - :func:`analyse`: an expression parsed by spaCy (the pipeline of ``transforms.expressions``) into
-  whitespace words with their tag, dependency and head, plus the head noun: the root of the first
-  noun chunk ("a man riding a horse" -> "man", "a black dog lying on the grass" -> "dog").
+  whitespace words with their tag, dependency and head, plus the head noun: the last noun of the
+  noun phrase that opens the expression, which is spaCy's first noun chunk root where the small
+  model parses the phrase right ("a man riding a horse" -> "man", "a black dog lying on the grass"
+  -> "dog", "a duck swimming in a pond" -> "duck", where the model makes "swimming" the root).
 - Inflection with the ``inflect`` library: noun plural and singular ("person" <-> "people",
   "mouse" <-> "mice", "sheep" <-> "sheep"), verb number ("is" <-> "are", "sleeps" <-> "sleep"),
   and the indefinite article ("an old man", "a university").
@@ -13,6 +15,7 @@ spaCy and inflect load lazily, once per process; analyses are cached per express
 from __future__ import annotations
 
 import functools
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
@@ -20,7 +23,7 @@ from typing import Any, Iterable, Optional, Sequence
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+")
 _EDGE = " \t\r\n.,;:!?\"'"
 _TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
-# Fallback head finder (no noun chunk): the last word before a preposition, clause or participle.
+# Fallback head finder (no noun at all): the last word before a preposition, clause or participle.
 _HEAD_STOPS = frozenset(("in", "on", "at", "with", "of", "near", "next", "under", "behind", "beside", "that", "which",
                          "who", "by", "from", "to", "above", "below", "over", "against", "holding", "wearing"))
 _VOWEL_DIGITS = re.compile(r"^(?:8|11|18)")
@@ -110,6 +113,70 @@ def _fallback_head(words: Sequence[str]) -> int:
     return end - 1
 
 
+@functools.lru_cache(maxsize=1)
+def known_nouns() -> tuple[frozenset[str], frozenset[str]]:
+    """(singular, plural) forms of the one-word nouns of the lexicons' object kinds.
+
+    They correct the small model's tagger where it slips on a bare phrase ("geese" as an
+    adjective, "hydrant" as an adverb).
+    """
+    from prompts import load_prompt
+
+    data = json.loads(load_prompt("negatives_lexicons.json")[0])
+    singular = frozenset(n for nouns in data.get("kinds", {}).values() for n in nouns if " " not in n)
+    plural_only = frozenset(data.get("plural_only", ()))
+    plural = frozenset(plural_noun(n) for n in singular if n not in plural_only) | plural_only
+    return singular - plural_only, plural
+
+
+_RUN_TAGS = frozenset(("DT", "PDT", "PRP$", "CD", "JJ", "JJR", "JJS", "NN", "NNS", "NNP", "NNPS", "HYPH", "POS", "AFX"))
+
+
+def _is_noun(tok: Any) -> bool:
+    singular, plural = known_nouns()
+    low = tok.text.lower()
+    return tok.tag_ in NOUN_TAGS or low in singular or low in plural or low in ING_NOUNS
+
+
+def _head_token(doc: Any) -> tuple[int, int]:
+    """(first, head) token indices of the noun phrase that opens the expression.
+
+    The phrase runs over determiners, numbers, adjectives, nouns and prenominal participles
+    ("a parked red car") and ends at a preposition, a clause, a conjunction between nouns, or a
+    participle after a noun ("a duck swimming in a pond", "an elephant spraying water": the
+    small model makes "swimming" or "water" the root there). The head is its last noun; -1 if
+    it has none.
+    """
+    toks = list(doc)
+    first = 0
+    while first < len(toks) and (toks[first].is_punct or toks[first].is_space):
+        first += 1
+    head, prev_noun = -1, False
+    for k in range(first, len(toks)):
+        tok = toks[k]
+        low = tok.text.lower()
+        nxt = toks[k + 1] if k + 1 < len(toks) else None
+        if _is_noun(tok) and not (prev_noun and low.endswith("ing") and low not in ING_NOUNS):
+            head, prev_noun = k, True
+            continue
+        if tok.tag_ in ("VBG", "VBN") or low.endswith("ing"):
+            if prev_noun or nxt is None:
+                break  # "a dog sleeping", "a man dressed in black"
+            prev_noun = False
+            continue  # "a sleeping dog", "a parked car"
+        if tok.tag_ == "CC":
+            if head < 0 and nxt is not None and nxt.tag_ in ("JJ", "JJR", "JJS"):
+                continue  # "a black and white dog"
+            break
+        if tok.tag_ == "RB" and nxt is not None and nxt.tag_ in ("JJ", "JJR", "JJS", "VBN", "RB"):
+            continue  # "a very small dog"
+        if tok.tag_ in _RUN_TAGS or tok.dep_ == "poss" or low == "'s":
+            prev_noun = prev_noun and tok.tag_ in ("HYPH", "POS")
+            continue
+        break
+    return first, head
+
+
 def _phrase(text: str, doc: Any) -> Phrase:
     raw = text.split(" ") if text else []
     starts, pos = [], 0
@@ -126,8 +193,8 @@ def _phrase(text: str, doc: Any) -> Phrase:
         outside = tok.head.i == tok.i or tok_word[tok.head.i] != i
         if i not in main or (outside and not (main[i].head.i == main[i].i or tok_word[main[i].head.i] != i)):
             main[i] = tok
-    words = tuple(Word(w, main[i].tag_, main[i].pos_, main[i].dep_, main[i].lemma_.lower(),
-                       tok_word[main[i].head.i]) for i, w in enumerate(raw))
+    words = [Word(w, main[i].tag_, main[i].pos_, main[i].dep_, main[i].lemma_.lower(), tok_word[main[i].head.i])
+             for i, w in enumerate(raw)]
     chunks = []
     for ch in doc.noun_chunks:
         root = ch.root
@@ -137,36 +204,23 @@ def _phrase(text: str, doc: Any) -> Phrase:
         while first < ch.end - 1 and (doc[first].is_punct or doc[first].is_space):
             first += 1
         chunks.append((tok_word[first], tok_word[ch.end - 1] + 1, tok_word[root.i]))
-    if chunks:
-        start, end, head = chunks[0]
-        head, end = _repair_head(words, start, end, head)
-        chunks[0] = (start, end, head)
+    first, head_tok = _head_token(doc) if len(doc) else (0, -1)
+    if head_tok >= 0:
+        start, head = tok_word[first], tok_word[head_tok]
+        chunks = [(start, head + 1, head)] + [c for c in chunks if c[0] > head]
+        w = words[head]
+        singular, plural = known_nouns()
+        if w.tag not in NOUN_TAGS or (w.low in plural and w.low not in singular and w.tag not in PLURAL_TAGS):
+            tag = "NNS" if w.low in plural and w.low not in singular else "NN"  # the tagger slipped
+            lemma = singular_noun(w.low, w.lemma) if tag == "NNS" else w.low
+            words[head] = Word(w.text, tag, "NOUN", w.dep, lemma.lower(), w.head)
+    elif chunks:
+        start, _, head = chunks[0]
     elif words:
-        nouns = [i for i, w in enumerate(words) if w.pos in ("NOUN", "PROPN") and w.dep != "compound"]
-        head = nouns[0] if nouns else _fallback_head(raw)
-        start = 0
+        start, head = 0, _fallback_head(raw)
     else:
         start, head = 0, -1
-    return Phrase(text, words, head, start, tuple(chunks))
-
-
-def _repair_head(words: tuple[Word, ...], start: int, end: int, head: int) -> tuple[int, int]:
-    """Two parses the small English model gets wrong on bare noun phrases, put right.
-
-    "a duck swimming in a pond": "swimming" as the chunk's noun and "duck" its compound -> the
-    head is "duck". "a fire hydrant": "hydrant" as an adverb in apposition to "fire" -> the head
-    is "hydrant".
-    """
-    w = words[head]
-    if (w.low.endswith("ing") and w.low not in ING_NOUNS and head - 1 >= start and words[head - 1].tag in NOUN_TAGS
-            and words[head - 1].dep == "compound" and words[head - 1].text.isalpha()):
-        return head - 1, head
-    nxt = head + 1
-    if (nxt < len(words) and words[nxt].dep == "appos" and words[nxt].head == head and w.text.isalpha()
-            and words[nxt].pos in ("ADV", "NOUN", "PROPN", "ADJ") and words[nxt].text.isalpha()
-            and words[nxt].low not in _HEAD_STOPS):
-        return nxt, nxt + 1
-    return head, end
+    return Phrase(text, tuple(words), head, start, tuple(chunks))
 
 
 def analyse_many(expressions: Iterable[str]) -> list[Phrase]:
@@ -187,7 +241,7 @@ def analyse(expression: str) -> Phrase:
 
 
 def head_noun(expression: str) -> str:
-    """The expression's head noun in lower case: the root of its first noun chunk (spaCy)."""
+    """The expression's head noun in lower case ("a man riding a horse" -> "man"); see :func:`analyse`."""
     return analyse(expression).head_word
 
 

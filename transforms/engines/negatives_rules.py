@@ -119,6 +119,12 @@ class RulesNegatives:
         return (w.low in self.lex.determiners or w.low in self.lex.count_words or w.dep in ("det", "predet", "poss")
                 or w.tag in ("CD", "POS", "PRP$") or w.low.endswith("'s"))
 
+    def _is_object(self, phrase: Phrase, i: int) -> bool:
+        """Word ``i`` starts a direct object ("walking her dog", "flying a kite"): the verb before it is no pose."""
+        w = phrase.words[i]
+        return (w.low in self.lex.determiners or w.low in self.lex.possessives or w.tag in ("DT", "PRP$", "CD", "PRP")
+                or (w.tag in ("NN", "NNS", "JJ") and w.low not in self.lex.motion_words))
+
     def _is_poss(self, phrase: Phrase, i: int) -> bool:
         w = phrase.words[i]
         return w.low in self.lex.possessives or w.dep == "poss" or w.tag == "PRP$" or w.low.endswith("'s")
@@ -158,28 +164,26 @@ class RulesNegatives:
                  has_pose: bool) -> list[Edit]:
         """Attributes the head lacks, each in its adjective-order slot among the modifiers.
 
-        A pose goes after a head noun that ends the expression ("a man sitting"); before the noun
-        only the poses that read well there ("a sleeping dog", never "a sitting sheep").
+        A pose goes only after a head noun that ends the expression ("a man sitting"; never "a
+        sitting sheep", nor "the sleeping policemen on horses").
         """
         lex, out = self.lex, []
-        # "a cup of coffee" is not empty; "a vase of flowers" is not full either (it says what is in it)
-        contents = any(phrase.words[c].low == "of" for c in phrase.children(phrase.head))
+        # "a cup of coffee" is not empty; "a vase with roses" is not full either (it says what is in it)
+        contents = any(w.low in ("of", "with") for w in phrase.words[phrase.head + 1:phrase.head + 2])
         present = {lex.word[part][0] for i in mods for part in {phrase.words[i].low, *phrase.words[i].low.split("-")}
                    if part in lex.word}  # "red-winged" has a colour
         ranks = {i: self._modifier_rank(phrase, i) for i in mods}
         head_last = phrase.head == len(phrase.words) - 1
         for cat in lex.insert_order:
             allowed = lex.insertable(kind, cat, noun)
-            if allowed is None or cat in present or (cat == "pose" and has_pose):
+            if allowed is None or cat in present or (cat == "pose" and (has_pose or not head_last)):
                 continue
             for g in range(len(lex.categories[cat])):
                 new = self._written(allowed, cat, g, mass)
                 if not new or (contents and new in ("empty", "full")):
                     continue
-                if cat == "pose" and head_last:
+                if cat == "pose":  # "a man sitting", never "the sleeping policemen on horses"
                     out.append(Edit(cat, False, insert=((len(phrase.words), 0, new),)))
-                    continue
-                if cat == "pose" and new in lex.postnominal_only:
                     continue
                 rank = lex.word_rank(new)
                 at = max([i + 1 for i in mods if ranks[i] <= rank], default=first)
@@ -261,9 +265,12 @@ class RulesNegatives:
         after = [j for j in range(h + 1, len(words)) if words[j].low in lex.pose_words and
                  (j == h + 1 or words[j].head == h or words[words[j].head].head == h)]
         has_pose = bool(after) or any(words[c].dep in ("acl", "relcl") for c in phrase.children(h))
+        moving = [j for j in after if j + 1 < len(words) and words[j + 1].low in lex.motion_words]
+        after = [j for j in after if not (j + 1 < len(words) and self._is_object(phrase, j + 1))]
         noun = self._noun(phrase)
         out = self._swaps(phrase, mods, kind.kind, noun, mass)
-        out += self._swaps(phrase, after, kind.kind, noun, mass)
+        out += [e for e in self._swaps(phrase, after, kind.kind, noun, mass)
+                if not any(i in moving and text not in lex.moving_poses for i, text in e.replace)]
         out += self._inserts(phrase, mods, lead, kind.kind, noun, mass, has_pose)
         if not mass and lex.allowed(kind.kind, "count") is not None:
             out += self._counts(phrase, lead)
