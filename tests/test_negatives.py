@@ -256,6 +256,8 @@ def test_a_count_pluralises_the_head_noun_never_the_last_word(rules, positive: s
     ("an elephant spraying water", "elephant"), ("several geese flying south", "geese"), ("a fire hydrant", "hydrant"),
     ("a woman who is talking on the phone", "woman"), ("the man's hat", "hat"), ("a cup of coffee", "cup"),
     ("a parked red car", "car"), ("a black and white dog", "dog"), ("a white t-shirt", "t-shirt"),
+    ("a large purple striped square", "square"),  # tagged purple/NN striped/VBD square/JJ by the small model
+    ("an orange cat", "cat"), ("an orange", "orange"), ("a glass vase", "vase"), ("dozens of birds", "birds"),
 ])
 def test_head_noun_is_the_noun_the_phrase_is_about(expression: str, head: str) -> None:
     assert head_noun(expression) == head
@@ -306,6 +308,17 @@ def test_patterns_on_animals_only_where_they_occur(rules) -> None:
     assert {w for n in _all_negatives(rules, "a white cat", seeds=8) for w in tokens(n) if w in pats} <= {"striped"}
 
 
+def test_synthetic_scene_expressions_get_valid_negatives_from_rules_and_stub(rules) -> None:
+    from core.synthetic import make_scene
+
+    stub = NEGATIVE_ENGINES.build(parse_spec("stub"))
+    exprs = sorted({o["expr"] for i in range(120) for o in make_scene(i, 0)[1]["objects"]})
+    assert len(exprs) > 100
+    for e in exprs:
+        assert validate_negatives(e, rules.negatives(e)) is None, (e, rules.negatives(e))
+        assert validate_negatives(e, stub.generate([e])[0]) is None, e
+
+
 def test_poses_change_only_where_a_pose_fits(rules) -> None:
     poses = {w for g in lexicons().categories["pose"] for w in g}
     walk = _all_negatives(rules, "a woman walking her dog in the park", seeds=8)
@@ -315,6 +328,27 @@ def test_poses_change_only_where_a_pose_fits(rules) -> None:
     assert not [n for n in _all_negatives(rules, "the policemen on horses", seeds=8) if set(tokens(n)) & poses]
     man = [n for n in _all_negatives(rules, "a man", seeds=8) if set(tokens(n)) & poses]
     assert man and all(n.split()[-1] in poses for n in man)  # "a man sitting", never "a sitting man"
+
+
+def test_determiners_and_quantifiers_that_take_no_other_count(rules) -> None:
+    both = _all_negatives(rules, "both children", seeds=6)  # never "five both children"
+    assert len(both) >= 10 and all(n.startswith("both ") and not set(tokens(n)) & COUNT_WORDS for n in both)
+    few = _all_negatives(rules, "a few apples", seeds=6)  # "a few" is the count: never "four few apples"
+    counted = [n for n in few if set(tokens(n)) & COUNT_WORDS - {"few"}]
+    assert counted and all(re.fullmatch(r"(two|three|four|five|several) apples", n) for n in counted), counted
+    assert "an apple" in few
+    dozens = _all_negatives(rules, "dozens of birds", seeds=6)  # the head is "birds"
+    assert len(dozens) >= 10 and all(n.startswith("dozens of ") for n in dozens)
+    cat = _all_negatives(rules, "The cat, sleeping on the couch", seeds=6)  # the head keeps its comma
+    assert any(re.match(r"(Two|Three|Four|Five|Several) cats, sleeping", n) for n in cat), cat
+    assert all(validate_negatives(p, rules.negatives(p)) is None
+               for p in ("both children", "a few apples", "dozens of birds", "The cat, sleeping on the couch"))
+
+
+def test_a_possessive_noun_is_no_article_before_a_plural() -> None:
+    assert negative_reason("a man's shoes", "a man's red shoes") is None
+    assert negative_reason("the man's hat", "the man's two hats") is None
+    assert negative_reason("a dog", "a man's dogs") is None
 
 
 def test_containers_and_groups_keep_what_the_phrase_says(rules) -> None:

@@ -57,6 +57,7 @@ class Lexicons:
         self.pattern_nouns: dict[str, frozenset[str]] = {p: frozenset(v) for p, v in data["pattern_nouns"].items()}
         self.fixed_look = frozenset(data["fixed_look"])
         self.possessives = frozenset(data["possessives"])
+        self.quantifier_nouns = frozenset(data["quantifier_nouns"])
         self.moving_poses = frozenset(data["moving_poses"])
         self.motion_words = frozenset(data["motion_words"])
         self.living = frozenset(data["living_kinds"])

@@ -187,8 +187,10 @@ def _np_zone(toks: list[str], end: int) -> tuple[list[str], bool]:
 
 
 def _last_determiner(zone: list[str]) -> Optional[str]:
+    """The determiner nearest the noun ("a man's shoes": the possessive, not "a")."""
     lex = lexicons()
-    dets = [t for t in zone if t in lex.determiners or t in lex.singular_determiners or lex.is_plural_count(t)]
+    dets = [t for t in zone if t in lex.determiners or t in lex.singular_determiners or lex.is_plural_count(t)
+            or t.endswith("'s")]
     return dets[-1] if dets else None
 
 
@@ -205,9 +207,19 @@ def implausible(positive: str, negative: str) -> Optional[str]:
     - ``pattern_on_living``: a pattern on a person, or on an animal one it does not have
       ("a checkered man", "a dotted bird"; striped and spotted animals are fine).
 
-    A positive that already has such a word ("a wooden horse", "a 2 year old boy") licenses it.
+    A positive that already has such a word ("a wooden horse", "a 2 year old boy") licenses it,
+    and so does a positive the same check would fault.
     """
-    info = _positive(positive)
+    reason = _implausible(_positive(positive), negative)
+    return None if reason and reason == _own_reason(positive) else reason
+
+
+@functools.lru_cache(maxsize=65536)
+def _own_reason(positive: str) -> Optional[str]:
+    return _implausible(_positive(positive), positive)
+
+
+def _implausible(info: _Positive, negative: str) -> Optional[str]:
     lex = lexicons()
     toks = tokens(negative)
     if any(t in info.verb_plurals for t in toks):

@@ -40,9 +40,12 @@ ING_NOUNS = frozenset(("building", "painting", "drawing", "ceiling", "clothing",
 PLURAL_TAGS = ("NNS", "NNPS")
 
 
+_PUNCT = re.compile(r"[.,;:!?\"]+")
+
+
 def norm(text: str) -> str:
-    """Comparison form: lower case, single spaces, hyphens as spaces, no leading article."""
-    return _ARTICLE.sub("", " ".join(text.lower().replace("-", " ").split()))
+    """Comparison form: lower case, single spaces, hyphens as spaces, no punctuation or leading article."""
+    return _ARTICLE.sub("", " ".join(_PUNCT.sub(" ", text.lower().replace("-", " ")).split()))
 
 
 def tokens(text: str) -> list[str]:
@@ -68,7 +71,8 @@ class Word:
 
     @property
     def low(self) -> str:
-        return self.text.lower()
+        """Lower case, without punctuation at either end ("cat," -> "cat")."""
+        return self.text.lower().strip(_EDGE) or self.text.lower()
 
 
 @dataclass(frozen=True)
@@ -114,15 +118,20 @@ def _fallback_head(words: Sequence[str]) -> int:
 
 
 @functools.lru_cache(maxsize=1)
+def _lexicon_data() -> dict[str, Any]:
+    from prompts import load_prompt
+
+    return json.loads(load_prompt("negatives_lexicons.json")[0])
+
+
+@functools.lru_cache(maxsize=1)
 def known_nouns() -> tuple[frozenset[str], frozenset[str]]:
     """(singular, plural) forms of the one-word nouns of the lexicons' object kinds.
 
     They correct the small model's tagger where it slips on a bare phrase ("geese" as an
     adjective, "hydrant" as an adverb).
     """
-    from prompts import load_prompt
-
-    data = json.loads(load_prompt("negatives_lexicons.json")[0])
+    data = _lexicon_data()
     singular = frozenset(n for nouns in data.get("kinds", {}).values() for n in nouns if " " not in n)
     plural_only = frozenset(data.get("plural_only", ()))
     plural = frozenset(plural_noun(n) for n in singular if n not in plural_only) | plural_only
@@ -132,9 +141,22 @@ def known_nouns() -> tuple[frozenset[str], frozenset[str]]:
 _RUN_TAGS = frozenset(("DT", "PDT", "PRP$", "CD", "JJ", "JJR", "JJS", "NN", "NNS", "NNP", "NNPS", "HYPH", "POS", "AFX"))
 
 
+@functools.lru_cache(maxsize=1)
+def attribute_words() -> frozenset[str]:
+    """Every attribute word of the lexicons ("orange", "striped", "parked")."""
+    data = _lexicon_data()
+    cats = list(data.get("categories", ())) + list(data.get("order_only", ()))
+    return frozenset(w for c in cats for g in data.get(c, ()) for w in g)
+
+
 def _is_noun(tok: Any) -> bool:
     singular, plural = known_nouns()
     low = tok.text.lower()
+    nxt = tok.nbor(1) if tok.i + 1 < len(tok.doc) else None
+    if low in attribute_words() and nxt is not None and (
+            nxt.tag_ in NOUN_TAGS + ("JJ", "JJR", "JJS", "VBN", "VBD", "HYPH") or nxt.text.lower() in attribute_words()
+            or nxt.text.lower() in singular or nxt.text.lower() in plural):
+        return False  # "a large purple striped square", "an orange cat": the colour, not the fruit
     return tok.tag_ in NOUN_TAGS or low in singular or low in plural or low in ING_NOUNS
 
 
@@ -152,14 +174,18 @@ def _head_token(doc: Any) -> tuple[int, int]:
     while first < len(toks) and (toks[first].is_punct or toks[first].is_space):
         first += 1
     head, prev_noun = -1, False
+    quantifiers = frozenset(_lexicon_data().get("quantifier_nouns", ()))
     for k in range(first, len(toks)):
         tok = toks[k]
         low = tok.text.lower()
         nxt = toks[k + 1] if k + 1 < len(toks) else None
+        if low == "of" and head == k - 1 and toks[head].text.lower() in quantifiers:
+            head, prev_noun = -1, False  # "dozens of birds", "a couple of dogs": the head comes after "of"
+            continue
         if _is_noun(tok) and not (prev_noun and low.endswith("ing") and low not in ING_NOUNS):
             head, prev_noun = k, True
             continue
-        if tok.tag_ in ("VBG", "VBN") or low.endswith("ing"):
+        if tok.tag_ in ("VBG", "VBN", "VBD") or low.endswith("ing"):
             if prev_noun or nxt is None:
                 break  # "a dog sleeping", "a man dressed in black"
             prev_noun = False

@@ -64,6 +64,12 @@ def _fix_articles(words: list[str]) -> list[str]:
     return out
 
 
+def _inflected(word: str, inflect: Any) -> str:
+    """``inflect`` applied to the word without its trailing punctuation ("cat," -> "cats,")."""
+    core = word.rstrip(".,;:!?")
+    return inflect(core) + word[len(core):]
+
+
 def _match_case(new: str, old: str) -> str:
     return new.capitalize() if old[:1].isupper() and not old[1:2].isupper() else new
 
@@ -117,7 +123,8 @@ class RulesNegatives:
         """A determiner, count or possessive ("the", "two", "his", "the man's")."""
         w = phrase.words[i]
         return (w.low in self.lex.determiners or w.low in self.lex.count_words or w.dep in ("det", "predet", "poss")
-                or w.tag in ("CD", "POS", "PRP$") or w.low.endswith("'s"))
+                or w.tag in ("CD", "POS", "PRP$") or w.low.endswith("'s") or w.low in self.lex.quantifier_nouns
+                or (w.low == "of" and i > 0 and phrase.words[i - 1].low in self.lex.quantifier_nouns))
 
     def _is_object(self, phrase: Phrase, i: int) -> bool:
         """Word ``i`` starts a direct object ("walking her dog", "flying a kite"): the verb before it is no pose."""
@@ -147,9 +154,9 @@ class RulesNegatives:
             cat, g = lex.word[low]
             allowed = lex.swappable(kind, cat, noun)
             if allowed is None:
-                if kind != UNKNOWN:
+                if kind != UNKNOWN or cat == "pose":
                     continue  # "a black man": a category the kind does not take is left alone
-                allowed = ALL  # an unknown noun: the expression shows the category fits
+                allowed = ALL  # an unknown noun: the expression shows the category fits ("a robot standing" aside)
             slot = lex.word_rank(low)
             for g2 in range(len(lex.categories[cat])):
                 new = self._written(allowed, cat, g2, mass) if g2 != g else None
@@ -200,9 +207,9 @@ class RulesNegatives:
             for x in [v] + [c for c in phrase.children(v) if words[c].dep in ("aux", "auxpass")]:
                 w = words[x]
                 if to_plural and (w.tag == "VBZ" or w.low == "was"):
-                    out.append((x, plural_verb(w.text)))
+                    out.append((x, _inflected(w.text, plural_verb)))
                 elif not to_plural and (w.tag == "VBP" or w.low == "were"):
-                    out.append((x, singular_verb(w.text)))
+                    out.append((x, _inflected(w.text, singular_verb)))
         return tuple(out)
 
     def _counts(self, phrase: Phrase, lead: int) -> list[Edit]:
@@ -215,12 +222,18 @@ class RulesNegatives:
         leading = list(range(phrase.start, lead))
         poss_at = max((i for i in leading if self._is_poss(phrase, i)), default=None)
         after = [i for i in leading if poss_at is None or i > poss_at]
+        if any(not (words[i].low in lex.count_replaces or words[i].low in lex.count_words or words[i].tag == "CD")
+               for i in after):
+            return []  # "both children", "all the dogs", "dozens of birds": no count to change
         count_at = next((i for i in after if words[i].low in lex.count_words or words[i].tag == "CD"), None)
         det_at = next((i for i in after if words[i].low in lex.count_replaces), None)
+        also: tuple[tuple[int, str], ...] = ()
+        if count_at is not None and det_at is not None and det_at < count_at:
+            also = ((det_at, ""),)  # "a few apples" -> "three apples"
         head = words[h]
         plural = head.tag in PLURAL_TAGS
-        sing = singular_noun(head.text, head.lemma) if plural else head.text
-        plur = head.text if plural else plural_noun(head.text)
+        sing = _inflected(head.text, lambda w: singular_noun(w, head.lemma)) if plural else head.text
+        plur = head.text if plural else _inflected(head.text, plural_noun)
         out = []
         current = lex.word[words[count_at].low][1] if count_at is not None and words[count_at].low in lex.word else None
         to_plural = ((h, plur),) + self._agreement(phrase, True) if not plural else ()
@@ -230,7 +243,7 @@ class RulesNegatives:
             word = group[0]
             at = count_at if count_at is not None else det_at
             if at is not None:
-                out.append(Edit("count", True, replace=((at, word),) + to_plural))
+                out.append(Edit("count", True, replace=((at, word),) + also + to_plural))
             elif poss_at is not None:
                 if any(w.isdigit() for w in group):  # "his two dogs", never "his several dogs"
                     out.append(Edit("count", False, replace=to_plural, insert=((poss_at + 1, lex.rank("count"), word),)))
@@ -240,7 +253,7 @@ class RulesNegatives:
             to_sing = ((h, sing),) + self._agreement(phrase, False)
             at = count_at if count_at is not None else det_at
             if at is not None:
-                out.append(Edit("count", True, replace=((at, "a"),) + to_sing))
+                out.append(Edit("count", True, replace=((at, "a"),) + also + to_sing))
             elif poss_at is not None:
                 out.append(Edit("count", True, replace=to_sing))
             else:
