@@ -217,3 +217,17 @@ def test_every_sink_is_computed(cluster, tmp_path: pathlib.Path) -> None:
     stock, ours = _both(cluster, tmp_path, build)
     assert ours == [1, 2, 3]
     assert stock != [1, 2, 3]  # only the last transform's branch ran
+
+
+def test_without_an_address_a_local_cluster_is_started_and_closed(tmp_path: pathlib.Path) -> None:
+    from pipeline.run import make_runner
+
+    options = PipelineOptions(["--runner", "DaskRunner"])
+    p = beam.Pipeline(runner=make_runner(options), options=options)
+    p | beam.Create([1, 2, 3]) | beam.Map(_write, str(tmp_path), "out")
+    result = p.run()
+    cluster = result.cluster
+    assert len(cluster.workers) == 2 and cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    assert result.wait_until_finish() == "DONE"
+    assert _collected(tmp_path, "out") == [1, 2, 3]
+    assert result.cluster is None and cluster.status.name == "closed" and result.client.status == "closed"
