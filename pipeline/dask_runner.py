@@ -13,7 +13,8 @@ operations; as shipped it is wrong for this pipeline in ways ``tests/test_dask_r
 7. a side input is recomputed, inside a worker, by every bundle that reads it;
 8. only the last transform's result is computed: a second sink is silently skipped.
 
-:class:`FineHardDaskRunner` keeps the stock translation of Create, GroupByKey and Flatten and
+:class:`FineHardDaskRunner` keeps the stock translation of Create and Flatten (GroupByKey: the
+same grouping, its shuffle pinned to dask's task shuffle, which is right across machines) and
 replaces the rest: bags are tracked per PCollection (so tags select outputs), each bundle gets
 its own receivers, a fresh DoFn and a metrics container, outputs are taken after
 ``finish_bundle``, side inputs are one graph node each, ``Reshuffle`` repartitions over the
@@ -38,7 +39,7 @@ from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler
 from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner, DaskRunnerResult  # registers DaskOptions
 from apache_beam.runners.dask.overrides import _Create, _Flatten, _GroupByKeyOnly, _Reshuffle, dask_overrides
-from apache_beam.runners.dask.transform_evaluator import Create, GroupByKey, get_windowed_value
+from apache_beam.runners.dask.transform_evaluator import Create, defenestrate, get_windowed_value
 from apache_beam.runners.direct.direct_metrics import DirectMetrics
 from apache_beam.runners.runner import PipelineState
 from apache_beam.runners.worker import statesampler
@@ -99,6 +100,15 @@ def _run_bundle(items: t.Iterable[t.Any], label: str, payload: bytes, window_fn:
     return receivers.out + [(METRICS_TAG, container.get_cumulative())]
 
 
+def _key(item: tuple) -> t.Any:
+    return item[0]
+
+
+def _grouped(kv: tuple) -> tuple:
+    key, items = kv
+    return key, [defenestrate(item[1]) for item in items]
+
+
 def _concat(parts: t.Iterable[list]) -> list:
     return list(itertools.chain.from_iterable(parts))
 
@@ -138,8 +148,8 @@ class _Translator(PipelineVisitor):
         transform = node.transform
         if type(transform) is _Create:
             out: t.Any = Create(node, bag_kwargs=self.bag_kwargs).apply(None)
-        elif type(transform) is _GroupByKeyOnly:
-            out = GroupByKey(node).apply(inputs[0])
+        elif type(transform) is _GroupByKeyOnly:  # a task shuffle, hashed by dask's tokenize (the same in every
+            out = inputs[0].groupby(_key, shuffle="tasks").map(_grouped)  # worker; 'disk' is one machine's)
         elif type(transform) is _Flatten:
             out = db.concat(inputs)
         elif type(transform) is _Reshuffle:  # spread over the cluster (the stock runner passes it through)
@@ -184,24 +194,34 @@ class FineHardDaskResult(DaskRunnerResult):
         if self._state in (PipelineState.DONE, PipelineState.FAILED):
             return self._state
         try:
-            for update in self.client.gather(self.futures[0]):  # the sinks add nothing: only metric updates
+            try:  # the sinks add nothing to the result: it is the bundles' metric updates
+                updates = self.futures[0].result(timeout=None if duration is None else duration / 1000)
+            except ddist.TimeoutError:
+                return self._state  # still running
+            for update in updates:
                 self._metrics.commit_logical(None, update)
                 self._metrics.commit_physical(None, update)
             self._state = PipelineState.DONE
         except BaseException:
             self._state = PipelineState.FAILED
-            raise
-        finally:
             self.close()
+            raise
+        self.close()
         return self._state
 
     def close(self) -> None:
+        self.client.close()
         if self.cluster is not None:
-            self.client.close()
             self.cluster.close()
             self.cluster = None
 
+    def cancel(self) -> str:
+        state = super().cancel()
+        self.close()
+        return state
+
     def metrics(self) -> DirectMetrics:
+        """The committed counters and distributions of every bundle (``query()`` as on the DirectRunner)."""
         return self._metrics
 
 
@@ -214,7 +234,7 @@ class FineHardDaskRunner(DaskRunner):
         cluster = None
         if not dask_options.get("address") and not dask_options.get("scheduler_file"):
             cluster = ddist.LocalCluster(n_workers=LOCAL_WORKERS, threads_per_worker=1, processes=True,
-                                         host="127.0.0.1", dashboard_address=None)
+                                         host="127.0.0.1", dashboard_address="127.0.0.1:0")
             dask_options["address"] = cluster.scheduler_address
             LOG.info("--runner dask: started a local dask cluster at %s", cluster.scheduler_address)
         client = ddist.Client(**dask_options)

@@ -32,7 +32,7 @@ def cluster():
     from dask.distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, timeout=60) as c:
+                      dashboard_address="127.0.0.1:0", timeout=60) as c:
         yield c
 
 
@@ -110,7 +110,7 @@ def test_count_globally_over_several_bundles(tmp_path: pathlib.Path) -> None:
 
     def build(p, root):
         p | beam.Create(list(range(12))) | beam.combiners.Count.Globally() | beam.Map(_write, root, "out")
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as threads:
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0") as threads:
         root = tmp_path / "ours"
         root.mkdir()
         _run(_ours(), threads.scheduler_address, lambda p: build(p, str(root)), "--dask_npartitions", "4")
