@@ -16,7 +16,8 @@ operations; as shipped it is wrong for this pipeline in ways ``tests/test_dask_r
 :class:`FineHardDaskRunner` keeps the stock translation of Create and Flatten (GroupByKey: the
 same grouping, its shuffle pinned to dask's task shuffle, which is right across machines) and
 replaces the rest: bags are tracked per PCollection (so tags select outputs), each bundle gets
-its own receivers, a fresh DoFn and a metrics container, outputs are taken after
+its own receivers and a metrics container (DoFns are set up once per worker thread and reused,
+as on Beam's other runners), outputs are taken after
 ``finish_bundle``, side inputs are one graph node each, ``Reshuffle`` repartitions over the
 cluster's threads, every sink and every step's metrics are computed in one graph. Stateful DoFns
 are refused when the graph is built. Without ``--dask_client_address`` it starts a
@@ -24,9 +25,12 @@ are refused when the graph is built. Without ``--dask_client_address`` it starts
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
+import threading
 import typing as t
+import uuid
 
 import dask
 import dask.bag as db
@@ -71,10 +75,37 @@ class _TagReceiver(Receiver):
         self.out.append((self.tag, windowed_value.value))
 
 
-def _run_bundle(items: t.Iterable[t.Any], label: str, payload: bytes, window_fn: t.Any,
+# Per worker process: DoFns already set up, by step, reused by its later bundles as Beam's runners do
+# (a model stage loads its model once per worker thread, not once per bundle).
+# Only the latest run's are kept: a long-lived cluster does not pile up the models of earlier runs.
+_IDLE: dict[tuple[str, str, str], list[tuple]] = {}
+_IDLE_RUN = [""]
+_IDLE_LOCK = threading.Lock()
+
+
+def _take_dofn(key: tuple[str, str, str]) -> t.Optional[tuple]:
+    stale: list[tuple] = []
+    with _IDLE_LOCK:
+        if _IDLE_RUN[0] != key[0]:
+            stale = [entry for entries in _IDLE.values() for entry in entries]
+            _IDLE.clear()
+            _IDLE_RUN[0] = key[0]
+        idle = _IDLE.setdefault(key, [])
+        reused = idle.pop() if idle else None
+    for fn, _, _ in stale:  # best effort, as Beam's teardown is
+        try:
+            fn.teardown()
+        except Exception:  # noqa: BLE001
+            LOG.warning("teardown of a DoFn of an earlier run failed", exc_info=True)
+    return reused
+
+
+def _run_bundle(items: t.Iterable[t.Any], run_id: str, label: str, payload: bytes, window_fn: t.Any,
                 side_specs: list, *side_values: list) -> list[tuple[t.Any, t.Any]]:
-    """One bundle (a dask partition) through a fresh copy of the DoFn; outputs after finish_bundle."""
-    fn, args, kwargs = pickler.loads(payload)
+    """One bundle (a dask partition) through a set-up DoFn of this worker; outputs after finish_bundle."""
+    key = (run_id, label, hashlib.sha256(payload).hexdigest())
+    reused = _take_dofn(key)
+    fn, args, kwargs = reused or pickler.loads(payload)
     receivers = _Receivers()
     handler = _OutputHandler(window_fn=window_fn, main_receivers=receivers[None], tagged_receivers=receivers,
                              per_element_output_counter=None, output_batch_converter=None,
@@ -89,14 +120,16 @@ def _run_bundle(items: t.Iterable[t.Any], label: str, payload: bytes, window_fn:
     statesampler.set_current_tracker(sampler)
     try:
         with sampler.scoped_state(label, "process", metrics_container=container):
-            invoker.invoke_setup()
+            if reused is None:
+                invoker.invoke_setup()
             invoker.invoke_start_bundle()
             for item in items:
                 invoker.invoke_process(get_windowed_value(item, window_fn))
             invoker.invoke_finish_bundle()
-            invoker.invoke_teardown()
     finally:
         statesampler.set_current_tracker(None)
+    with _IDLE_LOCK:  # kept only after a bundle that succeeded (a failed one's DoFn is dropped, not torn down)
+        _IDLE.setdefault(key, []).append((fn, args, kwargs))
     return receivers.out + [(METRICS_TAG, container.get_cumulative())]
 
 
@@ -138,6 +171,7 @@ class _Translator(PipelineVisitor):
     def __init__(self, bag_kwargs: dict, workers: int) -> None:
         self.bag_kwargs, self.workers = bag_kwargs, workers
         self.bags: dict[t.Any, db.Bag] = {}
+        self.run_id = uuid.uuid4().hex
         self.consumed: set[t.Any] = set()
         self.metrics: list[t.Any] = []  # one dask Delayed per bundle: its metric updates
 
@@ -179,7 +213,7 @@ class _Translator(PipelineVisitor):
             specs.append((type(si), si._view_options(), si._window_mapping_fn))
             values.append(dask.delayed(_concat)(_parts(self.bags[si.pvalue])))  # one task, computed once
         payload = dask.delayed(pickler.dumps((transform.fn, list(args), kwargs)))
-        return [dask.delayed(_run_bundle)(part, node.full_label, payload, window_fn, specs, *values)
+        return [dask.delayed(_run_bundle)(part, self.run_id, node.full_label, payload, window_fn, specs, *values)
                 for part in _parts(bag)]
 
 

@@ -231,3 +231,27 @@ def test_without_an_address_a_local_cluster_is_started_and_closed(tmp_path: path
     assert result.wait_until_finish() == "DONE"
     assert _collected(tmp_path, "out") == [1, 2, 3]
     assert result.cluster is None and cluster.status.name == "closed" and result.client.status == "closed"
+
+
+class _SetupCounted(beam.DoFn):
+    def __init__(self, root: str):
+        self.root = root
+
+    def setup(self):
+        pathlib.Path(self.root, f"setup-{uuid.uuid4().hex}").touch()
+
+    def process(self, x):
+        yield x
+
+
+def test_dofns_are_set_up_once_per_worker_not_per_bundle(cluster, tmp_path: pathlib.Path) -> None:
+    """A model stage's setup loads the model: the stock runner sets up (and tears down) per bundle."""
+    setups = {}
+    for name, runner in (("stock", _stock()), ("ours", _ours())):
+        root = tmp_path / name
+        root.mkdir()
+        _run(runner, cluster.scheduler_address,
+             lambda p: p | beam.Create(list(range(16))) | beam.ParDo(_SetupCounted(str(root))), "--dask_npartitions", "8")
+        setups[name] = len(list(root.glob("setup-*")))
+    assert setups["stock"] == 8
+    assert 1 <= setups["ours"] <= 2  # 2 worker processes, 1 thread each
