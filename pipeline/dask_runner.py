@@ -35,7 +35,7 @@ import uuid
 import dask
 import dask.bag as db
 import dask.distributed as ddist
-from apache_beam import DoFn
+from apache_beam import DoFn, Impulse
 from apache_beam import ParDo as BeamParDo
 from apache_beam.internal import pickler
 from apache_beam.metrics.execution import MetricsContainer
@@ -184,6 +184,8 @@ class _Translator(PipelineVisitor):
             out: t.Any = Create(node, bag_kwargs=self.bag_kwargs).apply(None)
         elif type(transform) is _GroupByKeyOnly:  # a task shuffle, hashed by dask's tokenize (the same in every
             out = inputs[0].groupby(_key, shuffle="tasks").map(_grouped)  # worker; 'disk' is one machine's)
+        elif type(transform) is Impulse:  # one empty element (the stock runner gives its consumers no bag)
+            out = db.from_sequence([b""], npartitions=1)
         elif type(transform) is _Flatten:
             out = db.concat(inputs)
         elif type(transform) is _Reshuffle:  # spread over the cluster (the stock runner passes it through)
@@ -196,7 +198,7 @@ class _Translator(PipelineVisitor):
             for tag, pcoll in node.outputs.items():
                 self.bags[pcoll] = db.from_delayed([dask.delayed(_pick)(part, tag) for part in raw])
             return
-        else:  # Impulse, GroupAlsoByWindow (grouping is done above) ...: identity, as in the stock runner
+        else:  # GroupAlsoByWindow (grouping is done above) ...: identity, as in the stock runner
             out = inputs[0] if inputs else None
         for pcoll in node.outputs.values():
             self.bags[pcoll] = out

@@ -255,3 +255,21 @@ def test_dofns_are_set_up_once_per_worker_not_per_bundle(cluster, tmp_path: path
         setups[name] = len(list(root.glob("setup-*")))
     assert setups["stock"] == 8
     assert 1 <= setups["ours"] <= 2  # 2 worker processes, 1 thread each
+
+
+def _fails(x):
+    raise ValueError(f"bad element {x}")
+
+
+def test_a_failing_dofn_fails_the_run_with_its_error(cluster) -> None:
+    with pytest.raises(ValueError, match="bad element"):
+        _run(_ours(), cluster.scheduler_address, lambda p: p | beam.Create([1]) | beam.Map(_fails))
+
+
+def test_impulse_feeds_its_consumers(cluster, tmp_path: pathlib.Path) -> None:
+    def build(p, root):
+        p | beam.Impulse() | beam.FlatMap(lambda _: [1, 2]) | beam.Map(_write, root, "out")
+    root = tmp_path / "ours"
+    root.mkdir()
+    _run(_ours(), cluster.scheduler_address, lambda p: build(p, str(root)))
+    assert _collected(root, "out") == [1, 2]
