@@ -29,6 +29,8 @@ EXTRAS = {
                      "pydantic-settings==2.16.3"],
     "test": ["pytest==9.2.0", "PyYAML==6.0.3"],
     "gcp": ["apache-beam[gcp]==2.77.0"],
+    # --runner dask (experimental): a dask.distributed cluster; pipeline/dask_runner.py
+    "dask": ["apache-beam[dask]==2.77.0"],
 }
 
 setup(

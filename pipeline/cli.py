@@ -15,7 +15,9 @@ BEAM_FLAGS_HELP = """\
 Beam flags (passed to Beam; any other Beam pipeline option works too, e.g. --project, --region,
 --temp_location for Dataflow or --flink_master for Flink):
   --runner NAME            DirectRunner (default; runs on the FnApiRunner, offline), DataflowRunner,
-                           FlinkRunner, PortableRunner, ...
+                           FlinkRunner, PortableRunner, dask (experimental), ...; short names and
+                           any case work (direct, dataflow, flink, dask)
+  --dask_client_address H:P  --runner dask: a dask scheduler (default: a local 2-worker cluster)
   --direct_num_workers N   local worker count (0 = one per core)
   --direct_running_mode M  in_memory (default), multi_threading or multi_processing
 """

@@ -18,6 +18,7 @@ from pipeline.outdir import (RUN_FILE, OutputLock, input_fingerprint, prepare_ou
                              remove_run_outputs, remove_stale_temp_files, write_run_file)
 from core.record import PROJECT_VERSION, Field, text_hash, valid_text
 from pipeline.output import read_shard_stats, stage_metrics, write_summary
+from pipeline.runner_names import LOCAL_RUNNERS, canonical_runner, normalise_runner_args
 from pipeline.submit import validate_runner_options
 from transforms.common import mark_dead, split_outcomes
 from transforms.dedup import DropDuplicates
@@ -31,7 +32,6 @@ from transforms.spill import SpillDir, check_spill_dir, spill_image
 from transforms.write import READ_COUNTS_DIR, AssignShards, SkipCompleted, WriteShards, completed_shards
 
 LOG = logging.getLogger("finehard")
-LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "direct")
 
 
 class UsageError(ValueError):
@@ -264,16 +264,23 @@ def model_cache_root(args: argparse.Namespace, local_runner: bool) -> Optional[s
 
 
 def is_local_runner(options: PipelineOptions) -> bool:
-    name = options.view_as(StandardOptions).runner
+    name = canonical_runner(options.view_as(StandardOptions).runner)
     return name is None or name in LOCAL_RUNNERS
 
 
 def make_runner(options: PipelineOptions) -> Any:
-    """Local runs use the FnApiRunner directly: the DirectRunner would first try Prism (a download)."""
+    """Local runs use the FnApiRunner directly: the DirectRunner would first try Prism (a download);
+    ``dask`` is this project's fixed DaskRunner (pipeline/dask_runner.py, experimental)."""
     if is_local_runner(options):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return FnApiRunner()
+    if canonical_runner(options.view_as(StandardOptions).runner) == "DaskRunner":
+        try:
+            from pipeline.dask_runner import FineHardDaskRunner
+        except ImportError as e:
+            raise UsageError(f"--runner dask needs dask.distributed ({e}); pip install -e '.[dask]'") from e
+        return FineHardDaskRunner()
     return None  # Beam resolves the runner by name (DataflowRunner, FlinkRunner, PortableRunner ...)
 
 
@@ -282,7 +289,7 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
     add_curation_args(parser)
     args, beam_args = parser.parse_known_args(argv)
     check_positive(args)
-    return args, beam_args
+    return args, normalise_runner_args(beam_args)
 
 
 def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> dict[str, Any]:

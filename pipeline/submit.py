@@ -17,6 +17,7 @@ from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptio
                                                   StandardOptions, WorkerOptions)
 
 from core.engines import EngineRegistry
+from pipeline.runner_names import canonical_runner
 from transforms.detect import DETECTORS
 from transforms.negatives import NEGATIVE_ENGINES
 from transforms.recaption import CAPTIONERS
@@ -34,7 +35,7 @@ class RunnerOptionsError(ValueError):
 
 def runner_name(options: PipelineOptions) -> str:
     """The runner's short name (``DataflowRunner``, ``FlinkRunner`` ...), ``DirectRunner`` when unset."""
-    name = options.view_as(StandardOptions).runner or "DirectRunner"
+    name = canonical_runner(options.view_as(StandardOptions).runner) or "DirectRunner"
     return name if isinstance(name, str) else type(name).__name__
 
 
@@ -131,11 +132,11 @@ def validate_runner_options(beam_args: list[str], engines: Mapping[str, str],
     options = PipelineOptions(beam_args)
     name = runner_name(options)
     problems: list[str] = []
-    if name in ("DataflowRunner", "dataflow"):
+    if name == "DataflowRunner":
         problems = _dataflow_problems(options, engines) + local_path_problems(paths or {})
-    elif name in ("FlinkRunner", "flink"):
+    elif name == "FlinkRunner":
         problems = _flink_problems(options)
-    elif name in ("PortableRunner", "portable"):
+    elif name == "PortableRunner":
         problems = _portable_problems(options)
     if problems:
         raise RunnerOptionsError("; ".join(problems))

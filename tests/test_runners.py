@@ -136,3 +136,30 @@ def test_other_runners_write_the_same_shards(beam_args: list[str], reference: pa
     assert summary["read"] == 29 and summary["written"] == 28 and summary["reconciled"]
     assert len(read_shards(out)) == 28
     assert _hashes(out) == _hashes(reference)  # byte-identical to the in-process run
+
+
+@pytest.mark.parametrize("typed,name", [
+    ("DaskRunner", "DaskRunner"), ("dask", "DaskRunner"), ("DASK", "DaskRunner"), ("FlinkRunner", "FlinkRunner"),
+    ("flink", "FlinkRunner"), ("DataflowRunner", "DataflowRunner"), ("dataflow", "DataflowRunner"),
+    ("dataflowrunner", "DataflowRunner"), ("PortableRunner", "PortableRunner"), ("portable", "PortableRunner"),
+    ("DirectRunner", "DirectRunner"), ("direct", "DirectRunner"), ("Direct", "DirectRunner"),
+    ("my.pkg.CustomRunner", "my.pkg.CustomRunner"),
+])
+def test_runner_short_names_are_normalised_once(typed: str, name: str) -> None:
+    from pipeline.run import is_local_runner
+    from pipeline.runner_names import canonical_runner, normalise_runner_args
+    from pipeline.submit import runner_name
+
+    assert canonical_runner(typed) == name
+    for argv in (["--runner", typed], [f"--runner={typed}"]):
+        _, beam_args = parse_args(["--input", str(SAMPLE), "--output", "/tmp/never", *argv])
+        assert runner_name(PipelineOptions(beam_args)) == name
+        assert is_local_runner(PipelineOptions(beam_args)) is (name == "DirectRunner")
+    assert normalise_runner_args(["--runner", typed, "--x=1"]) == ["--runner", name, "--x=1"]
+
+
+def test_short_runner_names_get_their_checks() -> None:
+    with pytest.raises(RunnerOptionsError, match="--flink_master"):
+        validate_runner_options(["--runner=flink"], STUBS)
+    with pytest.raises(RunnerOptionsError, match="--project"):
+        validate_runner_options(["--runner", "dataflow"], STUBS)
