@@ -7,20 +7,17 @@ wrong on the stock runner and right on ours.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import uuid
 
 import pytest
 
-pytest.importorskip("dask.distributed")
+import dask.distributed  # noqa: E402,F401 - the [dask] extra, installed by `make test`
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.transforms.userstate import BagStateSpec  # noqa: E402
-from apache_beam.transforms.window import GlobalWindow  # noqa: E402
-from apache_beam.utils.windowed_value import WindowedValue  # noqa: E402
 
 from conftest import read_shards, run_pipeline, shard_hashes  # noqa: E402
 
