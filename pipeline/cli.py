@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Callable, Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from core.record import PROJECT_VERSION
+from pipeline.logs import configure as configure_logging
 from pipeline.options import add_curation_args
 
 BEAM_FLAGS_HELP = """\
@@ -94,12 +95,33 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 }
 
 
+VERBOSITY_FLAGS = {"-v": 1, "--verbose": 1, "-vv": 2, "-q": -1, "--quiet": -1}
+
+
+def take_verbosity(argv: list[str]) -> tuple[int, list[str]]:
+    """``-v``/``-vv``/``-q`` anywhere before a ``--``: the verbosity and the other arguments."""
+    level, rest = 0, []
+    for i, a in enumerate(argv):
+        if a == "--":
+            rest += argv[i:]
+            break
+        if a in VERBOSITY_FLAGS:
+            level = max(-1, min(2, level + VERBOSITY_FLAGS[a]))
+        else:
+            rest.append(a)
+    return level, rest
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    usage = "usage: finehard {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(
-        f"  {name:<16}{help_}" for name, (_, help_) in COMMANDS.items())
+    verbosity, argv = take_verbosity(argv)
+    configure_logging(verbosity)
+    usage = "usage: finehard [-v|-vv|-q] [--version] {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(
+        f"  {name:<16}{help_}" for name, (_, help_) in COMMANDS.items()) + (
+        "\n\n  -v / -vv / -q   more (debug; -vv adds Beam's own INFO lines) or less (warnings only) logging")
+    if argv and argv[0] == "--version":
+        print(f"finehard {PROJECT_VERSION}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv else 2

@@ -201,9 +201,9 @@ def is_local_runner(options: PipelineOptions) -> bool:
 def make_runner(options: PipelineOptions) -> Any:
     """Local runs use the FnApiRunner directly: the DirectRunner would first try Prism (a download)."""
     if is_local_runner(options):
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        from pipeline.local_runner import LocalRunner
 
-        return FnApiRunner()
+        return LocalRunner()
     return None  # Beam resolves the runner by name (DataflowRunner, FlinkRunner, PortableRunner ...)
 
 
