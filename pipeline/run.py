@@ -122,12 +122,28 @@ def _strip_bytes(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def progress_stages(args: argparse.Namespace) -> list[str]:
+    """The points of the chain whose samples are counted for the progress display, in order."""
+    return ["read", *(["dedup"] if args.dedup else []), *selected_stages(args.stages), "done"]
+
+
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
-                   spill_root: Optional[str] = None) -> beam.PCollection:
+                   spill_root: Optional[str] = None, progress_dir: Optional[str] = None,
+                   total: Optional[int] = None) -> beam.PCollection:
     """Add the whole chain to ``p``; returns the PCollection of per-shard stats.
 
     With ``spill_root`` the image bytes go there right after reading (``transforms.spill``).
+    With ``progress_dir`` (local runners) every stage counts its samples there for
+    ``pipeline.progress_view``; without it the workers log ``progress:`` lines themselves.
     """
+    counting = args.progress_every_s > 0 and progress_dir is not None
+
+    def count(pcoll: beam.PCollection, stage: Optional[str], label: str) -> beam.PCollection:
+        if not counting:
+            return pcoll
+        return pcoll | label >> beam.ParDo(LogProgress(every_s=args.progress_every_s, stage=stage,
+                                                       progress_dir=progress_dir))
+
     specs = {"captioner": CAPTIONERS.resolve(args.captioner), "detector": DETECTORS.resolve(args.detector),
              "negatives": NEGATIVE_ENGINES.resolve(args.negatives)}
     records = (p
@@ -138,6 +154,7 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     records = (records
                | "AssignShards" >> AssignShards(args.samples_per_shard)
                | "SkipCompletedShards" >> SkipCompleted(done))
+    records = count(records, "read", "CountRead")
     finished = []
     live, dead, filtered = split_outcomes(records, "read")
     finished += [dead, filtered]
@@ -146,7 +163,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     live = live | "CarryInputFields" >> beam.Map(carry_input_fields, stages=stages_run, config_hash=config_hash,
                                                  reuse_captions=args.reuse_captions)
     if args.dedup:
-        live, dead, filtered = split_outcomes(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup")
+        deduped = count(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup", "CountDedup")
+        live, dead, filtered = split_outcomes(deduped, "dedup")
         finished += [dead, filtered]
     stages = {
         "recaption": lambda: Recaption(specs["captioner"], batch_size=args.batch_size,
@@ -169,17 +187,19 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
             stage_input = needs
         out = (stage_input | name.title() >> stages[name]()
                | f"Stamp{name.title()}" >> beam.Map(stamp_run, field=STAGE_FIELDS[name], config_hash=config_hash))
+        out = count(out, name, f"Count{name.title()}")  # before the Flatten: it holds its input back
         if name == "recaption":
-            out = (out, has) | "WithReusedCaptions" >> beam.Flatten()
+            out = (out, count(has, name, "CountReusedCaptions")) | "WithReusedCaptions" >> beam.Flatten()
         live, dead, filtered = split_outcomes(out, name)
         finished += [dead, filtered]
     failed = finished | "AllFailed" >> beam.Flatten() | "DropBytes" >> beam.Map(_strip_bytes)
-    if args.progress_every_s > 0:
-        total = records | "CountForProgress" >> beam.combiners.Count.Globally()
-        live = live | "Progress" >> beam.ParDo(LogProgress(every_s=args.progress_every_s),
-                                               total=beam.pvalue.AsSingleton(total))
-    return ((live, failed) | "AllOutcomes" >> beam.Flatten()
-            | "WriteShards" >> WriteShards(args.output, run_info(args)))
+    failed = count(failed, None, "CountFailed")
+    outcomes = (live, failed) | "AllOutcomes" >> beam.Flatten()
+    if counting:
+        outcomes = count(outcomes, "done", "Progress")
+    elif args.progress_every_s > 0:  # remote workers: each logs its own share
+        outcomes = outcomes | "Progress" >> beam.ParDo(LogProgress(every_s=args.progress_every_s))
+    return outcomes | "WriteShards" >> WriteShards(args.output, run_info(args))
 
 
 def check_output_compatible(output: str, info: dict[str, Any]) -> set[int]:
@@ -207,6 +227,21 @@ def make_runner(options: PipelineOptions) -> Any:
     return None  # Beam resolves the runner by name (DataflowRunner, FlinkRunner, PortableRunner ...)
 
 
+def progress_view(args: argparse.Namespace, units: list[Any], done: set[int], local: bool) -> Any:
+    """The launcher's progress display for local runs (``pipeline.progress_view``); a no-op otherwise."""
+    import contextlib
+
+    if not local or args.progress_every_s <= 0:
+        return contextlib.nullcontext(None)
+    from pipeline.progress_view import ProgressView, expected_samples
+
+    total = expected_samples(units)
+    if total is not None and done:  # resuming: the completed shards' samples are not read again
+        total = max(0, total - sum(s["read"] for s in read_shard_stats(args.output)
+                                   if s.get("shard_id") in done))
+    return ProgressView(progress_stages(args), total, every_s=args.progress_every_s)
+
+
 def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(add_help=False)
     add_curation_args(parser)
@@ -219,7 +254,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     """Run the curation job; returns the summary (also written to OUTPUT/summary.json)."""
     args, beam_args = parse_args(argv)
     try:
-        list_units(args.input)  # fail fast on a missing or empty input, before any worker starts
+        units = list_units(args.input)  # fail fast on a missing or empty input, before any worker starts
     except InputError as e:
         raise UsageError(str(e)) from e
     try:
@@ -243,8 +278,10 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     options = PipelineOptions(beam_args)
     p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
     started = time.monotonic()
-    with SpillDir(args.spill_dir, local_runner=is_local_runner(options), output=args.output) as spill:
-        build_pipeline(p, args, done, spill.root)
+    local = is_local_runner(options)
+    with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill, \
+            progress_view(args, units, done, local) as view:
+        build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None)
         result = p.run()
         result.wait_until_finish()
     summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3),
