@@ -68,6 +68,14 @@ def shards_main(argv: list[str]) -> int:
         return 2
     print(json.dumps({k: summary[k] for k in ("read", "written", "dead_lettered", "filtered", "shards",
                                                "reconciled", "negatives_valid_rate")}))
+    from pipeline.output import failure_reason
+    from pipeline.run import parse_args
+
+    args, _ = parse_args(argv)
+    reason = failure_reason(summary, args.max_failure_rate, args.output)
+    if reason:
+        print(f"finehard shards: failed: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -61,3 +61,55 @@ def test_shards_command_runs_and_prints_summary(tmp_path: pathlib.Path, scenes_d
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["written"] == 12 and summary["reconciled"] is True
     assert "Prism" not in res.stderr  # the local run never tries to download a runner binary
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_negatives_server_that_is_down_fails_the_run_with_its_error(tmp_path: pathlib.Path,
+                                                                     scenes_dir: pathlib.Path) -> None:
+    out = tmp_path / "o"
+    res = finehard("shards", "--input", str(scenes_dir / "manifest.jsonl"), "--output", str(out),
+                   "--negatives", f"openai:http://127.0.0.1:{_closed_port()}/v1?warmup=0&retries=0#m",
+                   "--negatives-retries", "0")
+    assert res.returncode == 1, res.stderr[-3000:]
+    line = [l for l in res.stderr.splitlines() if l.startswith("finehard shards: failed:")]
+    assert len(line) == 1 and "no valid negatives" in line[0] and "engine_error" in line[0], res.stderr[-3000:]
+    assert "Connection refused" in line[0] and "--max-failure-rate 0.5" in line[0]
+    diagnostics = [json.loads(l) for p in sorted((out / "diagnostics").glob("*.jsonl")) for l in p.read_text().splitlines()]
+    assert diagnostics and all(d["reason"] == "engine_error" and "Connection refused" in d["detail"]
+                               for d in diagnostics)
+    assert json.loads(res.stdout.strip().splitlines()[-1])["negatives_valid_rate"] == 0.0
+
+
+def test_a_captioner_that_is_down_fails_the_run_unless_allowed(tmp_path: pathlib.Path,
+                                                               scenes_dir: pathlib.Path) -> None:
+    down = f"openai:http://127.0.0.1:{_closed_port()}/v1?warmup=0&retries=0#m"
+    res = finehard("shards", "--input", str(scenes_dir / "manifest.jsonl"), "--output", str(tmp_path / "o"),
+                   "--captioner", down)
+    assert res.returncode == 1, res.stderr[-3000:]
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("finehard shards: failed: 12/12 samples dead-lettered (100.0% > --max-failure-rate 0.5)")
+    assert "recaption:" in line and "Connection refused" in line and "deadletter/" in line
+    allowed = finehard("shards", "--input", str(scenes_dir / "manifest.jsonl"), "--output", str(tmp_path / "o2"),
+                       "--captioner", down, "--max-failure-rate", "1")
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+
+
+def test_raw_answers_of_invalid_negatives_are_kept(tmp_path: pathlib.Path, scenes_dir: pathlib.Path) -> None:
+    from fake_openai_server import FakeOpenAIServer, completion
+
+    out = tmp_path / "o"
+    with FakeOpenAIServer(lambda b: (200, completion('["only one negative"]'))) as srv:
+        res = finehard("shards", "--input", str(scenes_dir / "manifest.jsonl"), "--output", str(out),
+                       "--negatives", f"openai:{srv.url}?structured=none#m", "--negatives-retries", "0",
+                       "--max-failure-rate", "1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    diagnostics = [json.loads(l) for p in sorted((out / "diagnostics").glob("*.jsonl")) for l in p.read_text().splitlines()]
+    assert diagnostics and {d["reason"] for d in diagnostics} == {"wrong_count"}
+    assert all(d["raw_answer"] == '["only one negative"]' and d["expression"] and d["key"] for d in diagnostics)

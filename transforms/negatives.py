@@ -191,6 +191,8 @@ class NegativesResult:
     reason: Optional[str] = None
     attempts: int = 0
     cached: bool = False
+    detail: str = ""  # why not valid: the engine's error text or the validation reason
+    raw: Any = None  # the model's last answer when it was not valid (for diagnostics/)
 
     def to_json(self) -> dict[str, Any]:
         return {"expression": self.expression, "negatives": self.negatives, "valid": self.valid,
@@ -231,15 +233,16 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
         for expr, raw in zip(pending, answers):
             res = results[expr]
             res.attempts = attempt + 1
+            res.raw, res.detail = (None if isinstance(raw, Exception) else raw), ""
             try:
                 if isinstance(raw, Exception):
                     raise raw
                 res.negatives = parse_answer(raw)
                 res.reason = validate_negatives(expr, res.negatives)
             except SampleError as e:
-                res.reason = e.reason
-            except Exception:  # noqa: BLE001 - any engine failure is a counted per-region reason
-                res.reason = "engine_error"
+                res.reason, res.detail = e.reason, e.detail
+            except Exception as e:  # noqa: BLE001 - any engine failure is a counted per-region reason
+                res.reason, res.detail = "engine_error", f"{type(e).__name__}: {e}"
             res.valid = res.reason is None
             if not res.valid:
                 still.append(expr)
@@ -269,9 +272,17 @@ def apply_negatives(engine: Any, records: list[dict], retries: int = 2,
                 region["short_expr_negs"] = {}
                 region["flag_short_neg"] = 0
                 bump(rec, f"negatives_invalid:{res.reason}")
+                rec.setdefault(Field.DIAGNOSTICS, []).append(invalid_negatives_diagnostic(res))
         if rec.get("bbox_info"):
             rec.setdefault("provenance", {})["negatives"] = engine.get_provenance()
     return records
+
+
+def invalid_negatives_diagnostic(res: NegativesResult) -> dict[str, Any]:
+    """What ``diagnostics/`` keeps of a region whose negatives stayed invalid: reason, error, raw answer."""
+    raw = res.raw if isinstance(res.raw, str) else json.dumps(res.raw, ensure_ascii=False) if res.raw else None
+    return {"stage": STAGE, "expression": res.expression, "reason": res.reason, "detail": res.detail[:500],
+            "raw_answer": raw[:2000] if raw else None, "attempts": res.attempts}
 
 
 class GenerateNegatives(beam.PTransform):
