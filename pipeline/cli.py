@@ -6,8 +6,6 @@ import json
 import sys
 from typing import Callable, Optional
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
 from core.record import PROJECT_VERSION
 from pipeline.logs import configure as configure_logging
 from pipeline.options import add_curation_args
@@ -22,9 +20,18 @@ Beam flags (passed to Beam; any other Beam pipeline option works too, e.g. --pro
 """
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse that raises instead of printing Beam's whole usage (130 lines) for a flag without its value."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(message)
+
+
 def _all_beam_flags() -> argparse.ArgumentParser:
     """A parser that knows every Beam pipeline option, to reject misspelt flags at once."""
-    parser = argparse.ArgumentParser(add_help=False)
+    from apache_beam.options.pipeline_options import PipelineOptions  # not needed by the other commands
+
+    parser = _OneLineErrors(add_help=False)
     seen, todo = set(), [PipelineOptions]
     while todo:
         cls = todo.pop()
@@ -94,7 +101,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "negatives": (_lazy("pipeline.stage_cli", "negatives_main"),
                   "expressions on stdin -> 10 hard negatives each (JSON lines)"),
     "stats": (_lazy("pipeline.stats", "stats_main"),
-              "counts per stage/reason, regions, negatives valid rate (+ stats_report.json)"),
+              "counts per stage/reason, regions, negatives valid rate (--write: stats_report.json)"),
     "preview": (_lazy("pipeline.preview", "preview_main"), "self-contained HTML page of samples with boxes"),
     "export-fgclip": (_lazy("pipeline.export", "export_fgclip_main"), "FG-CLIP training json list + images"),
     "export-fgovd": (_lazy("pipeline.export", "export_fgovd_main"), "FG-OVD eval jsonl from held-out shards"),

@@ -113,3 +113,32 @@ def test_raw_answers_of_invalid_negatives_are_kept(tmp_path: pathlib.Path, scene
     diagnostics = [json.loads(l) for p in sorted((out / "diagnostics").glob("*.jsonl")) for l in p.read_text().splitlines()]
     assert diagnostics and {d["reason"] for d in diagnostics} == {"wrong_count"}
     assert all(d["raw_answer"] == '["only one negative"]' and d["expression"] and d["key"] for d in diagnostics)
+
+
+def test_version_and_a_beam_flag_without_its_value() -> None:
+    res = finehard("--version")
+    assert res.returncode == 0 and res.stdout.startswith("finehard 0.")
+    line = _one_line_error(finehard("shards", "--input", str(ROOT / "sample"), "--output", "/tmp/never", "--runner"))
+    assert "--runner: expected one argument" in line
+    res = finehard("shards", "--input", str(ROOT / "sample"), "--output", "/tmp/never", "--runner")
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # not Beam's 130-line usage
+
+
+def test_stage_commands_do_not_import_runinference_or_torch() -> None:
+    code = ("import sys, io; from pipeline.cli import main; sys.stdin = io.StringIO('A red car near a tree.\\n');"
+            "rc = main(['expressions']); assert rc == 0;"
+            "sys.stdin = io.StringIO('a red car\\n'); rc = main(['negatives', '--negatives', 'rules']);"
+            "bad = [m for m in ('apache_beam.ml.inference.base', 'torch') if sys.modules.get(m) is not None];"
+            "print('HEAVY', bad)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "HEAVY []" in res.stdout, res.stdout[-2000:]
+
+
+def test_stats_reads_only_unless_asked(tmp_path: pathlib.Path, scenes_dir: pathlib.Path) -> None:
+    out = tmp_path / "o"
+    assert finehard("shards", "--input", str(scenes_dir / "manifest.jsonl"), "--output", str(out)).returncode == 0
+    before = sorted(p.name for p in out.iterdir())
+    assert finehard("stats", str(out)).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert finehard("stats", str(out), "--write").returncode == 0 and (out / "stats_report.json").exists()

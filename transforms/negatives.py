@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
 
 from core.engines import EngineEntry, EngineRegistry, EngineSpec, NegativesEngine
 from core.record import Field, NUM_NEGATIVES, negatives_mapping
 from prompts import load_prompt
 from transforms.cache import ModelCache, digest, model_cache
-from transforms.common import EngineModelHandler, SampleError, bump
+from transforms.common import SampleError, bump
 
 STAGE = "negatives"
 PROMPT_FILE = "negatives.txt"
@@ -294,6 +293,10 @@ class GenerateNegatives(beam.PTransform):
         self.cache_root = cache_root
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
+        from apache_beam.ml.inference.base import RunInference  # seconds to import: not for the stage CLI
+
+        from transforms.inference import EngineModelHandler
+
         apply = functools.partial(apply_negatives, retries=self.retries, cache=model_cache(self.cache_root))
         return records | "Negatives" >> RunInference(
             EngineModelHandler(NEGATIVE_ENGINES, self.spec, apply, batch_size=self.batch_size,
