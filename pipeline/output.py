@@ -147,9 +147,18 @@ def summarise(stats: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
+SIZES_NAME = "sizes.json"
+
+
 def write_summary(output: str, **extra: Any) -> dict[str, Any]:
-    summary = {**summarise(read_shard_stats(output)), **extra}
+    """``summary.json`` and ``sizes.json`` (shard file name -> samples, the img2dataset/open_clip
+    convention, so ``--train-num-samples`` is not needed) from the shards' stats."""
+    stats = read_shard_stats(output)
+    summary = {**summarise(stats), **extra}
     fs, root = fsspec.core.url_to_fs(output)
+    sizes = {f"{s['shard']}.tar": s["written"] for s in stats}
+    with fs.open(posixpath.join(root, SIZES_NAME), "wt", encoding="utf-8") as f:
+        json.dump(dict(sorted(sizes.items())), f, indent=1)
     with fs.open(posixpath.join(root, "summary.json"), "wt", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
     return summary

@@ -144,6 +144,10 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
         return pcoll | label >> beam.ParDo(LogProgress(every_s=args.progress_every_s, stage=stage,
                                                        progress_dir=progress_dir))
 
+    def failures(dead: beam.PCollection, filtered: beam.PCollection, label: str) -> list[beam.PCollection]:
+        """A stage's dead/filtered outputs, counted where they leave the chain (stage totals shrink at once)."""
+        return [count(dead, None, f"CountDead{label}"), count(filtered, None, f"CountFiltered{label}")]
+
     specs = {"captioner": CAPTIONERS.resolve(args.captioner), "detector": DETECTORS.resolve(args.detector),
              "negatives": NEGATIVE_ENGINES.resolve(args.negatives)}
     records = (p
@@ -157,7 +161,7 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     records = count(records, "read", "CountRead")
     finished = []
     live, dead, filtered = split_outcomes(records, "read")
-    finished += [dead, filtered]
+    finished += failures(dead, filtered, "Read")
     stages_run = selected_stages(args.stages)
     config_hash = run_info(args)["config_hash"]
     live = live | "CarryInputFields" >> beam.Map(carry_input_fields, stages=stages_run, config_hash=config_hash,
@@ -165,7 +169,7 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     if args.dedup:
         deduped = count(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup", "CountDedup")
         live, dead, filtered = split_outcomes(deduped, "dedup")
-        finished += [dead, filtered]
+        finished += failures(dead, filtered, "Dedup")
     stages = {
         "recaption": lambda: Recaption(specs["captioner"], batch_size=args.batch_size,
                                        max_chars=args.max_caption_chars, engine_options=caption_options(args),
@@ -191,9 +195,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
         if name == "recaption":
             out = (out, count(has, name, "CountReusedCaptions")) | "WithReusedCaptions" >> beam.Flatten()
         live, dead, filtered = split_outcomes(out, name)
-        finished += [dead, filtered]
+        finished += failures(dead, filtered, name.title())
     failed = finished | "AllFailed" >> beam.Flatten() | "DropBytes" >> beam.Map(_strip_bytes)
-    failed = count(failed, None, "CountFailed")
     outcomes = (live, failed) | "AllOutcomes" >> beam.Flatten()
     if counting:
         outcomes = count(outcomes, "done", "Progress")

@@ -142,3 +142,15 @@ def test_stats_reads_only_unless_asked(tmp_path: pathlib.Path, scenes_dir: pathl
     assert finehard("stats", str(out)).returncode == 0
     assert sorted(p.name for p in out.iterdir()) == before
     assert finehard("stats", str(out), "--write").returncode == 0 and (out / "stats_report.json").exists()
+
+
+def test_a_finished_output_folder_is_a_valid_input(tmp_path: pathlib.Path, scenes_dir: pathlib.Path) -> None:
+    out, again = tmp_path / "o", tmp_path / "again"
+    assert finehard("shards", "--input", str(scenes_dir / "manifest.jsonl"), "--output", str(out),
+                    "--samples-per-shard", "4").returncode == 0
+    (out / "deadletter").mkdir(exist_ok=True)  # dead-letter lists look like manifests
+    (out / "deadletter" / "shard-00000.jsonl").write_text('{"key": "x", "f_path": "y"}\n')
+    res = finehard("shards", "--input", str(out), "--output", str(again), "--stages", "negatives")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["read"] == 12 and summary["written"] == 12
