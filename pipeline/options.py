@@ -89,6 +89,9 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                              "space about the size of the input images")
     parser.add_argument("--progress-every-s", "--progress_every_s", dest="progress_every_s", type=float, default=10.0,
                         help="log samples done, rate and ETA at most this often per worker (0 = off)")
+    parser.add_argument("--shared-mount", "--shared_mount", dest="shared_mount", action="append", default=None,
+                        help="a folder every Flink task manager mounts at the same path (e.g. /nfs): local "
+                             "--input/--output/--spill-dir/--model-cache paths under it are accepted on Flink")
     parser.add_argument("--max-failure-rate", "--max_failure_rate", dest="max_failure_rate", type=float, default=0.5,
                         help="exit 1 with the reason when more than this share of the samples is dead-lettered, or "
                              "of the regions got no valid negatives (an engine that is down, a broken prompt); "

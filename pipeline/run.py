@@ -270,7 +270,8 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         validate_runner_options(beam_args, {"captioner": args.captioner, "detector": args.detector,
                                             "negatives": args.negatives},
                                 paths={"--input": args.input, "--output": args.output,
-                                       "--spill-dir": args.spill_dir, "--model-cache": args.model_cache})
+                                       "--spill-dir": args.spill_dir, "--model-cache": args.model_cache},
+                                shared_mounts=args.shared_mount or ())
     except (EngineSpecError, ValueError) as e:
         raise UsageError(str(e)) from e
     selected_stages(args.stages)
