@@ -208,3 +208,19 @@ def failure_reason(summary: dict[str, Any], max_rate: float, output: str) -> Opt
         return (f"{100.0 * (1.0 - rate):.1f}% of regions got no valid negatives (> --max-failure-rate {max_rate:g}), "
                 f"mostly {top} ({invalid.get(top, 0)}){detail} (see {output.rstrip('/')}/diagnostics/)")
     return None
+
+
+def read_lines(output: str, folder: str, limit: Optional[int] = None) -> list[dict[str, Any]]:
+    """Lines of OUTPUT/folder/*.jsonl (``deadletter``, ``filtered``, ``diagnostics``), in shard order."""
+    fs, root = fsspec.core.url_to_fs(output)
+    out: list[dict[str, Any]] = []
+    for p in sorted(fs.glob(posixpath.join(root, folder, "*.jsonl"))):
+        with fs.open(p, "rt", encoding="utf-8") as f:
+            for line in f:
+                if limit is not None and len(out) >= limit:
+                    return out
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+    return out
