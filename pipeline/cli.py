@@ -73,6 +73,12 @@ def shards_main(argv: list[str]) -> int:
     except (UsageError, ValueError) as e:
         print(f"finehard shards: error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:  # fsspec without the filesystem of a gs://, s3://, http(s):// path
+        if "install" not in str(e).lower():
+            raise
+        print(f"finehard shards: error: {e} (pip install 'finehard[gcp]' for gs://, 'finehard[aws]' for s3://; "
+              "aiohttp for http(s)://)", file=sys.stderr)
+        return 2
     print(json.dumps({k: summary[k] for k in ("read", "written", "dead_lettered", "filtered", "shards",
                                                "reconciled", "negatives_valid_rate")}))
     from pipeline.output import failure_reason

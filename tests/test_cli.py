@@ -154,3 +154,14 @@ def test_a_finished_output_folder_is_a_valid_input(tmp_path: pathlib.Path, scene
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["read"] == 12 and summary["written"] == 12
+
+
+def test_a_cloud_path_without_its_filesystem_says_what_to_install(tmp_path: pathlib.Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        import pytest
+
+        pytest.skip("gcsfs is installed here")
+    line = _one_line_error(finehard("shards", "--input", "gs://finehard-test-bucket/in/", "--output", str(tmp_path / "o")))
+    assert "gcsfs" in line and "finehard[gcp]" in line

@@ -43,6 +43,8 @@ def test_logging_is_set_up_whatever_beam_did_at_import() -> None:
 
     from pipeline.logs import configure
 
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, {n: logging.getLogger(n).level for n in ("finehard", "apache_beam")})
     logging.warning("apitools not found, and bigquery client libraries are not available")  # what Beam does
     stream = io.StringIO()
     try:
@@ -52,8 +54,11 @@ def test_logging_is_set_up_whatever_beam_did_at_import() -> None:
         logging.getLogger("apache_beam.runners").warning("a Beam warning")
         configure(-1, stream=stream)
         logging.getLogger("finehard").info("quiet now")
-    finally:
-        configure(0)
+    finally:  # give pytest its handlers back
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
     text = stream.getvalue()
     assert "INFO finehard: an info line" in text and "a Beam warning" in text
     assert "BatchElements" not in text and "apitools" not in text and "quiet now" not in text
