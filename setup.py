@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "transformers==5.23.0",
     "ultralytics==8.4.190",
     "rich==15.0.0",  # the progress bars of `finehard shards` on a terminal
+    "httpx==0.28.1",  # the OpenAI-compatible client's transport (transforms/engines/openai_client.py)
 ]
 
 EXTRAS = {

@@ -34,10 +34,12 @@ def test_the_client_waits_for_a_server_that_starts_late() -> None:
     polls = []
     real_once = client._once
 
-    def counting_once(*a, **k):  # the first refused poll lets the server start
+    def counting_once(*a, **k):  # the server starts only once the first poll has been refused
         polls.append(a[1])
-        started.set()
-        return real_once(*a, **k)
+        try:
+            return real_once(*a, **k)
+        finally:
+            started.set()
 
     client._once = counting_once  # type: ignore[method-assign]
     thread = threading.Thread(target=start_later, daemon=True)

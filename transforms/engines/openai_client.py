@@ -1,6 +1,6 @@
 """A small client for OpenAI-compatible servers (vLLM serve, llama.cpp server, LMDeploy ...).
 
-Standard library only. Timeouts on every request, bounded retries with jittered backoff (and the
+On ``httpx`` (pooled keep-alive connections, separate connect/read timeouts). Timeouts on every request, bounded retries with jittered backoff (and the
 server's ``Retry-After``) on connection errors, timeouts, 408/429 and 5xx, a wait for the server's
 readiness before the first batch (:meth:`OpenAIClient.wait_ready`), a thread pool for concurrent requests. The API key comes only
 from an environment variable (``FINEHARD_OPENAI_API_KEY``, else ``OPENAI_API_KEY``) and is never
@@ -12,13 +12,13 @@ import json
 import logging
 import os
 import random
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, TypeVar
+
+if TYPE_CHECKING:
+    import httpx
 
 LOG = logging.getLogger(__name__)
 API_KEY_ENV_VARS = ("FINEHARD_OPENAI_API_KEY", "OPENAI_API_KEY")
@@ -88,6 +88,7 @@ class OpenAIClient:
         self.concurrency = max(1, int(concurrency))
         self._api_key = next((os.environ[v] for v in api_key_env if os.environ.get(v)), "")
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._http: Optional["httpx.Client"] = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # never shows the key
@@ -99,27 +100,35 @@ class OpenAIClient:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
+    def _http_client(self) -> "httpx.Client":
+        """One pooled ``httpx`` client (keep-alive connections, thread-safe) for all requests."""
+        if self._http is None:
+            with self._lock:
+                if self._http is None:
+                    import httpx
+
+                    self._http = httpx.Client(headers=self._headers(), follow_redirects=False, trust_env=True,
+                                              limits=httpx.Limits(max_connections=self.concurrency + 2))
+        return self._http
+
     def _once(self, method: str, path: str, payload: Optional[dict[str, Any]],
               timeout: Optional[float] = None) -> dict[str, Any]:
-        data = json.dumps(payload).encode("utf-8") if payload is not None else None
-        req = urllib.request.Request(f"{self.base_url}/{path.lstrip('/')}", data=data,
-                                     headers=self._headers(), method=method)
+        import httpx
+
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        limit = timeout or self.timeout
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
-                body = resp.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as e:
-            text = e.read().decode("utf-8", "replace") if e.fp else ""
-            raise OpenAIError(f"HTTP {e.code} from {path}: {text[:300]}", status=e.code, body=text,
-                              retry_after=parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
-                              ) from None
-        except (socket.timeout, TimeoutError) as e:
-            raise OpenAITimeout(f"no answer from {path} within {self.timeout:g}s") from e
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (socket.timeout, TimeoutError)):
-                raise OpenAITimeout(f"no answer from {path} within {self.timeout:g}s") from e
-            raise OpenAIError(f"cannot reach {self.base_url}: {e.reason}") from e
-        except (ConnectionError, OSError) as e:
-            raise OpenAIError(f"connection to {self.base_url} failed: {type(e).__name__}: {e}") from e
+            resp = self._http_client().request(method, url, json=payload,
+                                               timeout=httpx.Timeout(limit, connect=min(limit, 10.0)))
+            body = resp.text
+        except httpx.TimeoutException as e:
+            raise OpenAITimeout(f"no answer from {path} within {limit:g}s") from e
+        except httpx.TransportError as e:
+            reason = e.__context__ if isinstance(e.__context__, OSError) else e
+            raise OpenAIError(f"cannot reach {self.base_url}: {reason}") from e
+        if resp.status_code >= 400:
+            raise OpenAIError(f"HTTP {resp.status_code} from {path}: {body[:300]}", status=resp.status_code,
+                              body=body, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
         try:
             out = json.loads(body)
         except ValueError:
@@ -215,3 +224,6 @@ class OpenAIClient:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
