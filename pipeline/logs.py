@@ -18,6 +18,7 @@ import sys
 from typing import IO, Optional
 
 PROJECT_LOGGERS = ("finehard", "pipeline", "transforms", "training", "core", "model_stubs", "bench")
+REMOTE_JOB_LOGGERS = ("apache_beam.runners.dataflow", "apache_beam.runners.portability.portable_runner")
 LEVEL_ENV = "FINEHARD_LOG_LEVEL"
 BEAM_LEVEL_ENV = "FINEHARD_BEAM_LOG_LEVEL"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -77,6 +78,8 @@ def _install(project_level: int, beam_level: int, stream: Optional[IO[str]]) -> 
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(project_level)
     logging.getLogger("apache_beam").setLevel(beam_level)
+    for name in REMOTE_JOB_LOGGERS:  # the job's id, console URL and state on Dataflow/Flink
+        logging.getLogger(name).setLevel(min(beam_level, logging.INFO) if project_level <= logging.INFO else beam_level)
     return handler
 
 
