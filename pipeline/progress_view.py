@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 
 import fsspec
 
+from pipeline.logs import LEVEL_ENV
 from transforms.progress import FAILED_PREFIX, PROGRESS_LOG, format_eta, format_rate, read_counts
 
 POLL_S = 0.5
@@ -98,6 +99,10 @@ class ProgressView:
         self.dir = tempfile.mkdtemp(prefix="finehard-progress-")
         self._started = time.monotonic()
         if self.tty:
+            # multi-process workers print straight to the terminal: only their warnings, under the bars
+            self._worker_level = os.environ.get(LEVEL_ENV)
+            if logging.getLevelName(self._worker_level or "INFO") in (logging.DEBUG, logging.INFO):
+                os.environ[LEVEL_ENV] = "WARNING"
             self._start_bars()
         else:
             what = f"{self.total} samples" if self.total is not None else "samples (total unknown)"
@@ -114,6 +119,10 @@ class ProgressView:
         self._show(read_counts(self.dir), final=True)
         if self._bars is not None:
             self._stop_bars()
+            if self._worker_level is None:
+                os.environ.pop(LEVEL_ENV, None)
+            else:
+                os.environ[LEVEL_ENV] = self._worker_level
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- what is shown ------------------------------------------------------------------------

@@ -93,3 +93,18 @@ def test_multi_process_runs_show_progress_not_beam_chatter(scenes_dir: pathlib.P
     beam_lines = [l for l in res.stderr.splitlines() if "apache_beam" in l or "BatchElements" in l
                   or l.startswith(("INFO:", "WARNING:"))]
     assert not beam_lines, beam_lines
+
+
+def test_terminal_bars_show_every_stage_with_its_total(capsys) -> None:
+    from pipeline.progress_view import ProgressView
+    from transforms.progress import write_count
+
+    with ProgressView(["read", "recaption", "done"], total=5, tty=True) as view:
+        write_count(view.dir, "read", "w1", 3)
+        write_count(view.dir, "read", "w2", 2)  # two workers' counts add up
+        write_count(view.dir, "failed:read", "w1", 1)
+        write_count(view.dir, "recaption", "w1", 4)
+    err = capsys.readouterr().err
+    rows = {line.split()[0]: line for line in err.splitlines() if line.strip()}
+    assert "5/5" in rows["read"] and "4/4" in rows["recaption"]  # recaption: 5 read less 1 dead while reading
+    assert "0/5" in rows["done"]
