@@ -169,7 +169,7 @@ class OpenAIClient:
         """
         poll_s = READY_POLL_S if poll_s is None else poll_s
         started = time.monotonic()
-        deadline, next_note, last = started + budget_s, started + 30.0, ""
+        deadline, next_note, last = started + budget_s, started + 5.0, ""
         while True:
             try:
                 self._once("GET", "models", None, timeout=min(self.timeout, 10.0))
@@ -184,8 +184,8 @@ class OpenAIClient:
                             budget_s, last)
                 return False
             if now >= next_note:
-                LOG.info("waiting for %s to be ready (%s): %.0fs of the %.0fs warm-up budget left", self.base_url,
-                         last, deadline - now, budget_s)
+                LOG.info("waiting for %s to be ready (%s): %.0fs of the %.0fs warm-up budget left "
+                         "(?warmup=SECONDS in the engine spec)", self.base_url, last, deadline - now, budget_s)
                 next_note = now + 30.0
             time.sleep(min(poll_s, max(0.0, deadline - now)))
 
