@@ -227,3 +227,18 @@ class ProgressView:
         for h, old in zip(self._handlers, self._streams):
             if old is not None:
                 h.setStream(old)
+
+
+def progress_for_run(args: Any, units: Sequence[Any], done: set[int], local: bool, stages: Sequence[str]) -> Any:
+    """The launcher's progress display for a local ``finehard shards`` run; a no-op context otherwise
+    (remote workers log their own ``progress:`` lines)."""
+    import contextlib
+
+    if not local or args.progress_every_s <= 0:
+        return contextlib.nullcontext(None)
+    total = expected_samples(units)
+    if total is not None and done:  # resuming: the completed shards' samples are not read again
+        from pipeline.output import read_shard_stats
+
+        total = max(0, total - sum(s["read"] for s in read_shard_stats(args.output) if s.get("shard_id") in done))
+    return ProgressView(stages, total, every_s=args.progress_every_s)

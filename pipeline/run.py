@@ -14,6 +14,7 @@ from core.engines import EngineSpecError
 from pipeline.options import add_curation_args, check_positive
 from core.record import Field, PROJECT_VERSION, text_hash
 from pipeline.output import read_shard_stats, stage_metrics, write_summary
+from pipeline.progress_view import progress_for_run
 from pipeline.submit import validate_runner_options
 from transforms.common import mark_dead, split_outcomes
 from transforms.dedup import DropDuplicates
@@ -128,8 +129,7 @@ def progress_stages(args: argparse.Namespace) -> list[str]:
 
 
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
-                   spill_root: Optional[str] = None, progress_dir: Optional[str] = None,
-                   total: Optional[int] = None) -> beam.PCollection:
+                   spill_root: Optional[str] = None, progress_dir: Optional[str] = None) -> beam.PCollection:
     """Add the whole chain to ``p``; returns the PCollection of per-shard stats.
 
     With ``spill_root`` the image bytes go there right after reading (``transforms.spill``).
@@ -230,21 +230,6 @@ def make_runner(options: PipelineOptions) -> Any:
     return None  # Beam resolves the runner by name (DataflowRunner, FlinkRunner, PortableRunner ...)
 
 
-def progress_view(args: argparse.Namespace, units: list[Any], done: set[int], local: bool) -> Any:
-    """The launcher's progress display for local runs (``pipeline.progress_view``); a no-op otherwise."""
-    import contextlib
-
-    if not local or args.progress_every_s <= 0:
-        return contextlib.nullcontext(None)
-    from pipeline.progress_view import ProgressView, expected_samples
-
-    total = expected_samples(units)
-    if total is not None and done:  # resuming: the completed shards' samples are not read again
-        total = max(0, total - sum(s["read"] for s in read_shard_stats(args.output)
-                                   if s.get("shard_id") in done))
-    return ProgressView(progress_stages(args), total, every_s=args.progress_every_s)
-
-
 def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(add_help=False)
     add_curation_args(parser)
@@ -284,7 +269,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     started = time.monotonic()
     local = is_local_runner(options)
     with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill, \
-            progress_view(args, units, done, local) as view:
+            progress_for_run(args, units, done, local, progress_stages(args)) as view:
         build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None)
         result = p.run()
         result.wait_until_finish()

@@ -108,3 +108,19 @@ def test_terminal_bars_show_every_stage_with_its_total(capsys) -> None:
     rows = {line.split()[0]: line for line in err.splitlines() if line.strip()}
     assert "5/5" in rows["read"] and "4/4" in rows["recaption"]  # recaption: 5 read less 1 dead while reading
     assert "0/5" in rows["done"]
+
+
+def test_a_resumed_run_expects_only_the_samples_of_unfinished_shards(scenes_dir: pathlib.Path,
+                                                                    tmp_path: pathlib.Path) -> None:
+    import json
+
+    out = tmp_path / "o"
+    args = ("shards", "--input", str(scenes_dir / "manifest.jsonl"), "--output", str(out), "--samples-per-shard", "4")
+    assert finehard(*args).returncode == 0
+    redo = json.loads((out / "shard-00001_stats.json").read_text())["read"]
+    (out / "shard-00001_stats.json").unlink()
+    res = finehard(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming: 2 shard(s) already complete" in res.stderr  # the INFO line users never saw
+    started = [l for l in res.stderr.splitlines() if "progress: started" in l]
+    assert started and f"started, {redo} samples through" in started[0], res.stderr
