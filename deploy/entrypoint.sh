@@ -9,6 +9,7 @@ if [ -n "${FINEHARD_VLLM_MODEL:-}" ]; then
   # shellcheck disable=SC2086
   /opt/vllm/bin/vllm serve "$FINEHARD_VLLM_MODEL" --host 127.0.0.1 --port "${FINEHARD_VLLM_PORT:-8000}" \
     ${FINEHARD_VLLM_ARGS:-} > /tmp/vllm-server.log 2>&1 &
-  # The worker's OpenAI client retries until the server answers; do not block the harness here.
+  # Do not block the harness here: each worker waits for GET /v1/models before its first batch, up to
+  # FINEHARD_SERVER_WARMUP_S seconds (or ?warmup=S in the engine spec), then requests retry with backoff.
 fi
 exec /opt/apache/beam/boot "$@"

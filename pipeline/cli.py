@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Callable, Optional
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
+from core.record import PROJECT_VERSION
+from pipeline.logs import configure as configure_logging
 from pipeline.options import add_curation_args
 
 BEAM_FLAGS_HELP = """\
@@ -23,9 +22,18 @@ Beam flags (passed to Beam; any other Beam pipeline option works too, e.g. --pro
 """
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse that raises instead of printing Beam's whole usage (130 lines) for a flag without its value."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(message)
+
+
 def _all_beam_flags() -> argparse.ArgumentParser:
     """A parser that knows every Beam pipeline option, to reject misspelt flags at once."""
-    parser = argparse.ArgumentParser(add_help=False)
+    from apache_beam.options.pipeline_options import PipelineOptions  # not needed by the other commands
+
+    parser = _OneLineErrors(add_help=False)
     seen, todo = set(), [PipelineOptions]
     while todo:
         cls = todo.pop()
@@ -72,6 +80,12 @@ def shards_main(argv: list[str]) -> int:
         print("finehard shards: interrupted; completed shards are kept: run the same command again to resume",
               file=sys.stderr)
         return 130
+    except ImportError as e:  # fsspec without the filesystem of a gs://, s3://, http(s):// path
+        if "install" not in str(e).lower():
+            raise
+        print(f"finehard shards: error: {e} (pip install 'finehard[gcp]' for gs://, 'finehard[aws]' for s3://; "
+              "aiohttp for http(s)://)", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - one line, not a traceback; the log above has the details
         print(f"finehard shards: error: the run failed: {_first_line(e)}; completed shards are kept: fix the "
               "cause and run the same command again to resume", file=sys.stderr)
@@ -82,6 +96,14 @@ def shards_main(argv: list[str]) -> int:
         print(f"finehard shards: error: NOT RECONCILED: {summary['read']} input items read, but written + "
               f"dead-lettered + filtered = {summary['accounted']}: samples were lost (a bug: please report it)",
               file=sys.stderr)
+        return 1
+    from pipeline.output import failure_reason
+    from pipeline.run import parse_args
+
+    args, _ = parse_args(argv)
+    reason = failure_reason(summary, args.max_failure_rate, args.output)
+    if reason:
+        print(f"finehard shards: failed: {reason}", file=sys.stderr)
         return 1
     return 0
 
@@ -110,7 +132,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "negatives": (_lazy("pipeline.stage_cli", "negatives_main"),
                   "expressions on stdin -> 10 hard negatives each (JSON lines)"),
     "stats": (_lazy("pipeline.stats", "stats_main"),
-              "counts per stage/reason, regions, negatives valid rate (+ stats_report.json)"),
+              "counts per stage/reason, regions, negatives valid rate (--write: stats_report.json)"),
     "preview": (_lazy("pipeline.preview", "preview_main"), "self-contained HTML page of samples with boxes"),
     "export-fgclip": (_lazy("pipeline.export", "export_fgclip_main"), "FG-CLIP training json list + images"),
     "export-fgovd": (_lazy("pipeline.export", "export_fgovd_main"), "FG-OVD eval jsonl from held-out shards"),
@@ -119,12 +141,33 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 }
 
 
+VERBOSITY_FLAGS = {"-v": 1, "--verbose": 1, "-vv": 2, "-q": -1, "--quiet": -1}
+
+
+def take_verbosity(argv: list[str]) -> tuple[int, list[str]]:
+    """``-v``/``-vv``/``-q`` anywhere before a ``--``: the verbosity and the other arguments."""
+    level, rest = 0, []
+    for i, a in enumerate(argv):
+        if a == "--":
+            rest += argv[i:]
+            break
+        if a in VERBOSITY_FLAGS:
+            level = max(-1, min(2, level + VERBOSITY_FLAGS[a]))
+        else:
+            rest.append(a)
+    return level, rest
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    usage = "usage: finehard {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(
-        f"  {name:<16}{help_}" for name, (_, help_) in COMMANDS.items())
+    verbosity, argv = take_verbosity(argv)
+    configure_logging(verbosity)
+    usage = "usage: finehard [-v|-vv|-q] [--version] {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(
+        f"  {name:<16}{help_}" for name, (_, help_) in COMMANDS.items()) + (
+        "\n\n  -v / -vv / -q   more (debug; -vv adds Beam's own INFO lines) or less (warnings only) logging")
+    if argv and argv[0] == "--version":
+        print(f"finehard {PROJECT_VERSION}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv else 2

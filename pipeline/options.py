@@ -107,6 +107,13 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                              "space about the size of the input images")
     parser.add_argument("--progress-every-s", "--progress_every_s", dest="progress_every_s", type=float, default=10.0,
                         help="log samples done, rate and ETA at most this often per worker (0 = off)")
+    parser.add_argument("--shared-mount", "--shared_mount", dest="shared_mount", action="append", default=None,
+                        help="a folder every Flink task manager mounts at the same path (e.g. /nfs): local "
+                             "--input/--output/--spill-dir/--model-cache paths under it are accepted on Flink")
+    parser.add_argument("--max-failure-rate", "--max_failure_rate", dest="max_failure_rate", type=float, default=0.5,
+                        help="exit 1 with the reason when more than this share of the samples is dead-lettered, or "
+                             "of the regions got no valid negatives (an engine that is down, a broken prompt); "
+                             "1 = never")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
                         help="largest batch handed to a model engine (RunInference batching)")
 
@@ -129,5 +136,7 @@ def check_positive(args: argparse.Namespace) -> None:
         raise ValueError("--box-conf and --nms-iou must lie in [0, 1]")
     if args.caption_timeout <= 0:
         raise ValueError("--caption-timeout must be positive")
+    if not 0 <= args.max_failure_rate <= 1:
+        raise ValueError("--max-failure-rate must lie in [0, 1]")
     if args.negatives_retries < 0:
         raise ValueError("--negatives-retries must be >= 0")

@@ -23,13 +23,13 @@ from fsspec.implementations.local import LocalFileSystem
 
 from core.files import atomic_write
 from transforms.read import ReadUnit
-from transforms.write import DEADLETTER_DIR, FILTERED_DIR, READ_COUNTS_DIR, SHARD_PREFIX
+from transforms.write import DEADLETTER_DIR, DIAGNOSTICS_DIR, FILTERED_DIR, READ_COUNTS_DIR, SHARD_PREFIX
 
 LOG = logging.getLogger("finehard")
 LOCK_NAME = ".finehard.lock"
 RUN_FILE = "run.json"
 # What `--overwrite` removes: the files a run writes, nothing else in the folder.
-RUN_OUTPUTS = (f"{SHARD_PREFIX}-*", DEADLETTER_DIR, FILTERED_DIR, READ_COUNTS_DIR, "summary.json", "sizes.json",
+RUN_OUTPUTS = (f"{SHARD_PREFIX}-*", DEADLETTER_DIR, FILTERED_DIR, DIAGNOSTICS_DIR, READ_COUNTS_DIR, "summary.json", "sizes.json",
                "stats_report.json", RUN_FILE, ".spill-*", "*.tmp-*")
 
 

@@ -169,8 +169,78 @@ def summarise(stats: list[dict[str, Any]], listed: Optional[int] = None) -> dict
     return total
 
 
+SIZES_NAME = "sizes.json"
+
+
 def write_summary(output: str, **extra: Any) -> dict[str, Any]:
-    summary = {**summarise(read_shard_stats(output), read_listed(output)), **extra}
+    """``summary.json`` and ``sizes.json`` (shard file name -> samples, the img2dataset/open_clip
+    convention, so ``--train-num-samples`` is not needed) from the shards' stats."""
+    stats = read_shard_stats(output)
+    summary = {**summarise(stats, read_listed(output)), **extra}
     fs, root = fsspec.core.url_to_fs(output)
+    sizes = {f"{s['shard']}.tar": s["written"] for s in stats}
+    atomic_write(fs, posixpath.join(root, SIZES_NAME), json.dumps(dict(sorted(sizes.items())), indent=1).encode())
     atomic_write(fs, posixpath.join(root, "summary.json"), json.dumps(summary, indent=1, sort_keys=True).encode())
     return summary
+
+
+def _first_line(output: str, folder: str, match: Any) -> Optional[dict[str, Any]]:
+    """The first json line under OUTPUT/folder/ for which ``match(line)`` holds."""
+    fs, root = fsspec.core.url_to_fs(output)
+    for p in sorted(fs.glob(posixpath.join(root, folder, "*.jsonl"))):
+        with fs.open(p, "rt", encoding="utf-8") as f:
+            for line in f:
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    continue
+                if match(item):
+                    return item
+    return None
+
+
+def failure_reason(summary: dict[str, Any], max_rate: float, output: str) -> Optional[str]:
+    """One line saying why the run failed, or None: dead-lettered samples or invalid negatives above ``max_rate``.
+
+    The line names the most frequent reason and the first such error as the engine gave it
+    (from ``deadletter/`` or ``diagnostics/``), so "connection refused" is not a bare count.
+    """
+    read, dead = summary.get("read", 0), summary.get("dead_lettered", 0)
+    if read and dead / read > max_rate:
+        reasons = summary.get("dead_lettered_by_reason", {})
+        top = max(reasons, key=reasons.get) if reasons else "?"
+        stage, _, reason = top.partition(":")
+        first = _first_line(output, "deadletter", lambda x: x.get("stage") == stage and x.get("reason") == reason)
+        detail = f"; first: {first['detail']}" if first and first.get("detail") else ""
+        return (f"{dead}/{read} samples dead-lettered ({100.0 * dead / read:.1f}% > --max-failure-rate {max_rate:g}), "
+                f"mostly {top} ({reasons.get(top, 0)}){detail} (see {output.rstrip('/')}/deadletter/)")
+    rate = summary.get("negatives_valid_rate")
+    if rate is not None and 1.0 - rate > max_rate:
+        counters = summary.get("counters", {})
+        invalid = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("negatives_invalid:")}
+        top = max(invalid, key=invalid.get) if invalid else "?"
+        first = _first_line(output, "diagnostics", lambda x: x.get("stage") == "negatives" and x.get("reason") == top)
+        detail = ""
+        if first and first.get("detail"):
+            detail = f"; first: {first['detail']}"
+        elif first and first.get("raw_answer"):
+            detail = f"; first answer: {str(first['raw_answer'])[:200]!r}"
+        return (f"{100.0 * (1.0 - rate):.1f}% of regions got no valid negatives (> --max-failure-rate {max_rate:g}), "
+                f"mostly {top} ({invalid.get(top, 0)}){detail} (see {output.rstrip('/')}/diagnostics/)")
+    return None
+
+
+def read_lines(output: str, folder: str, limit: Optional[int] = None) -> list[dict[str, Any]]:
+    """Lines of OUTPUT/folder/*.jsonl (``deadletter``, ``filtered``, ``diagnostics``), in shard order."""
+    fs, root = fsspec.core.url_to_fs(output)
+    out: list[dict[str, Any]] = []
+    for p in sorted(fs.glob(posixpath.join(root, folder, "*.jsonl"))):
+        with fs.open(p, "rt", encoding="utf-8") as f:
+            for line in f:
+                if limit is not None and len(out) >= limit:
+                    return out
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+    return out

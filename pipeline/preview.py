@@ -14,9 +14,11 @@ from typing import Any, Optional
 import fsspec
 from PIL import Image
 
-from pipeline.output import SHARD_GLOB, is_stub, iter_samples, read_listed, read_shard_stats, shard_paths, summarise
+from pipeline.output import (SHARD_GLOB, is_stub, iter_samples, read_lines, read_listed, read_shard_stats,
+                             shard_paths, summarise)
 
 PREVIEW_MAX_SIDE = 512
+MAX_FAILED_IMAGE_BYTES = 20 << 20  # a dead-lettered image bigger than this is not inlined
 BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 
 
@@ -59,7 +61,7 @@ def _overlay(record: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _regions_table(record: dict[str, Any]) -> str:
+def _regions_table(record: dict[str, Any], diagnostics: Optional[dict[tuple[str, str], dict]] = None) -> str:
     rows = []
     for i, region in enumerate(record.get("bbox_info", [])):
         colour = BOX_COLOURS[i % len(BOX_COLOURS)]
@@ -67,6 +69,12 @@ def _regions_table(record: dict[str, Any]) -> str:
         neg_items = "".join(f"<li>{html.escape(str(negs[k]))}</li>" for k in sorted(negs, key=lambda k: int(k)
                                                                                       if str(k).isdigit() else 0))
         ok = "ok" if region.get("flag_short_neg") == 1 else "no valid negatives"
+        why = (diagnostics or {}).get((record.get("key", ""), region.get("short_expr", "")))
+        if why and region.get("flag_short_neg") != 1:
+            ok += f": {why.get('reason')}"
+            said = why.get("detail") or (f"answer: {why['raw_answer']}" if why.get("raw_answer") else "")
+            if said:
+                neg_items += f'<li class="why-invalid">{html.escape(str(said)[:300])}</li>'
         rows.append(
             f'<tr class="region-row"><td style="color:{colour}">{i + 1}</td>'
             f'<td><b class="short-expr">{html.escape(region.get("short_expr", ""))}</b><br>'
@@ -79,8 +87,11 @@ def _regions_table(record: dict[str, Any]) -> str:
            + "".join(rows) + "</table>"
 
 
-def sample_card(sample: dict[str, Any]) -> str:
-    """One sample as an HTML card: image with boxes, captions, expressions and negatives."""
+def sample_card(sample: dict[str, Any], diagnostics: Optional[dict[tuple[str, str], dict]] = None) -> str:
+    """One sample as an HTML card: image with boxes, captions, expressions and negatives.
+
+    ``diagnostics`` ((key, expression) -> OUTPUT/diagnostics line) says why a region has no negatives.
+    """
     rec = sample["record"]
     badge = '<span class="badge stub" title="at least one field came from a stub engine">stub</span>' \
         if is_stub(rec) else ""
@@ -93,7 +104,41 @@ def sample_card(sample: dict[str, Any]) -> str:
             f'<p class="meta">{rec.get("width")}×{rec.get("height")} · {html.escape(str(rec.get("f_path", "")))}</p>'
             f'<p><b>long caption</b> <span class="caption">{html.escape(rec.get("caption", ""))}</span></p>'
             f'<p><b>short caption</b> <span class="short-caption">{html.escape(rec.get("short_caption", ""))}</span></p>'
-            f'{_regions_table(rec)}</section>')
+            f'{_regions_table(rec, diagnostics)}</section>')
+
+
+def _failed_image(f_path: str) -> Optional[tuple[bytes, str]]:
+    """The source image of a dead-lettered/filtered sample, when it can still be read as an image."""
+    if not f_path or "#" in f_path:
+        return None  # a tar member or a manifest row: no file of its own
+    try:
+        fs, path = fsspec.core.url_to_fs(f_path)
+        if (fs.size(path) or 0) > MAX_FAILED_IMAGE_BYTES:
+            return None
+        with fs.open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            fmt = (im.format or "").lower()
+    except Exception:  # noqa: BLE001 - unreadable is why many of them failed: show the text only
+        return None
+    ext = {"jpeg": "jpg", "png": "png", "webp": "webp"}.get(fmt)
+    if ext is None:
+        return None
+    return data, ext
+
+
+def failed_card(letter: dict[str, Any], kind: str) -> str:
+    """A dead-lettered or filtered sample: key, stage, reason, detail, and the image when readable."""
+    image = _failed_image(str(letter.get("f_path") or ""))
+    figure = (f'<div class="figure"><img alt="{html.escape(str(letter.get("key")))}" '
+              f'src="{_data_uri(*image)}"></div>') if image else '<p class="none">(image not readable)</p>'
+    return (f'<section class="sample failed {kind}" data-key="{html.escape(str(letter.get("key")))}">'
+            f'<h2>{html.escape(str(letter.get("key")))} <span class="badge {kind}">{kind}</span></h2>{figure}'
+            f'<p><b>stage</b> <span class="stage">{html.escape(str(letter.get("stage")))}</span> · '
+            f'<b>reason</b> <span class="reason">{html.escape(str(letter.get("reason")))}</span></p>'
+            f'<p class="detail">{html.escape(str(letter.get("detail") or ""))}</p>'
+            f'<p class="meta">{html.escape(str(letter.get("f_path") or ""))}</p></section>')
 
 
 PAGE_CSS = """
@@ -105,6 +150,9 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:
 .figure img{width:100%;height:auto;display:block}
 .figure svg{position:absolute;left:0;top:0;width:100%;height:100%}
 .badge{font-size:11px;padding:1px 6px;border-radius:8px;color:#fff;background:#c0392b;vertical-align:middle}
+.badge.filtered{background:#7f8c8d}
+.detail{font-family:monospace;font-size:11px;color:#a33}
+li.why-invalid{list-style:none;color:#a33;font-family:monospace;font-size:11px}
 .meta{color:#777;font-size:11px}
 table.regions{border-collapse:collapse;width:100%;font-size:12px}
 table.regions td,table.regions th{border-top:1px solid #eee;padding:3px;text-align:left;vertical-align:top}
@@ -112,8 +160,10 @@ ol.negatives{margin:2px 0;padding-left:18px}
 """
 
 
-def render_preview(samples: list[dict[str, Any]], title: str, stats: Optional[dict[str, Any]] = None) -> str:
-    """The whole self-contained page."""
+def render_preview(samples: list[dict[str, Any]], title: str, stats: Optional[dict[str, Any]] = None,
+                   failed: Optional[list[tuple[str, dict[str, Any]]]] = None,
+                   diagnostics: Optional[dict[tuple[str, str], dict]] = None) -> str:
+    """The whole self-contained page: written samples, then dead-lettered and filtered ones."""
     head = ""
     if stats:
         head = (f'<p class="summary">read {stats["read"]}, written {stats["written"]}, dead-lettered '
@@ -121,7 +171,10 @@ def render_preview(samples: list[dict[str, Any]], title: str, stats: Optional[di
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>{head}<main>"
-            + "".join(sample_card(s) for s in samples) + "</main></body></html>")
+            + "".join(sample_card(s, diagnostics) for s in samples) + "</main>"
+            + (f'<h1 id="failed">Dead-lettered and filtered ({len(failed)} shown)</h1><main>'
+               + "".join(failed_card(letter, kind) for kind, letter in failed) + "</main>" if failed else "")
+            + "</body></html>")
 
 
 def preview_main(argv: list[str]) -> int:
@@ -133,6 +186,8 @@ def preview_main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="the HTML file to write")
     parser.add_argument("--n", type=int, default=24, help="how many samples (the first ones, in shard order)")
     parser.add_argument("--shards", nargs="*", default=None, help="only these shards (e.g. shard-00003)")
+    parser.add_argument("--n-failed", type=int, default=24,
+                        help="how many dead-lettered and filtered samples to show (each list, 0 = none)")
     args = parser.parse_args(argv)
     try:
         uris = shard_paths(args.output, args.shards)
@@ -148,7 +203,10 @@ def preview_main(argv: list[str]) -> int:
             break
         samples.append(s)
     stats = summarise(read_shard_stats(args.output), read_listed(args.output))
-    page = render_preview(samples, f"FineHARD preview — {args.output}", stats)
+    failed = [("dead-lettered", x) for x in read_lines(args.output, "deadletter", args.n_failed)] + \
+             [("filtered", x) for x in read_lines(args.output, "filtered", args.n_failed)]
+    diagnostics = {(d.get("key", ""), d.get("expression", "")): d for d in read_lines(args.output, "diagnostics")}
+    page = render_preview(samples, f"FineHARD preview — {args.output}", stats, failed, diagnostics)
     with fsspec.open(args.out, "wt", encoding="utf-8") as f:
         f.write(page)
     print(f"wrote {args.out}: {len(samples)} sample(s), {len(page) // 1024} KiB")

@@ -19,6 +19,7 @@ from pipeline.outdir import (RUN_FILE, OutputLock, input_fingerprint, prepare_ou
 from core.record import PROJECT_VERSION, Field, text_hash, valid_text
 from pipeline.output import read_shard_stats, stage_metrics, write_summary
 from pipeline.runner_names import LOCAL_RUNNERS, canonical_runner, normalise_runner_args
+from pipeline.progress_view import progress_for_run
 from pipeline.submit import validate_runner_options
 from transforms.common import mark_dead, split_outcomes
 from transforms.dedup import DropDuplicates
@@ -135,12 +136,31 @@ def _strip_bytes(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def progress_stages(args: argparse.Namespace) -> list[str]:
+    """The points of the chain whose samples are counted for the progress display, in order."""
+    return ["read", *(["dedup"] if args.dedup else []), *selected_stages(args.stages), "done"]
+
+
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
-                   spill_root: Optional[str] = None) -> beam.PCollection:
+                   spill_root: Optional[str] = None, progress_dir: Optional[str] = None) -> beam.PCollection:
     """Add the whole chain to ``p``; returns the PCollection of per-shard stats.
 
     With ``spill_root`` the image bytes go there right after reading (``transforms.spill``).
+    With ``progress_dir`` (local runners) every stage counts its samples there for
+    ``pipeline.progress_view``; without it the workers log ``progress:`` lines themselves.
     """
+    counting = args.progress_every_s > 0 and progress_dir is not None
+
+    def count(pcoll: beam.PCollection, stage: Optional[str], label: str) -> beam.PCollection:
+        if not counting:
+            return pcoll
+        return pcoll | label >> beam.ParDo(LogProgress(every_s=args.progress_every_s, stage=stage,
+                                                       progress_dir=progress_dir))
+
+    def failures(dead: beam.PCollection, filtered: beam.PCollection, label: str) -> list[beam.PCollection]:
+        """A stage's dead/filtered outputs, counted where they leave the chain (stage totals shrink at once)."""
+        return [count(dead, None, f"CountDead{label}"), count(filtered, None, f"CountFiltered{label}")]
+
     specs = {"captioner": CAPTIONERS.resolve(args.captioner), "detector": DETECTORS.resolve(args.detector),
              "negatives": NEGATIVE_ENGINES.resolve(args.negatives)}
     records = (p
@@ -152,17 +172,20 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     if spill_root:
         records = records | "SpillImages" >> beam.Map(spill_image, root=spill_root)
     records = records | "AssignShards" >> AssignShards(args.samples_per_shard)
+    if counting:  # the progress display counts what this run will process (completed shards are skipped)
+        count(records | "NotCompletedForProgress" >> SkipCompleted(done), "read", "CountRead")
     finished = []
     live, dead, filtered = split_outcomes(records, "read")
-    finished += [dead, filtered]
+    finished += failures(dead, filtered, "Read")
     stages_run = selected_stages(args.stages)
     config_hash = run_info(args)["config_hash"]
     live = live | "CarryInputFields" >> beam.Map(carry_input_fields, stages=stages_run, config_hash=config_hash,
                                                  reuse_captions=args.reuse_captions)
     if args.dedup:
         # over the whole input, completed shards included: a resumed run makes the same duplicate decisions
-        live, dead, filtered = split_outcomes(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup")
-        finished += [dead, filtered]
+        deduped = count(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup", "CountDedup")
+        live, dead, filtered = split_outcomes(deduped, "dedup")
+        finished += failures(dead, filtered, "Dedup")
     live = live | "SkipCompletedShards" >> SkipCompleted(done)
     stages = {
         "recaption": lambda: Recaption(specs["captioner"], batch_size=args.batch_size,
@@ -185,18 +208,19 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
             stage_input = needs
         out = (stage_input | name.title() >> stages[name]()
                | f"Stamp{name.title()}" >> beam.Map(stamp_run, field=STAGE_FIELDS[name], config_hash=config_hash))
+        out = count(out, name, f"Count{name.title()}")  # before the Flatten: it holds its input back
         if name == "recaption":
-            out = (out, has) | "WithReusedCaptions" >> beam.Flatten()
+            out = (out, count(has, name, "CountReusedCaptions")) | "WithReusedCaptions" >> beam.Flatten()
         live, dead, filtered = split_outcomes(out, name)
-        finished += [dead, filtered]
+        finished += failures(dead, filtered, name.title())
     failed = (finished | "AllFailed" >> beam.Flatten() | "DropBytes" >> beam.Map(_strip_bytes)
               | "SkipCompletedFailed" >> SkipCompleted(done))
-    if args.progress_every_s > 0:
-        total = records | "CountForProgress" >> beam.combiners.Count.Globally()
-        live = live | "Progress" >> beam.ParDo(LogProgress(every_s=args.progress_every_s),
-                                               total=beam.pvalue.AsSingleton(total))
-    return ((live, failed) | "AllOutcomes" >> beam.Flatten()
-            | "WriteShards" >> WriteShards(args.output, run_info(args)))
+    outcomes = (live, failed) | "AllOutcomes" >> beam.Flatten()
+    if counting:
+        outcomes = count(outcomes, "done", "Progress")
+    elif args.progress_every_s > 0:  # remote workers: each logs its own share
+        outcomes = outcomes | "Progress" >> beam.ParDo(LogProgress(every_s=args.progress_every_s))
+    return outcomes | "WriteShards" >> WriteShards(args.output, run_info(args))
 
 
 def check_resume(output: str, info: dict[str, Any], fingerprint: dict[str, Any], retry_failed: bool) -> set[int]:
@@ -272,9 +296,9 @@ def make_runner(options: PipelineOptions) -> Any:
     """Local runs use the FnApiRunner directly: the DirectRunner would first try Prism (a download);
     ``dask`` is this project's fixed DaskRunner (pipeline/dask_runner.py, experimental)."""
     if is_local_runner(options):
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        from pipeline.local_runner import LocalRunner
 
-        return FnApiRunner()
+        return LocalRunner()
     if canonical_runner(options.view_as(StandardOptions).runner) == "DaskRunner":
         try:
             from pipeline.dask_runner import FineHardDaskRunner
@@ -316,7 +340,8 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         validate_runner_options(beam_args, {"captioner": args.captioner, "detector": args.detector,
                                             "negatives": args.negatives},
                                 paths={"--input": args.input, "--output": args.output,
-                                       "--spill-dir": args.spill_dir, "--model-cache": args.model_cache})
+                                       "--spill-dir": args.spill_dir, "--model-cache": args.model_cache},
+                                shared_mounts=args.shared_mount or ())
         check_spill_dir(args.spill_dir)
         prepare_output(args.output)
     except (EngineSpecError, ValueError, OSError) as e:
@@ -340,8 +365,9 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         args.model_cache = model_cache_root(args, local)
         p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
         started = time.monotonic()
-        with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill:
-            build_pipeline(p, args, done, spill.root)
+        with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill, \
+                progress_for_run(args, units, done, local, progress_stages(args)) as view:
+            build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None)
             result = p.run()
             result.wait_until_finish()
         summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3),

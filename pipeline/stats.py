@@ -106,20 +106,22 @@ def format_stats(report: dict[str, Any]) -> str:
 
 
 def stats_main(argv: list[str]) -> int:
-    """``finehard stats OUTPUT``: print the report and write OUTPUT/stats_report.json."""
+    """``finehard stats OUTPUT``: print the report (``--write``: also OUTPUT/stats_report.json)."""
     parser = argparse.ArgumentParser(prog="finehard stats",
                                      description="Counts per stage and reason, regions per image, negatives "
-                                                 "valid rate; also written to OUTPUT/stats_report.json.")
+                                                 "valid rate. Reads OUTPUT only; --write also saves the report.")
     parser.add_argument("output", help="a `finehard shards` --output folder (any fsspec URI)")
     parser.add_argument("--json", action="store_true", help="print the report as json instead of text")
+    parser.add_argument("--write", action="store_true", help=f"also write OUTPUT/{REPORT_NAME}")
     args = parser.parse_args(argv)
     try:
         report = build_stats(args.output)
     except FileNotFoundError as e:
         print(f"finehard stats: error: {e}", file=sys.stderr)
         return 2
-    fs, root = fsspec.core.url_to_fs(args.output)
-    with fs.open(posixpath.join(root, REPORT_NAME), "wt", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, sort_keys=True, ensure_ascii=False)
+    if args.write:
+        fs, root = fsspec.core.url_to_fs(args.output)
+        with fs.open(posixpath.join(root, REPORT_NAME), "wt", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, sort_keys=True, ensure_ascii=False)
     print(json.dumps(report, indent=1, sort_keys=True, ensure_ascii=False) if args.json else format_stats(report))
     return 0

@@ -29,7 +29,7 @@ def run_out(tmp_path_factory: pytest.TempPathFactory, scenes_dir: pathlib.Path) 
 
 
 def test_stats_report_counts_and_histogram(run_out: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
-    assert stats_main([str(run_out)]) == 0
+    assert stats_main([str(run_out), "--write"]) == 0
     text = capsys.readouterr().out
     report = json.loads((run_out / "stats_report.json").read_text())
     summary = json.loads((run_out / "summary.json").read_text())
@@ -187,7 +187,7 @@ def test_per_stage_throughput_comes_from_the_runners_metrics(run_out: pathlib.Pa
         # 13 read, 1 dead-lettered while reading: 12 reach every model stage.
         assert m["samples"] == 12 and m["batches"] >= 2, (name, m)  # --batch-size 8 -> at least 2 batches
         assert m["model_seconds"] > 0 and m["samples_per_model_second"] == round(12 / m["model_seconds"], 1)
-    assert stats_main([str(run_out)]) == 0
+    assert stats_main([str(run_out), "--write"]) == 0
     text = capsys.readouterr().out
     positions = [text.index(f"stage {name}") for name in stages]
     assert positions == sorted(positions)

@@ -20,8 +20,8 @@ DATAFLOW = ["--runner=DataflowRunner", "--project=finehard-test-123", "--region=
 GPU_DATAFLOW = DATAFLOW + ["--sdk_container_image=us-docker.pkg.dev/finehard-test-123/images/finehard-gpu:0.1.0",
                            "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver",
                            "--experiments=use_runner_v2", "--experiments=no_use_multiple_sdk_containers"]
-FLINK = ["--runner=FlinkRunner", "--flink_master=flink-jm:8081", "--environment_type=DOCKER",
-         "--environment_config=apache/beam_python3.11_sdk:2.77.0"]
+FLINK = ["--runner=FlinkRunner", "--flink_master=flink-jm:8081", "--flink_version=1.19", "--environment_type=DOCKER",
+         "--environment_config=apache/beam_python3.11_sdk:2.77.0", "--setup_file=./setup.py"]
 STUBS = {"captioner": "stub", "detector": "stub", "negatives": "rules"}
 GPU = {"captioner": "vllm:/models/qwen2-vl", "detector": "yolo-world:/w/yolov8s-worldv2.pt", "negatives": "stub"}
 
@@ -37,7 +37,21 @@ GPU = {"captioner": "vllm:/models/qwen2-vl", "detector": "yolo-world:/w/yolov8s-
     (["--runner=FlinkRunner"], STUBS, "--flink_master=HOST:8081"),
     (["--runner=FlinkRunner", "--flink_master=h:8081", "--flink_job_server_jar=/nowhere/job-server.jar"], STUBS,
      "/nowhere/job-server.jar does not exist"),
-    (["--runner=FlinkRunner", "--flink_master=h:8081", "--environment_type=PROCESS"], STUBS, "/opt/apache/beam/boot"),
+    (["--runner=FlinkRunner", "--flink_master=h:8081", "--flink_version=1.19", "--environment_type=PROCESS"], STUBS,
+     "/opt/apache/beam/boot"),
+    # Beam 2.77 picks the Flink 2.2 job server unless told: the version must be said
+    ([a for a in FLINK if "flink_version" not in a], STUBS, "beam-runners-flink-2.2-job-server-2.77.0.jar"),
+    ([a for a in FLINK if "flink_version" not in a], STUBS, "--flink_version (1.19|1.20|2.0|2.1|2.2)"),
+    (FLINK + ["--flink_job_server_jar=/j/beam-runners-flink-1.20-job-server-2.77.0.jar"], STUBS,
+     "built for Flink 1.20 but --flink_version is 1.19"),
+    (FLINK + ["--flink_job_server_jar=/j/beam-runners-flink-1.19-job-server-2.60.0.jar"], STUBS, "is for Beam 2.60.0"),
+    ([a for a in FLINK if "environment" not in a], STUBS, "--environment_type=DOCKER --environment_config=IMAGE"),
+    ([a for a in FLINK if "environment_type" not in a] + ["--environment_type=LOOPBACK"], STUBS, "LOOPBACK runs"),
+    ([a for a in FLINK if "setup_file" not in a], STUBS, "lacks this project: add --setup_file ./setup.py"),
+    ([a for a in FLINK if "environment_config" not in a] + ["--environment_config=apache/beam_python3.10_sdk:2.77.0"],
+     STUBS, "runs Python 3.10; the launcher runs 3.11"),
+    ([a for a in FLINK if "environment_config" not in a] + ["--environment_config=apache/beam_python3.11_sdk:2.71.0"],
+     STUBS, "is Beam 2.71.0"),
     (["--runner=PortableRunner"], STUBS, "--job_endpoint"),
 ])
 def test_bad_runner_options_fail_with_the_fix(argv: list[str], engines: dict, needle: str) -> None:
@@ -54,7 +68,14 @@ def test_dataflow_refuses_folders_on_the_launching_machine() -> None:
         with pytest.raises(RunnerOptionsError) as err:
             validate_runner_options(DATAFLOW, STUBS, paths={**shared, flag: value})
         assert f"{flag} {value} is a path on this machine" in str(err.value) and "gs://" in str(err.value)
-    validate_runner_options(FLINK, STUBS, paths={**shared, "--output": "/nfs/out"})  # may be a shared mount
+    with pytest.raises(RunnerOptionsError) as err:  # Flink: only under a declared shared mount
+        validate_runner_options(FLINK, STUBS, paths={**shared, "--output": "/nfs/out"})
+    assert "--output /nfs/out is a path on this machine, which Flink workers cannot reach" in str(err.value)
+    assert "--shared-mount" in str(err.value)
+    validate_runner_options(FLINK, STUBS, paths={**shared, "--output": "/nfs/out"}, shared_mounts=["/nfs"])
+    image_only = [a for a in FLINK if "setup_file" not in a and "environment_config" not in a]
+    # our own image carries the project: no --setup_file needed
+    validate_runner_options(image_only + ["--environment_config=REGISTRY/finehard-gpu:0.1.0"], STUBS, paths=shared)
 
 
 @pytest.mark.parametrize("argv,engines", [

@@ -13,7 +13,6 @@ import re
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import ModelHandler
 from PIL import Image
 
 from core.engines import Engine, EngineRegistry, EngineSpec
@@ -96,50 +95,13 @@ def open_image(record: dict[str, Any]) -> Image.Image:
     return Image.open(io.BytesIO(image_bytes(record)))
 
 
-class EngineModelHandler(ModelHandler[dict, dict, Any]):
-    """A Beam ModelHandler over one engine from a stage's registry.
+def __getattr__(name: str) -> Any:
+    """``EngineModelHandler`` lives in ``transforms.inference`` (importing Beam's RunInference costs seconds)."""
+    if name == "EngineModelHandler":
+        from transforms.inference import EngineModelHandler
 
-    ``load_model`` builds the engine named by the spec (one per worker process, or one per
-    machine for GPU engines that set ``share_model_across_processes``); ``run_inference`` hands
-    the batch of records to ``apply(engine, records)``, which must return the records with
-    their new fields set or marked dead, one output per input.
-    """
-
-    def __init__(self, registry: EngineRegistry, spec: EngineSpec,
-                 apply: Callable[[Any, list[dict]], list[dict]],
-                 batch_size: int = 8, engine_options: Optional[dict[str, Any]] = None):
-        super().__init__()
-        self._registry = registry
-        self._spec = spec
-        self._apply = apply
-        self._batch_size = batch_size
-        self._engine_options = dict(engine_options or {})
-        self._gpu = registry.entry(spec).gpu
-
-    def load_model(self) -> Any:
-        LOG.info("loading %s engine %s", self._registry.stage, self._spec.raw)
-        return self._registry.build(self._spec, **self._engine_options)
-
-    def run_inference(self, batch: Sequence[dict], model: Any,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
-        records = list(batch)
-        out = self._apply(model, records)
-        if len(out) != len(records):
-            raise RuntimeError(f"{self._registry.stage} returned {len(out)} results for {len(records)} inputs")
-        return out
-
-    def get_num_bytes(self, batch: Sequence[dict]) -> int:
-        return sum(len(r.get(Field.IMAGE_BYTES, b"")) + len(r.get("caption", "")) for r in batch)  # spilled: 0
-
-    def get_metrics_namespace(self) -> str:
-        return f"{METRICS_NAMESPACE}_{self._registry.stage}"
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
-
-    def share_model_across_processes(self) -> bool:
-        return self._gpu
-
+        return EngineModelHandler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def gpu_resource_hints(registry: EngineRegistry, spec: EngineSpec, accelerator: Optional[str]) -> dict[str, str]:

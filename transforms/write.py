@@ -32,6 +32,7 @@ STATS_SUFFIX = "_stats.json"
 DEADLETTER_DIR = "deadletter"
 READ_COUNTS_DIR = "read_counts"  # per read unit: how many input items it held (the independent count)
 FILTERED_DIR = "filtered"
+DIAGNOSTICS_DIR = "diagnostics"
 TAR_MTIME = 0.0  # fixed metadata: same input + engines => byte-identical tars
 
 
@@ -175,6 +176,15 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
         elif fs.exists(path):
             fs.rm(path)
 
+    diagnostics = sorted(({"key": r["key"], **d} for r in written + dead + filtered for d in r.get(Field.DIAGNOSTICS, [])),
+                         key=lambda d: (d["key"], str(d.get("expression"))))
+    diag_path = posixpath.join(root, DIAGNOSTICS_DIR, f"{name}.jsonl")  # invalid model answers, per region
+    if diagnostics:
+        fs.makedirs(posixpath.join(root, DIAGNOSTICS_DIR), exist_ok=True)
+        atomic_write(fs, diag_path, "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n"
+                                            for d in diagnostics).encode("utf-8"))
+    elif fs.exists(diag_path):
+        fs.rm(diag_path)
     dead_by: Counter[str] = Counter(f"{r[Field.DEAD]['stage']}:{r[Field.DEAD]['reason']}" for r in dead)
     filtered_by: Counter[str] = Counter(f"{r[Field.FILTERED]['stage']}:{r[Field.FILTERED]['reason']}" for r in filtered)
     shard_stats = {

@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 ENGINE_OPTION_KEYS = frozenset({
     "structured", "concurrency", "timeout", "retries", "temperature", "max_tokens", "top_p",
     "n_ctx", "n_threads", "n_batch", "tensor_parallel_size", "gpu_memory_utilization",
-    "max_model_len", "load_format", "dtype", "enforce_eager", "seed", "trust_remote_code",
+    "max_model_len", "load_format", "dtype", "enforce_eager", "seed", "trust_remote_code", "warmup",
 })
 
 

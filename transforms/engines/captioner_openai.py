@@ -17,7 +17,7 @@ class OpenAICaptioner(CaptionerBase):
     engine = "openai"
 
     def __init__(self, spec: EngineSpec, client: Optional[Any] = None, **options: Any):
-        from transforms.engines.openai_client import OpenAIClient
+        from transforms.engines.openai_client import OpenAIClient, default_warmup_s
 
         base_url, opts = resolve_options(spec, options)
         super().__init__(spec.model or "default", opts)
@@ -30,6 +30,8 @@ class OpenAICaptioner(CaptionerBase):
         if "seed" in opts:
             self.extras["seed"] = int(opts["seed"])
         self.provenance["base_url"] = base_url
+        if client is None:  # a GPU container's server may still be loading: wait before the first batch
+            self.client.wait_ready(float(opts.get("warmup", default_warmup_s())))
 
     def request(self, image: Image.Image) -> dict[str, Any]:
         """The chat-completion request body for one image."""

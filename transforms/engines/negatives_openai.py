@@ -19,7 +19,7 @@ from typing import Any, Optional
 from core.engines import EngineSpec, NegativesEngine
 from transforms.common import SampleError
 from transforms.engines import engine_options
-from transforms.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout
+from transforms.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout, default_warmup_s
 from transforms.negatives import load_negatives_prompt, request_seed
 
 MODES = ("json_schema", "grammar", "json_object", "none")
@@ -58,6 +58,8 @@ class OpenAINegatives(NegativesEngine):
         self.provenance = {"engine": "openai", "model": spec.model or "(server default)",
                            "endpoint_host": self.client.base_url.split("/")[2], "stub": False,
                            **self.prompt.provenance()}
+        if client is None:  # a GPU container's server may still be loading: wait before the first batch
+            self.client.wait_ready(float(opts.get("warmup", default_warmup_s())))
 
     @property
     def mode(self) -> str:

@@ -1,7 +1,8 @@
 """A small client for OpenAI-compatible servers (vLLM serve, llama.cpp server, LMDeploy ...).
 
-Standard library only. Timeouts on every request, bounded retries with backoff on connection
-errors, timeouts, 408/429 and 5xx, a thread pool for concurrent requests. The API key comes only
+On ``httpx`` (pooled keep-alive connections, separate connect/read timeouts). Timeouts on every request, bounded retries with jittered backoff (and the
+server's ``Retry-After``) on connection errors, timeouts, 408/429 and 5xx, a wait for the server's
+readiness before the first batch (:meth:`OpenAIClient.wait_ready`), a thread pool for concurrent requests. The API key comes only
 from an environment variable (``FINEHARD_OPENAI_API_KEY``, else ``OPENAI_API_KEY``) and is never
 logged, printed or put in an error message.
 """
@@ -10,17 +11,31 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
+import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, TypeVar
+
+if TYPE_CHECKING:
+    import httpx
 
 LOG = logging.getLogger(__name__)
 API_KEY_ENV_VARS = ("FINEHARD_OPENAI_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+NOT_READY_STATUS = frozenset({502, 503, 504})  # a proxy or a server still loading its model
+WARMUP_ENV = "FINEHARD_SERVER_WARMUP_S"
+DEFAULT_WARMUP_S = 600.0  # vLLM loading a large model takes minutes
+MAX_RETRY_AFTER_S = 60.0
+READY_POLL_S = 2.0
+
+
+def default_warmup_s() -> float:
+    """How long a worker waits for its server before the first batch (``FINEHARD_SERVER_WARMUP_S``)."""
+    try:
+        return float(os.environ.get(WARMUP_ENV, DEFAULT_WARMUP_S))
+    except ValueError:
+        return DEFAULT_WARMUP_S
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -29,10 +44,28 @@ R = TypeVar("R")
 class OpenAIError(RuntimeError):
     """A request that failed for good; ``status`` is the HTTP status (None: no HTTP answer)."""
 
-    def __init__(self, message: str, status: Optional[int] = None, body: str = ""):
+    def __init__(self, message: str, status: Optional[int] = None, body: str = "",
+                 retry_after: Optional[float] = None):
         super().__init__(message)
         self.status = status
         self.body = body[:2000]
+        self.retry_after = retry_after  # seconds from the server's Retry-After header
+
+
+def parse_retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None when absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 class OpenAITimeout(OpenAIError):
@@ -55,6 +88,7 @@ class OpenAIClient:
         self.concurrency = max(1, int(concurrency))
         self._api_key = next((os.environ[v] for v in api_key_env if os.environ.get(v)), "")
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._http: Optional["httpx.Client"] = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # never shows the key
@@ -66,24 +100,35 @@ class OpenAIClient:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    def _once(self, method: str, path: str, payload: Optional[dict[str, Any]]) -> dict[str, Any]:
-        data = json.dumps(payload).encode("utf-8") if payload is not None else None
-        req = urllib.request.Request(f"{self.base_url}/{path.lstrip('/')}", data=data,
-                                     headers=self._headers(), method=method)
+    def _http_client(self) -> "httpx.Client":
+        """One pooled ``httpx`` client (keep-alive connections, thread-safe) for all requests."""
+        if self._http is None:
+            with self._lock:
+                if self._http is None:
+                    import httpx
+
+                    self._http = httpx.Client(headers=self._headers(), follow_redirects=False, trust_env=True,
+                                              limits=httpx.Limits(max_connections=self.concurrency + 2))
+        return self._http
+
+    def _once(self, method: str, path: str, payload: Optional[dict[str, Any]],
+              timeout: Optional[float] = None) -> dict[str, Any]:
+        import httpx
+
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        limit = timeout or self.timeout
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                body = resp.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as e:
-            text = e.read().decode("utf-8", "replace") if e.fp else ""
-            raise OpenAIError(f"HTTP {e.code} from {path}: {text[:300]}", status=e.code, body=text) from None
-        except (socket.timeout, TimeoutError) as e:
-            raise OpenAITimeout(f"no answer from {path} within {self.timeout:g}s") from e
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (socket.timeout, TimeoutError)):
-                raise OpenAITimeout(f"no answer from {path} within {self.timeout:g}s") from e
-            raise OpenAIError(f"cannot reach {self.base_url}: {e.reason}") from e
-        except (ConnectionError, OSError) as e:
-            raise OpenAIError(f"connection to {self.base_url} failed: {type(e).__name__}: {e}") from e
+            resp = self._http_client().request(method, url, json=payload,
+                                               timeout=httpx.Timeout(limit, connect=min(limit, 10.0)))
+            body = resp.text
+        except httpx.TimeoutException as e:
+            raise OpenAITimeout(f"no answer from {path} within {limit:g}s") from e
+        except httpx.TransportError as e:
+            reason = e.__context__ if isinstance(e.__context__, OSError) else e
+            raise OpenAIError(f"cannot reach {self.base_url}: {reason}") from e
+        if resp.status_code >= 400:
+            raise OpenAIError(f"HTTP {resp.status_code} from {path}: {body[:300]}", status=resp.status_code,
+                              body=body, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
         try:
             out = json.loads(body)
         except ValueError:
@@ -101,9 +146,48 @@ class OpenAIClient:
                 transient = e.status is None or e.status in RETRY_STATUS
                 if not transient or attempt == self.retries:
                     raise
-                LOG.debug("retrying %s after %s", path, type(e).__name__)
-                time.sleep(self.backoff * (2 ** attempt))
+                delay = self.retry_delay(attempt, e.retry_after)
+                LOG.debug("retrying %s in %.2fs after %s", path, delay, type(e).__name__)
+                time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def retry_delay(self, attempt: int, retry_after: Optional[float] = None) -> float:
+        """Exponential backoff with jitter (0.5x-1.5x, so workers do not retry in step); at least
+        the server's ``Retry-After`` (capped at a minute)."""
+        delay = self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
+        return delay
+
+    def wait_ready(self, budget_s: float, poll_s: Optional[float] = None) -> bool:
+        """Wait until the server answers ``GET /models`` (up to ``budget_s`` seconds); True when it does.
+
+        A server that is starting (vLLM loading weights: connection refused, or 502/503/504 from a
+        proxy) is polled every ``poll_s`` seconds; any other HTTP answer means it is up (a server
+        without a ``/models`` route answers 404). On a timeout it logs a warning and returns False:
+        the requests then fail per sample and the run reports them (``--max-failure-rate``).
+        """
+        poll_s = READY_POLL_S if poll_s is None else poll_s
+        started = time.monotonic()
+        deadline, next_note, last = started + budget_s, started + 5.0, ""
+        while True:
+            try:
+                self._once("GET", "models", None, timeout=min(self.timeout, 10.0))
+                return True
+            except OpenAIError as e:
+                if e.status is not None and e.status not in NOT_READY_STATUS:
+                    return True
+                last = str(e)
+            now = time.monotonic()
+            if now >= deadline:
+                LOG.warning("%s did not answer within the %.0fs warm-up budget (%s); going on", self.base_url,
+                            budget_s, last)
+                return False
+            if now >= next_note:
+                LOG.info("waiting for %s to be ready (%s): %.0fs of the %.0fs warm-up budget left "
+                         "(?warmup=SECONDS in the engine spec)", self.base_url, last, deadline - now, budget_s)
+                next_note = now + 30.0
+            time.sleep(min(poll_s, max(0.0, deadline - now)))
 
     def post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         return self.request_json("POST", path, payload)
@@ -140,3 +224,6 @@ class OpenAIClient:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None

@@ -1,0 +1,244 @@
+"""The launcher's view of a local run's progress: bars on a terminal, log lines otherwise.
+
+Workers count samples per stage into small files (``transforms.progress``); a thread here sums
+them twice a second. On a terminal (stderr a TTY, not ``-q``) it draws one ``rich`` progress bar
+per stage (done / expected, rate, ETA); otherwise it logs one line as soon as samples move and
+then at most every ``--progress-every-s`` seconds, and a last line at the end, e.g.::
+
+    progress: 12/29 samples (41.4%), 3.1/s, ETA 0m06s | read 29, recaption 20, detect 15, negatives 12
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Optional, Sequence
+
+import fsspec
+
+from pipeline.logs import LEVEL_ENV
+from transforms.progress import FAILED_PREFIX, PROGRESS_LOG, format_eta, format_rate, read_counts
+
+POLL_S = 0.5
+
+
+def expected_samples(units: Sequence[Any], max_manifest_bytes: int = 512 << 20) -> Optional[int]:
+    """How many samples the input holds, from the listing when that is cheap; None when unknown.
+
+    Files: one per path. Manifests: JSON lines counted (parquet: its footer's row count), up to
+    ``max_manifest_bytes`` in all. Tars: the ``sizes.json`` beside them (img2dataset and our own
+    output write one), else unknown.
+    """
+    total, manifest_bytes = 0, 0
+    sizes_cache: dict[str, Optional[dict[str, Any]]] = {}
+    for unit in units:
+        if unit.kind == "files":
+            total += len(unit.uris)
+            continue
+        uri = unit.uris[0]
+        try:
+            fs, path = fsspec.core.url_to_fs(uri)
+            if unit.kind == "tar":
+                folder = posixpath.dirname(path)
+                if folder not in sizes_cache:
+                    sizes_path = posixpath.join(folder, "sizes.json")
+                    sizes_cache[folder] = None
+                    if fs.exists(sizes_path):
+                        with fs.open(sizes_path, "rt", encoding="utf-8") as f:
+                            sizes_cache[folder] = json.load(f)
+                sizes = sizes_cache[folder]
+                if not sizes or posixpath.basename(path) not in sizes:
+                    return None
+                total += int(sizes[posixpath.basename(path)])
+            elif path.lower().endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                with fs.open(path, "rb") as f:
+                    total += pq.ParquetFile(f).metadata.num_rows
+            else:
+                manifest_bytes += fs.size(path) or 0
+                if manifest_bytes > max_manifest_bytes:
+                    return None
+                with fs.open(path, "rt", encoding="utf-8") as f:
+                    text = f.read()
+                if path.lower().endswith(".json") and text.lstrip().startswith("["):
+                    total += len(json.loads(text))
+                else:
+                    total += sum(1 for line in text.splitlines() if line.strip())
+        except Exception:  # noqa: BLE001 - an estimate only: the run reads (and reports) the input itself
+            return None
+    return total
+
+
+class ProgressView:
+    """Context manager: a progress folder for the workers and a thread that shows what they count.
+
+    ``stages`` are the counting points in chain order (``read`` first, ``done`` last);
+    ``total`` the samples expected (None: counts, rates and no ETA).
+    """
+
+    def __init__(self, stages: Sequence[str], total: Optional[int], every_s: float = 10.0,
+                 tty: Optional[bool] = None):
+        self.stages, self.total, self.every_s = list(stages), total, every_s
+        self.tty = (sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+                    and PROGRESS_LOG.isEnabledFor(logging.INFO)) if tty is None else tty
+        self.dir = ""
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._first: dict[str, float] = {}
+        self._bars: Any = None
+        self._logged: Optional[dict[str, int]] = None
+
+    def __enter__(self) -> "ProgressView":
+        self.dir = tempfile.mkdtemp(prefix="finehard-progress-")
+        self._started = time.monotonic()
+        if self.tty:
+            # multi-process workers print straight to the terminal: only their warnings, under the bars
+            self._worker_level = os.environ.get(LEVEL_ENV)
+            if logging.getLevelName(self._worker_level or "INFO") in (logging.DEBUG, logging.INFO):
+                os.environ[LEVEL_ENV] = "WARNING"
+            self._start_bars()
+        else:
+            what = f"{self.total} samples" if self.total is not None else "samples (total unknown)"
+            PROGRESS_LOG.info("progress: started, %s through %s", what,
+                              " -> ".join(s for s in self.stages if s != "done"))
+        self._thread = threading.Thread(target=self._loop, name="finehard-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._show(read_counts(self.dir), final=True)
+        if self._bars is not None:
+            self._stop_bars()
+            if self._worker_level is None:
+                os.environ.pop(LEVEL_ENV, None)
+            else:
+                os.environ[LEVEL_ENV] = self._worker_level
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- what is shown ------------------------------------------------------------------------
+
+    def stage_totals(self, counts: dict[str, int]) -> dict[str, Optional[int]]:
+        """Each stage's expected count: the total less what failed at the stages before it."""
+        totals: dict[str, Optional[int]] = {}
+        failed_before = 0
+        for stage in self.stages:
+            if stage in ("read", "done"):
+                totals[stage] = self.total
+            else:
+                totals[stage] = None if self.total is None else self.total - failed_before
+            failed_before += counts.get(FAILED_PREFIX + stage, 0)
+        return totals
+
+    def stage_start(self, stage: str) -> float:
+        """When ``stage`` could start: the first sample counted at the point before it (or the run's start)."""
+        i = self.stages.index(stage)
+        return self._first.get(self.stages[i - 1], self._started) if i > 0 else self._started
+
+    def line(self, counts: dict[str, int], now: float) -> str:
+        """The stage now moving (the furthest one with samples) with rate and ETA, then every count."""
+        totals = self.stage_totals(counts)
+        active = next((s for s in reversed(self.stages) if counts.get(s, 0)), self.stages[0])
+        n, total = counts.get(active, 0), totals.get(active)
+        elapsed = now - self.stage_start(active)
+        head = f"{active} {n}/{total} ({100.0 * n / total:.1f}%)" if total else f"{active} {n}"
+        if n and elapsed >= POLL_S:
+            head += f", {format_rate(n, elapsed)}"
+        eta = format_eta(n, elapsed, total)
+        if eta:
+            head += f", {eta}"
+        parts = [f"{s} {counts.get(s, 0)}" for s in self.stages]
+        failed = sum(v for k, v in counts.items() if k.startswith(FAILED_PREFIX))
+        if failed:
+            parts.append(f"dead-lettered/filtered {failed}")
+        return f"{head} | {', '.join(parts)}"
+
+    def _loop(self) -> None:
+        last_line = None
+        while not self._stop.wait(POLL_S):
+            counts = read_counts(self.dir)
+            now = time.monotonic()
+            for stage, n in counts.items():
+                if n:
+                    self._first.setdefault(stage, now)
+            if self._bars is not None:
+                self._update_bars(counts)
+            elif counts and counts != self._logged and (last_line is None or now - last_line >= self.every_s):
+                PROGRESS_LOG.info("progress: %s", self.line(counts, now))
+                last_line, self._logged = now, counts
+
+    def _show(self, counts: dict[str, int], final: bool) -> None:
+        now = time.monotonic()
+        for stage, n in counts.items():
+            if n:
+                self._first.setdefault(stage, now)
+        if self._bars is not None:
+            self._update_bars(counts)
+        elif final and counts != self._logged:
+            PROGRESS_LOG.info("progress: %s", self.line(counts, now))
+
+    # -- terminal bars ------------------------------------------------------------------------
+
+    def _start_bars(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn
+        from rich.text import Text
+
+        view = self
+
+        class RateEta(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                elapsed = time.monotonic() - view.stage_start(task.fields["stage"])
+                done = int(task.completed)
+                total = int(task.total) if task.total is not None else None
+                if not done or elapsed < POLL_S:
+                    return Text("")
+                text, eta = format_rate(done, elapsed), format_eta(done, elapsed, total)
+                return Text(f"{text}  {eta}".strip())
+
+        self._console = Console(stderr=True)
+        self._bars = Progress(TextColumn("{task.description:<12}"), BarColumn(),
+                              TextColumn("{task.completed:>7.0f}/{task.fields[total_text]}"), RateEta(),
+                              console=self._console, transient=False, refresh_per_second=4)
+        self._tasks = {s: self._bars.add_task(s, total=self.total, stage=s,
+                                              total_text=str(self.total) if self.total is not None else "?")
+                       for s in self.stages}
+        self._bars.start()
+        # log lines printed while the bars are shown go above them, not through them
+        self._handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+        self._streams = [h.setStream(sys.stderr) for h in self._handlers]  # rich's proxy while the bars are up
+
+    def _update_bars(self, counts: dict[str, int]) -> None:
+        for stage, total in self.stage_totals(counts).items():
+            self._bars.update(self._tasks[stage], completed=counts.get(stage, 0), total=total,
+                              total_text=str(total) if total is not None else "?")
+
+    def _stop_bars(self) -> None:
+        self._bars.stop()
+        for h, old in zip(self._handlers, self._streams):
+            if old is not None:
+                h.setStream(old)
+
+
+def progress_for_run(args: Any, units: Sequence[Any], done: set[int], local: bool, stages: Sequence[str]) -> Any:
+    """The launcher's progress display for a local ``finehard shards`` run; a no-op context otherwise
+    (remote workers log their own ``progress:`` lines)."""
+    import contextlib
+
+    if not local or args.progress_every_s <= 0:
+        return contextlib.nullcontext(None)
+    total = expected_samples(units)
+    if total is not None and done:  # resuming: the completed shards' samples are not read again
+        from pipeline.output import read_shard_stats
+
+        total = max(0, total - sum(s["read"] for s in read_shard_stats(args.output) if s.get("shard_id") in done))
+    return ProgressView(stages, total, every_s=args.progress_every_s)

@@ -1,0 +1,110 @@
+"""The Beam ModelHandlers of the model stages (importing Beam's RunInference pulls in torch: seconds).
+
+Kept apart from ``transforms.common`` and ``transforms.expressions`` so that what needs only the
+stage logic (the ``finehard expressions`` / ``negatives`` stage commands) starts in about a second.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from apache_beam.ml.inference.base import ModelHandler
+
+from core.engines import EngineRegistry, EngineSpec
+from core.record import Field, METRICS_NAMESPACE
+from transforms.common import bump, mark_dead
+from transforms.expressions import SPACY_MODEL, STAGE as EXPRESSIONS_STAGE, expressions_from_doc, \
+    expressions_provenance, load_nlp
+
+LOG = logging.getLogger("transforms.common")  # the name these lines always had
+
+
+class EngineModelHandler(ModelHandler[dict, dict, Any]):
+    """A Beam ModelHandler over one engine from a stage's registry.
+
+    ``load_model`` builds the engine named by the spec (one per worker process, or one per
+    machine for GPU engines that set ``share_model_across_processes``); ``run_inference`` hands
+    the batch of records to ``apply(engine, records)``, which must return the records with
+    their new fields set or marked dead, one output per input.
+    """
+
+    def __init__(self, registry: EngineRegistry, spec: EngineSpec,
+                 apply: Callable[[Any, list[dict]], list[dict]],
+                 batch_size: int = 8, engine_options: Optional[dict[str, Any]] = None):
+        super().__init__()
+        self._registry = registry
+        self._spec = spec
+        self._apply = apply
+        self._batch_size = batch_size
+        self._engine_options = dict(engine_options or {})
+        self._gpu = registry.entry(spec).gpu
+
+    def load_model(self) -> Any:
+        LOG.info("loading %s engine %s", self._registry.stage, self._spec.raw)
+        return self._registry.build(self._spec, **self._engine_options)
+
+    def run_inference(self, batch: Sequence[dict], model: Any,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
+        records = list(batch)
+        out = self._apply(model, records)
+        if len(out) != len(records):
+            raise RuntimeError(f"{self._registry.stage} returned {len(out)} results for {len(records)} inputs")
+        return out
+
+    def get_num_bytes(self, batch: Sequence[dict]) -> int:
+        return sum(len(r.get(Field.IMAGE_BYTES, b"")) + len(r.get("caption", "")) for r in batch)  # spilled: 0
+
+    def get_metrics_namespace(self) -> str:
+        return f"{METRICS_NAMESPACE}_{self._registry.stage}"
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self._gpu
+
+
+class SpacyExpressionHandler(ModelHandler[dict, dict, Any]):
+    """One spaCy pipeline per worker; batches parsed together with ``nlp.pipe``."""
+
+    def __init__(self, model_name: str = SPACY_MODEL, batch_size: int = 64):
+        super().__init__()
+        self._model_name = model_name
+        self._batch_size = batch_size
+
+    def load_model(self) -> Any:
+        return load_nlp(self._model_name)
+
+    def run_inference(self, batch: Sequence[dict], model: Any,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
+        records = list(batch)
+        live = [r for r in records if Field.DEAD not in r and Field.FILTERED not in r]
+        provenance = expressions_provenance(model, self._model_name)
+        try:
+            docs = list(model.pipe([r.get("caption", "") for r in live], batch_size=self._batch_size))
+        except Exception:  # noqa: BLE001 - a failing batch falls back to one caption at a time
+            docs = []
+            for rec in live:
+                try:
+                    docs.append(model(rec.get("caption", "")))
+                except Exception as e:  # noqa: BLE001
+                    docs.append(e)
+        for rec, doc in zip(live, docs):
+            try:
+                if isinstance(doc, Exception):
+                    raise doc
+                rec[Field.EXPRESSIONS] = expressions_from_doc(doc)
+                rec.setdefault("provenance", {})["expressions"] = provenance
+                bump(rec, "expressions", len(rec[Field.EXPRESSIONS]))
+            except Exception as e:  # noqa: BLE001
+                mark_dead(rec, EXPRESSIONS_STAGE, "error", f"{type(e).__name__}: {e}")
+        return records
+
+    def get_num_bytes(self, batch: Sequence[dict]) -> int:
+        return sum(len(r.get("caption", "")) for r in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return f"{METRICS_NAMESPACE}_{EXPRESSIONS_STAGE}"
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
