@@ -69,11 +69,15 @@ def test_global_and_dense_image_features_follow_the_recipe():
         hs = m.clip.vision_model(pixel_values=pix, output_hidden_states=True).hidden_states
         x = hs[-2]  # input of the last block
         last = m.clip.vision_model.encoder.layers[-1]
-        d = x + last.mlp(last.layer_norm2(x))  # no attention
+        d = x + last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(x)))  # value path, no q/k attention
+        d = d + last.mlp(last.layer_norm2(d))
         d = m.clip.visual_projection(m.clip.vision_model.post_layernorm(d[:, 1:]))
+        without_value = x + last.mlp(last.layer_norm2(x))  # the old recipe: must differ
+        without_value = m.clip.visual_projection(m.clip.vision_model.post_layernorm(without_value[:, 1:]))
     assert torch.allclose(glob, ref, atol=1e-5)
     assert dense.shape == (2, 64, 4, 4)  # 64px / 16px patches
     assert torch.allclose(dense.flatten(2).transpose(1, 2), d, atol=1e-5)
+    assert not torch.allclose(dense.flatten(2).transpose(1, 2), without_value, atol=1e-2)
 
 
 def test_box_covering_one_patch_returns_that_patch_feature():

@@ -77,9 +77,10 @@ class FGCLIP(nn.Module):
         self.long_text_projection = nn.Linear(proj.in_features, proj.out_features, bias=False)
         with torch.no_grad():
             self.long_text_projection.weight.copy_(proj.weight)
-        init = math.log(1 / 0.07)
-        self.regional_logit_scale = nn.Parameter(torch.tensor(init))
-        self.hard_logit_scale = nn.Parameter(torch.tensor(init))
+        init = clip.logit_scale.detach().float().clone()  # upstream: both start from the model's logit_scale
+        self.regional_logit_scale = nn.Parameter(init.clone().to(clip.logit_scale.dtype))
+        self.hard_logit_scale = nn.Parameter(init.clone().to(clip.logit_scale.dtype))
+        self.source_layout = "config"  # set by load_fgclip: upstream, project or clip
 
     def enable_checkpointing(self) -> None:
         """Recompute every encoder block in backward (HF activation/gradient checkpointing)."""
@@ -98,6 +99,17 @@ class FGCLIP(nn.Module):
         """Stage 1 trains no regional/hard temperature (kept out of DDP's unused-parameter check)."""
         self.regional_logit_scale.requires_grad_(stage == 2)
         self.hard_logit_scale.requires_grad_(stage == 2)
+
+    @torch.no_grad()
+    def tie_temperatures(self) -> None:
+        """Set the regional and hard temperatures to the global ``logit_scale``.
+
+        Upstream's ``train_fgclip.py`` does this at the start of every stage-2 run; here stage 1
+        (which does not train them) keeps them equal to the global one, so stage 2 from a stage-1
+        model starts where upstream would, while a trained FG-CLIP checkpoint keeps its own.
+        """
+        self.regional_logit_scale.copy_(self.clip.logit_scale)
+        self.hard_logit_scale.copy_(self.clip.logit_scale)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, long: bool = False) -> torch.Tensor:
         """L2-normalised text features; ``long`` selects the 248-position table and long projection."""
@@ -151,7 +163,9 @@ class FGCLIP(nn.Module):
         glob = F.normalize(self.clip.visual_projection(vm.post_layernorm(g[:, 0])), dim=-1)
         if not dense:
             return glob, None
-        d = h + last.mlp(last.layer_norm2(h))  # last block without attention
+        attn = last.self_attn  # upstream forward_without_attn: value path kept, no query/key attention
+        d = h + attn.out_proj(attn.v_proj(last.layer_norm1(h)))
+        d = d + last.mlp(last.layer_norm2(d))
         d = self.clip.visual_projection(vm.post_layernorm(d[:, 1:]))
         b, n, p = d.shape
         grid = int(round(math.sqrt(n)))
