@@ -1,4 +1,4 @@
-"""``finehard train`` / ``finehard eval`` command lines (also ``python -m training train|eval``)."""
+"""``finehard train`` / ``eval`` / ``convert`` command lines (also ``python -m training train|eval|convert``)."""
 from __future__ import annotations
 
 import argparse
@@ -129,10 +129,19 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
+def convert_main(argv: list[str]) -> int:
+    """Entry point of ``finehard convert`` (see :mod:`training.convert`)."""
+    from training.convert import convert_main as run
+
+    return run(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``train`` or ``eval`` followed by that command's flags."""
+    """``train``, ``eval`` or ``convert`` followed by that command's flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "eval"):
-        print("usage: python -m training {train,eval} [flags]  (see python -m training train --help)", file=sys.stderr)
+    commands = {"train": train_main, "eval": eval_main, "convert": convert_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m training {train,eval,convert} [flags]  (see python -m training train --help)",
+              file=sys.stderr)
         return 2
-    return train_main(argv[1:]) if argv[0] == "train" else eval_main(argv[1:])
+    return commands[argv[0]](argv[1:])

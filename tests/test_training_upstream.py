@@ -1,0 +1,118 @@
+"""Upstream FG-CLIP (360CVGroup/FG-CLIP v1.0) equivalence and interchange.
+
+Features against a reference of upstream's maths (tests/upstream_reference.py) on the same random
+weights; checkpoints in upstream's layout in and out of ``finehard convert``.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import CLIPModel
+
+import upstream_reference as ref
+from pipeline.cli import main as finehard
+from training.model import extend_positions, load_fgclip, read_weights, tiny_clip_config
+from training_fixtures import IMAGE_SIZE, UPSTREAM_TEMPS, write_upstream_checkpoint
+
+ORI = "text_model.embeddings.position_embedding_ori.weight"
+RES = "text_model.embeddings.position_embedding_res.weight"
+CONFIG = tiny_clip_config()
+EOS = CONFIG.text_config.eos_token_id
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("upstream") / "fg-clip-tiny")
+    return path, write_upstream_checkpoint(path)
+
+
+def _long_texts():
+    """Three long-path texts (5, 130 and 248 tokens) padded to 248 with EOS as upstream's tokenizer does."""
+    torch.manual_seed(0)
+    ids = torch.randint(1, 4000, (3, 248))
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate((5, 130, 248)):
+        ids[i, n - 1:] = EOS
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def test_features_equal_upstream_reference(upstream):
+    path, sd = upstream
+    m = load_fgclip(path).eval()
+    ids, mask = _long_texts()
+    short_ids, short_mask = ids[:, :77].clone(), mask[:, :77].clone()
+    short_ids[:, 76] = EOS
+    pix = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+    boxes = [[0, 0.1, 0.2, 0.6, 0.9], [1, 0.0, 0.0, 1.0, 1.0], [1, 0.3, 0.3, 0.4, 0.5], [0, 0.5, 0.5, 0.75, 0.75]]
+    with torch.no_grad():
+        long = m.encode_text(ids * mask, mask, long=True)  # ours: padding trimmed, pooled at the last real token
+        short = m.encode_text(short_ids * short_mask, short_mask)
+        glob, dense = m.encode_image(pix, dense=True)
+        regions = m.region_features(dense, torch.tensor(boxes))
+    ref_glob, ref_dense = ref.image_features(sd, CONFIG, pix)
+    assert torch.allclose(long, ref.text_features(sd, CONFIG, ids, EOS, long=True), atol=1e-5)
+    assert torch.allclose(short, ref.text_features(sd, CONFIG, short_ids, EOS, long=False), atol=1e-5)
+    assert torch.allclose(glob, ref_glob, atol=1e-5)
+    assert torch.allclose(dense, ref_dense, atol=1e-5)
+    assert torch.allclose(regions, ref.region_features(ref_dense, boxes), atol=1e-5)
+
+
+def test_upstream_checkpoint_is_continued_not_rebuilt(upstream):
+    path, sd = upstream
+    m = load_fgclip(path)
+    assert m.source_layout == "upstream"
+    assert torch.equal(m.long_position_embedding[:20], sd[ORI][:20])  # upstream reads rows < 20 from ori
+    assert torch.equal(m.long_position_embedding[20:], sd[RES][20:])  # and the rest from res
+    rebuilt = extend_positions(sd["text_model.embeddings.position_embedding.weight"], 20)
+    assert (m.long_position_embedding - rebuilt).abs().max() > 0.01
+    assert torch.equal(m.long_text_projection.weight, sd["text_filip_projection.weight"])
+    assert not torch.equal(m.long_text_projection.weight, m.clip.text_projection.weight)
+    assert m.clip.logit_scale.item() == pytest.approx(UPSTREAM_TEMPS["logit_scale"])
+    assert m.regional_logit_scale.item() == pytest.approx(UPSTREAM_TEMPS["logit_scale_finegraind"])
+    assert m.hard_logit_scale.item() == pytest.approx(UPSTREAM_TEMPS["logit_scale_hardneg"])
+
+
+def test_convert_both_ways_keeps_every_tensor(tmp_path, upstream, capsys):
+    path, sd = upstream
+    proj, back = str(tmp_path / "project"), str(tmp_path / "back")
+    assert finehard(["convert", path, proj]) == 0  # upstream -> project by default
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["to"] == "project"
+    assert os.path.isfile(os.path.join(proj, "fgclip_extras.safetensors"))
+    _, info = CLIPModel.from_pretrained(proj, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert finehard(["convert", proj, back, "--to", "upstream"]) == 0
+    again = read_weights(back)
+    assert set(again) == set(sd)
+    for k, v in sd.items():
+        if k == ORI:
+            assert torch.equal(again[k][:20], v[:20])
+        elif k == RES:
+            assert torch.equal(again[k][20:], v[20:])
+        else:
+            assert torch.equal(again[k], v), k
+
+
+def test_convert_keeps_dtype_and_builds_the_long_path_of_a_plain_clip(tmp_path, capsys):
+    half = str(tmp_path / "bf16")
+    sd = write_upstream_checkpoint(half, dtype=torch.bfloat16)
+    assert finehard(["convert", half, str(tmp_path / "p")]) == 0
+    assert read_weights(str(tmp_path / "p"), ["visual_projection.weight"])["visual_projection.weight"].dtype == torch.bfloat16
+    assert finehard(["convert", str(tmp_path / "p"), str(tmp_path / "u"), "--to", "upstream"]) == 0
+    back = read_weights(str(tmp_path / "u"))
+    assert torch.equal(back["text_filip_projection.weight"], sd["text_filip_projection.weight"])
+    torch.manual_seed(3)
+    clip = CLIPModel(CONFIG)
+    clip.save_pretrained(str(tmp_path / "openai-like"))
+    assert finehard(["convert", str(tmp_path / "openai-like"), str(tmp_path / "up")]) == 0
+    up = read_weights(str(tmp_path / "up"))
+    table = extend_positions(clip.text_model.embeddings.position_embedding.weight.detach(), 20)
+    assert torch.allclose(up[ORI], table) and torch.allclose(up[RES], table)  # upstream's --from_openai resize
+    assert torch.equal(up["text_filip_projection.weight"], clip.text_projection.weight)
+    assert up["logit_scale_finegraind"].item() == up["logit_scale_hardneg"].item() == clip.logit_scale.item()
+    capsys.readouterr()
+    assert finehard(["convert", half, half]) == 2
+    assert "differ" in capsys.readouterr().err
