@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.data import iterate_examples
+from training.data import iterate_examples, short_text
 from training.model import FGCLIP
 from training.tokenizer import tokenize
 
@@ -111,7 +111,7 @@ def retrieval_r1(model: FGCLIP, tokenizer: Any, examples: Sequence[dict[str, Any
     target = torch.arange(len(examples), device=img.device)
     out = {}
     for name, long, texts in (("long", True, [e["caption"] for e in examples]),
-                              ("short", False, [e["short_caption"] or e["caption"] for e in examples])):
+                              ("short", False, [short_text(e["short_caption"], e["caption"]) for e in examples])):
         txt = encode_texts(model, tokenizer, texts, device, long=long)
         sim = img @ txt.t()
         out[f"i2t_r1_{name}"] = float((sim.argmax(1) == target).float().mean())
