@@ -1,7 +1,7 @@
 """Upstream FG-CLIP (360CVGroup/FG-CLIP v1.0) equivalence and interchange.
 
 Features against a reference of upstream's maths (tests/upstream_reference.py) on the same random
-weights; checkpoints in upstream's layout in and out of ``finehard convert``.
+weights; checkpoints in upstream's layout in and out of ``finehard train`` and ``finehard convert``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from transformers import CLIPModel
 import upstream_reference as ref
 from pipeline.cli import main as finehard
 from training.model import extend_positions, load_fgclip, read_weights, tiny_clip_config
-from training_fixtures import IMAGE_SIZE, UPSTREAM_TEMPS, write_upstream_checkpoint
+from training_fixtures import IMAGE_SIZE, UPSTREAM_TEMPS, make_shards, write_upstream_checkpoint
 
 ORI = "text_model.embeddings.position_embedding_ori.weight"
 RES = "text_model.embeddings.position_embedding_res.weight"
@@ -27,6 +27,11 @@ EOS = CONFIG.text_config.eos_token_id
 def upstream(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("upstream") / "fg-clip-tiny")
     return path, write_upstream_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(str(tmp_path_factory.mktemp("shards")), n=8, per_shard=8)
 
 
 def _long_texts():
@@ -74,6 +79,46 @@ def test_upstream_checkpoint_is_continued_not_rebuilt(upstream):
     assert m.clip.logit_scale.item() == pytest.approx(UPSTREAM_TEMPS["logit_scale"])
     assert m.regional_logit_scale.item() == pytest.approx(UPSTREAM_TEMPS["logit_scale_finegraind"])
     assert m.hard_logit_scale.item() == pytest.approx(UPSTREAM_TEMPS["logit_scale_hardneg"])
+
+
+def _train(model, shards, out, *extra):
+    return finehard(["train", "--stage", "2", "--model", model, "--shards", shards, "--output", out, "--steps", "1",
+                     "--batch-size", "4", "--image-size", str(IMAGE_SIZE), "--workers", "0", "--warmup-steps", "0",
+                     "--log-every", "1", "--shuffle-buffer", "0", "--log-level", "WARNING", *extra])
+
+
+def test_upstream_checkpoint_trains_one_step_and_saves_upstream_layout(tmp_path, upstream, shards):
+    path, sd = upstream
+    out = str(tmp_path / "run")
+    assert _train(path, shards, out, "--lr", "1e-4") == 0
+    final = os.path.join(out, "final")
+    saved = read_weights(final)
+    assert set(saved) == ref.expected_upstream_keys(CONFIG)  # what upstream's FGCLIPModel holds, nothing missing
+    long = torch.cat([saved[ORI][:20], saved[RES][20:]])
+    loaded = torch.cat([sd[ORI][:20], sd[RES][20:]])
+    moved = (long - loaded).abs()
+    assert moved.max() < 1e-3 and moved.max() > 0  # one small step from the checkpoint's table ...
+    rebuilt = extend_positions(sd["text_model.embeddings.position_embedding.weight"], 20)
+    assert (long - rebuilt).abs().max() > 0.01  # ... not a table rebuilt from the 77 positions
+    assert (saved["text_filip_projection.weight"] - sd["text_filip_projection.weight"]).abs().max() < 1e-3
+    for key in ("logit_scale", "logit_scale_finegraind", "logit_scale_hardneg"):
+        assert saved[key].item() == pytest.approx(UPSTREAM_TEMPS[key], abs=1e-3), key
+    # the saved long-text features are upstream's formula on the saved tensors
+    ids, mask = _long_texts()
+    with torch.no_grad():
+        ours = load_fgclip(final).eval().encode_text(ids * mask, mask, long=True)
+    assert torch.allclose(ours, ref.text_features(saved, CONFIG, ids, EOS, long=True), atol=1e-5)
+    clip, info = CLIPModel.from_pretrained(final, output_loading_info=True)
+    assert not info["missing_keys"] and set(info["unexpected_keys"]) == {ORI, RES, "text_filip_projection.weight",
+                                                                         "logit_scale_finegraind", "logit_scale_hardneg"}
+
+
+def test_reset_temperatures_starts_them_from_logit_scale_as_upstream(tmp_path, upstream, shards):
+    path, _ = upstream
+    out = str(tmp_path / "run")
+    assert _train(path, shards, out, "--lr", "0", "--reset-temperatures") == 0
+    saved = read_weights(os.path.join(out, "final"), ["logit_scale", "logit_scale_finegraind", "logit_scale_hardneg"])
+    assert saved["logit_scale_finegraind"].item() == saved["logit_scale_hardneg"].item() == pytest.approx(4.6052)
 
 
 def test_convert_both_ways_keeps_every_tensor(tmp_path, upstream, capsys):

@@ -33,13 +33,17 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML/JSON config (default: training/configs/stage<N>.yaml)")
     p.add_argument("--shards", required=True, help="shards: path, folder, glob, brace list or fsspec URI (s3://..)")
     p.add_argument("--output", required=True, help="output folder (checkpoints/, metrics.jsonl, final/)")
-    p.add_argument("--model", default=None, help="local CLIP / FG-CLIP folder (HF format) to start from")
+    p.add_argument("--model", default=None, help="local folder to start from: OpenAI/HF CLIP, an upstream FG-CLIP "
+                                                 "checkpoint (e.g. fg-clip-base) or a finehard train final/")
     p.add_argument("--model-config", default=None, help="CLIPConfig json for a random-init model (tests, benches)")
     p.add_argument("--tokenizer", default=None, help="local tokenizer folder (default: the model folder's)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"), help="device kind")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     p.add_argument("--deepspeed", default=None, help="DeepSpeed (ZeRO-2) json config; needs deepspeed installed")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute encoder blocks in backward")
+    p.add_argument("--reset-temperatures", action="store_true",
+                   help="stage 2: start the regional and hard temperatures from logit_scale even when --model is a "
+                        "trained FG-CLIP checkpoint (upstream's train_fgclip.py always does)")
     p.add_argument("--log-level", default="INFO", help="logging level")
     add_override_args(p)
     return p
@@ -69,7 +73,7 @@ def train_main(argv: list[str]) -> int:
                 raise UsageError("--deepspeed needs the deepspeed package (pip install deepspeed); or drop --deepspeed")
         opts = RunOptions(shards=args.shards, output=args.output, model=args.model, model_config=args.model_config,
                           tokenizer=args.tokenizer, device=args.device, resume=args.resume, deepspeed=args.deepspeed,
-                          grad_checkpointing=args.grad_checkpointing)
+                          grad_checkpointing=args.grad_checkpointing, reset_temperatures=args.reset_temperatures)
         summary = run_training(cfg, opts)
     except (UsageError, ConfigError, FileNotFoundError, RuntimeError, ValueError) as exc:
         return _fail("finehard train", exc)
