@@ -83,9 +83,13 @@ def train_main(argv: list[str]) -> int:
 
 def eval_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="finehard eval", description="Evaluate an FG-CLIP model: FG-OVD region accuracy and R@1.")
-    p.add_argument("--model", required=True, help="folder written by finehard train (…/final) or a HF CLIP folder")
+    p.add_argument("--model", required=True, help="folder written by finehard train (…/final), an upstream FG-CLIP "
+                                                  "checkpoint or a HF CLIP folder")
     p.add_argument("--shards", default=None, help="held-out shards for image<->text R@1 (long and short captions)")
-    p.add_argument("--fgovd", default=None, help="FG-OVD jsonl (img_path, bbox xywh, pos_expression, neg_expression)")
+    p.add_argument("--fgovd", default=None, help="FG-OVD jsonl as upstream ships it (data/fgovd/*.jsonl: img_path, "
+                                                 "bbox xywh pixels, pos_expression and neg_expression lists)")
+    p.add_argument("--images", default=None, help="folder the FG-OVD img_path values are relative to (the COCO root "
+                                                  "for upstream's files; default: the jsonl's folder)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder's)")
     p.add_argument("--image-size", type=int, default=None, help="S (default: the model's vision image_size)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"), help="device kind")
@@ -116,7 +120,11 @@ def eval_main(argv: list[str]) -> int:
         tok = load_tokenizer(args.tokenizer, args.model, model.clip.config.text_config.vocab_size)
         results: dict[str, float] = {}
         if args.fgovd:
-            results["fgovd_top1"] = region_accuracy(model, tok, load_fgovd(args.fgovd, size), device)
+            entries, skipped = load_fgovd(args.fgovd, size, args.images)
+            results["fgovd_top1"] = region_accuracy(model, tok, entries, device)
+            results["fgovd_boxes"] = sum(len(e["boxes"]) for e in entries)
+            if skipped:
+                results["fgovd_skipped"] = skipped
         if args.shards:
             examples = shard_examples(args.shards, size, args.limit)
             results.update(retrieval_r1(model, tok, examples, device))
