@@ -12,6 +12,12 @@ and put before site-packages on PYTHONPATH). Tiny random weights, no download.
 
 Each `*-check` prints the loading info and the largest difference per feature (long text, short
 text, global image, dense grid, RoI regions, the three temperatures) against the other side's.
+
+    finehard export-fgclip out --to /tmp/x
+    PYTHONPATH=/tmp/up_site:FG-CLIP python scripts/upstream_interop.py upstream-data /tmp/x/jsonfiles
+
+feeds an export to upstream's own stage-2 dataset and collator (``--image_folder /``, a byte-level
+stand-in tokenizer, needs einops) and prints the batch shapes.
 """
 from __future__ import annotations
 
@@ -84,6 +90,35 @@ def upstream_features(path: str) -> dict:
                 "loading_info": {k: sorted(v) if isinstance(v, (list, set)) else v for k, v in info.items()}}
 
 
+def upstream_data(data_path: str) -> int:
+    """Every item of ``data_path`` through upstream's LazySupervisedBboxDataset, then its collator."""
+    import tempfile
+
+    from fgclip.train.train_fgclip import DataArguments, DataCollatorForSupervisedDataset, LazySupervisedBboxDataset
+    from transformers import CLIPImageProcessor, CLIPTokenizer
+
+    bs = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs, n = bs[:], 0
+    for b in range(256):  # GPT-2's byte -> unicode table: a byte-level vocabulary with no merges
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    chars = [chr(c) for c in cs]
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "vocab.json"), "w") as f:
+            json.dump(vocab, f)
+        with open(os.path.join(d, "merges.txt"), "w") as f:
+            f.write("#version: 0.2\n")
+        tok = CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))
+    args = DataArguments(data_path=data_path, image_folder="/", add_box_loss=True, use_hard_neg=True)
+    ds = LazySupervisedBboxDataset(data_path=data_path, data_args=args, img_preprocess=CLIPImageProcessor(), tokenizer=tok)
+    batch = DataCollatorForSupervisedDataset()([ds[i] for i in range(len(ds))])
+    print(f"{len(ds)} items:", {k: tuple(v.shape) for k, v in batch.items() if hasattr(v, "shape")})
+    return 0
+
+
 def compare(mine: dict, other: dict) -> int:
     worst = 0.0
     for k in ("long", "short", "global", "dense", "regions", "temperatures"):
@@ -94,10 +129,12 @@ def compare(mine: dict, other: dict) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("ours-write", "upstream-check", "upstream-write", "ours-check"):
+    if len(argv) != 2 or argv[0] not in ("ours-write", "upstream-check", "upstream-write", "ours-check", "upstream-data"):
         print(__doc__, file=sys.stderr)
         return 2
     mode, path = argv
+    if mode == "upstream-data":
+        return upstream_data(path)
     if mode == "ours-write":
         sys.path.insert(0, ROOT)
         from transformers import CLIPConfig, CLIPModel
