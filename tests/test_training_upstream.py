@@ -85,6 +85,18 @@ def test_upstream_checkpoint_is_continued_not_rebuilt(upstream):
     assert m.hard_logit_scale.item() == pytest.approx(UPSTREAM_TEMPS["logit_scale_hardneg"])
 
 
+def test_incomplete_upstream_checkpoint_is_refused_not_rebuilt(tmp_path, upstream):
+    from safetensors.torch import save_file
+
+    path, sd = upstream
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    save_file({k: v for k, v in sd.items() if k != RES}, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    (broken / "config.json").write_text(open(os.path.join(path, "config.json")).read())
+    with pytest.raises(ValueError, match="position_embedding_res"):
+        load_fgclip(str(broken))
+
+
 def _train(model, shards, out, *extra):
     return finehard(["train", "--stage", "2", "--model", model, "--shards", shards, "--output", out, "--steps", "1",
                      "--batch-size", "4", "--image-size", str(IMAGE_SIZE), "--workers", "0", "--warmup-steps", "0",

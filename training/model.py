@@ -293,8 +293,13 @@ def read_weights(path: str, names: Any = None) -> dict[str, torch.Tensor]:
 
 def checkpoint_layout(path: str) -> str:
     """``upstream`` (FG-CLIP keys in the weights), ``project`` (fgclip_extras.safetensors) or ``clip``."""
-    if set(UPSTREAM_KEYS) <= set(_weight_sources(path)):
+    present = [k for k in UPSTREAM_KEYS if k in _weight_sources(path)]
+    if len(present) == len(UPSTREAM_KEYS):
         return "upstream"
+    if present:  # never rebuild half of a trained FG-CLIP checkpoint silently
+        missing = sorted(set(UPSTREAM_KEYS) - set(present))
+        raise ValueError(f"{path}: has upstream FG-CLIP tensors {present} but not {missing}; "
+                         "not a complete FG-CLIP checkpoint")
     if os.path.isfile(os.path.join(path, EXTRAS_FILE)):
         return "project"
     return "clip"
