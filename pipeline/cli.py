@@ -138,6 +138,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "export-fgovd": (_lazy("pipeline.export", "export_fgovd_main"), "FG-OVD eval jsonl from held-out shards"),
     "train": (_lazy("training.cli", "train_main"), "train FG-CLIP stage 1 or 2 on shards (see training/README.md)"),
     "eval": (_lazy("training.cli", "eval_main"), "FG-OVD accuracy and retrieval R@1 of a trained model"),
+    "convert": (_lazy("training.cli", "convert_main"), "FG-CLIP checkpoints: upstream layout <-> this project's"),
 }
 
 

@@ -1,21 +1,32 @@
 """Exports of curated shards to the layouts other code reads.
 
-``finehard export-fgclip OUTPUT --to DIR``: the json-list layout of the upstream FG-CLIP training
-code (FineHARD json files): ``DIR/finehard.json`` is a list of records whose ``f_path`` is
-relative to ``DIR`` (give the trainer ``--image_folder DIR``) and points at an extracted image
-under ``DIR/images/``; ``DIR/finehard_files.txt`` lists the json for a ``.txt`` --data_path. The other fields
-(``caption``, ``short_caption``, ``bbox_info`` with normalised xyxy+score boxes, ``width``,
-``height``) are the shard record's. ``source_f_path`` keeps the original URI.
+``finehard export-fgclip OUTPUT --to DIR``: the layout upstream FG-CLIP's stage-2 loader reads
+(360CVGroup/FG-CLIP v1.0, ``LazySupervisedBboxDataset``). One JSON file per shard,
+``DIR/jsonfiles/<shard>.json``, each a JSON array of records (upstream ``json.load``s every
+``*.json``/``*.jsonl`` of a ``--data_path`` folder, so a file must be one array, not JSON lines);
+``DIR/finehard_files.txt`` lists those files for a ``.txt`` ``--data_path``. Images are extracted to
+``DIR/images/``. Upstream opens ``os.path.join(--image_folder, f_path)``: for a local ``DIR`` the
+``f_path`` written is absolute, so it resolves from any working directory and whatever
+``--image_folder`` is given (``os.path.join`` keeps an absolute second part; the flag must still be
+set, e.g. ``--image_folder /``). For a remote ``DIR`` (or with ``--relative-paths``) ``f_path`` is
+``images/<key>.<ext>``, relative to ``DIR``: point ``--image_folder`` at a local copy of ``DIR``.
+Records are streamed: one sample is held at a time. The other fields (``caption``,
+``short_caption``, ``bbox_info`` with normalised xyxy+score boxes, ``width``, ``height``) are the
+shard record's; ``source_f_path`` keeps the original URI.
 
-``finehard export-fgovd OUTPUT --to FILE.jsonl [--shards ...]``: FG-OVD-style evaluation lines,
-one per region that has 10 valid negatives: ``img_path`` (relative to the jsonl's folder),
-``bbox`` in COCO pixels ``[x, y, w, h]``, ``pos_expression`` and the ``neg_expression`` list.
-Pick held-out shards with ``--shards`` so evaluation never sees training images.
+``finehard export-fgovd OUTPUT --to FILE.jsonl [--shards ...]``: evaluation lines in the format of
+upstream's ``data/fgovd/*.jsonl`` (what its ``fgclip/eval/fgovd_eval.py`` and ``finehard eval --fgovd``
+read), one per region that has 10 valid negatives: ``img_path`` (relative to the jsonl's folder:
+``finehard eval --images``, upstream ``--image-folder``), ``bbox`` in pixels ``[x, y, w, h]``,
+``pos_expression`` (a one-text list), ``neg_expression`` (the 10 negatives), ``category_id`` 0,
+``neg_category_ids`` 1..10, ``width``, ``height``, ``image_id`` and ``sent_id`` (running numbers) and
+``test_type``. Pick held-out shards with ``--shards`` so evaluation never sees training images.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import posixpath
 import sys
 from typing import Any, Iterator, Optional
@@ -25,9 +36,10 @@ import fsspec
 from core.record import NUM_NEGATIVES
 from pipeline.output import iter_samples, shard_paths
 
-FGCLIP_JSON = "finehard.json"
+JSON_DIR = "jsonfiles"
 FGCLIP_LIST = "finehard_files.txt"  # the .txt form of --data_path: one json file path a line
 IMAGES_DIR = "images"
+FGOVD_TEST_TYPE = "finehard_short_expr_negs"
 
 
 def _write(path: str, data: bytes) -> None:
@@ -35,34 +47,60 @@ def _write(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def _samples(output: str, shards: Optional[list[str]]) -> Iterator[dict[str, Any]]:
+def _shards(output: str, shards: Optional[list[str]]) -> list[str]:
     uris = shard_paths(output, shards)
     if not uris:
         raise FileNotFoundError(f"no shard-*.tar in {output}")
-    yield from iter_samples(uris)
+    return uris
 
 
-def fgclip_record(sample: dict[str, Any], image_rel: str) -> dict[str, Any]:
-    """The FG-CLIP training item of one shard sample (``f_path`` = ``image_rel``)."""
+def _samples(output: str, shards: Optional[list[str]]) -> Iterator[dict[str, Any]]:
+    yield from iter_samples(_shards(output, shards))
+
+
+def _is_local(path: str) -> bool:
+    fs, _ = fsspec.core.url_to_fs(path)
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"file", "local"} & set(protocols))
+
+
+def _local_path(path: str) -> str:
+    return os.path.abspath(path[len("file://"):] if path.startswith("file://") else path)
+
+
+def fgclip_record(sample: dict[str, Any], image_path: str) -> dict[str, Any]:
+    """The FG-CLIP training item of one shard sample (``f_path`` = ``image_path``)."""
     rec = dict(sample["record"])
     rec["source_f_path"] = rec.get("f_path", "")
-    rec["f_path"] = image_rel
+    rec["f_path"] = image_path
     return rec
 
 
-def export_fgclip(output: str, to: str, shards: Optional[list[str]] = None) -> dict[str, int]:
-    """Extract images and write ``to/finehard.json``; returns counts."""
-    items, regions = [], 0
-    for s in _samples(output, shards):
-        rel = posixpath.join(IMAGES_DIR, f"{s['key']}.{s['ext']}")
-        _write(posixpath.join(to, rel), s["image"])
-        item = fgclip_record(s, rel)
-        regions += len(item.get("bbox_info", []))
-        items.append(item)
-    json_path = posixpath.join(to, FGCLIP_JSON)
-    _write(json_path, json.dumps(items, ensure_ascii=False, indent=1).encode("utf-8"))
-    _write(posixpath.join(to, FGCLIP_LIST), (json_path + "\n").encode("utf-8"))
-    return {"images": len(items), "regions": regions}
+def export_fgclip(output: str, to: str, shards: Optional[list[str]] = None,
+                  relative_paths: bool = False) -> dict[str, int]:
+    """Extract images and write one JSON array per shard under ``to/jsonfiles/``; returns counts."""
+    local = _is_local(to) and not relative_paths
+    images = regions = 0
+    listed = []
+    for uri in _shards(output, shards):
+        name = posixpath.basename(uri)[: -len(".tar")] + ".json"
+        json_path = posixpath.join(to, JSON_DIR, name)
+        with fsspec.open(json_path, "w", encoding="utf-8") as f:
+            f.write("[")
+            first = True
+            for s in iter_samples([uri]):
+                rel = posixpath.join(IMAGES_DIR, f"{s['key']}.{s['ext']}")
+                dest = posixpath.join(to, rel)
+                _write(dest, s["image"])
+                item = fgclip_record(s, _local_path(dest) if local else rel)
+                f.write(("\n" if first else ",\n") + json.dumps(item, ensure_ascii=False))
+                first = False
+                images += 1
+                regions += len(item.get("bbox_info") or [])
+            f.write("\n]\n")
+        listed.append(_local_path(json_path) if _is_local(to) else json_path)
+    _write(posixpath.join(to, FGCLIP_LIST), "".join(p + "\n" for p in listed).encode("utf-8"))
+    return {"images": images, "regions": regions, "json_files": len(listed)}
 
 
 def coco_xywh(bbox: list[float], width: int, height: int) -> list[float]:
@@ -71,38 +109,39 @@ def coco_xywh(bbox: list[float], width: int, height: int) -> list[float]:
     return [round(x1 * width, 2), round(y1 * height, 2), round((x2 - x1) * width, 2), round((y2 - y1) * height, 2)]
 
 
-def fgovd_lines(sample: dict[str, Any], img_path: str) -> list[dict[str, Any]]:
-    """One FG-OVD eval line per region of ``sample`` with exactly 10 negatives."""
+def fgovd_lines(sample: dict[str, Any], img_path: str, image_id: int = 0, sent_id: int = 0) -> list[dict[str, Any]]:
+    """Upstream-format FG-OVD lines for the regions of ``sample`` with exactly 10 negatives."""
     rec = sample["record"]
     lines = []
-    for i, region in enumerate(rec.get("bbox_info", [])):
+    for region in rec.get("bbox_info", []):
         negs = region.get("short_expr_negs") or {}
         if region.get("flag_short_neg") != 1 or len(negs) != NUM_NEGATIVES:
             continue
-        lines.append({"img_path": img_path, "key": rec["key"], "region": i,
-                      "width": rec["width"], "height": rec["height"],
-                      "bbox": coco_xywh(region["bbox"], rec["width"], rec["height"]),
-                      "score": region["bbox"][4] if len(region["bbox"]) > 4 else None,
-                      "pos_expression": region["short_expr"],
-                      "neg_expression": [negs[str(k)] for k in range(NUM_NEGATIVES)]})
+        lines.append({"img_path": img_path, "bbox": coco_xywh(region["bbox"], rec["width"], rec["height"]),
+                      "pos_expression": [region["short_expr"]],
+                      "neg_expression": [negs[str(k)] for k in range(NUM_NEGATIVES)],
+                      "category_id": 0, "neg_category_ids": list(range(1, NUM_NEGATIVES + 1)),
+                      "width": rec["width"], "height": rec["height"], "image_id": image_id,
+                      "sent_id": sent_id + len(lines), "test_type": FGOVD_TEST_TYPE})
     return lines
 
 
 def export_fgovd(output: str, to: str, shards: Optional[list[str]] = None,
                  images_dir: Optional[str] = None) -> dict[str, int]:
-    """Write the eval jsonl ``to`` and the images it names; returns counts."""
+    """Write the eval jsonl ``to`` (streamed) and the images it names; returns counts."""
     base = posixpath.dirname(to) or "."
     images_rel = images_dir or IMAGES_DIR
-    out_lines, images = [], 0
-    for s in _samples(output, shards):
-        rel = posixpath.join(images_rel, f"{s['key']}.{s['ext']}")
-        lines = fgovd_lines(s, rel)
-        if lines:
-            _write(posixpath.join(base, rel), s["image"])
-            images += 1
-            out_lines += lines
-    _write(to, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in out_lines).encode("utf-8"))
-    return {"images": images, "regions": len(out_lines)}
+    images = n_lines = 0
+    with fsspec.open(to, "w", encoding="utf-8") as f:
+        for s in _samples(output, shards):
+            rel = posixpath.join(images_rel, f"{s['key']}.{s['ext']}")
+            lines = fgovd_lines(s, rel, image_id=images + 1, sent_id=n_lines)
+            if lines:
+                _write(posixpath.join(base, rel), s["image"])
+                images += 1
+                n_lines += len(lines)
+                f.write("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    return {"images": images, "regions": n_lines}
 
 
 def _parser(prog: str, description: str, to_help: str) -> argparse.ArgumentParser:
@@ -115,15 +154,21 @@ def _parser(prog: str, description: str, to_help: str) -> argparse.ArgumentParse
 
 
 def export_fgclip_main(argv: list[str]) -> int:
-    """``finehard export-fgclip OUTPUT --to DIR [--shards ...]``."""
-    args = _parser("finehard export-fgclip", "Write the FG-CLIP training layout: DIR/finehard.json + DIR/images/.",
-                   "destination folder").parse_args(argv)
+    """``finehard export-fgclip OUTPUT --to DIR [--shards ...] [--relative-paths]``."""
+    parser = _parser("finehard export-fgclip", "Write upstream FG-CLIP's stage-2 training layout: one JSON array per "
+                                               "shard in DIR/jsonfiles/ (--data_path), DIR/finehard_files.txt, "
+                                               "DIR/images/.", "destination folder")
+    parser.add_argument("--relative-paths", action="store_true",
+                        help="write f_path relative to DIR (then upstream's --image_folder must be DIR) instead of "
+                             "absolute paths (the default for a local DIR)")
+    args = parser.parse_args(argv)
     try:
-        counts = export_fgclip(args.output, args.to.rstrip("/"), args.shards)
+        counts = export_fgclip(args.output, args.to.rstrip("/"), args.shards, args.relative_paths)
     except FileNotFoundError as e:
         print(f"finehard export-fgclip: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"to": posixpath.join(args.to, FGCLIP_JSON), **counts}))
+    print(json.dumps({"to": posixpath.join(args.to, JSON_DIR), "list": posixpath.join(args.to, FGCLIP_LIST),
+                      **counts}))
     return 0
 
 

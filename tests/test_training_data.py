@@ -8,7 +8,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from training.data import expand_shards, iterate_examples, make_loader
+from training.data import Collate, expand_shards, iterate_examples, make_loader, short_text
 from training.synthetic_shards import attribute_negatives, write_synthetic_shards
 from training.tokenizer import SimpleWordTokenizer, load_tokenizer
 from training_fixtures import IMAGE_SIZE, make_shards
@@ -80,8 +80,50 @@ def test_png_images_and_empty_short_caption_fall_back(tmp_path):
     _write_one(tmp_path / "p.tar", "p0", None, image_ext="png")
     ex = list(iterate_examples(str(tmp_path / "p.tar"), IMAGE_SIZE))
     assert ex[0]["pixel_values"].shape == (3, IMAGE_SIZE, IMAGE_SIZE)
-    batch = next(iter(make_loader(str(tmp_path / "p.tar"), SimpleWordTokenizer(), 1, IMAGE_SIZE, shuffle_buffer=0)))
-    assert torch.equal(batch["short_ids"], batch["long_ids"])  # short "" -> long caption on the short path
+    tok = SimpleWordTokenizer()
+    batch = next(iter(make_loader(str(tmp_path / "p.tar"), tok, 1, IMAGE_SIZE, shuffle_buffer=0)))
+    # short "" -> "a photo of " + the long caption on the short path
+    assert torch.equal(batch["short_ids"], tok(["a photo of a red picture"])["input_ids"])
+
+
+def test_short_caption_gets_upstreams_prefix(shards):
+    tok = SimpleWordTokenizer()
+    examples = [e for e, _ in zip(iterate_examples(shards, IMAGE_SIZE), range(3))]
+    assert all(e["short_caption"] for e in examples)
+    batch = Collate(tok, 248, 77, 4)(examples)
+    expected = tok(["a photo of " + e["short_caption"] for e in examples], padding=True)["input_ids"]
+    assert torch.equal(batch["short_ids"], expected)
+    assert short_text("a cat", "a long caption") == "a photo of a cat"
+    assert short_text("", "a long caption") == short_text("  ", "a long caption") == "a photo of a long caption"
+
+
+def test_invalid_boxes_are_skipped_and_counted(tmp_path):
+    neg = {str(i): f"a thing {i}" for i in range(10)}
+    ok = {"bbox": [0.1, 0.1, 0.5, 0.5, 0.9], "short_expr": "a thing", "long_expr": "x", "flag_short_neg": 1,
+          "short_expr_negs": neg}
+    regions = [ok, dict(ok, bbox=[0.5, 0.1, 0.4, 0.5, 0.9]), dict(ok, bbox=[0.2, 0.3, 0.2, 0.6, 0.9]),
+               dict(ok, short_expr="")]
+    _write_one(tmp_path / "s.tar", "k0", regions)
+    (ex,) = list(iterate_examples(str(tmp_path / "s.tar"), IMAGE_SIZE))
+    assert len(ex["regions"]) == 1 and ex["skipped_regions"] == 3
+    batch = Collate(SimpleWordTokenizer(), 248, 77, 4)([ex, ex])
+    assert batch["skipped_regions"] == 6 and batch["region_boxes"].shape[0] == 2
+
+
+def test_sample_count_from_pipeline_stats_or_tar_headers(tmp_path):
+    from transforms.write import STATS_SUFFIX
+
+    from training.data import SHARD_STATS_SUFFIX, count_samples, epoch_steps
+
+    assert SHARD_STATS_SUFFIX == STATS_SUFFIX  # the pipeline's sidecar name
+    paths = write_synthetic_shards(str(tmp_path), 10, per_shard=4)  # 4 + 4 + 2 samples
+    assert count_samples(str(tmp_path)) == 10
+    stats = paths[0][: -len(".tar")] + STATS_SUFFIX
+    with open(stats, "w") as f:
+        json.dump({"written": 3}, f)  # a sidecar wins over reading the tar
+    assert count_samples(str(tmp_path)) == 9
+    assert count_samples(f"pipe:cat {paths[1]}") == 4
+    assert epoch_steps(10, 4) == 3 and epoch_steps(12, 4) == 3 and epoch_steps(12, 4, epochs=2) == 6
 
 
 def test_broken_samples_are_skipped(tmp_path):

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from training.losses import LossWeights, clip_loss, gather_with_grad, global_loss, hard_loss, regional_loss
+from training.losses import LossWeights, clip_loss, gather_with_grad, global_loss, hard_loss, regional_loss, scale_of
 
 
 def test_clip_loss_matches_hand_computation_for_orthogonal_pairs():
@@ -33,11 +33,18 @@ def test_global_loss_is_long_plus_short_with_exp_scale():
     assert torch.allclose(global_loss(img, lng, sht, log_scale), expected, atol=1e-6)
 
 
-def test_logit_scale_is_clamped_at_100():
-    img = torch.eye(3)
-    big = global_loss(img, img, img, torch.tensor(math.log(1000.0)))
-    capped = 2 * clip_loss(img, img, torch.tensor(100.0))
-    assert torch.allclose(big, capped, atol=1e-6)
+def test_temperatures_are_unclamped_as_upstream_unless_a_cap_is_set():
+    torch.manual_seed(0)
+    img, txt = (torch.nn.functional.normalize(torch.randn(4, 8), dim=-1) for _ in range(2))
+    log_scale = torch.tensor(math.log(150.0), requires_grad=True)
+    free = global_loss(img, txt, txt, log_scale)
+    assert torch.allclose(free, 2 * clip_loss(img, txt, torch.tensor(150.0)), atol=1e-5)
+    free.backward()
+    assert log_scale.grad.abs().item() > 0  # above 100 the temperature still learns
+    capped = global_loss(img, txt, txt, log_scale, max_scale=100.0)
+    assert torch.allclose(capped, 2 * clip_loss(img, txt, torch.tensor(100.0)), atol=1e-5)
+    assert not torch.allclose(capped, free, atol=1e-3)
+    assert scale_of(torch.tensor(math.log(100.0) + 1e-4)).item() > 100.0  # OpenAI CLIP's 4.6052 stays trainable
 
 
 def test_hard_loss_eleven_way_softmax_positive_first():
@@ -71,4 +78,4 @@ def test_gather_is_identity_without_process_group():
 
 def test_stage2_weights_default_to_paper_values():
     w = LossWeights()
-    assert (w.w_global, w.w_regional, w.w_hard) == (1.0, 0.1, 0.5)
+    assert (w.w_global, w.w_regional, w.w_hard, w.max_logit_scale) == (1.0, 0.1, 0.5, 0.0)

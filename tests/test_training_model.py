@@ -69,11 +69,15 @@ def test_global_and_dense_image_features_follow_the_recipe():
         hs = m.clip.vision_model(pixel_values=pix, output_hidden_states=True).hidden_states
         x = hs[-2]  # input of the last block
         last = m.clip.vision_model.encoder.layers[-1]
-        d = x + last.mlp(last.layer_norm2(x))  # no attention
+        d = x + last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(x)))  # value path, no q/k attention
+        d = d + last.mlp(last.layer_norm2(d))
         d = m.clip.visual_projection(m.clip.vision_model.post_layernorm(d[:, 1:]))
+        without_value = x + last.mlp(last.layer_norm2(x))  # the old recipe: must differ
+        without_value = m.clip.visual_projection(m.clip.vision_model.post_layernorm(without_value[:, 1:]))
     assert torch.allclose(glob, ref, atol=1e-5)
     assert dense.shape == (2, 64, 4, 4)  # 64px / 16px patches
     assert torch.allclose(dense.flatten(2).transpose(1, 2), d, atol=1e-5)
+    assert not torch.allclose(dense.flatten(2).transpose(1, 2), without_value, atol=1e-2)
 
 
 def test_box_covering_one_patch_returns_that_patch_feature():
@@ -102,19 +106,42 @@ def test_no_boxes_gives_empty_features_connected_to_graph():
     assert dense.grad is not None
 
 
-def test_save_and_reload_hf_format_and_extras(tmp_path):
+@pytest.mark.parametrize("layout", ["upstream", "project"])
+def test_save_and_reload_both_layouts(tmp_path, layout):
     m = tiny_model()
     with torch.no_grad():
         m.long_text_projection.weight.add_(1.0)
+        m.long_position_embedding.add_(0.5)
         m.hard_logit_scale.fill_(3.0)
-    save_fgclip(m, str(tmp_path))
-    assert os.path.isfile(tmp_path / "fgclip_extras.safetensors")
-    clip = CLIPModel.from_pretrained(str(tmp_path))
+        m.regional_logit_scale.fill_(2.0)
+    save_fgclip(m, str(tmp_path), layout=layout)
+    assert os.path.isfile(tmp_path / "fgclip_extras.safetensors") == (layout == "project")
+    clip, info = CLIPModel.from_pretrained(str(tmp_path), output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"]
+    assert bool(info["unexpected_keys"]) == (layout == "upstream")  # the five upstream FG-CLIP tensors
     assert torch.equal(clip.text_projection.weight, m.clip.text_projection.weight)
     again = load_fgclip(str(tmp_path))
+    assert again.source_layout == layout
     assert torch.equal(again.long_text_projection.weight, m.long_text_projection.weight)
     assert torch.equal(again.long_position_embedding, m.long_position_embedding)
-    assert again.hard_logit_scale.item() == 3.0
+    assert again.hard_logit_scale.item() == 3.0 and again.regional_logit_scale.item() == 2.0
+
+
+def test_plain_clip_folder_gets_the_long_path_built(tmp_path):
+    torch.manual_seed(0)
+    from training.model import tiny_clip_config
+
+    clip = CLIPModel(tiny_clip_config())
+    with torch.no_grad():
+        clip.logit_scale.fill_(4.6052)  # OpenAI CLIP's value: exp = 100
+    clip.save_pretrained(str(tmp_path))
+    m = load_fgclip(str(tmp_path))
+    assert m.source_layout == "clip"
+    table = clip.text_model.embeddings.position_embedding.weight
+    assert torch.allclose(m.long_position_embedding, extend_positions(table.detach(), 20))
+    assert torch.equal(m.long_text_projection.weight, clip.text_projection.weight)
+    # upstream train_fgclip.py: both extra temperatures start from the model's logit_scale
+    assert m.regional_logit_scale.item() == m.hard_logit_scale.item() == pytest.approx(4.6052)
 
 
 def test_deduplicated_region_texts_equal_encoding_each_copy(tmp_path):

@@ -94,17 +94,52 @@ def test_checkpoint_round_trip(tmp_path, shards):
     assert torch.allclose(model.clip.visual_projection.weight, fresh.clip.visual_projection.weight, atol=1e-6)
 
 
-def test_lr_schedule_warmup_then_cosine():
+def test_lr_schedule_is_hf_cosine_with_warmup_as_upstream_trainer():
+    from transformers import get_cosine_schedule_with_warmup
+
     cfg = tiny_train_config(1, warmup_steps=10, steps=110, schedule="cosine")
-    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
-    assert lr_factor(60, cfg) == pytest.approx(0.5) and lr_factor(110, cfg) == pytest.approx(0.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    hf = get_cosine_schedule_with_warmup(opt, num_warmup_steps=10, num_training_steps=110)
+    factors = []
+    for _ in range(111):
+        factors.append(opt.param_groups[0]["lr"])
+        opt.step()
+        hf.step()
+    assert [lr_factor(s, cfg) for s in range(111)] == pytest.approx(factors, abs=1e-9)
+    assert lr_factor(0, cfg) == 0.0 and lr_factor(5, cfg) == pytest.approx(0.5) and lr_factor(60, cfg) == pytest.approx(0.5)
 
 
-def test_bundled_configs_hold_the_paper_defaults():
+def test_bundled_configs_stage2_upstream_script_stage1_paper():
     s1, s2 = build_config(1, None), build_config(2, None)
     assert (s1.lr, s1.weight_decay, s1.betas, s1.warmup_steps) == (1e-4, 0.05, [0.9, 0.98], 200)
-    assert (s2.lr, s2.weight_decay, s2.betas, s2.warmup_steps) == (1e-6, 0.001, [0.9, 0.98], 50)
+    # upstream scripts/train.sh + HF Trainer defaults
+    assert (s2.lr, s2.weight_decay, s2.betas, s2.eps, s2.warmup_steps) == (1e-6, 0.001, [0.9, 0.999], 1e-8, 200)
+    assert (s2.steps, s2.epochs, s2.batch_size, s2.grad_clip, s2.max_logit_scale) == (0, 1, 512, 1.0, 0.0)
     assert (s2.w_global, s2.w_regional, s2.w_hard) == (1.0, 0.1, 0.5) and s1.schedule == s2.schedule == "cosine"
+    assert s1.steps == 0 and s1.epochs == 1 and s1.precision == s2.precision == "auto"
+
+
+def test_weight_decay_groups_are_upstreams():
+    from torch import nn
+
+    from training.train import decay_names
+
+    model = tiny_model()
+    model.set_stage(2)
+    decay, keep = decay_names(model)
+    norms = {f"{mn}.{pn}" if mn else pn for mn, mod in model.named_modules() if isinstance(mod, nn.LayerNorm)
+             for pn, _ in mod.named_parameters(recurse=False)}
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert set(keep) == {n for n in names if n.endswith(".bias") or n in norms}
+    assert set(decay) | set(keep) == set(names) and not set(decay) & set(keep)
+    for n in ("clip.logit_scale", "regional_logit_scale", "hard_logit_scale", "long_position_embedding",
+              "clip.text_model.embeddings.token_embedding.weight", "clip.vision_model.embeddings.class_embedding",
+              "long_text_projection.weight", "clip.visual_projection.weight"):
+        assert n in decay, n  # upstream decays embeddings, projections and temperatures too
+    assert "clip.vision_model.post_layernorm.weight" in keep and "clip.text_model.encoder.layers.0.mlp.fc1.bias" in keep
+    opt = build_optimizer(model, build_config(2, None))
+    assert opt.param_groups[0]["weight_decay"] == 0.001 and opt.param_groups[1]["weight_decay"] == 0.0
+    assert opt.defaults["betas"] == (0.9, 0.999) and opt.defaults["eps"] == 1e-8
 
 
 def _common(shards, out, steps):
@@ -125,7 +160,27 @@ def test_train_main_stage1_then_stage2_writes_reloadable_models(tmp_path, shards
     assert torch.equal(fg.clip.text_projection.weight, clip.text_projection.weight)
     s1 = load_fgclip(out1 + "/final")
     assert not torch.equal(s1.long_text_projection.weight, fg.long_text_projection.weight)  # stage 2 trained it
+    # stage 1 does not train the regional/hard temperatures: they are saved equal to the trained global one,
+    # so stage 2 starts them where upstream's train_fgclip.py would (from logit_scale)
+    assert s1.regional_logit_scale.item() == s1.hard_logit_scale.item() == s1.clip.logit_scale.item()
+    assert s1.clip.logit_scale.item() != pytest.approx(2.6592, abs=1e-6)  # trained away from its init
     assert json.load(open(out2 + "/final/train_config.json"))["stage"] == 2
+
+
+def test_default_steps_are_one_epoch_and_batch_sizes_are_printed(tmp_path, shards, model_config, capsys):
+    out = str(tmp_path / "epoch")
+    capsys.readouterr()
+    assert train_main(["--stage", "2", "--model-config", model_config, "--shards", shards, "--output", out,
+                       "--batch-size", "5", "--image-size", str(IMAGE_SIZE), "--workers", "0", "--log-every", "1",
+                       "--shuffle-buffer", "8", "--warmup-steps", "2", "--log-level", "WARNING"]) == 0
+    printed = capsys.readouterr().out
+    assert "per-device batch 5 x 1 process(es) = global batch 5" in printed
+    assert "5 steps (1 epoch(s) of 24 samples)" in printed  # ceil(24 / 5), steps 0 in configs/stage2.yaml
+    assert "betas (0.9, 0.999) eps 1e-08 weight decay 0.001" in printed
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and all(r["skipped_regions"] == 0 for r in rows)
+    assert rows[0]["lr"] == pytest.approx(0.5e-6)  # after update 0 (lr 0), warmup 1/2 of 1e-6
+    assert json.load(open(os.path.join(out, "final", "train_config.json")))["steps"] == 5
 
 
 def test_train_main_resume_continues_from_checkpoint(tmp_path, shards, model_config):

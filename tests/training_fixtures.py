@@ -104,3 +104,36 @@ def ddp_worker(rank: int, world: int, port: int, stage: int, batch_path: str, ou
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+UPSTREAM_TEMPS = {"logit_scale": 4.6052, "logit_scale_finegraind": 3.25, "logit_scale_hardneg": 3.75}
+
+
+def write_upstream_checkpoint(path: str, seed: int = 7, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A tiny checkpoint folder in upstream FG-CLIP's layout (as ``FGCLIPModel.save_pretrained`` writes it).
+
+    Built from the tiny config with random weights: the CLIPModel tensors plus 248-row
+    ``position_embedding_ori``/``_res`` (random, different from each other and from any extension of
+    the 77-row table), a random ``text_filip_projection`` and three distinct temperatures.
+    Returns the state dict written.
+    """
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    config = tiny_clip_config()
+    clip = CLIPModel(config)
+    sd = {k: v.detach().clone().contiguous() for k, v in clip.state_dict().items()}
+    width = config.text_config.hidden_size
+    sd["text_model.embeddings.position_embedding_ori.weight"] = torch.randn(248, width) * 0.02
+    sd["text_model.embeddings.position_embedding_res.weight"] = torch.randn(248, width) * 0.02
+    sd["text_filip_projection.weight"] = torch.randn(config.projection_dim, width) * width ** -0.5
+    for k, v in UPSTREAM_TEMPS.items():
+        sd[k] = torch.tensor(v)
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    os.makedirs(path, exist_ok=True)
+    save_file(sd, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    cfg = config.to_dict()
+    cfg["architectures"] = ["FGCLIPModel"]
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(cfg, f)
+    return sd

@@ -1,4 +1,4 @@
-"""``finehard train`` / ``finehard eval`` command lines (also ``python -m training train|eval``)."""
+"""``finehard train`` / ``eval`` / ``convert`` command lines (also ``python -m training train|eval|convert``)."""
 from __future__ import annotations
 
 import argparse
@@ -33,13 +33,17 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML/JSON config (default: training/configs/stage<N>.yaml)")
     p.add_argument("--shards", required=True, help="shards: path, folder, glob, brace list or fsspec URI (s3://..)")
     p.add_argument("--output", required=True, help="output folder (checkpoints/, metrics.jsonl, final/)")
-    p.add_argument("--model", default=None, help="local CLIP / FG-CLIP folder (HF format) to start from")
+    p.add_argument("--model", default=None, help="local folder to start from: OpenAI/HF CLIP, an upstream FG-CLIP "
+                                                 "checkpoint (e.g. fg-clip-base) or a finehard train final/")
     p.add_argument("--model-config", default=None, help="CLIPConfig json for a random-init model (tests, benches)")
     p.add_argument("--tokenizer", default=None, help="local tokenizer folder (default: the model folder's)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"), help="device kind")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     p.add_argument("--deepspeed", default=None, help="DeepSpeed (ZeRO-2) json config; needs deepspeed installed")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute encoder blocks in backward")
+    p.add_argument("--reset-temperatures", action="store_true",
+                   help="stage 2: start the regional and hard temperatures from logit_scale even when --model is a "
+                        "trained FG-CLIP checkpoint (upstream's train_fgclip.py always does)")
     p.add_argument("--log-level", default="INFO", help="logging level")
     add_override_args(p)
     return p
@@ -69,7 +73,7 @@ def train_main(argv: list[str]) -> int:
                 raise UsageError("--deepspeed needs the deepspeed package (pip install deepspeed); or drop --deepspeed")
         opts = RunOptions(shards=args.shards, output=args.output, model=args.model, model_config=args.model_config,
                           tokenizer=args.tokenizer, device=args.device, resume=args.resume, deepspeed=args.deepspeed,
-                          grad_checkpointing=args.grad_checkpointing)
+                          grad_checkpointing=args.grad_checkpointing, reset_temperatures=args.reset_temperatures)
         summary = run_training(cfg, opts)
     except (UsageError, ConfigError, FileNotFoundError, RuntimeError, ValueError) as exc:
         return _fail("finehard train", exc)
@@ -79,9 +83,13 @@ def train_main(argv: list[str]) -> int:
 
 def eval_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="finehard eval", description="Evaluate an FG-CLIP model: FG-OVD region accuracy and R@1.")
-    p.add_argument("--model", required=True, help="folder written by finehard train (…/final) or a HF CLIP folder")
+    p.add_argument("--model", required=True, help="folder written by finehard train (…/final), an upstream FG-CLIP "
+                                                  "checkpoint or a HF CLIP folder")
     p.add_argument("--shards", default=None, help="held-out shards for image<->text R@1 (long and short captions)")
-    p.add_argument("--fgovd", default=None, help="FG-OVD jsonl (img_path, bbox xywh, pos_expression, neg_expression)")
+    p.add_argument("--fgovd", default=None, help="FG-OVD jsonl as upstream ships it (data/fgovd/*.jsonl: img_path, "
+                                                 "bbox xywh pixels, pos_expression and neg_expression lists)")
+    p.add_argument("--images", default=None, help="folder the FG-OVD img_path values are relative to (the COCO root "
+                                                  "for upstream's files; default: the jsonl's folder)")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder's)")
     p.add_argument("--image-size", type=int, default=None, help="S (default: the model's vision image_size)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"), help="device kind")
@@ -112,7 +120,11 @@ def eval_main(argv: list[str]) -> int:
         tok = load_tokenizer(args.tokenizer, args.model, model.clip.config.text_config.vocab_size)
         results: dict[str, float] = {}
         if args.fgovd:
-            results["fgovd_top1"] = region_accuracy(model, tok, load_fgovd(args.fgovd, size), device)
+            entries, skipped = load_fgovd(args.fgovd, size, args.images)
+            results["fgovd_top1"] = region_accuracy(model, tok, entries, device)
+            results["fgovd_boxes"] = sum(len(e["boxes"]) for e in entries)
+            if skipped:
+                results["fgovd_skipped"] = skipped
         if args.shards:
             examples = shard_examples(args.shards, size, args.limit)
             results.update(retrieval_r1(model, tok, examples, device))
@@ -129,10 +141,19 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
+def convert_main(argv: list[str]) -> int:
+    """Entry point of ``finehard convert`` (see :mod:`training.convert`)."""
+    from training.convert import convert_main as run
+
+    return run(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``train`` or ``eval`` followed by that command's flags."""
+    """``train``, ``eval`` or ``convert`` followed by that command's flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "eval"):
-        print("usage: python -m training {train,eval} [flags]  (see python -m training train --help)", file=sys.stderr)
+    commands = {"train": train_main, "eval": eval_main, "convert": convert_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m training {train,eval,convert} [flags]  (see python -m training train --help)",
+              file=sys.stderr)
         return 2
-    return train_main(argv[1:]) if argv[0] == "train" else eval_main(argv[1:])
+    return commands[argv[0]](argv[1:])

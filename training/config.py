@@ -25,8 +25,9 @@ class TrainConfig:
     warmup_steps: int = 200
     schedule: str = "cosine"
     min_lr_ratio: float = 0.0
-    steps: int = 10000
-    batch_size: int = 128
+    steps: int = 0  # 0: `epochs` passes over the shards (counted at start)
+    epochs: int = 1
+    batch_size: int = 128  # per device; the global batch is this x the number of processes
     image_size: int = 224
     max_regions: int = 4
     long_text_len: int = 248
@@ -36,6 +37,7 @@ class TrainConfig:
     workers: int = 4
     precision: str = "auto"
     grad_clip: float = 1.0
+    max_logit_scale: float = 0.0  # 0: temperatures unclamped (upstream); e.g. 100 to cap them
     w_global: float = 1.0
     w_regional: float = 0.0
     w_hard: float = 0.0
@@ -53,9 +55,12 @@ class TrainConfig:
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"schedule must be cosine or constant, got {self.schedule!r}")
-        for name in ("steps", "batch_size", "image_size", "max_regions", "long_text_len", "short_text_len"):
+        for name in ("epochs", "batch_size", "image_size", "max_regions", "long_text_len", "short_text_len"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("steps", "warmup_steps", "max_logit_scale"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.keep_len >= self.short_text_len:
             raise ConfigError("keep_len must be smaller than short_text_len")
         return self

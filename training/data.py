@@ -1,7 +1,8 @@
 """WebDataset loading of FineHARD shards into FG-CLIP batches.
 
 Batch layout (``collate``): ``pixel_values`` (B,3,S,S) uint8 (the model normalises on its device); ``long_ids/long_mask``; ``short_ids/short_mask``
-(an empty short caption falls back to the long caption, truncated to the short length);
+of ``"a photo of " + short_caption`` as upstream FG-CLIP builds it (an empty short caption is replaced
+by the long caption, so the text is ``"a photo of " + caption`` truncated to the short length);
 ``boxes`` (B,R,4) normalised xyxy and ``box_valid`` (B,R) with R = max_regions (the first R regions
 of a record are used); ``region_boxes`` (N,5) = batch index + box for the valid regions in row-major
 order; ``expr_ids/expr_mask`` (U,L) the batch's distinct region texts, each tokenised once
@@ -9,14 +10,18 @@ order; ``expr_ids/expr_mask`` (U,L) the batch's distinct region texts, each toke
 ``hard_index`` (H,) indexes regions with ``flag_short_neg == 1`` and exactly 10 negatives and
 ``hard_text_index`` (H,11) picks [short_expr, neg0..neg9] from ``expr_ids``. Encoding each distinct
 text once gives the same features as encoding every copy, for a fraction of the text-tower work.
+``skipped_regions`` counts the regions dropped for a degenerate box or an empty expression.
 """
 from __future__ import annotations
 
 import functools
 import glob as globlib
 import logging
+import json
+import math
 import os
 import random
+import tarfile
 from typing import Any, Iterable, Iterator, Sequence
 
 import fsspec
@@ -30,6 +35,13 @@ from core.record import IMAGE_EXTS, NUM_NEGATIVES
 from training.tokenizer import tokenize
 
 log = logging.getLogger(__name__)
+SHORT_PREFIX = "a photo of "  # upstream train_fgclip.py: caption_short = "a photo of " + short_caption
+SHARD_STATS_SUFFIX = "_stats.json"  # the pipeline's per-shard sidecar (shard-00003_stats.json, "written")
+
+
+def short_text(short_caption: str, caption: str) -> str:
+    """The short-path text of a sample: the prefix plus the short caption, or the long caption when it is empty."""
+    return SHORT_PREFIX + (short_caption if short_caption.strip() else caption)
 
 
 def expand_shards(uri: str | Sequence[str]) -> list[str]:
@@ -111,10 +123,11 @@ def to_example(sample: dict[str, Any], image_size: int, max_regions: int) -> dic
         raise ValueError(f"sample {sample.get('__key__')} has no caption")
     image = image.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # normalised on the device
-    regions = []
+    regions, skipped = [], 0
     for r in rec.get("bbox_info") or []:
         box = _norm_box(r.get("bbox", []))
         if box is None or not r.get("short_expr"):
+            skipped += 1
             continue
         negs = _negatives(r.get("short_expr_negs"))
         hard = int(r.get("flag_short_neg", 0)) == 1 and len(negs) == NUM_NEGATIVES
@@ -123,7 +136,8 @@ def to_example(sample: dict[str, Any], image_size: int, max_regions: int) -> dic
         if len(regions) == max_regions:
             break
     return {"key": sample.get("__key__", rec.get("key", "")), "pixel_values": pixels,
-            "caption": caption, "short_caption": rec.get("short_caption") or "", "regions": regions}
+            "caption": caption, "short_caption": rec.get("short_caption") or "", "regions": regions,
+            "skipped_regions": skipped}
 
 
 class Collate:
@@ -138,7 +152,7 @@ class Collate:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         b, r = len(examples), self.max_regions
         long_ids, long_mask = tokenize(self.tokenizer, [e["caption"] for e in examples], self.long_len)
-        short_ids, short_mask = tokenize(self.tokenizer, [e["short_caption"] or e["caption"] for e in examples],
+        short_ids, short_mask = tokenize(self.tokenizer, [short_text(e["short_caption"], e["caption"]) for e in examples],
                                          self.short_len)
         boxes, valid = torch.zeros(b, r, 4), torch.zeros(b, r, dtype=torch.bool)
         region_boxes, region_text_index, hard_index, hard_text_index = [], [], [], []
@@ -162,6 +176,7 @@ class Collate:
             "region_text_index": torch.tensor(region_text_index, dtype=torch.long),
             "hard_index": torch.tensor(hard_index, dtype=torch.long),
             "hard_text_index": torch.tensor(hard_text_index, dtype=torch.long).reshape(-1, NUM_NEGATIVES + 1),
+            "skipped_regions": sum(e.get("skipped_regions", 0) for e in examples),
         }
         batch["expr_texts"] = list(texts)
         if texts and self.region_texts:
@@ -209,3 +224,43 @@ def make_loader(shards: str | Sequence[str], tokenizer: Any, batch_size: int, im
 def iterate_examples(shards: str | Sequence[str], image_size: int, max_regions: int = 4) -> Iterator[dict[str, Any]]:
     """Every example of ``shards`` once, in order, on this process (for evaluation)."""
     yield from sample_pipeline(expand_shards(shards), image_size, max_regions, 0, 0, epochs=1, split=False)
+
+
+def _stats_count(url: str) -> int | None:
+    """``written`` from the pipeline's ``<shard>_stats.json`` next to a ``.tar``, if there is one."""
+    if not url.endswith(".tar") or url.startswith("pipe:"):
+        return None
+    try:
+        with fsspec.open(url[: -len(".tar")] + SHARD_STATS_SUFFIX, "rt", encoding="utf-8") as f:
+            return int(json.load(f)["written"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _tar_count(url: str) -> int:
+    """Samples (distinct keys with an image member) in one tar, reading member headers only."""
+    keys = set()
+    stream = wds.gopen(url) if url.startswith("pipe:") else fsspec.open(url, "rb").open()
+    with stream, tarfile.open(fileobj=stream, mode="r|" if url.startswith("pipe:") else "r:") as tar:
+        for ti in tar:
+            if not ti.isfile():
+                continue
+            base = os.path.basename(ti.name)
+            key, _, ext = base.partition(".")
+            if ext.lower() in IMAGE_EXTS:
+                keys.add(os.path.join(os.path.dirname(ti.name), key))
+    return len(keys)
+
+
+def count_samples(shards: str | Sequence[str]) -> int:
+    """Samples in ``shards``: the pipeline's per-shard stats when present, else tar headers."""
+    total = 0
+    for url in expand_shards(shards):
+        n = _stats_count(url)
+        total += _tar_count(url) if n is None else n
+    return total
+
+
+def epoch_steps(samples: int, global_batch: int, epochs: int = 1) -> int:
+    """Optimiser steps for ``epochs`` passes over ``samples`` at ``global_batch`` (a last partial batch counts)."""
+    return max(1, epochs * math.ceil(samples / global_batch))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.data import iterate_examples
+from training.data import iterate_examples, short_text
 from training.model import FGCLIP
 from training.tokenizer import tokenize
 
@@ -74,34 +74,70 @@ def region_accuracy(model: FGCLIP, tokenizer: Any, entries: Iterable[dict[str, A
     return correct / total if total else float("nan")
 
 
-def load_fgovd(path: str, image_size: int) -> list[dict[str, Any]]:
-    """FG-OVD jsonl (``img_path``, ``bbox`` COCO pixel xywh, ``pos_expression``, ``neg_expression``) -> entries."""
+def fgovd_candidates(rec: dict[str, Any]) -> list[str]:
+    """Texts of one FG-OVD line, the right one first: ``pos_expression`` then ``neg_expression``.
+
+    Upstream's files (``data/fgovd/*.jsonl``) hold both as lists (``pos_expression`` has one text) and
+    its ``fgovd_eval.py`` counts a box right when index 0 scores highest; a plain string is accepted too.
+    """
+    pos, neg = rec["pos_expression"], rec["neg_expression"]
+    pos = [pos] if isinstance(pos, str) else [str(t) for t in pos]
+    neg = [neg] if isinstance(neg, str) else [str(t) for t in neg]
+    if not pos or not neg:
+        raise ValueError("FG-OVD line needs a pos_expression and at least one neg_expression")
+    return pos + neg
+
+
+def resolve_image(img_path: str, root: str) -> str:
+    """``img_path`` as is when absolute, else joined to ``root`` (upstream: --image-folder + img_path)."""
+    path = img_path if os.path.isabs(img_path) else os.path.join(root, img_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"FG-OVD image {path!r} not found; pass --images the folder img_path is relative to "
+                                "(the COCO root for upstream's files)")
+    return path
+
+
+def load_fgovd(path: str, image_size: int, images: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """FG-OVD jsonl -> (entries for :func:`region_accuracy`, number of lines skipped for an empty box).
+
+    Lines: ``img_path`` (absolute, or relative to ``images``; default the jsonl's folder), ``bbox`` in
+    pixels ``[x, y, w, h]`` of the image file, ``pos_expression`` and ``neg_expression`` (see
+    :func:`fgovd_candidates`). Lines of the same image share one entry (decoded once).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"FG-OVD file {path!r} not found; pass --fgovd a jsonl with img_path/bbox/pos_expression/neg_expression")
-    base = os.path.dirname(os.path.abspath(path))
-    entries = []
+    root = images if images is not None else os.path.dirname(os.path.abspath(path))
+    entries: dict[str, dict[str, Any]] = {}
+    skipped = 0
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+        for line in f:
             if not line.strip():
                 continue
             rec = json.loads(line)
-            img_path = rec["img_path"]
-            if not os.path.isabs(img_path) and os.path.exists(os.path.join(base, img_path)):
-                img_path = os.path.join(base, img_path)  # relative to the jsonl file, else to the working dir
-            with Image.open(img_path) as im:
-                w, h = im.size
-                pix = image_tensor(im, image_size)
-            x, y, bw, bh = map(float, rec["bbox"])
+            candidates = fgovd_candidates(rec)
+            img_path = resolve_image(str(rec["img_path"]), root)
+            if img_path not in entries:
+                with Image.open(img_path) as im:
+                    w, h = im.size
+                    entries[img_path] = {"pixel_values": image_tensor(im, image_size), "size": (w, h), "boxes": [],
+                                         "candidates": [], "labels": []}
+            e = entries[img_path]
+            w, h = e["size"]
+            x, y, bw, bh = map(float, rec["bbox"][:4])
             box = [max(0.0, x / w), max(0.0, y / h), min(1.0, (x + bw) / w), min(1.0, (y + bh) / h)]
-            entries.append({"pixel_values": pix, "boxes": [box],
-                            "candidates": [[rec["pos_expression"]] + list(rec["neg_expression"])], "labels": [0]})
-    return entries
+            if box[2] <= box[0] or box[3] <= box[1]:
+                skipped += 1
+                continue
+            e["boxes"].append(box)
+            e["candidates"].append(candidates)
+            e["labels"].append(0)
+    return [e for e in entries.values() if e["boxes"]], skipped
 
 
 @torch.no_grad()
 def retrieval_r1(model: FGCLIP, tokenizer: Any, examples: Sequence[dict[str, Any]], device: torch.device | str,
                  batch_size: int = 64) -> dict[str, float]:
-    """Image->text and text->image R@1 with long and with short captions."""
+    """Image->text and text->image R@1 with long and with short captions (short: as trained, with the prefix)."""
     model.eval()
     imgs = []
     for i in range(0, len(examples), batch_size):
@@ -111,7 +147,7 @@ def retrieval_r1(model: FGCLIP, tokenizer: Any, examples: Sequence[dict[str, Any
     target = torch.arange(len(examples), device=img.device)
     out = {}
     for name, long, texts in (("long", True, [e["caption"] for e in examples]),
-                              ("short", False, [e["short_caption"] or e["caption"] for e in examples])):
+                              ("short", False, [short_text(e["short_caption"], e["caption"]) for e in examples])):
         txt = encode_texts(model, tokenizer, texts, device, long=long)
         sim = img @ txt.t()
         out[f"i2t_r1_{name}"] = float((sim.argmax(1) == target).float().mean())

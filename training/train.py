@@ -10,14 +10,14 @@ import os
 import random
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from training.config import TrainConfig
-from training.data import make_loader, move_batch
+from training.data import count_samples, epoch_steps, make_loader, move_batch
 from training.distributed import DistInfo, cleanup_distributed, init_distributed
 from training.losses import LossWeights, fgclip_loss
 from training.model import build_model, save_fgclip, unwrap
@@ -39,25 +39,40 @@ class RunOptions:
     resume: bool = False
     deepspeed: str | None = None
     grad_checkpointing: bool = False
+    reset_temperatures: bool = False  # stage 2: regional/hard temperatures := logit_scale, as upstream always does
 
 
-def no_decay(name: str, p: nn.Parameter) -> bool:
-    """Biases, norms, embeddings and temperatures get no weight decay (open_clip convention)."""
-    return p.ndim < 2 or "embedding" in name or "logit_scale" in name or "norm" in name
+def decay_names(model: nn.Module) -> tuple[list[str], list[str]]:
+    """(names with weight decay, names without) among trainable parameters, grouped as upstream FG-CLIP.
+
+    Upstream's ``CLIPTrainer.create_optimizer``: every parameter decays except those of LayerNorm
+    modules and those whose name contains ``bias``; embeddings, projections and temperatures decay.
+    """
+    norm = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)}
+    decay, keep = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (keep if "bias" in n or id(p) in norm else decay).append(n)
+    return decay, keep
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay only on weight matrices."""
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": cfg.weight_decay},
-              {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0}]
+    """AdamW over upstream's two weight-decay groups (see :func:`decay_names`)."""
+    decay, keep = decay_names(model)
+    params = dict(model.named_parameters())
+    groups = [{"params": [params[n] for n in decay], "weight_decay": cfg.weight_decay},
+              {"params": [params[n] for n in keep], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup then cosine decay to ``min_lr_ratio`` (or constant)."""
+    """Linear warmup from 0 then cosine decay to ``min_lr_ratio`` (or constant).
+
+    Same factors as ``transformers.get_cosine_schedule_with_warmup`` (upstream's HF Trainer): update
+    ``step`` (0-based) uses ``step / warmup_steps`` during warmup, so the first update has lr 0.
+    """
     if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+        return step / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
@@ -75,8 +90,8 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
 def weights_of(cfg: TrainConfig) -> LossWeights:
     """Loss weights of ``cfg``; stage 1 has no regional/hard terms."""
     if cfg.stage == 1:
-        return LossWeights(cfg.w_global, 0.0, 0.0)
-    return LossWeights(cfg.w_global, cfg.w_regional, cfg.w_hard)
+        return LossWeights(cfg.w_global, 0.0, 0.0, cfg.max_logit_scale)
+    return LossWeights(cfg.w_global, cfg.w_regional, cfg.w_hard, cfg.max_logit_scale)
 
 
 def train_step(model: nn.Module, batch: dict[str, Any], optimizer: Any, scheduler: Any, cfg: TrainConfig,
@@ -97,7 +112,9 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: Any, schedule
             nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-    return {k: float(v.detach()) for k, v in losses.items()}
+    out = {k: float(v.detach()) for k, v in losses.items()}
+    out["skipped_regions"] = int(batch.get("skipped_regions", 0))
+    return out
 
 
 def checkpoint_path(output: str, step: int) -> str:
@@ -113,6 +130,8 @@ def latest_checkpoint(output: str) -> str | None:
 def save_checkpoint(path: str, model: nn.Module, optimizer: Any, scheduler: Any, step: int, cfg: TrainConfig) -> None:
     """Model, optimiser, scheduler, step and RNG state; written to a temp name then renamed."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    if cfg.stage == 1:
+        unwrap(model).tie_temperatures()  # untrained in stage 1: they follow the global temperature
     state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "step": step, "stage": cfg.stage,
              "torch_rng": torch.get_rng_state()}
@@ -160,6 +179,9 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model = build_model(opts.model, opts.model_config, cfg.keep_len)
+    _log_start_point(model, opts)
+    if cfg.stage == 2 and opts.reset_temperatures:
+        model.tie_temperatures()
     if cfg.long_text_len > model.long_len:
         raise ValueError(f"long_text_len {cfg.long_text_len} exceeds the model's {model.long_len} long positions")
     short_len = min(cfg.short_text_len, model.short_len)
@@ -172,6 +194,12 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
     tok_size = len(tokenizer) if hasattr(tokenizer, "__len__") else getattr(tokenizer, "vocab_size", vocab)
     if tok_size > vocab:
         raise ValueError(f"tokenizer has {tok_size} tokens but the model only {vocab}; pass the model's own --tokenizer")
+    samples = None
+    if cfg.steps == 0:  # one (or `epochs`) pass over the shards at the global batch size
+        samples = count_samples(opts.shards)
+        cfg = replace(cfg, steps=epoch_steps(samples, cfg.batch_size * info.world_size, cfg.epochs))
+    if info.is_main:
+        print(start_line(cfg, info, samples), flush=True)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     start = 0
@@ -197,15 +225,18 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
     os.makedirs(opts.output, exist_ok=True)
     metrics_file = open(os.path.join(opts.output, "metrics.jsonl"), "a", encoding="utf-8") if info.is_main else None
     last: dict[str, float] = {}
+    skipped = 0
     t0 = time.time()
     step = start
     try:
         it = iter(loader)
         for step in range(start, cfg.steps):
             last = train_step(wrapped, next(it), optimizer, scheduler, cfg, info.device, engine)
+            skipped += last.pop("skipped_regions", 0)
             done = step + 1
             if metrics_file and (done % cfg.log_every == 0 or done == cfg.steps):
-                row = {"step": done, "lr": optimizer.param_groups[0]["lr"], **last, "elapsed_s": round(time.time() - t0, 2)}
+                row = {"step": done, "lr": optimizer.param_groups[0]["lr"], **last, "skipped_regions": skipped,
+                       "elapsed_s": round(time.time() - t0, 2)}
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
                 log.info("step %d %s", done, json.dumps(last))
@@ -214,14 +245,41 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
         step = cfg.steps
         _save(engine, model, optimizer, scheduler, step, cfg, opts, info)
         final = os.path.join(opts.output, "final")
+        if skipped:
+            log.warning("skipped %d regions with a degenerate box or no expression (this rank)", skipped)
         if info.is_main:
+            if cfg.stage == 1:
+                model.tie_temperatures()
             save_fgclip(model, final, tokenizer)
             with open(os.path.join(final, "train_config.json"), "w", encoding="utf-8") as f:
                 json.dump(asdict(cfg), f, indent=2)
     finally:
         if metrics_file:
             metrics_file.close()
-    return {"steps": step, "start": start, "final": os.path.join(opts.output, "final"), "last": last}
+    return {"steps": step, "start": start, "final": os.path.join(opts.output, "final"), "last": last,
+            "skipped_regions": skipped}
+
+
+def start_line(cfg: TrainConfig, info: DistInfo, samples: int | None) -> str:
+    """The one-line summary printed at start: batch sizes, steps and optimiser settings."""
+    how = f"{cfg.epochs} epoch(s) of {samples} samples" if samples is not None else "--steps"
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type in ("cuda", "npu"))
+    return (f"finehard train: stage {cfg.stage}: per-device batch {cfg.batch_size} x {info.world_size} process(es) "
+            f"= global batch {cfg.batch_size * info.world_size}; {cfg.steps} steps ({how}); lr {cfg.lr:g}, "
+            f"warmup {cfg.warmup_steps}, {cfg.schedule}, AdamW betas ({cfg.betas[0]:g}, {cfg.betas[1]:g}) "
+            f"eps {cfg.eps:g} weight decay {cfg.weight_decay:g}; {'bf16 autocast' if bf16 else 'fp32'} on {info.device.type}")
+
+
+def _log_start_point(model: nn.Module, opts: RunOptions) -> None:
+    """Say what the model continues from (upstream/project FG-CLIP checkpoint, plain CLIP, random init)."""
+    m = unwrap(model)
+    what = {"upstream": "an upstream FG-CLIP checkpoint: its long positions, text_filip_projection and temperatures",
+            "project": "an FG-CLIP checkpoint (project layout): its long positions, long projection and temperatures",
+            "clip": "a plain CLIP checkpoint: long positions extended from its 77, long projection copied",
+            "config": "random init from --model-config"}[getattr(m, "source_layout", "config")]
+    log.info("starting from %s (logit_scale %.4f, regional %.4f, hard %.4f)%s", what, m.clip.logit_scale.item(),
+             m.regional_logit_scale.item(), m.hard_logit_scale.item(),
+             "; --reset-temperatures sets the last two to logit_scale" if opts.reset_temperatures else "")
 
 
 def _save(engine: Any, model: nn.Module, optimizer: Any, scheduler: Any, step: int, cfg: TrainConfig,
