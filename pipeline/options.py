@@ -58,6 +58,11 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                         help="at most this many regions per image (training uses 4)")
     parser.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=int, default=64_000_000,
                         help="images with more pixels are dead-lettered as too_large (decompression bombs)")
+    parser.add_argument("--num-shards", "--num_shards", dest="num_shards", type=int, default=0,
+                        help="shards to write (membership: sha1(key) mod this). 0 (default): from the size of "
+                             "the listed input and --samples-per-shard, decided before reading, so model stages "
+                             "start at once; only when the size cannot be had cheaply (tars without sizes.json, "
+                             "manifests over 512 MiB) does the shard count wait for the whole read")
     parser.add_argument("--rows-per-read-unit", "--rows_per_read_unit", dest="rows_per_read_unit", type=int,
                         default=5000,  # transforms.read.ROWS_PER_UNIT
                         help="a .jsonl/.parquet manifest is read in parts of about this many rows, so many "

@@ -38,7 +38,7 @@ def expected_samples(units: Sequence[Any], max_manifest_bytes: int = 512 << 20) 
     total, manifest_bytes = 0, 0
     sizes_cache: dict[str, Optional[dict[str, Any]]] = {}
     for unit in units:
-        if unit.kind == "files":
+        if unit.kind in ("files", "skipped"):  # one record per listed path
             total += len(unit.uris)
             continue
         uri = unit.uris[0]

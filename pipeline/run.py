@@ -30,7 +30,8 @@ from transforms.read import MAX_IMAGE_BYTES, InputError, ReadImages, ReadUnit, l
 from transforms.recaption import CAPTIONERS, Recaption
 from transforms.progress import LogProgress
 from transforms.spill import SpillDir, check_spill_dir, spill_image
-from transforms.write import READ_COUNTS_DIR, AssignShards, SkipCompleted, WriteShards, completed_shards
+from transforms.write import (READ_COUNTS_DIR, AssignShards, SkipCompleted, WriteShards, completed_shards,
+                              num_shards_for)
 
 LOG = logging.getLogger("finehard")
 
@@ -171,7 +172,7 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
                                            rows_per_unit=args.rows_per_read_unit))
     if spill_root:
         records = records | "SpillImages" >> beam.Map(spill_image, root=spill_root)
-    records = records | "AssignShards" >> AssignShards(args.samples_per_shard)
+    records = records | "AssignShards" >> AssignShards(args.samples_per_shard, args.num_shards or None)
     if counting:  # the progress display counts what this run will process (completed shards are skipped)
         count(records | "NotCompletedForProgress" >> SkipCompleted(done), "read", "CountRead")
     finished = []
@@ -257,6 +258,26 @@ def check_manifests(units: list[ReadUnit]) -> None:
                 except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
                     raise UsageError(f"manifest {uri} is not a readable parquet file ({type(e).__name__}: {e}); "
                                      "fix or remove it") from e
+
+
+def decide_num_shards(args: argparse.Namespace, units: list[ReadUnit],
+                      previous: Optional[dict[str, Any]] = None) -> int:
+    """The shard count, before anything is read: ``--num-shards``, the resumed run's, or from the listing's size.
+
+    0 when the size of the input is not known cheaply (the count of what is read decides then).
+    """
+    from pipeline.progress_view import expected_samples
+
+    before = (previous or {}).get("num_shards") or 0
+    if args.num_shards:
+        if before and before != args.num_shards:
+            raise UsageError(f"--num-shards {args.num_shards}, but the run being resumed wrote {before} shards; "
+                             "use a new --output, or --overwrite to start over")
+        return args.num_shards
+    if before:
+        return before
+    size = expected_samples(units)
+    return num_shards_for(size, args.samples_per_shard) if size is not None else 0
 
 
 def probe_servers(args: argparse.Namespace) -> None:
@@ -361,7 +382,8 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         done = check_resume(args.output, info, fingerprint, args.retry_failed)
         if done:
             LOG.info("resuming: %d shard(s) already complete in %s are skipped", len(done), args.output)
-        write_run_file(args.output, {**info, "input_fingerprint": fingerprint})
+        args.num_shards = decide_num_shards(args, units, read_run_file(args.output) if done else None)
+        write_run_file(args.output, {**info, "input_fingerprint": fingerprint, "num_shards": args.num_shards})
         args.model_cache = model_cache_root(args, local)
         p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
         started = time.monotonic()

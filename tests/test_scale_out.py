@@ -122,3 +122,44 @@ def test_the_portable_sdk_harness_path_writes_the_same_shards(scenes_dir: pathli
     assert portable["reconciled"] is True and portable["written"] == reference["written"] == 12
     assert len(read_shards(tmp_path / "portable")) == 12
     assert shard_hashes(tmp_path / "portable") == shard_hashes(tmp_path / "ref")
+
+
+def _transform_names(argv: list[str]) -> set[str]:
+    import apache_beam as beam
+
+    from pipeline.run import build_pipeline, parse_args
+
+    args, _ = parse_args(argv)
+    p = beam.Pipeline()
+    build_pipeline(p, args, set())
+    return {t.unique_name for t in p.to_runner_api().components.transforms.values()}
+
+
+def test_with_the_shard_count_known_up_front_nothing_waits_for_the_whole_read(scenes_dir: pathlib.Path,
+                                                                               tmp_path: pathlib.Path) -> None:
+    from pipeline.run import decide_num_shards, parse_args
+    from transforms.read import list_units
+
+    common = ["--input", str(scenes_dir / "manifest.jsonl"), "--output", str(tmp_path / "o"), "--no-dedup",
+              "--samples-per-shard", "4"]
+    args, _ = parse_args(common)
+    assert decide_num_shards(args, list_units(args.input)) == 3  # 12 listed rows / 4, before reading anything
+    known = _transform_names([*common, "--num-shards", "3"])
+    assert not any("Count" in n or "Combine" in n for n in known)  # no global count: a plain Map assigns shards
+    unknown = _transform_names(common)  # left to the read count (e.g. tars without sizes.json)
+    assert any(n.startswith("AssignShards/Count") for n in unknown)
+    summary = run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "run", "--no-dedup", "--samples-per-shard", "4")
+    assert summary["shards"] == 3 and json.loads((tmp_path / "run" / "run.json").read_text())["num_shards"] == 3
+
+
+def test_a_resume_keeps_its_shard_count_and_refuses_another(scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    from pipeline.run import UsageError
+
+    out = tmp_path / "o"
+    run_pipeline(scenes_dir / "manifest.jsonl", out, "--num-shards", "5")
+    (out / "shard-00001_stats.json").unlink()
+    again = run_pipeline(scenes_dir / "manifest.jsonl", out)  # no flag: the resumed run's 5 is kept
+    assert again["shards"] == 5 and again["reconciled"] is True
+    (out / "shard-00001_stats.json").unlink()
+    with pytest.raises(UsageError, match="--num-shards 2, but the run being resumed wrote 5"):
+        run_pipeline(scenes_dir / "manifest.jsonl", out, "--num-shards", "2")

@@ -16,7 +16,7 @@ import math
 import posixpath
 import tarfile
 from collections import Counter
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Optional
 
 import apache_beam as beam
 import fsspec
@@ -215,14 +215,26 @@ class _WriteShardFn(beam.DoFn):
 
 
 class AssignShards(beam.PTransform):
-    """Tag each record with ``_shard = (shard_id, num_shards)``; num_shards from the read count."""
+    """Tag each record with ``Field.SHARD = (shard_id, num_shards)``.
 
-    def __init__(self, samples_per_shard: int):
+    With ``num_shards`` decided up front (from the listing, or ``--num-shards``) this is a plain
+    Map: records go on to the model stages as they are read. Without it the count of everything
+    read decides (a global barrier: no record reaches a model stage before the whole input is read).
+    """
+
+    def __init__(self, samples_per_shard: int, num_shards: Optional[int] = None):
         super().__init__()
         self.samples_per_shard = samples_per_shard
+        self.num_shards = num_shards
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        sps = self.samples_per_shard
+        sps, fixed = self.samples_per_shard, self.num_shards
+        if fixed:
+            def assign_fixed(rec: dict[str, Any]) -> dict[str, Any]:
+                rec[Field.SHARD] = (shard_of(rec["key"], fixed), fixed)
+                return rec
+
+            return records | "Assign" >> beam.Map(assign_fixed)
         count = records | "Count" >> beam.combiners.Count.Globally()
 
         def assign(rec: dict[str, Any], n: int) -> dict[str, Any]:
