@@ -79,3 +79,12 @@ def test_the_layer_check_sees_a_wrong_import(tmp_path: pathlib.Path) -> None:
     bad.write_text("def f():\n    from pipeline.run import run\n", encoding="utf-8")
     assert "pipeline.run" in imports(bad)  # a lazy import inside a function is found
     assert not {"pipeline"} <= ALLOWED["transforms"]
+
+
+STAGE_MODULES = {"transforms.recaption", "transforms.detect", "transforms.negatives", "transforms.expressions"}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(("transforms.engines", "model_stubs"))))
+def test_an_engine_never_imports_its_stage_module(module: str) -> None:
+    wrong = sorted(n for n in imports(MODULES[module]) if any(n == s or n.startswith(s + ".") for s in STAGE_MODULES))
+    assert not wrong, f"{module} imports {wrong}: what an engine shares with its stage goes in a module both use"

@@ -11,7 +11,6 @@ whose answer stays invalid keeps ``flag_short_neg = 0`` and its reason is counte
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -21,17 +20,15 @@ import apache_beam as beam
 
 from core.engines import EngineEntry, EngineRegistry, EngineSpec, NegativesEngine
 from core.record import Field, NUM_NEGATIVES, is_valid_text, negatives_mapping, valid_text
-from prompts import load_prompt
 from transforms.cache import ModelCache, digest, model_cache
 from transforms.common import SampleError, bump
 from transforms.lexicons import LEXICONS_FILE, lexicons  # noqa: F401 - LEXICONS_FILE re-exported
+from transforms.negatives_prompt import (GRAMMAR_FILE, PROMPT_FILE, SCHEMA_FILE,  # noqa: F401 - re-exported
+                                         NegativesPrompt, load_negatives_prompt, request_seed)
 from transforms.text import (ING_NOUNS, PLURAL_TAGS, analyse, analyse_many, head_noun, norm, plural_noun, singular_noun,  # noqa: F401
                              tokens)
 
 STAGE = "negatives"
-PROMPT_FILE = "negatives.txt"
-SCHEMA_FILE = "negatives.schema.json"
-GRAMMAR_FILE = "negatives.gbnf"
 MIN_CHARS, MAX_CHARS = 3, 120
 EXTRA_WORDS = 6  # a negative may be this many words longer than its positive
 
@@ -55,39 +52,6 @@ PLAUSIBILITY_REASONS = ("plural_verb", "bad_plural", "count_without_plural", "pl
                         "pattern_on_living")
 VALIDATION_REASONS = ("wrong_count", "bad_length", "duplicates", "equals_positive", "head_noun_changed",
                       *PLAUSIBILITY_REASONS)
-
-
-@dataclass(frozen=True)
-class NegativesPrompt:
-    """The prompt template, the output schema and grammar, and their hashes for provenance."""
-
-    template: str
-    schema: dict[str, Any]
-    grammar: str
-    prompt_sha: str
-    schema_sha: str
-    grammar_sha: str
-
-    def messages(self, expression: str) -> list[dict[str, str]]:
-        text = self.template.replace("{expression}", expression).replace("{head}", head_noun(expression))
-        return [{"role": "user", "content": text}]
-
-    def provenance(self) -> dict[str, str]:
-        return {"prompt": PROMPT_FILE, "prompt_sha": self.prompt_sha, "schema_sha": self.schema_sha,
-                "grammar_sha": self.grammar_sha}
-
-
-@functools.lru_cache(maxsize=None)
-def load_negatives_prompt() -> NegativesPrompt:
-    template, prompt_sha = load_prompt(PROMPT_FILE)
-    schema_text, schema_sha = load_prompt(SCHEMA_FILE)
-    grammar, grammar_sha = load_prompt(GRAMMAR_FILE)
-    return NegativesPrompt(template, json.loads(schema_text), grammar, prompt_sha, schema_sha, grammar_sha)
-
-
-def request_seed(expression: str, attempt: int) -> int:
-    """A sampling seed fixed by the expression and the attempt, whatever batch it lands in."""
-    return int(hashlib.sha1(f"{attempt}:{expression}".encode("utf-8")).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 def clean_negative(text: str) -> str:

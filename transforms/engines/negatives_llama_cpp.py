@@ -12,7 +12,7 @@ from typing import Any, Optional
 from core.engines import EngineSpec, NegativesEngine
 from transforms.common import SampleError
 from transforms.engines import engine_options
-from transforms.negatives import load_negatives_prompt, request_seed
+from transforms.negatives_prompt import load_negatives_prompt, request_seed
 
 
 class LlamaCppNegatives(NegativesEngine):

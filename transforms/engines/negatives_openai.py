@@ -20,7 +20,7 @@ from core.engines import EngineSpec, NegativesEngine
 from transforms.common import SampleError
 from transforms.engines import engine_options
 from transforms.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout, default_warmup_s
-from transforms.negatives import load_negatives_prompt, request_seed
+from transforms.negatives_prompt import load_negatives_prompt, request_seed
 
 MODES = ("json_schema", "grammar", "json_object", "none")
 REJECTED_STATUS = (400, 422)
