@@ -141,3 +141,12 @@ def test_negatives_quality_judges_every_local_engine_and_rules_meets_its_goal() 
     assert any(line.startswith("llama-cpp: skipped: ") for line in lines)  # said, not silently left out
     share = float(re.search(r"rules acceptable share (\d\.\d+)", "\n".join(lines)).group(1))
     assert share >= 0.98, "\n".join(lines)
+
+
+def test_peers_times_every_contender_and_says_when_img2dataset_is_left_out() -> None:
+    lines = run_bench("peers", "--n", "12", "--rounds", "1", "--no-img2dataset")
+    assert lines[0] == "peers: skipped img2dataset: img2dataset not asked for (--no-img2dataset)"
+    table = "\n".join(lines)
+    for row in ("finehard ingest, in-process", "finehard ingest, 2 workers", "plain loop (PIL decode + TarWriter)"):
+        assert f"| {row} |" in table
+    assert re.fullmatch(r"peers: " + RATIO, lines[-1])
