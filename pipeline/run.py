@@ -169,7 +169,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
                                            max_short_caption_chars=args.max_short_caption_chars,
                                            max_image_bytes=args.max_image_bytes,
                                            counts_root=posixpath.join(args.output, READ_COUNTS_DIR),
-                                           rows_per_unit=args.rows_per_read_unit))
+                                           rows_per_unit=args.rows_per_read_unit,
+                                           near_hashes=args.dedup and args.near_dup_threshold >= 0))
     if spill_root:
         records = records | "SpillImages" >> beam.Map(spill_image, root=spill_root)
     records = records | "AssignShards" >> AssignShards(args.samples_per_shard, args.num_shards or None)

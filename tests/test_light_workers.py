@@ -46,3 +46,23 @@ def test_a_run_whose_stages_need_no_torch_never_imports_it(scenes_dir: pathlib.P
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"written": 12, "torch": False}
+
+
+def test_each_image_is_fully_decoded_once_in_a_whole_run(scenes_dir: pathlib.Path, tmp_path: pathlib.Path,
+                                                         monkeypatch) -> None:
+    from PIL import ImageFile
+
+    from conftest import run_pipeline
+
+    decodes: list[str] = []
+    real_load = ImageFile.ImageFile.load
+
+    def counting_load(self):  # noqa: ANN001 - PIL's own signature
+        if getattr(self, "_im", None) is None:  # pixels not decoded yet: this call decodes them
+            decodes.append(self.format)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    summary = run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "o")  # dedup (near) on, all stages, stubs
+    assert summary["written"] == 12
+    assert decodes == ["JPEG"] * 12  # the check's decode; dedup hashes and stub engines reuse it or need none

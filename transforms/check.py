@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from core.record import Field
+from transforms.dedup import dhash, thumbnail
 from transforms.common import SampleError, bump, mark_dead, mark_filtered
 
 STAGE = "read"
@@ -108,7 +109,7 @@ def _verify_chunks(data: bytes) -> None:
 
 
 def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
-                max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS) -> dict[str, Any]:
+                max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS, near_hashes: bool = False) -> dict[str, Any]:
     """Decode once; store an image every reader sees the same way, set width/height/ext, or mark the record.
 
     The size limit is checked from the header, before any pixel is decoded (decompression bombs).
@@ -117,7 +118,9 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
     first frame; greyscale (L) is kept. Untouched JPEG/PNG/WebP bytes are stored as they came.
     A PNG's chunk CRCs are verified too (a bad one is ``corrupt_image``). Records already marked
     dead or filtered by the reader pass through untouched.
-    Each conversion is counted as ``converted:<what>`` in the shard stats.
+    Each conversion is counted as ``converted:<what>`` in the shard stats. ``near_hashes``: the
+    near-duplicate hash and thumbnail (``transforms.dedup``) are taken from this decode, so no
+    later stage decodes the image again for them.
     """
     if Field.DEAD in record or Field.FILTERED in record:
         return record
@@ -154,6 +157,8 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
                 width, height = out.size
                 for what in conversions:
                     bump(record, f"converted:{what}")
+            if near_hashes:
+                record[Field.DHASH], record[Field.THUMB] = dhash(out), thumbnail(out)
     except SampleError as e:
         return mark_dead(record, STAGE, e.reason, e.detail)
     except Image.UnidentifiedImageError as e:

@@ -63,6 +63,8 @@ def thumbnails_close(a: bytes, b: bytes, limit: int = THUMB_MAX_DIFF) -> bool:
 def add_hashes(rec: dict[str, Any], near: bool = True) -> dict[str, Any]:
     """The content hash, and for the near check the dHash and colour thumbnail (one decode)."""
     image_sha256(rec)
+    if near and Field.DHASH in rec and Field.THUMB in rec:
+        return rec  # taken from the one full decode, when the image was checked (transforms.check)
     if near:
         with Image.open(io.BytesIO(image_bytes(rec))) as im:
             rec[Field.DHASH] = dhash(im)

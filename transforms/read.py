@@ -1089,8 +1089,9 @@ class ReadImages(beam.PTransform):
 
     def __init__(self, input_uri: str, max_pixels: int = 64_000_000, min_side: int = 8,
                  max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS, max_image_bytes: int = MAX_IMAGE_BYTES,
-                 counts_root: Optional[str] = None, rows_per_unit: int = ROWS_PER_UNIT):
+                 counts_root: Optional[str] = None, rows_per_unit: int = ROWS_PER_UNIT, near_hashes: bool = False):
         super().__init__()
+        self.near_hashes = near_hashes
         self.rows_per_unit = rows_per_unit
         self.input_uri = input_uri
         self.max_pixels = max_pixels
@@ -1112,4 +1113,4 @@ class ReadImages(beam.PTransform):
                 | "ReadUnit" >> beam.FlatMap(read_and_count, max_image_bytes=self.max_image_bytes,
                                               counts_root=self.counts_root)
                 | "CheckImage" >> beam.Map(check_image, max_pixels=max_pixels, min_side=min_side,
-                                              max_short_caption_chars=max_alt))
+                                              max_short_caption_chars=max_alt, near_hashes=self.near_hashes))
