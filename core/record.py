@@ -24,6 +24,16 @@ REGION_FIELDS = ("bbox", "short_expr", "long_expr", "flag_short_neg", "short_exp
 
 
 
+class SampleError(Exception):
+    """A per-sample failure with a short machine-readable reason (e.g. ``corrupt_image``): that
+    sample is dead-lettered with it, the run goes on."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
 class Field:
     """The record's internal fields: set and read between stages, never written to a shard's ``.json``.
 
@@ -38,6 +48,7 @@ class Field:
     INPUT_RECORD = "_input_record"    # the record an input shard of ours carried (fields of stages not rerun)
     INPUT_CAPTION = "_input_caption"  # a long caption the input already had
     SPILL = "_spill"                  # where the image bytes were spilled (local runners)
+    SOURCE = "_source"                # a local file that holds exactly the stored bytes: re-read there, not spilled
     SHA256 = "_image_sha256"          # sha256 of the stored image bytes, computed once (spill name, dedup, cache)
     DHASH = "_dhash"                  # perceptual hash for near-duplicate removal
     THUMB = "_thumb"                  # tiny thumbnail that confirms a near-duplicate

@@ -6,8 +6,8 @@ import pathlib
 import fsspec
 import pytest
 
-from conftest import run_pipeline, shard_hashes
-from core.record import Field
+from conftest import read_shards, run_pipeline, shard_hashes
+from core.record import Field, SampleError
 from transforms.spill import SpillDir, image_bytes, spill_image
 
 SPILL = Field.SPILL
@@ -81,4 +81,42 @@ def test_records_reach_the_writer_without_their_bytes(tmp_path: pathlib.Path, sc
     monkeypatch.setattr(write, "write_shard", spy)  # the in-process runner calls it in this process
     summary = run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "out")
     assert summary["written"] == 12 and len(seen) == 12
-    assert all("image_bytes" not in r and r["_spill"] for r in seen)
+    # local files are re-read from their source (hash-checked), nothing is copied to the spill folder
+    assert all("image_bytes" not in r and r[Field.SOURCE] and SPILL not in r for r in seen)
+
+
+def test_local_inputs_are_not_copied_to_the_spill_folder(tmp_path: pathlib.Path) -> None:
+    src = tmp_path / "in" / "a.jpg"
+    src.parent.mkdir()
+    src.write_bytes(b"\xff\xd8 the original bytes")
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    rec = spill_image({"key": "a", "f_path": str(src), "image_bytes": src.read_bytes(), Field.SOURCE: str(src)},
+                      str(spill))
+    assert list(spill.iterdir()) == [] and "image_bytes" not in rec and SPILL not in rec  # nothing written
+    assert image_bytes(rec) == b"\xff\xd8 the original bytes"  # read again from the source, hash checked
+    src.write_bytes(b"\xff\xd8 other bytes")
+    with pytest.raises(SampleError, match="changed since it was read"):
+        image_bytes(rec)
+
+
+def test_a_source_that_changed_before_the_write_is_dead_lettered_and_the_shard_written_without_it(
+        tmp_path: pathlib.Path) -> None:
+    import json
+
+    from transforms.write import write_shard
+
+    records = []
+    for key in ("k1", "k2", "k3"):
+        src = tmp_path / f"{key}.jpg"
+        src.write_bytes(f"\xff\xd8 {key}".encode("latin-1"))
+        records.append(spill_image({"key": key, "f_path": str(src), "image_bytes": src.read_bytes(),
+                                    Field.SOURCE: str(src), "caption": "c", Field.SHARD: (0, 1)}, str(tmp_path)))
+    (tmp_path / "k2.jpg").write_bytes(b"replaced meanwhile")
+    out = tmp_path / "out"
+    stats = write_shard(str(out), 0, 1, records, {"config_hash": "x"})
+    assert stats["written"] == 2 and stats["dead_lettered_by_reason"] == {"write:source_changed": 1}
+    letters = [json.loads(line) for line in (out / "deadletter" / "shard-00000.jsonl").read_text().splitlines()]
+    assert [x["key"] for x in letters] == ["k2"]
+    assert [s["__key__"] for s in read_shards(out)] == ["k1", "k3"]
+    assert not list(out.glob("*.inprogress"))

@@ -153,6 +153,7 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
             if fmt not in _FORMAT_EXT:
                 conversions.append(f"format_{str(fmt).lower()}")
             if conversions:
+                record.pop(Field.SOURCE, None)  # the stored bytes are no longer the source file's
                 record[Field.IMAGE_BYTES], fmt = _encode(out, fmt)
                 width, height = out.size
                 for what in conversions:

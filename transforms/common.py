@@ -16,7 +16,7 @@ import apache_beam as beam
 from PIL import Image
 
 from core.engines import Engine, EngineRegistry, EngineSpec
-from core.record import Field, METRICS_NAMESPACE, valid_text
+from core.record import Field, METRICS_NAMESPACE, SampleError, valid_text  # SampleError: re-exported
 from transforms.cache import ModelCache, cached_answers
 from transforms.spill import image_bytes
 
@@ -24,15 +24,6 @@ LOG = logging.getLogger(__name__)
 
 DEAD = "dead"
 FILTERED = "filtered"
-
-
-class SampleError(Exception):
-    """A per-sample failure with a short machine-readable reason (e.g. ``corrupt_image``)."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 _ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")

@@ -304,6 +304,10 @@ def _read_into(rec: dict[str, Any], uri: str, limit: Optional[int], allowed: tup
         rec[Field.IMAGE_BYTES] = read_limited(uri, limit, allowed)
     except Exception as e:  # noqa: BLE001 - one unreadable image is that sample's reason, never the bundle's
         _read_error(rec, e)
+        return rec
+    path = local_path(uri)
+    if path is not None and is_valid_text(path):  # the writer can read these bytes again from here
+        rec[Field.SOURCE] = path  # (a name with undecodable bytes is repaired later: those are spilled)
     return rec
 
 

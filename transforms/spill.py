@@ -26,7 +26,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from core.files import atomic_write
-from core.record import Field
+from core.record import Field, SampleError
 
 SPILL_PREFIX = ".spill-"  # the run's spill folder inside a local output folder
 AUTO, NONE = "auto", "none"
@@ -39,9 +39,17 @@ def spill_name(rec: dict[str, Any]) -> str:
 
 
 def spill_image(rec: dict[str, Any], root: str) -> dict[str, Any]:
-    """Move a live record's bytes to ``root``; dead and filtered records just drop theirs."""
+    """Move a live record's bytes to ``root``; dead and filtered records just drop theirs.
+
+    Bytes that a local source file holds unchanged (``Field.SOURCE``) are not copied: the record
+    keeps their sha256, and :func:`image_bytes` reads them again from the source.
+    """
     if rec.get(Field.IMAGE_BYTES) is None or Field.DEAD in rec or Field.FILTERED in rec:
         rec.pop(Field.IMAGE_BYTES, None)
+        return rec
+    if Field.SOURCE in rec:
+        image_sha256(rec)
+        rec.pop(Field.IMAGE_BYTES)
         return rec
     name = spill_name(rec)
     data = rec.pop(Field.IMAGE_BYTES)
@@ -61,9 +69,23 @@ def spill_image(rec: dict[str, Any], root: str) -> dict[str, Any]:
 
 
 def image_bytes(rec: dict[str, Any]) -> bytes:
-    """The record's image: in the record, or read back from the spill folder."""
+    """The record's image: in the record, read back from the spill folder, or from its unchanged source.
+
+    A source file whose bytes no longer match the sha256 taken when it was read raises
+    ``SampleError("source_changed")``: the sample is dead-lettered, never written with other bytes.
+    """
     data = rec.get(Field.IMAGE_BYTES)
     if data is not None:
+        return data
+    source = rec.get(Field.SOURCE)
+    if source is not None and Field.SPILL not in rec:
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise SampleError("source_changed", f"{source} can no longer be read: {type(e).__name__}: {e}") from None
+        if hashlib.sha256(data).hexdigest() != rec.get(Field.SHA256):
+            raise SampleError("source_changed", f"{source} changed since it was read and checked")
         return data
     path = rec.get(Field.SPILL)
     if path is None:

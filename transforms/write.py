@@ -23,7 +23,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from core.files import atomic_open, atomic_write
-from core.record import PROJECT_VERSION, RETRYABLE_REASONS, Field, public_fields
+from core.record import PROJECT_VERSION, RETRYABLE_REASONS, Field, SampleError, public_fields
 from transforms.spill import image_bytes
 
 LOG = logging.getLogger("finehard")
@@ -152,19 +152,30 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
             seen.add(rec["key"])
             written.append(rec)
 
-    stats: Counter[str] = Counter()
     fs.makedirs(root, exist_ok=True)
     tar_path = posixpath.join(root, f"{name}.tar")
     local = isinstance(fs, LocalFileSystem)
-    with atomic_open(None if local else fs, tar_path, tmp=tar_path + ".inprogress") as f, ShardTarWriter(f) as tw:
-        for rec in written:  # streamed to disk sample by sample: a shard is never held in memory
-            record_json = shard_record(rec)
-            tw.write(rec["key"], {
-                rec.get(Field.EXT, "jpg"): image_bytes(rec),
-                "json": json.dumps(record_json, sort_keys=True, ensure_ascii=False).encode("utf-8"),
-                "txt": record_json["caption"].encode("utf-8"),
-            })
-            stats.update(rec.get(Field.STATS, {}))
+    while True:
+        stats: Counter[str] = Counter()
+        current = None
+        try:
+            with atomic_open(None if local else fs, tar_path, tmp=tar_path + ".inprogress") as f, \
+                    ShardTarWriter(f) as tw:
+                for current in written:  # streamed to disk sample by sample: a shard is never held in memory
+                    record_json = shard_record(current)
+                    tw.write(current["key"], {
+                        current.get(Field.EXT, "jpg"): image_bytes(current),
+                        "json": json.dumps(record_json, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+                        "txt": record_json["caption"].encode("utf-8"),
+                    })
+                    stats.update(current.get(Field.STATS, {}))
+            break
+        except SampleError as e:  # a source file changed since it was checked: that sample is dead-lettered
+            if current is None:
+                raise
+            written.remove(current)
+            current[Field.DEAD] = {"stage": "write", "reason": e.reason, "detail": e.detail[:500]}
+            dead.append(current)  # and the shard is written again without it
 
     for kind, recs, folder in ((Field.DEAD, dead, DEADLETTER_DIR), (Field.FILTERED, filtered, FILTERED_DIR)):
         path = posixpath.join(root, folder, f"{name}.jsonl")
