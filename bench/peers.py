@@ -10,7 +10,9 @@ as a fresh process (start-up included, the same for all):
 * a plain loop: read, fully decode with PIL, write with ``webdataset.TarWriter`` (one process).
 
 Prints images/s medians with min-max and ends with ``peers: ratio=X.XX`` (finehard in-process /
-img2dataset, or / plain loop when img2dataset is absent).
+img2dataset, or / plain loop when img2dataset is absent). A second table times, on N synthetic
+scenes, ``--stages ingest`` against the whole stub pipeline (all stages, spaCy real): what the
+model stages cost on top of reading and writing.
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ from typing import Any, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (INPUT_CACHE, ROOT, bench_args, fresh_dir, markdown_table, publish,  # noqa: E402
-                          run_child)
+from bench.common import (INPUT_CACHE, ROOT, bench_args, fresh_dir, make_input, markdown_table,  # noqa: E402
+                          publish, run_child)
 
 I2D_VENV = os.path.join(ROOT, ".cache", "img2dataset-venv")
 I2D_VERSION = "1.47.0"
@@ -133,6 +135,25 @@ def measure(n: int, rounds: int, use_img2dataset: bool) -> tuple[dict[str, list[
     return rates, why
 
 
+def stub_stages(n: int, rounds: int) -> dict[str, list[float]]:
+    """images/s of ``--stages ingest`` and of all stages with the stub engines, on N synthetic scenes."""
+    manifest = make_input(n)
+    base = [sys.executable, "-m", "pipeline", "shards", "--input", manifest, "--samples-per-shard", str(PER_SHARD),
+            "--progress-every-s", "0", "--no-dedup"]
+    runs = {"ingest only": ["--stages", "ingest"], "all stages, stub engines": []}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, extra in runs.items():
+            out = fresh_dir("stages")
+            shutil.rmtree(out)
+            run = run_child(base + ["--output", out, *extra])
+            if run.returncode != 0:
+                raise RuntimeError(f"{name} failed (rc={run.returncode}):\n{run.stderr[-3000:]}")
+            rates[name].append(n / run.wall_s)
+            shutil.rmtree(out, ignore_errors=True)
+    return rates
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = bench_args("finehard ingest-only vs img2dataset vs a plain decode-and-write loop", 3000, argv,
                       extra=lambda p: (p.add_argument("--rounds", type=int, default=3),
@@ -144,6 +165,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     med = {k: statistics.median(v) for k, v in rates.items()}
     rows = [[name, round(med[name], 1), f"{min(v):.1f}-{max(v):.1f}"] for name, v in rates.items()]
     lines = markdown_table(["contender", "images/s (median)", "min-max"], rows)
+    stages = stub_stages(args.n, args.rounds)
+    smed = {k: statistics.median(v) for k, v in stages.items()}
+    lines += ["", f"On {args.n} synthetic scenes (make_input), --no-dedup:", ""]
+    lines += markdown_table(["finehard", "images/s (median)", "min-max"],
+                            [[k, round(smed[k], 1), f"{min(v):.1f}-{max(v):.1f}"] for k, v in stages.items()])
+    lines += ["", f"all stub stages / ingest only: {smed['all stages, stub engines'] / smed['ingest only']:.2f}"]
     ours = med["finehard ingest, in-process"]
     peer = next((k for k in med if k.startswith("img2dataset")), "plain loop (PIL decode + TarWriter)")
     ratio_line = f"peers: ratio={ours / med[peer]:.2f}"
