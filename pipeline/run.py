@@ -158,9 +158,17 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
         return pcoll | label >> beam.ParDo(LogProgress(every_s=args.progress_every_s, stage=stage,
                                                        progress_dir=progress_dir))
 
-    def failures(dead: beam.PCollection, filtered: beam.PCollection, label: str) -> list[beam.PCollection]:
+    def count_todo(pcoll: beam.PCollection, stage: Optional[str], label: str) -> beam.PCollection:
+        """Count only the records of shards this run writes: read and dedup also see completed shards'."""
+        if counting:
+            count(pcoll | f"NotCompleted{label}" >> SkipCompleted(done), stage, label)
+        return pcoll
+
+    def failures(dead: beam.PCollection, filtered: beam.PCollection, label: str,
+                 counter: Any = None) -> list[beam.PCollection]:
         """A stage's dead/filtered outputs, counted where they leave the chain (stage totals shrink at once)."""
-        return [count(dead, None, f"CountDead{label}"), count(filtered, None, f"CountFiltered{label}")]
+        counter = counter or count
+        return [counter(dead, None, f"CountDead{label}"), counter(filtered, None, f"CountFiltered{label}")]
 
     specs = {"captioner": CAPTIONERS.resolve(args.captioner), "detector": DETECTORS.resolve(args.detector),
              "negatives": NEGATIVE_ENGINES.resolve(args.negatives)}
@@ -174,20 +182,19 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     if spill_root:
         records = records | "SpillImages" >> beam.Map(spill_image, root=spill_root)
     records = records | "AssignShards" >> AssignShards(args.samples_per_shard, args.num_shards or None)
-    if counting:  # the progress display counts what this run will process (completed shards are skipped)
-        count(records | "NotCompletedForProgress" >> SkipCompleted(done), "read", "CountRead")
+    count_todo(records, "read", "CountRead")  # the progress display counts what this run writes
     finished = []
     live, dead, filtered = split_outcomes(records, "read")
-    finished += failures(dead, filtered, "Read")
+    finished += failures(dead, filtered, "Read", count_todo)
     stages_run = selected_stages(args.stages)
     config_hash = run_info(args)["config_hash"]
     live = live | "CarryInputFields" >> beam.Map(carry_input_fields, stages=stages_run, config_hash=config_hash,
                                                  reuse_captions=args.reuse_captions)
     if args.dedup:
         # over the whole input, completed shards included: a resumed run makes the same duplicate decisions
-        deduped = count(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup", "CountDedup")
+        deduped = count_todo(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup", "CountDedup")
         live, dead, filtered = split_outcomes(deduped, "dedup")
-        finished += failures(dead, filtered, "Dedup")
+        finished += failures(dead, filtered, "Dedup", count_todo)
     live = live | "SkipCompletedShards" >> SkipCompleted(done)
     stages = {
         "recaption": lambda: Recaption(specs["captioner"], batch_size=args.batch_size,
