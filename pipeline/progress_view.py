@@ -162,14 +162,18 @@ class ProgressView:
             parts.append(f"dead-lettered/filtered {failed}")
         return f"{head} | {', '.join(parts)}"
 
+    def _note_first(self, counts: dict[str, int], now: float) -> None:
+        """When each stage counted its first sample (its rate is measured from then)."""
+        for stage, n in counts.items():
+            if n:
+                self._first.setdefault(stage, now)
+
     def _loop(self) -> None:
         last_line = None
         while not self._stop.wait(POLL_S):
             counts = read_counts(self.dir)
             now = time.monotonic()
-            for stage, n in counts.items():
-                if n:
-                    self._first.setdefault(stage, now)
+            self._note_first(counts, now)
             if self._bars is not None:
                 self._update_bars(counts)
             elif counts and counts != self._logged and (last_line is None or now - last_line >= self.every_s):
@@ -178,9 +182,7 @@ class ProgressView:
 
     def _show(self, counts: dict[str, int], final: bool) -> None:
         now = time.monotonic()
-        for stage, n in counts.items():
-            if n:
-                self._first.setdefault(stage, now)
+        self._note_first(counts, now)
         if self._bars is not None:
             self._update_bars(counts)
         elif final and counts != self._logged:
