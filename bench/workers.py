@@ -26,7 +26,7 @@ MODES: dict[str, list[str]] = {
 }
 
 
-def measure(n: int, seed: int = 0, repeats: int = 3) -> list[dict[str, Any]]:
+def measure(n: int, seed: int = 0, repeats: int = 3, rows_per_unit: int = 200) -> list[dict[str, Any]]:
     """Each mode ``repeats`` times, interleaved (1, 2, in-process, 1, 2, ...); the median run of each."""
     manifest = make_input(n, seed)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MODES}
@@ -34,7 +34,8 @@ def measure(n: int, seed: int = 0, repeats: int = 3) -> list[dict[str, Any]]:
         for name, flags in MODES.items():
             out = fresh_dir("workers")
             try:
-                run, result = run_pipeline_child(manifest, out, SAMPLES_PER_SHARD, flags)
+                run, result = run_pipeline_child(manifest, out, SAMPLES_PER_SHARD,
+                                                 [*flags, "--rows-per-read-unit", str(rows_per_unit)])
             finally:
                 shutil.rmtree(out, ignore_errors=True)
             runs[name].append({"mode": name, "run_s": result["run_s"], "wall_s": run.wall_s,
@@ -49,8 +50,10 @@ def measure(n: int, seed: int = 0, repeats: int = 3) -> list[dict[str, Any]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = bench_args(__doc__.splitlines()[0], 2000, argv,
-                      lambda p: p.add_argument("--repeats", type=int, default=3, help="runs per mode (median shown)"))
-    rows = measure(args.n, args.seed, args.repeats)
+                      lambda p: (p.add_argument("--repeats", type=int, default=3, help="runs per mode (median shown)"),
+                                 p.add_argument("--rows-per-read-unit", type=int, default=200,
+                                                help="the one manifest is read in parts of this many rows")))
+    rows = measure(args.n, args.seed, args.repeats, args.rows_per_read_unit)
     by = {r["mode"]: r for r in rows}
     one, two = by["multi_processing, 1 worker"], by["multi_processing, 2 workers"]
     speedup = one["run_s"] / two["run_s"]
@@ -61,7 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lines.append("")
     lines.append(f"speed-up 2 workers vs 1: {speedup:.2f}x on {os.cpu_count()} cores")
     ratio_line = f"workers: ratio={speedup:.2f}"
-    setup = (f"n={args.n} synthetic scenes (seed {args.seed}), stub engines, FnApiRunner, "
+    setup = (f"n={args.n} synthetic scenes (seed {args.seed}) in one jsonl manifest read in parts of "
+             f"{args.rows_per_read_unit} rows, stub engines, FnApiRunner, "
              f"samples_per_shard={SAMPLES_PER_SHARD}; {args.repeats} fresh-process runs per mode, median shown; ratio = 1-worker / 2-worker time")
     return publish(args, "Pipeline workers", "bench/workers.py", setup, lines, ratio_line)
 
