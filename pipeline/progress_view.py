@@ -231,14 +231,14 @@ class ProgressView:
                 h.setStream(old)
 
 
-def progress_for_run(args: Any, units: Sequence[Any], done: set[int], local: bool, stages: Sequence[str]) -> Any:
-    """The launcher's progress display for a local ``finehard shards`` run; a no-op context otherwise
-    (remote workers log their own ``progress:`` lines)."""
+def progress_for_run(args: Any, total: Optional[int], done: set[int], local: bool, stages: Sequence[str]) -> Any:
+    """The launcher's progress display for a local ``finehard shards`` run (``total``: the input's size
+    from :func:`expected_samples`, None when unknown); a no-op context otherwise (remote workers log
+    their own ``progress:`` lines)."""
     import contextlib
 
     if not local or args.progress_every_s <= 0:
         return contextlib.nullcontext(None)
-    total = expected_samples(units)
     if total is not None and done:  # resuming: the completed shards' samples are not read again
         from pipeline.output import read_shard_stats
 

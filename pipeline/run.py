@@ -19,7 +19,7 @@ from pipeline.outdir import (RUN_FILE, OutputLock, input_fingerprint, prepare_ou
 from core.record import PROJECT_VERSION, Field, text_hash, valid_text
 from pipeline.output import read_shard_stats, stage_metrics, write_summary
 from pipeline.runner_names import LOCAL_RUNNERS, canonical_runner, normalise_runner_args
-from pipeline.progress_view import progress_for_run
+from pipeline.progress_view import expected_samples, progress_for_run
 from pipeline.submit import validate_runner_options
 from transforms.common import mark_dead, split_outcomes
 from transforms.dedup import DropDuplicates
@@ -268,14 +268,13 @@ def check_manifests(units: list[ReadUnit]) -> None:
                                      "fix or remove it") from e
 
 
-def decide_num_shards(args: argparse.Namespace, units: list[ReadUnit],
+def decide_num_shards(args: argparse.Namespace, size: Optional[int],
                       previous: Optional[dict[str, Any]] = None) -> int:
-    """The shard count, before anything is read: ``--num-shards``, the resumed run's, or from the listing's size.
+    """The shard count, before anything is read: ``--num-shards``, the resumed run's, or from the
+    listing's ``size`` (``pipeline.progress_view.expected_samples``).
 
     0 when the size of the input is not known cheaply (the count of what is read decides then).
     """
-    from pipeline.progress_view import expected_samples
-
     before = (previous or {}).get("num_shards") or 0
     if args.num_shards:
         if before and before != args.num_shards:
@@ -284,7 +283,6 @@ def decide_num_shards(args: argparse.Namespace, units: list[ReadUnit],
         return args.num_shards
     if before:
         return before
-    size = expected_samples(units)
     return num_shards_for(size, args.samples_per_shard) if size is not None else 0
 
 
@@ -301,7 +299,7 @@ def probe_servers(args: argparse.Namespace) -> None:
         try:
             OpenAIClient(base_url, timeout=10.0, retries=0).request_json("GET", "models")
         except OpenAIError as e:
-            if getattr(e, "status", None) is None:  # no answer at all (an HTTP error still means it is up)
+            if e.status is None:  # no answer at all (an HTTP error still means it is up)
                 raise UsageError(f"{flag} server {base_url} does not answer ({e}); start it (or fix the URL) "
                                  "and run again") from e
 
@@ -390,13 +388,14 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         done = check_resume(args.output, info, fingerprint, args.retry_failed)
         if done:
             LOG.info("resuming: %d shard(s) already complete in %s are skipped", len(done), args.output)
-        args.num_shards = decide_num_shards(args, units, read_run_file(args.output) if done else None)
+        size = expected_samples(units)  # once: the shard count and the progress display both use it
+        args.num_shards = decide_num_shards(args, size, read_run_file(args.output) if done else None)
         write_run_file(args.output, {**info, "input_fingerprint": fingerprint, "num_shards": args.num_shards})
         args.model_cache = model_cache_root(args, local)
         p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
         started = time.monotonic()
         with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill, \
-                progress_for_run(args, units, done, local, progress_stages(args)) as view:
+                progress_for_run(args, size, done, local, progress_stages(args)) as view:
             build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None)
             result = p.run()
             result.wait_until_finish()

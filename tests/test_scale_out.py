@@ -137,13 +137,14 @@ def _transform_names(argv: list[str]) -> set[str]:
 
 def test_with_the_shard_count_known_up_front_nothing_waits_for_the_whole_read(scenes_dir: pathlib.Path,
                                                                                tmp_path: pathlib.Path) -> None:
+    from pipeline.progress_view import expected_samples
     from pipeline.run import decide_num_shards, parse_args
     from transforms.read import list_units
 
     common = ["--input", str(scenes_dir / "manifest.jsonl"), "--output", str(tmp_path / "o"), "--no-dedup",
               "--samples-per-shard", "4"]
     args, _ = parse_args(common)
-    assert decide_num_shards(args, list_units(args.input)) == 3  # 12 listed rows / 4, before reading anything
+    assert decide_num_shards(args, expected_samples(list_units(args.input))) == 3  # 12 listed rows / 4, before reading anything
     known = _transform_names([*common, "--num-shards", "3"])
     assert not any("Count" in n or "Combine" in n for n in known)  # no global count: a plain Map assigns shards
     unknown = _transform_names(common)  # left to the read count (e.g. tars without sizes.json)
