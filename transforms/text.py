@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
@@ -273,9 +274,30 @@ def head_noun(expression: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _inflect() -> Any:
-    import inflect  # lazy: only where negatives are made or checked
+    """inflect's engine, imported lazily (only where negatives are made or checked) and without typeguard.
+
+    inflect >= 7.2 decorates its methods with typeguard's ``@typechecked``, which re-parses and
+    recompiles them when the module is imported: 1-3 s per process on these machines
+    (jaraco/inflect#212), and a type check on every call. Every call here passes a ``str``, so the
+    decorator is swapped for the identity while inflect is imported; the functions are the same.
+    """
+    if "inflect" not in sys.modules:
+        import typeguard
+
+        checked = typeguard.typechecked
+        typeguard.typechecked = _unchecked
+        try:
+            import inflect
+        finally:
+            typeguard.typechecked = checked
+    import inflect
 
     return inflect.engine()
+
+
+def _unchecked(target: Any = None, **_: Any) -> Any:
+    """``typeguard.typechecked`` that checks nothing (used as ``@typechecked`` or ``@typechecked(...)``)."""
+    return target if target is not None else (lambda f: f)
 
 
 @functools.lru_cache(maxsize=65536)
