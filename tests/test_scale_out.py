@@ -80,6 +80,22 @@ def test_one_manifest_spreads_over_both_worker_processes(scenes_dir: pathlib.Pat
     assert shard_hashes(tmp_path / "one") == shard_hashes(tmp_path / "two")
 
 
+def test_one_big_tar_spreads_over_both_worker_processes(scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    # A tar is one read unit (one worker reads it); the model stages after it must still run on both.
+    run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "made", "--samples-per-shard", "100", "--no-dedup")
+    (tar,) = sorted((tmp_path / "made").glob("shard-*.tar"))
+    common = ["--input", str(tar), "--captioner", "pidlog", "--samples-per-shard", "4", "--no-dedup",
+              "--stages", "recaption", "--batch-size", "2"]
+    single = run_child([*common, "--output", str(tmp_path / "one")], tmp_path / "one.log")
+    multi = run_child([*common, "--output", str(tmp_path / "two"), "--direct_running_mode=multi_processing",
+                       "--direct_num_workers=2"], tmp_path / "two.log")
+    assert single == multi == {"read": 12, "written": 12, "reconciled": True}
+    calls = [line.split() for line in (tmp_path / "two.log").read_text().splitlines()]
+    assert len({pid for pid, _ in calls}) == 2, calls
+    assert sum(int(n) for _, n in calls) == 12
+    assert shard_hashes(tmp_path / "one") == shard_hashes(tmp_path / "two")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
