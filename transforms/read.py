@@ -44,7 +44,7 @@ import apache_beam as beam
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from core.files import atomic_write, protocol_prefix
+from core.files import LOCAL_PROTOCOLS, atomic_write, local_path, protocol_of, protocol_prefix
 from core.record import (Field, IMAGE_EXTS, NUM_NEGATIVES, PROJECT_VERSION, REGION_FIELDS, is_valid_text,
                          make_key, valid_text)
 from transforms.check import MAX_SHORT_CAPTION_CHARS, check_image
@@ -64,7 +64,6 @@ READ_THREADS = 16  # images of one manifest read (fetched) at the same time
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
-LOCAL_PROTOCOLS = ("file", "local")
 HTTP_PROTOCOLS = ("http", "https")
 FSSPEC_PROTOCOLS = ("memory", "gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "adl", "hdfs", "webhdfs", "hf")
 USER_AGENT = f"finehard/{PROJECT_VERSION} (FineHARD curation; image fetch)"
@@ -106,24 +105,6 @@ def has_image_ext(uri: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- opening
-
-
-def protocol_of(uri: str) -> Optional[str]:
-    """``"gs"`` for ``gs://b/x``; None for a local path (no ``scheme://``). Never parses ``::`` chains."""
-    head, sep, _ = uri.partition("://")
-    if not sep or not head or "/" in head:
-        return None
-    return head.lower()
-
-
-def local_path(uri: str) -> Optional[str]:
-    """The local path ``uri`` names literally, or None when it is not local."""
-    proto = protocol_of(uri)
-    if proto is None:
-        return uri
-    if proto in LOCAL_PROTOCOLS:
-        return uri.partition("://")[2]
-    return None
 
 
 def _file_kind(mode: int) -> str:
