@@ -170,10 +170,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ratio_line = f"shuffle_bytes: ratio={min(r for _, r in ratios.values()):.2f}"
     setup = (f"n={args.n} local 640x480 noisy JPEGs as a parquet manifest of paths (folder), one uncompressed tar and "
              "one .tar.gz; whole pipeline, stub engines, dedup on, in-process FnApiRunner; sizes from Beam's coder "
-             "of each PCollection (FastPrimitivesCoder). before = image bytes in every record (no SpillImages: the "
-             "old distributed chain); after = the chain for distributed runners (re-readable records drop their "
-             "bytes; .tar.gz without and with --spill-dir). ratio = before / after at the largest boundary, the "
-             "smaller of folder and tar")
+             "of each PCollection (FastPrimitivesCoder; a TupleCoder of it and the shard id at the group by shard). "
+             "before = image bytes in every record (no SpillImages: the old distributed chain); after = the chain "
+             "for distributed runners (re-readable records drop their bytes; .tar.gz without and with --spill-dir). "
+             "ratio = before / after at the largest boundary, the smaller of folder and tar")
     return publish(args, "Bytes per record at stage boundaries", "bench/shuffle_bytes.py", setup, lines, ratio_line)
 
 
