@@ -16,10 +16,9 @@ Where each boundary's transform emits a record, the record is encoded with the c
 that PCollection (from its element type: ``FastPrimitivesCoder`` for the record dicts, which
 encodes dicts, strings, bytes and numbers itself and pickles only other types; a ``TupleCoder``
 of the shard id and the record at the group by shard) and the sizes are summed in a Beam
-distribution metric. Which runner runs
-the chain does not change those sizes. Prints the mean bytes per record per boundary and ends
-with ``shuffle_bytes: ratio=X.XX``: before / after at the largest boundary, the smaller of the
-folder's and the tar's.
+distribution metric; which runner runs the chain does not change them. Prints the mean bytes per
+record per boundary and ends with ``shuffle_bytes: ratio=X.XX``: before / after at the largest
+boundary, the smaller of the folder's and the tar's.
 """
 from __future__ import annotations
 
