@@ -1,4 +1,4 @@
-"""Files every layer writes and names: atomic writes, and the URI prefix of a filesystem."""
+"""Files every layer writes and names: atomic writes, the URI prefix of a filesystem, local or not."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +7,26 @@ from typing import IO, Iterator, Optional
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+LOCAL_PROTOCOLS = ("file", "local")
+
+
+def protocol_of(uri: str) -> Optional[str]:
+    """``"gs"`` for ``gs://b/x``; None for a local path (no ``scheme://``). Never parses ``::`` chains."""
+    head, sep, _ = uri.partition("://")
+    if not sep or not head or "/" in head:
+        return None
+    return head.lower()
+
+
+def local_path(uri: str) -> Optional[str]:
+    """The local path ``uri`` names literally, or None when it is not local."""
+    proto = protocol_of(uri)
+    if proto is None:
+        return uri
+    if proto in LOCAL_PROTOCOLS:
+        return uri.partition("://")[2]
+    return None
 
 
 def protocol_prefix(fs: fsspec.AbstractFileSystem) -> str:

@@ -47,8 +47,10 @@ class Field:
     EXPRESSIONS = "_expressions"      # referring expressions found in the caption, for the detector
     INPUT_RECORD = "_input_record"    # the record an input shard of ours carried (fields of stages not rerun)
     INPUT_CAPTION = "_input_caption"  # a long caption the input already had
-    SPILL = "_spill"                  # where the image bytes were spilled (local runners)
-    SOURCE = "_source"                # a local file that holds exactly the stored bytes: re-read there, not spilled
+    SPILL = "_spill"                  # where the image bytes were spilled (a path or fsspec URI of the spill folder)
+    # where the stored bytes can be read again exactly, so they are not carried nor spilled: a file (local
+    # path or fsspec URI) holding just them, or (uri, offset, size) of a member of an uncompressed tar
+    SOURCE = "_source"
     SHA256 = "_image_sha256"          # sha256 of the stored image bytes, computed once (spill name, dedup, cache)
     DHASH = "_dhash"                  # perceptual hash for near-duplicate removal
     THUMB = "_thumb"                  # tiny thumbnail that confirms a near-duplicate

@@ -104,12 +104,14 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                         help="on a re-run, keep shards whose samples failed because an engine was down (retryable "
                              "dead letters); by default such shards are redone")
     parser.add_argument("--spill-dir", "--spill_dir", dest="spill_dir", default="auto",
-                        help="where image bytes wait between reading and writing, so records stay small at stage "
-                             "boundaries: auto (default) = on local runners, whose boundaries are held in memory, "
-                             "OUTPUT/.spill-* (or a temp folder when OUTPUT is remote), and none on distributed "
-                             "runners (their shuffle is disk-backed); none; or a "
-                             "folder / fsspec URI (the run uses a subfolder and removes it at the end). Needs free "
-                             "space about the size of the input images")
+                        help="where image bytes that cannot be read again from their source (http(s) downloads, "
+                             ".tar.gz members, inline bytes, converted images) wait between reading and writing, so "
+                             "records stay small at stage boundaries (files and uncompressed tar members are read "
+                             "again from the input instead): auto (default) = on local runners, whose boundaries are "
+                             "held in memory, OUTPUT/.spill-* (or a temp folder when OUTPUT is remote), and none on "
+                             "distributed runners (their bytes then ride in the records through every shuffle: give "
+                             "e.g. gs://BUCKET/tmp); none; or a folder / fsspec URI (the run uses a subfolder and "
+                             "removes it at the end). Needs free space about the size of those images")
     parser.add_argument("--progress-every-s", "--progress_every_s", dest="progress_every_s", type=float, default=10.0,
                         help="log samples done, rate and ETA at most this often per worker (0 = off)")
     parser.add_argument("--shared-mount", "--shared_mount", dest="shared_mount", action="append", default=None,

@@ -143,10 +143,14 @@ def progress_stages(args: argparse.Namespace) -> list[str]:
 
 
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
-                   spill_root: Optional[str] = None, progress_dir: Optional[str] = None) -> beam.PCollection:
+                   spill_root: Optional[str] = None, progress_dir: Optional[str] = None,
+                   local_runner: bool = True) -> beam.PCollection:
     """Add the whole chain to ``p``; returns the PCollection of per-shard stats.
 
-    With ``spill_root`` the image bytes go there right after reading (``transforms.spill``).
+    Right after reading, records whose source can be read again drop their image bytes and the
+    others spill them to ``spill_root`` (``transforms.spill``): always on distributed runners
+    (``local_runner=False``: every stage boundary is a network shuffle there), on local runners
+    only with a ``spill_root``. Without one, bytes that cannot be read again ride in the records.
     With ``progress_dir`` (local runners) every stage counts its samples there for
     ``pipeline.progress_view``; without it the workers log ``progress:`` lines themselves.
     """
@@ -179,7 +183,7 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
                                            counts_root=posixpath.join(args.output, READ_COUNTS_DIR),
                                            rows_per_unit=args.rows_per_read_unit,
                                            near_hashes=args.dedup and args.near_dup_threshold >= 0))
-    if spill_root:
+    if spill_root or not local_runner:
         records = records | "SpillImages" >> beam.Map(spill_image, root=spill_root)
     records = records | "AssignShards" >> AssignShards(args.samples_per_shard, args.num_shards or None)
     count_todo(records, "read", "CountRead")  # the progress display counts what this run writes
@@ -398,7 +402,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         started = time.monotonic()
         with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill, \
                 progress_for_run(args, size, done, local, progress_stages(args)) as view:
-            build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None)
+            build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None, local_runner=local)
             result = p.run()
             result.wait_until_finish()
         summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3),

@@ -150,3 +150,21 @@ def test_peers_times_every_contender_and_says_when_img2dataset_is_left_out() -> 
     for row in ("finehard ingest, in-process", "finehard ingest, 2 workers", "plain loop (PIL decode + TarWriter)"):
         assert f"| {row} |" in table
     assert re.fullmatch(r"peers: " + RATIO, lines[-1])
+
+
+def test_shuffle_bytes_measures_every_boundary_with_the_bytes_riding_and_re_read() -> None:
+    from bench.shuffle_bytes import BOUNDARIES, RUNS
+
+    lines = run_bench("shuffle_bytes", "--n", "6")
+    assert re.fullmatch(r"shuffle_bytes: " + RATIO, lines[-1])
+    cells = {line.split("|")[1].strip(): dict(zip((c for c, *_ in RUNS), (c.strip() for c in line.split("|")[2:-1])))
+             for line in lines if line.startswith("| ") and not line.startswith("| boundary")}
+    assert list(cells) == [row for row, _ in BOUNDARIES]
+    spill = cells.pop("after spill")
+    assert all((spill[c] == "-") is (not distributed) for c, _, distributed, _ in RUNS)  # only the new chain has it
+    size = {row: {c: int(v.replace(",", "")) for c, v in by_run.items()} for row, by_run in cells.items()}
+    group = size["group by shard"]
+    assert group["folder, before"] > 10 * group["folder, after"] and group["tar, before"] > 10 * group["tar, after"]
+    assert group["tar.gz, after"] == group["tar.gz, before"]  # nowhere to put them: the bytes still ride
+    assert group["tar.gz, before"] > 10 * group["tar.gz, after, --spill-dir"]
+    assert float(lines[-1].split("=")[1]) > 10

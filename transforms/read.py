@@ -17,7 +17,10 @@ How a path is opened (``open_input`` / ``read_limited``):
   input's own protocol go through that filesystem, again without URL chaining;
 * any other scheme (``ftp://``, ``data:``, unknown) is ``unsupported_scheme`` at once.
 
-At most ``max_image_bytes + 1`` bytes of an image are ever read (``file_too_large``).
+At most ``max_image_bytes + 1`` bytes of an image are ever read (``file_too_large``). A record
+whose bytes can be read again exactly and cheaply (a local or fsspec file; a member of an
+uncompressed tar, by byte range) says where in ``Field.SOURCE`` (:func:`source_of`), so the bytes
+need not travel with it (``transforms.spill``).
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ import apache_beam as beam
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from core.files import atomic_write, protocol_prefix
+from core.files import LOCAL_PROTOCOLS, atomic_write, local_path, protocol_of, protocol_prefix
 from core.record import (Field, IMAGE_EXTS, NUM_NEGATIVES, PROJECT_VERSION, REGION_FIELDS, is_valid_text,
                          make_key, valid_text)
 from transforms.check import MAX_SHORT_CAPTION_CHARS, check_image
@@ -64,7 +67,6 @@ READ_THREADS = 16  # images of one manifest read (fetched) at the same time
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
-LOCAL_PROTOCOLS = ("file", "local")
 HTTP_PROTOCOLS = ("http", "https")
 FSSPEC_PROTOCOLS = ("memory", "gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "adl", "hdfs", "webhdfs", "hf")
 USER_AGENT = f"finehard/{PROJECT_VERSION} (FineHARD curation; image fetch)"
@@ -106,24 +108,6 @@ def has_image_ext(uri: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- opening
-
-
-def protocol_of(uri: str) -> Optional[str]:
-    """``"gs"`` for ``gs://b/x``; None for a local path (no ``scheme://``). Never parses ``::`` chains."""
-    head, sep, _ = uri.partition("://")
-    if not sep or not head or "/" in head:
-        return None
-    return head.lower()
-
-
-def local_path(uri: str) -> Optional[str]:
-    """The local path ``uri`` names literally, or None when it is not local."""
-    proto = protocol_of(uri)
-    if proto is None:
-        return uri
-    if proto in LOCAL_PROTOCOLS:
-        return uri.partition("://")[2]
-    return None
 
 
 def _file_kind(mode: int) -> str:
@@ -305,10 +289,30 @@ def _read_into(rec: dict[str, Any], uri: str, limit: Optional[int], allowed: tup
     except Exception as e:  # noqa: BLE001 - one unreadable image is that sample's reason, never the bundle's
         _read_error(rec, e)
         return rec
-    path = local_path(uri)
-    if path is not None and is_valid_text(path):  # the writer can read these bytes again from here
-        rec[Field.SOURCE] = path  # (a name with undecodable bytes is repaired later: those are spilled)
+    _keep_source(rec, uri)
     return rec
+
+
+def source_of(uri: str) -> Optional[str]:
+    """How ``Field.SOURCE`` names ``uri`` so a later stage reads the same bytes again (``transforms.spill``):
+    its local path, or the URI on an fsspec filesystem (``gs://``, ``s3://``, ``memory://``).
+
+    None for http(s) (a second download costs as much as carrying the bytes, and may differ) and
+    for a name with undecodable bytes (repaired later, so it would no longer name the file).
+    """
+    if not is_valid_text(uri) or protocol_of(uri) in HTTP_PROTOCOLS:
+        return None
+    path = local_path(uri)
+    if path is None:
+        return uri
+    return path if local_path(path) == path else None  # "file://x://y" names "x://y", which reads as a URI
+
+
+def _keep_source(rec: dict[str, Any], uri: str) -> None:
+    """Note where the record's bytes (all of the file at ``uri``) can be read again."""
+    source = source_of(uri)
+    if source is not None:
+        rec[Field.SOURCE] = source
 
 
 # ---------------------------------------------------------------------------------------------- listing
@@ -501,6 +505,7 @@ def _records_from_files(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Ite
                               f"{ext or 'no extension'}: not an image this pipeline decodes ({name})")
             else:
                 rec[Field.IMAGE_BYTES] = data
+                _keep_source(rec, uri)
         except Exception as e:  # noqa: BLE001
             _read_error(rec, e)
         yield rec
@@ -908,6 +913,7 @@ class _Member:
     name: str            # full member name
     data: Optional[bytes]  # None: larger than the byte limit, not read
     size: int
+    offset: Optional[int] = None  # where its bytes start in the tar file, when the tar can be range-read
 
 
 def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Iterator[dict[str, Any]]:
@@ -919,8 +925,11 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Itera
     stem and its position. Of two images in one sample (``000002.jpg`` and ``000002.png``) the first
     of ``TAR_IMAGE_EXTS`` is the sample and each other one is dead-lettered as
     ``duplicate_image_member``. A member over the byte limit is not read (``file_too_large``).
+    The image of an uncompressed tar on a local or fsspec filesystem keeps ``Field.SOURCE =
+    (tar, offset, size)``: later stages read it back with one range read.
     """
     uri = unit.uris[0]
+    where: Optional[str] = None  # Field.SOURCE's name for this tar, when its members can be range-read
     used: set[str] = set()
     seen_with_image: set[str] = set()
     groups = 0
@@ -991,7 +1000,10 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Itera
         if not images:
             yield mark_dead(rec, STAGE, "no_image_member", f"members: {sorted(m.name for m in members.values())}")
             return
-        rec[Field.IMAGE_BYTES] = members[images[0]].data
+        image = members[images[0]]
+        rec[Field.IMAGE_BYTES] = image.data
+        if image.offset is not None:
+            rec[Field.SOURCE] = (where, image.offset, image.size)
         if meta.get("url"):
             rec["source_url"] = str(meta["url"])
         yield rec
@@ -999,6 +1011,8 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Itera
     current, members = "", {}
     try:
         with open_input(uri) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            if getattr(tar.fileobj, "comptype", None) == "tar":  # offsets in a .tar.gz are in the unzipped stream
+                where = source_of(uri)
             for ti in tar:
                 if ti.isdir():
                     continue
@@ -1019,7 +1033,8 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Itera
                     current, members = stem, {}
                 ext = ext.lower()
                 data = tar.extractfile(ti).read(max_bytes + 1) if ti.size <= max_bytes else None
-                member = _Member(ti.name, data, ti.size)
+                offset = ti.offset_data if where is not None and not ti.issparse() else None  # sparse: not contiguous
+                member = _Member(ti.name, data, ti.size, offset)
                 if ext in members:  # 000001.JPG next to 000001.jpg: never overwrite one with the other
                     if ext in TAR_IMAGE_EXTS:
                         rec = new_record(make_key(f"{stem}.{ext}", f"{uri}#{ti.name}"), f"{uri}#{ti.name}",

@@ -1,15 +1,18 @@
-"""Image bytes parked in a folder between reading and writing, so records stay small between stages.
+"""Image bytes kept out of the records between reading and writing, so records stay small between stages.
 
-A local run (Beam's FnApiRunner) runs one fused stage at a time over all of its input and keeps
-every stage boundary (the shard count, the duplicate lookup, Flattens, the group by shard) in
-memory. With the image bytes inside the records, those boundaries hold the whole dataset. With
-a spill folder the reader writes each live image once, the record carries its path
-(``_spill``), the model stages read it back one batch at a time (:func:`image_bytes`, through
-``transforms.common.open_image``) and the shard writer reads it when it writes the tar. The
-bytes are the same either way, so the shards are byte-identical with or without spilling.
+A record whose bytes its source holds exactly (``Field.SOURCE``: a local file, a file on an fsspec
+filesystem such as ``gs://``, or a member of an uncompressed tar, by byte range) drops them after
+reading: the model stages (:func:`image_bytes`, through ``transforms.common.open_image``) and the
+shard writer read them again from there, sha256-checked. Other records (converted images,
+compressed-tar members, http(s) downloads, inline manifest bytes) park their bytes in the run's
+spill folder (``_spill``) when there is one, and otherwise carry them. The bytes are the same
+either way, so the shards are byte-identical however the bytes travelled.
 
-Distributed runners (Dataflow, Flink) shuffle to disk themselves and run without a spill folder
-unless one is given.
+Local runs (Beam's FnApiRunner) keep every stage boundary (the shard count, the duplicate lookup,
+Flattens, the group by shard) in memory: they spill to ``OUTPUT/.spill-*`` by default. Distributed
+runners (Dataflow, Flink, Dask) shuffle across the network: there re-readable records always drop
+their bytes, and the others are spilled only to a ``--spill-dir`` every worker reaches
+(``gs://bucket/tmp``).
 """
 from __future__ import annotations
 
@@ -20,16 +23,18 @@ import posixpath
 import shutil
 import tempfile
 import uuid
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from core.files import atomic_write
+from core.files import atomic_write, local_path, protocol_of
 from core.record import Field, SampleError
 
 SPILL_PREFIX = ".spill-"  # the run's spill folder inside a local output folder
 AUTO, NONE = "auto", "none"
+# Field.SOURCE: a whole file (local path or fsspec URI), or (uri, offset, size) of a range of it
+Source = Union[str, tuple[str, int, int]]
 
 
 def spill_name(rec: dict[str, Any]) -> str:
@@ -38,11 +43,12 @@ def spill_name(rec: dict[str, Any]) -> str:
     return f"{who}-{image_sha256(rec)[:20]}"
 
 
-def spill_image(rec: dict[str, Any], root: str) -> dict[str, Any]:
-    """Move a live record's bytes to ``root``; dead and filtered records just drop theirs.
+def spill_image(rec: dict[str, Any], root: Optional[str]) -> dict[str, Any]:
+    """Take a live record's bytes out of it; dead and filtered records just drop theirs.
 
-    Bytes that a local source file holds unchanged (``Field.SOURCE``) are not copied: the record
-    keeps their sha256, and :func:`image_bytes` reads them again from the source.
+    Bytes that their source holds exactly (``Field.SOURCE``) are dropped: the record keeps their
+    sha256, and :func:`image_bytes` reads them again from the source. The others are moved to
+    ``root``; with no ``root`` they stay in the record.
     """
     if rec.get(Field.IMAGE_BYTES) is None or Field.DEAD in rec or Field.FILTERED in rec:
         rec.pop(Field.IMAGE_BYTES, None)
@@ -50,6 +56,8 @@ def spill_image(rec: dict[str, Any], root: str) -> dict[str, Any]:
     if Field.SOURCE in rec:
         image_sha256(rec)
         rec.pop(Field.IMAGE_BYTES)
+        return rec
+    if root is None:
         return rec
     name = spill_name(rec)
     data = rec.pop(Field.IMAGE_BYTES)
@@ -68,11 +76,33 @@ def spill_image(rec: dict[str, Any], root: str) -> dict[str, Any]:
     return rec
 
 
+def read_source(source: Source) -> bytes:
+    """The bytes ``source`` names: a whole file, or ``size`` bytes from ``offset`` (one range read).
+
+    A local path is opened literally; a URI goes to its fsspec filesystem without URL chaining
+    (``a::b`` is a name), as ``transforms.read`` read it.
+    """
+    uri, offset, size = (source, 0, None) if isinstance(source, str) else source
+    path = local_path(uri)
+    if path is not None:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(-1 if size is None else size)
+    fs = fsspec.filesystem(protocol_of(uri))
+    return fs.cat_file(fs._strip_protocol(uri), start=offset, end=None if size is None else offset + size)
+
+
+def describe_source(source: Source) -> str:
+    """A source as a dead letter's detail names it."""
+    return source if isinstance(source, str) else f"{source[0]} (bytes {source[1]}+{source[2]})"
+
+
 def image_bytes(rec: dict[str, Any]) -> bytes:
     """The record's image: in the record, read back from the spill folder, or from its unchanged source.
 
-    A source file whose bytes no longer match the sha256 taken when it was read raises
-    ``SampleError("source_changed")``: the sample is dead-lettered, never written with other bytes.
+    A source whose bytes no longer match the sha256 taken when it was read (a file or tar rewritten
+    meanwhile) raises ``SampleError("source_changed")``: the sample is dead-lettered, never written
+    with other bytes.
     """
     data = rec.get(Field.IMAGE_BYTES)
     if data is not None:
@@ -80,12 +110,12 @@ def image_bytes(rec: dict[str, Any]) -> bytes:
     source = rec.get(Field.SOURCE)
     if source is not None and Field.SPILL not in rec:
         try:
-            with open(source, "rb") as f:
-                data = f.read()
+            data = read_source(source)
         except OSError as e:
-            raise SampleError("source_changed", f"{source} can no longer be read: {type(e).__name__}: {e}") from None
+            raise SampleError("source_changed", f"{describe_source(source)} can no longer be read: "
+                                                f"{type(e).__name__}: {e}") from None
         if hashlib.sha256(data).hexdigest() != rec.get(Field.SHA256):
-            raise SampleError("source_changed", f"{source} changed since it was read and checked")
+            raise SampleError("source_changed", f"{describe_source(source)} changed since it was read and checked")
         return data
     path = rec.get(Field.SPILL)
     if path is None:
@@ -120,9 +150,9 @@ class SpillDir:
 
     ``auto``: on local runners ``OUTPUT/.spill-*`` when the output is a local folder (the disk that
     takes the shards has room for the images; ``/tmp`` is often a RAM disk), else a temp folder;
-    none on distributed runners. ``none``: no spilling. Anything else: a folder (local or fsspec
-    URI) under which this run makes its own subfolder. A spill folder left in OUTPUT by a killed
-    run is removed by the next run into it.
+    none on distributed runners (a folder on one worker is no use to the others). ``none``: no
+    spilling. Anything else: a folder (local or fsspec URI) under which this run makes its own
+    subfolder. A spill folder left in OUTPUT by a killed run is removed by the next run into it.
     """
 
     def __init__(self, value: str, local_runner: bool, output: Optional[str] = None):
