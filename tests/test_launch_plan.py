@@ -132,3 +132,89 @@ def test_a_folder_of_manifests_and_a_folder_without_images_are_listed_as_before(
     with pytest.raises(InputError, match=r"matched no images, manifests or tars$"):
         list_units(str(tmp_path / "e"))
 
+
+
+def test_the_launcher_fingerprints_and_counts_a_folder_as_before(tree: Path) -> None:
+    from pipeline.outdir import input_fingerprint
+    from pipeline.run import plan_input
+    from transforms.read import list_units
+
+    units = list_units(str(tree))
+    plan = plan_input(str(tree))
+    assert plan.fingerprint == fingerprint_as_of_58af404(units) == input_fingerprint(units)
+    assert plan.fingerprint["listed_uris"] == plan.size == sum(len(u.uris) for u in units)
+
+
+# Rows the launcher counted for these manifests when it read them whole (58af404): None is unknown.
+COUNTED_AS_OF_58AF404 = {
+    "plain.jsonl": (b'{"a":1}\n{"a":2}\n{"a":3}\n', 3),
+    "no_trailing_newline.jsonl": (b'{"a":1}\n{"a":2}\n{"a":3}', 3),
+    "blank_lines.jsonl": (b'\n{"a":1}\n\n   \n\t\n{"a":2}\n\n', 2),
+    "crlf.jsonl": (b'{"a":1}\r\n{"a":2}\r\n\r\n{"a":3}', 3),
+    "lone_cr.jsonl": (b'{"a":1}\r{"a":2}\r', 2),
+    "u2028.jsonl": ('{"a":"x\u2028y"}\n{"a":"z\x85w"}\n'.encode(), 4),
+    "bom.jsonl": (b'\xef\xbb\xbf{"a":1}\n{"a":2}\n', 2),
+    "bom_only_line.jsonl": (b'\xef\xbb\xbf\n{"a":2}\n', 2),
+    "array.json": (b'  \n [{"a":1},\n {"a":2}, {"a":3}]\n', 3),
+    "object.json": (b'{"a":\n 1,\n "b": 2}\n', 3),
+    "lines.json": (b'{"a":1}\n{"a":2}\n', 2),
+    "bad_array.json": (b'[{"a":1},\n', None),
+    "invalid_utf8.jsonl": (b'{"a":"\xff"}\n{"a":2}\n', None),
+    "utf16.jsonl": ('{"a":1}\n{"a":2}\n'.encode("utf-16"), None),
+    "empty.jsonl": (b"", 0),
+    "whitespace_only.jsonl": (b" \n\n\t", 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COUNTED_AS_OF_58AF404))
+def test_a_manifest_counts_the_rows_it_counted_before(tmp_path: Path, name: str) -> None:
+    from pipeline.progress_view import expected_samples
+    from transforms.read import ReadUnit
+
+    data, rows = COUNTED_AS_OF_58AF404[name]
+    (tmp_path / name).write_bytes(data)
+    assert expected_samples([ReadUnit("manifest", str(tmp_path), (str(tmp_path / name),))]) == rows
+
+
+def test_counting_lines_in_chunks_splits_them_as_reading_the_whole_text_did() -> None:
+    import random
+
+    from pipeline.progress_view import count_lines
+
+    rng = random.Random(7)
+    alphabet = ["a", "{}", " ", "\t", "\n", "\r", "\r\n", "\u2028", "\x85", "\x0c", "\x1c", "\u00e9", "\u3000"]
+    for _ in range(400):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        size = rng.randint(1, 6)
+        chunks = [text[i:i + size] for i in range(0, len(text), size)]
+        assert count_lines(chunks) == sum(1 for line in text.splitlines() if line.strip()), repr(text)
+
+
+def test_a_large_jsonl_manifest_is_counted_in_chunks_never_read_whole(tmp_path: Path) -> None:
+    import io
+    import tracemalloc
+
+    from pipeline.progress_view import COUNT_CHUNK_CHARS, count_manifest_rows, expected_samples
+    from transforms.read import ReadUnit
+
+    row = '{"url": "images/%09d.jpg", "caption": "a photo of thing number %09d"}\n'
+    block = "".join(row % (i, i) for i in range(10_000)) + "\r\n\n"  # crlf and blank lines here and there
+
+    class ReadInChunksOnly(io.StringIO):
+        def read(self, size: int | None = -1) -> str:
+            assert size is not None and 0 < size <= COUNT_CHUNK_CHARS, f"read({size})"
+            return super().read(size)
+
+    assert count_manifest_rows(ReadInChunksOnly(block * 5)) == 50_000
+    manifest = tmp_path / "big.jsonl"
+    with open(manifest, "w", encoding="utf-8", newline="") as f:
+        for _ in range(60):  # 600,000 rows, ~44 MB
+            f.write(block)
+    tracemalloc.start()
+    try:
+        total = expected_samples([ReadUnit("manifest", str(tmp_path), (str(manifest),))])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == 600_000
+    assert peak < 16 * 2**20, peak  # the text is 44 MB; a chunk and its lines are a few MB
