@@ -94,20 +94,29 @@ def fingerprint_as_of_58af404(units: Iterable[Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    return make_tree(tmp_path / "in")
+    root = make_tree(tmp_path / "in")
+    if not (root / "\udcff.jpg").exists():
+        pytest.skip("this filesystem refuses a name that is not UTF-8")
+    return root
 
 
 def test_a_folder_is_listed_in_the_same_order_and_units_as_before(tree: Path) -> None:
     from transforms.read import list_units
 
-    if not (tree / "\udcff.jpg").exists():
-        pytest.skip("this filesystem refuses a name that is not UTF-8")
     expected = LISTED_BY_3
     assert relative(list_units(str(tree), files_per_unit=3), tree) == expected
     whole = list_units(str(tree))
     assert relative(whole, tree) == [("files", [u for _, uris, _ in expected[:-1] for u in uris],
                                       [u for _, _, keys in expected[:-1] for u in keys]), expected[-1]]
 
+
+def test_key_clashes_are_decided_on_the_names_even_when_every_hash_collides(tree: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import transforms.read as read
+
+    monkeypatch.setattr(read, "hash", lambda s: 0, raising=False)  # every name's stem hashes alike
+    units = read.list_units(str(tree), files_per_unit=3)
+    assert [keys for _, _, keys in relative(units, tree)] == [keys for _, _, keys in LISTED_BY_3]
 
 def test_a_folder_of_manifests_and_a_folder_without_images_are_listed_as_before(tmp_path: Path) -> None:
     from transforms.read import InputError, list_units

@@ -346,17 +346,30 @@ def _sorted_local_files(folder: str, select: Callable[[str], bool]) -> Iterator[
     except OSError:
         return
     names.sort()
-    stems = sorted(os.path.splitext(n)[0] for n in names
-                   if not n.endswith("/") and select(os.path.join(folder, n)))
-    clash = {a for a, b in zip(stems, stems[1:]) if a == b}
-    del stems
-    for name in names:
+    selected = bytearray(not n.endswith("/") and select(os.path.join(folder, n)) for n in names)
+    clash = _repeated_stems(names, selected)
+    for name, chosen in zip(names, selected):
         if name.endswith("/"):
             yield from _sorted_local_files(os.path.join(folder, name[:-1]), select)
-            continue
-        path = os.path.join(folder, name)
-        selected = select(path)
-        yield path, selected, selected and bool(clash) and os.path.splitext(name)[0] in clash
+        else:
+            yield os.path.join(folder, name), bool(chosen), bool(chosen and clash) and os.path.splitext(name)[0] in clash
+
+
+def _repeated_stems(names: list[str], selected: bytearray) -> set[str]:
+    """The names without extension that two or more selected ``names`` share, with 8 bytes per name
+    held: their hashes first, then only the names whose hash repeats are compared as text."""
+    import numpy as np
+
+    def stems() -> Iterator[str]:
+        return (os.path.splitext(n)[0] for n, chosen in zip(names, selected) if chosen)
+
+    hashes = np.fromiter((hash(s) for s in stems()), dtype=np.int64)
+    hashes.sort()
+    repeated = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+    if not repeated:
+        return set()
+    counts = Counter(s for s in stems() if hash(s) in repeated)
+    return {s for s, n in counts.items() if n > 1}
 
 
 def _folder_kinds(folder: str) -> tuple[bool, bool, set[str]]:
