@@ -150,3 +150,13 @@ def test_peers_times_every_contender_and_says_when_img2dataset_is_left_out() -> 
     for row in ("finehard ingest, in-process", "finehard ingest, 2 workers", "plain loop (PIL decode + TarWriter)"):
         assert f"| {row} |" in table
     assert re.fullmatch(r"peers: " + RATIO, lines[-1])
+
+
+def test_launcher_measures_every_input_kind_against_a_bare_baseline() -> None:
+    lines = run_bench("launcher", "--sizes", "20,200")
+    assert re.fullmatch(r"launcher: " + RATIO, lines[-1]) and "n/a" not in lines[-1]
+    rows = [line.split("|")[1:3] for line in lines if line.startswith("| ") and not line.startswith("| input")]
+    assert [(name.strip(), n.strip()) for name, n in rows] == [("baseline (same imports, no input)", "")] + [
+        (name, n) for name in ("folder (subfolders of 1000)", "flat folder", "jsonl manifest", "parquet manifest")
+        for n in ("20", "200")]
+    assert any(line.startswith("flat folder: ") and "MiB of peak RSS per million files" in line for line in lines)
