@@ -11,9 +11,10 @@ run). A baseline process imports the same modules and does nothing else. Inputs,
 
 The figure is the child's own peak RSS (``VmHWM`` of /proc/self/status, read as it ends): the
 ``ru_maxrss`` that ``wait4`` reports for an exec'd child also holds the peak RSS of the parent it
-was started from (vfork/exec keeps the larger of the two), and this parent writes the manifests. Ends with ``launcher: ratio=X.XX`` = peak RSS
-at the largest N / at the smallest N, the worse of the two manifests (goal <= 1.2: the launcher
-never holds a manifest); the folders' growth is reported as MiB per million files.
+was started from (vfork/exec keeps the larger of the two), and this parent writes the manifests.
+Ends with ``launcher: ratio=X.XX`` = peak RSS at the largest N / at the smallest N, the worse of
+the two manifests (goal <= 1.2: the launcher never holds a manifest); the folders' growth is
+reported as MiB per million files.
 """
 from __future__ import annotations
 

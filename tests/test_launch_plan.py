@@ -186,9 +186,10 @@ def test_a_manifest_counts_the_rows_it_counted_before(tmp_path: Path, name: str)
 
 
 def test_counting_lines_in_chunks_splits_them_as_reading_the_whole_text_did() -> None:
+    import io
     import random
 
-    from pipeline.progress_view import count_lines
+    from pipeline.progress_view import count_lines, count_manifest_rows
 
     rng = random.Random(7)
     alphabet = ["a", "{}", " ", "\t", "\n", "\r", "\r\n", "\u2028", "\x85", "\x0c", "\x1c", "\u00e9", "\u3000"]
@@ -197,6 +198,8 @@ def test_counting_lines_in_chunks_splits_them_as_reading_the_whole_text_did() ->
         size = rng.randint(1, 6)
         chunks = [text[i:i + size] for i in range(0, len(text), size)]
         assert count_lines(chunks) == sum(1 for line in text.splitlines() if line.strip()), repr(text)
+    assert count_manifest_rows(io.StringIO(" \n" * 9 + '[{"a": 1},\n{"a": 2}, 3]'), json_file=True, chunk_chars=4) == 3
+    assert count_manifest_rows(io.StringIO(" \n" * 9 + '{"a": 1}\n\n{"a": 2}'), json_file=True, chunk_chars=4) == 2
 
 
 def test_a_large_jsonl_manifest_is_counted_in_chunks_never_read_whole(tmp_path: Path) -> None:

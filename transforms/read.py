@@ -352,7 +352,8 @@ def _sorted_local_files(folder: str, select: Callable[[str], bool]) -> Iterator[
         if name.endswith("/"):
             yield from _sorted_local_files(os.path.join(folder, name[:-1]), select)
         else:
-            yield os.path.join(folder, name), bool(chosen), bool(chosen and clash) and os.path.splitext(name)[0] in clash
+            clashes = bool(chosen and clash) and os.path.splitext(name)[0] in clash
+            yield os.path.join(folder, name), bool(chosen), clashes
 
 
 def _repeated_stems(names: list[str], selected: bytearray) -> set[str]:
@@ -445,7 +446,7 @@ def _local_folder_units(input_uri: str, path: str, files_per_unit: int) -> Itera
 
 
 def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[ReadUnit]:
-    """Expand ``input_uri`` into read units; raises :class:`InputError` when nothing is there (see :func:`iter_units`)."""
+    """Expand ``input_uri`` into read units (:func:`iter_units`, all of them); :class:`InputError` when nothing is there."""
     return list(iter_units(input_uri, files_per_unit))
 
 
