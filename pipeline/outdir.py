@@ -113,19 +113,24 @@ class OutputLock:
         self.release()
 
 
-def input_fingerprint(units: Iterable[ReadUnit]) -> dict[str, Any]:
+class InputFingerprint:
     """What identifies the listed input: every listed URI, and size + modification time of manifests and tars.
 
     Adding or removing a file changes it; so does rewriting a manifest or a tar. An image file
-    rewritten in place under the same name is not noticed (its URI is the same).
+    rewritten in place under the same name is not noticed (its URI is the same). Units are added
+    one at a time as the listing streams by (:func:`input_fingerprint` for a whole listing).
     """
-    h = hashlib.sha256()
-    items = 0
-    for unit in units:
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.items = 0
+
+    def add(self, unit: ReadUnit) -> None:
+        h = self._hash
         h.update(f"{unit.kind}\0{unit.root}\0".encode("utf-8", "surrogatepass"))
         for uri in unit.uris:
             h.update(uri.encode("utf-8", "surrogatepass") + b"\0")
-            items += 1
+            self.items += 1
             if unit.kind != "files" and not uri.lower().startswith(("http://", "https://")):
                 try:
                     fs, path = fsspec.core.url_to_fs(uri)
@@ -137,7 +142,18 @@ def input_fingerprint(units: Iterable[ReadUnit]) -> dict[str, Any]:
             if info:
                 h.update(f"{info.get('size')}\0{info.get('mtime') or info.get('updated') or info.get('etag')}\0"
                          .encode("utf-8"))
-    return {"sha256": h.hexdigest(), "listed_uris": items}
+
+    def value(self) -> dict[str, Any]:
+        """The fingerprint as run.json holds it."""
+        return {"sha256": self._hash.hexdigest(), "listed_uris": self.items}
+
+
+def input_fingerprint(units: Iterable[ReadUnit]) -> dict[str, Any]:
+    """The :class:`InputFingerprint` of a listing."""
+    fingerprint = InputFingerprint()
+    for unit in units:
+        fingerprint.add(unit)
+    return fingerprint.value()
 
 
 def read_run_file(output: str) -> Optional[dict[str, Any]]:

@@ -9,6 +9,7 @@ then at most every ``--progress-every-s`` seconds, and a last line at the end, e
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import IO, Any, Iterable, Iterator, Optional, Sequence
 
 import fsspec
 
@@ -28,52 +29,97 @@ from transforms.progress import FAILED_PREFIX, PROGRESS_LOG, format_eta, format_
 POLL_S = 0.5
 
 
-def expected_samples(units: Sequence[Any], max_manifest_bytes: int = 512 << 20) -> Optional[int]:
-    """How many samples the input holds, from the listing when that is cheap; None when unknown.
+MAX_COUNTED_MANIFEST_BYTES = 512 << 20  # jsonl manifests larger than this in all: the size is not counted
+COUNT_CHUNK_CHARS = 1 << 20
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines splits a line
+
+
+def count_lines(chunks: Iterable[str]) -> int:
+    """The non-blank lines of a text given in ``chunks``, as ``str.splitlines`` splits the whole text,
+    holding one chunk (and a stand-in for the line it ends in) at a time."""
+    rows, tail = 0, ""
+    for chunk in chunks:
+        lines = (tail + chunk).splitlines(keepends=True)
+        tail = lines.pop() if lines and lines[-1][-1] not in LINE_BREAKS else ""
+        rows += sum(1 for line in lines if line.strip())
+        tail = "x" if tail.strip() else ""  # whatever follows, that line counts (or, blank so far, not yet)
+    return rows + (1 if tail else 0)
+
+
+def count_manifest_rows(f: IO[str], json_file: bool = False, chunk_chars: int = COUNT_CHUNK_CHARS) -> int:
+    """The rows of a jsonl manifest opened as text: its non-blank lines, read in chunks.
+
+    A ``.json`` file (``json_file``) that holds a JSON array is parsed whole: the length of the array.
+    """
+    chunks: Iterator[str] = iter(lambda: f.read(chunk_chars), "")
+    if json_file:
+        head = next((c for c in chunks if c.strip()), "")  # whitespace before the first text holds no rows
+        if head.lstrip().startswith("["):
+            return len(json.loads(head + f.read()))
+        chunks = itertools.chain([head], chunks)
+    return count_lines(chunks)
+
+
+class SampleCount:
+    """How many samples the input holds, from the listing when that is cheap; ``total`` None when unknown.
 
     Files: one per path. Manifests: JSON lines counted (parquet: its footer's row count), up to
     ``max_manifest_bytes`` in all. Tars: the ``sizes.json`` beside them (img2dataset and our own
-    output write one), else unknown.
+    output write one), else unknown. Units are added one at a time as the listing streams by
+    (:func:`expected_samples` for a whole listing).
     """
-    total, manifest_bytes = 0, 0
-    sizes_cache: dict[str, Optional[dict[str, Any]]] = {}
-    for unit in units:
-        if unit.kind in ("files", "skipped"):  # one record per listed path
-            total += len(unit.uris)
-            continue
-        uri = unit.uris[0]
-        try:
-            fs, path = fsspec.core.url_to_fs(uri)
-            if unit.kind == "tar":
-                folder = posixpath.dirname(path)
-                if folder not in sizes_cache:
-                    sizes_path = posixpath.join(folder, "sizes.json")
-                    sizes_cache[folder] = None
-                    if fs.exists(sizes_path):
-                        with fs.open(sizes_path, "rt", encoding="utf-8") as f:
-                            sizes_cache[folder] = json.load(f)
-                sizes = sizes_cache[folder]
-                if not sizes or posixpath.basename(path) not in sizes:
-                    return None
-                total += int(sizes[posixpath.basename(path)])
-            elif path.lower().endswith(".parquet"):
-                import pyarrow.parquet as pq
 
-                with fs.open(path, "rb") as f:
-                    total += pq.ParquetFile(f).metadata.num_rows
-            else:
-                manifest_bytes += fs.size(path) or 0
-                if manifest_bytes > max_manifest_bytes:
-                    return None
-                with fs.open(path, "rt", encoding="utf-8") as f:
-                    text = f.read()
-                if path.lower().endswith(".json") and text.lstrip().startswith("["):
-                    total += len(json.loads(text))
-                else:
-                    total += sum(1 for line in text.splitlines() if line.strip())
+    def __init__(self, max_manifest_bytes: int = MAX_COUNTED_MANIFEST_BYTES):
+        self.total: Optional[int] = 0
+        self.max_manifest_bytes = max_manifest_bytes
+        self._manifest_bytes = 0
+        self._sizes: dict[str, Optional[dict[str, Any]]] = {}
+
+    def add(self, unit: Any) -> None:
+        if self.total is None:
+            return
+        try:
+            n = self._count(unit)
         except Exception:  # noqa: BLE001 - an estimate only: the run reads (and reports) the input itself
+            n = None
+        self.total = None if n is None else self.total + n
+
+    def _count(self, unit: Any) -> Optional[int]:
+        if unit.kind in ("files", "skipped"):  # one record per listed path
+            return len(unit.uris)
+        fs, path = fsspec.core.url_to_fs(unit.uris[0])
+        if unit.kind == "tar":
+            folder = posixpath.dirname(path)
+            if folder not in self._sizes:
+                sizes_path = posixpath.join(folder, "sizes.json")
+                self._sizes[folder] = None
+                if fs.exists(sizes_path):
+                    with fs.open(sizes_path, "rt", encoding="utf-8") as f:
+                        self._sizes[folder] = json.load(f)
+            sizes = self._sizes[folder]
+            if not sizes or posixpath.basename(path) not in sizes:
+                return None
+            return int(sizes[posixpath.basename(path)])
+        if path.lower().endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with fs.open(path, "rb") as f:
+                return pq.ParquetFile(f).metadata.num_rows
+        self._manifest_bytes += fs.size(path) or 0
+        if self._manifest_bytes > self.max_manifest_bytes:
             return None
-    return total
+        with fs.open(path, "rt", encoding="utf-8") as f:
+            return count_manifest_rows(f, json_file=path.lower().endswith(".json"))
+
+
+def expected_samples(units: Iterable[Any], max_manifest_bytes: int = MAX_COUNTED_MANIFEST_BYTES) -> Optional[int]:
+    """The :class:`SampleCount` of a listing; None when unknown."""
+    count = SampleCount(max_manifest_bytes)
+    for unit in units:
+        count.add(unit)
+        if count.total is None:
+            return None
+    return count.total
 
 
 class ProgressView:

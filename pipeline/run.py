@@ -6,6 +6,7 @@ import json
 import logging
 import posixpath
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import apache_beam as beam
@@ -14,19 +15,19 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from core.engines import EngineSpecError, parse_spec
 from pipeline.options import add_curation_args, check_positive
-from pipeline.outdir import (RUN_FILE, OutputLock, input_fingerprint, prepare_output, read_run_file,
+from pipeline.outdir import (RUN_FILE, InputFingerprint, OutputLock, prepare_output, read_run_file,
                              remove_run_outputs, remove_stale_temp_files, write_run_file)
 from core.record import PROJECT_VERSION, Field, text_hash, valid_text
 from pipeline.output import read_shard_stats, stage_metrics, write_summary
 from pipeline.runner_names import LOCAL_RUNNERS, canonical_runner, normalise_runner_args
-from pipeline.progress_view import expected_samples, progress_for_run
+from pipeline.progress_view import SampleCount, progress_for_run
 from pipeline.submit import validate_runner_options
 from transforms.common import mark_dead, split_outcomes
 from transforms.dedup import DropDuplicates
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
-from transforms.read import MAX_IMAGE_BYTES, InputError, ReadImages, ReadUnit, list_units
+from transforms.read import MAX_IMAGE_BYTES, InputError, ReadImages, ReadUnit, iter_units
 from transforms.recaption import CAPTIONERS, Recaption
 from transforms.progress import LogProgress
 from transforms.spill import SpillDir, check_spill_dir, spill_image
@@ -258,26 +259,48 @@ def check_resume(output: str, info: dict[str, Any], fingerprint: dict[str, Any],
     return done
 
 
-def check_manifests(units: list[ReadUnit]) -> None:
+def check_manifest(unit: ReadUnit) -> None:
     """A parquet manifest that cannot be opened stops the run at once, with its name."""
-    for unit in units:
-        for uri in unit.uris:
-            local_or_store = not uri.lower().startswith(("http://", "https://"))  # http: read per row, later
-            if unit.kind == "manifest" and local_or_store and uri.lower().split("?")[0].endswith(".parquet"):
-                import pyarrow.parquet as pq
+    for uri in unit.uris:
+        local_or_store = not uri.lower().startswith(("http://", "https://"))  # http: read per row, later
+        if unit.kind == "manifest" and local_or_store and uri.lower().split("?")[0].endswith(".parquet"):
+            import pyarrow.parquet as pq
 
-                try:
-                    with fsspec.open(uri, "rb") as f:
-                        pq.ParquetFile(f).metadata
-                except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
-                    raise UsageError(f"manifest {uri} is not a readable parquet file ({type(e).__name__}: {e}); "
-                                     "fix or remove it") from e
+            try:
+                with fsspec.open(uri, "rb") as f:
+                    pq.ParquetFile(f).metadata
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
+                raise UsageError(f"manifest {uri} is not a readable parquet file ({type(e).__name__}: {e}); "
+                                 "fix or remove it") from e
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """What the launcher learns from listing ``--input`` before any worker starts."""
+
+    fingerprint: dict[str, Any]  # pipeline.outdir.InputFingerprint: a resumed run must see the same
+    size: Optional[int]  # samples expected (pipeline.progress_view.SampleCount); None when not known cheaply
+
+
+def plan_input(input_uri: str) -> InputPlan:
+    """List ``--input`` once, as a stream: a missing or empty input and an unreadable parquet manifest
+    stop the run here; the fingerprint and the expected size are taken unit by unit, so the
+    launcher never holds the listing (the workers list it again)."""
+    fingerprint, size = InputFingerprint(), SampleCount()
+    try:
+        for unit in iter_units(input_uri):
+            check_manifest(unit)
+            fingerprint.add(unit)
+            size.add(unit)
+    except InputError as e:
+        raise UsageError(str(e)) from e
+    return InputPlan(fingerprint.value(), size.total)
 
 
 def decide_num_shards(args: argparse.Namespace, size: Optional[int],
                       previous: Optional[dict[str, Any]] = None) -> int:
     """The shard count, before anything is read: ``--num-shards``, the resumed run's, or from the
-    listing's ``size`` (``pipeline.progress_view.expected_samples``).
+    listing's ``size`` (:func:`plan_input`).
 
     0 when the size of the input is not known cheaply (the count of what is read decides then).
     """
@@ -358,11 +381,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     args, beam_args = parse_args(argv)
     if not args.output.strip():
         raise UsageError("--output is empty; give the folder the shards go to")
-    try:
-        units = list_units(args.input)  # fail fast on a missing or empty input, before any worker starts
-    except InputError as e:
-        raise UsageError(str(e)) from e
-    check_manifests(units)
+    plan = plan_input(args.input)  # fail fast on a missing or empty input, before any worker starts
     try:
         for reg, raw in ((CAPTIONERS, args.captioner), (DETECTORS, args.detector), (NEGATIVE_ENGINES, args.negatives)):
             spec = reg.resolve(raw)
@@ -385,23 +404,21 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     if local:
         probe_servers(args)
     info = run_info(args)
-    fingerprint = input_fingerprint(units)
     with OutputLock(args.output):
         if args.overwrite:
             LOG.info("--overwrite: removed %d earlier output path(s) from %s", remove_run_outputs(args.output),
                      args.output)
         remove_stale_temp_files(args.output)
-        done = check_resume(args.output, info, fingerprint, args.retry_failed)
+        done = check_resume(args.output, info, plan.fingerprint, args.retry_failed)
         if done:
             LOG.info("resuming: %d shard(s) already complete in %s are skipped", len(done), args.output)
-        size = expected_samples(units)  # once: the shard count and the progress display both use it
-        args.num_shards = decide_num_shards(args, size, read_run_file(args.output) if done else None)
-        write_run_file(args.output, {**info, "input_fingerprint": fingerprint, "num_shards": args.num_shards})
+        args.num_shards = decide_num_shards(args, plan.size, read_run_file(args.output) if done else None)
+        write_run_file(args.output, {**info, "input_fingerprint": plan.fingerprint, "num_shards": args.num_shards})
         args.model_cache = model_cache_root(args, local)
         p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
         started = time.monotonic()
         with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill, \
-                progress_for_run(args, size, done, local, progress_stages(args)) as view:
+                progress_for_run(args, plan.size, done, local, progress_stages(args)) as view:
             build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None, local_runner=local)
             result = p.run()
             result.wait_until_finish()

@@ -168,3 +168,13 @@ def test_shuffle_bytes_measures_every_boundary_with_the_bytes_riding_and_re_read
     assert group["tar.gz, after"] == group["tar.gz, before"]  # nowhere to put them: the bytes still ride
     assert group["tar.gz, before"] > 10 * group["tar.gz, after, --spill-dir"]
     assert float(lines[-1].split("=")[1]) > 10
+
+
+def test_launcher_measures_every_input_kind_against_a_bare_baseline() -> None:
+    lines = run_bench("launcher", "--sizes", "20,200")
+    assert re.fullmatch(r"launcher: " + RATIO, lines[-1]) and "n/a" not in lines[-1]
+    rows = [line.split("|")[1:3] for line in lines if line.startswith("| ") and not line.startswith("| input")]
+    assert [(name.strip(), n.strip()) for name, n in rows] == [("baseline (same imports, no input)", "")] + [
+        (name, n) for name in ("folder (subfolders of 1000)", "flat folder", "jsonl manifest", "parquet manifest")
+        for n in ("20", "200")]
+    assert any(line.startswith("flat folder: ") and "MiB of peak RSS per million files" in line for line in lines)

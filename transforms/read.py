@@ -333,13 +333,136 @@ def _clashing(uris: list[str], root: str) -> tuple[str, ...]:
     return tuple(u for u in uris if stems[_relative_stem(u, root)] > 1)
 
 
+def _sorted_local_files(folder: str, select: Callable[[str], bool]) -> Iterator[tuple[str, bool, bool]]:
+    """``(path, selected, clashes)`` of every entry under the local ``folder`` that is not a folder,
+    in the order of ``sorted(LocalFileSystem().find(folder))``, holding one folder's names at a time.
+
+    What fsspec's ``find`` lists: links (not followed), FIFOs and the like are entries, a folder
+    that cannot be listed is left out. Its order is that of the whole path strings; walking each
+    folder in the order of its names, a sub-folder's name taken with its ``/``, gives the same
+    (a folder's paths all start with ``name/``, and ``/`` sorts where it does in the full path).
+    ``clashes``: another selected file of the same folder has the same name without extension
+    (what :func:`_clashing` finds: such keys only meet within one folder).
+    """
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name + "/" if e.is_dir(follow_symlinks=False) else e.name for e in entries]
+    except OSError:
+        return
+    names.sort()
+    selected = bytearray(not n.endswith("/") and select(os.path.join(folder, n)) for n in names)
+    clash = _repeated_stems(names, selected)
+    for name, chosen in zip(names, selected):
+        if name.endswith("/"):
+            yield from _sorted_local_files(os.path.join(folder, name[:-1]), select)
+        else:
+            clashes = bool(chosen and clash) and os.path.splitext(name)[0] in clash
+            yield os.path.join(folder, name), bool(chosen), clashes
+
+
+def _repeated_stems(names: list[str], selected: bytearray) -> set[str]:
+    """The names without extension that two or more selected ``names`` share, with 8 bytes per name
+    held: their hashes first, then only the names whose hash repeats are compared as text."""
+    import numpy as np
+
+    def stems() -> Iterator[str]:
+        return (os.path.splitext(n)[0] for n, chosen in zip(names, selected) if chosen)
+
+    hashes = np.fromiter((hash(s) for s in stems()), dtype=np.int64)
+    hashes.sort()
+    repeated = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+    if not repeated:
+        return set()
+    counts = Counter(s for s in stems() if hash(s) in repeated)
+    return {s for s, n in counts.items() if n > 1}
+
+
+def _folder_kinds(folder: str) -> tuple[bool, bool, set[str]]:
+    """``(any image, any other file, kinds of the manifests/tars)`` under a local folder; stops at
+    the first image (then the folder is a folder of images, whatever else it holds)."""
+    others, kinds = False, set()
+    stack = [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for e in entries:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                        continue
+                    kind = detect_kind(e.path)
+                    if kind != "files":
+                        kinds.add(kind)
+                    elif has_image_ext(e.path):
+                        return True, others, kinds
+                    else:
+                        others = True
+        except OSError:
+            continue
+    return False, others, kinds
+
+
+def _file_units(root: str, files: Iterable[tuple[str, bool]], files_per_unit: int,
+                kind: str = "files") -> Iterator[ReadUnit]:
+    """``files`` (``(uri, its key keeps the extension)``, in listing order) in units of ``files_per_unit``."""
+    chunk: list[str] = []
+    ext_keys: list[str] = []
+    for uri, keep_ext in files:
+        chunk.append(uri)
+        if keep_ext:
+            ext_keys.append(uri)
+        if len(chunk) == files_per_unit:
+            yield ReadUnit(kind, root, tuple(chunk), tuple(ext_keys))
+            chunk, ext_keys = [], []
+    if chunk:
+        yield ReadUnit(kind, root, tuple(chunk), tuple(ext_keys))
+
+
+def _local_folder_units(input_uri: str, path: str, files_per_unit: int) -> Iterator[ReadUnit]:
+    """The units of a local folder, as :func:`iter_units` lists any folder, one folder's names in memory
+    at a time (a folder's files to skip are held until the end: normally a few)."""
+    images, others, kinds = _folder_kinds(path)
+    if images or (others and not kinds):  # a folder of images: everything that is not a manifest/tar
+        def select(p: str) -> bool:
+            return detect_kind(p) == "files"
+        kind = "files"
+    elif not kinds:
+        raise InputError(f"--input {input_uri} matched no images, manifests or tars")
+    elif len(kinds) > 1:
+        raise InputError(f"--input {input_uri} mixes {sorted(kinds)}; point it at one kind of input")
+    else:
+        def select(p: str) -> bool:
+            return detect_kind(p) != "files"
+        kind = next(iter(kinds))
+    skipped: list[str] = []
+
+    def chosen() -> Iterator[tuple[str, bool]]:
+        for p, selected, clashes in _sorted_local_files(path, select):
+            if selected:
+                yield p, clashes
+            else:
+                skipped.append(p)
+
+    if kind == "files":
+        yield from _file_units(path, chosen(), files_per_unit)
+    else:
+        yield from (ReadUnit(kind, path, (p,)) for p, _ in chosen())
+    yield from _file_units(path, ((p, False) for p in skipped), files_per_unit, kind="skipped")
+
+
 def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[ReadUnit]:
-    """Expand ``input_uri`` into read units; raises :class:`InputError` when nothing is there.
+    """Expand ``input_uri`` into read units (:func:`iter_units`, all of them); :class:`InputError` when nothing is there."""
+    return list(iter_units(input_uri, files_per_unit))
+
+
+def iter_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> Iterator[ReadUnit]:
+    """The read units of ``input_uri`` one at a time, in listing order; :class:`InputError` (before
+    the first unit) when nothing is there.
 
     In a folder every file becomes a record: images are read; files without an image extension
     are read when their bytes are an image, else filtered as ``unsupported_format``; manifests and
     tars inside a folder of images (and stray files in a folder of manifests or tars) are
-    filtered as ``skipped_file``.
+    filtered as ``skipped_file``. The files of a folder are listed in the order of their sorted
+    paths; a local folder is walked without holding the whole listing (a remote one is listed whole).
     """
     if input_uri is None or not str(input_uri).strip():
         raise InputError("--input is empty; give a folder, glob, manifest or tar")
@@ -350,7 +473,8 @@ def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[Rea
         kinds = {detect_kind(u) for u in urls}
         if len(kinds) > 1:
             raise InputError(f"--input {input_uri} mixes {sorted(kinds)}; point it at one kind of input")
-        return [ReadUnit(detect_kind(u), u.rsplit("/", 1)[0], (u,)) for u in urls]
+        yield from (ReadUnit(detect_kind(u), u.rsplit("/", 1)[0], (u,)) for u in urls)
+        return
     fs, path = _input_fs(input_uri)
     prefix = protocol_prefix(fs)
     skipped: list[str] = []
@@ -369,6 +493,9 @@ def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[Rea
         root = root if root.endswith("/") else posixpath.dirname(root)
     elif fs.isdir(path) and fs.exists(posixpath.join(path, "summary.json")) and fs.glob(posixpath.join(path, "shard-*.tar")):
         matched, root = sorted(fs.glob(posixpath.join(path, "shard-*.tar"))), path  # our own output: its shards
+    elif fs.isdir(path) and isinstance(fs, LocalFileSystem):
+        yield from _local_folder_units(input_uri, path, files_per_unit)
+        return
     elif fs.isdir(path):
         found = sorted(fs.find(path))
         root = path
@@ -394,19 +521,12 @@ def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[Rea
         raise InputError(f"--input {input_uri} mixes {sorted(by_kind)}; point it at one kind of input")
     kind, uris = next(iter(by_kind.items()))
     root = prefix + root
-    units: list[ReadUnit]
     if kind == "files":
         clash = set(_clashing(uris, root))
-        units = []
-        for i in range(0, len(uris), files_per_unit):
-            chunk = tuple(uris[i:i + files_per_unit])
-            units.append(ReadUnit("files", root, chunk, tuple(u for u in chunk if u in clash)))
+        yield from _file_units(root, ((u, u in clash) for u in uris), files_per_unit)
     else:
-        units = [ReadUnit(kind, root, (u,)) for u in uris]
-    skipped_uris = [prefix + p for p in skipped]
-    units += [ReadUnit("skipped", root, tuple(skipped_uris[i:i + files_per_unit]))
-              for i in range(0, len(skipped_uris), files_per_unit)]
-    return units
+        yield from (ReadUnit(kind, root, (u,)) for u in uris)
+    yield from _file_units(root, ((prefix + p, False) for p in skipped), files_per_unit, kind="skipped")
 
 
 def _relative_name(uri: str, root: str) -> str:
