@@ -163,6 +163,8 @@ def test_with_the_shard_count_known_up_front_nothing_waits_for_the_whole_read(sc
     assert decide_num_shards(args, expected_samples(list_units(args.input))) == 3  # 12 listed rows / 4, before reading anything
     known = _transform_names([*common, "--num-shards", "3"])
     assert not any("Count" in n or "Combine" in n for n in known)  # no global count: a plain Map assigns shards
+    # fusion breaks: after listing, after splitting manifests, and between the read and the model stages
+    assert {"ReadImages/SpreadUnits", "ReadImages/SpreadParts", "SpreadRecords"} <= known
     unknown = _transform_names(common)  # left to the read count (e.g. tars without sizes.json)
     assert any(n.startswith("AssignShards/Count") for n in unknown)
     summary = run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "run", "--no-dedup", "--samples-per-shard", "4")

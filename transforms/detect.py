@@ -97,6 +97,7 @@ def apply_detector(engine: Detector, records: list[dict], conf: float, iou: floa
         rec.setdefault("provenance", {})["bbox_info"] = {**provenance, "conf": conf, "iou": iou,
                                                          "max_regions": max_regions}
         bump(rec, "regions", len(rec["bbox_info"]))
+        rec.pop(Field.EXPRESSIONS, None)  # read only here: the later stages and shuffles need not carry it
 
     return apply_image_engine(STAGE, engine, records, cache, lambda r: digest(image_sha256(r), *_expressions(r)),
                               lambda images, recs: engine.detect(images, [_expressions(r) for r in recs]),
