@@ -200,9 +200,11 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
         deduped = count_todo(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup", "CountDedup")
         live, dead, filtered = split_outcomes(deduped, "dedup")
         finished += failures(dead, filtered, "Dedup", count_todo)
-    # Break fusion with the read: the records of one big tar (or manifest part) reach the model stages of
-    # every worker, not only the reader's. They are small here: their image bytes are spilled or re-read.
-    live = live | "SkipCompletedShards" >> SkipCompleted(done) | "SpreadRecords" >> beam.Reshuffle()
+    live = live | "SkipCompletedShards" >> SkipCompleted(done)
+    if stages_run:
+        # Break fusion with the read: the records of one big tar (or manifest part) reach the model stages of
+        # every worker, not only the reader's. They are small here: their image bytes are spilled or re-read.
+        live = live | "SpreadRecords" >> beam.Reshuffle()
     stages = {
         "recaption": lambda: Recaption(specs["captioner"], batch_size=args.batch_size,
                                        max_chars=args.max_caption_chars, engine_options=caption_options(args),
