@@ -65,6 +65,21 @@ def test_spill_dir_choice_follows_the_runner(tmp_path: pathlib.Path) -> None:
     assert not fsspec.filesystem("memory").exists("/spilltest/" + spill.root.rsplit("/", 1)[1])
 
 
+def test_a_launcher_stopped_on_a_distributed_runner_keeps_the_spill_folder_its_job_may_still_read(
+        tmp_path: pathlib.Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        with SpillDir(str(tmp_path), local_runner=False) as remote:
+            raise KeyboardInterrupt  # Ctrl-C in wait_until_finish: Dataflow/Flink go on without the launcher
+    assert pathlib.Path(remote.root).is_dir()
+    with pytest.raises(KeyboardInterrupt):
+        with SpillDir(str(tmp_path), local_runner=True) as local:
+            raise KeyboardInterrupt  # a local run stops with its launcher: nothing will read the folder
+    assert not pathlib.Path(local.root).exists()
+    with SpillDir(str(tmp_path), local_runner=False) as done:
+        pass  # the job ended (wait_until_finish returned)
+    assert not pathlib.Path(done.root).exists()
+
+
 def test_records_reach_the_writer_without_their_bytes(tmp_path: pathlib.Path, scenes_dir: pathlib.Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The point of spilling: what crosses stage boundaries (here the group by shard) is small."""

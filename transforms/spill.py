@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import posixpath
 import shutil
@@ -31,6 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 from core.files import atomic_write, local_path, protocol_of
 from core.record import Field, SampleError
 
+LOG = logging.getLogger("finehard")
 SPILL_PREFIX = ".spill-"  # the run's spill folder inside a local output folder
 AUTO, NONE = "auto", "none"
 # Field.SOURCE: a whole file (local path or fsspec URI), or (uri, offset, size) of a range of it
@@ -157,6 +159,7 @@ class SpillDir:
 
     def __init__(self, value: str, local_runner: bool, output: Optional[str] = None):
         self.root: Optional[str] = None
+        self.local_runner = local_runner
         self.made: Optional[str] = None  # a --spill-dir folder this run created (removed at the end if empty)
         if value == AUTO and local_runner:
             if output and fsspec.core.split_protocol(output)[0] in (None, "file", "local"):
@@ -178,8 +181,14 @@ class SpillDir:
     def __enter__(self) -> "SpillDir":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if self.root is None:
+            return
+        if exc_type is not None and not self.local_runner:
+            # Ctrl-C, or a lost connection, stops only the launcher: the job may still be running on the
+            # cluster and reading its spilled images. Deleting them would dead-letter its samples.
+            LOG.warning("the launcher stopped (%s) but the job may still run: its spill folder %s is kept; "
+                        "remove it once the job has ended", exc_type.__name__, self.root)
             return
         fs, base = fsspec.core.url_to_fs(self.root)
         if isinstance(fs, LocalFileSystem):
