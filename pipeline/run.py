@@ -395,7 +395,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
                                             "negatives": args.negatives},
                                 paths={"--input": args.input, "--output": args.output,
                                        "--spill-dir": args.spill_dir, "--model-cache": args.model_cache},
-                                shared_mounts=args.shared_mount or ())
+                                shared_mounts=args.shared_mount or (), gpu_accelerator=args.gpu_accelerator)
         check_spill_dir(args.spill_dir)
         prepare_output(args.output)
     except (EngineSpecError, ValueError, OSError) as e:

@@ -53,7 +53,8 @@ def _has_accelerator(gcp: GoogleCloudOptions, options: PipelineOptions) -> bool:
     return bool(service) or any(e.startswith(ACCELERATOR_OPTION) for e in experiments)
 
 
-def _dataflow_problems(options: PipelineOptions, engines: Mapping[str, str]) -> list[str]:
+def _dataflow_problems(options: PipelineOptions, engines: Mapping[str, str],
+                       gpu_accelerator: Optional[str] = None) -> list[str]:
     gcp = options.view_as(GoogleCloudOptions)
     problems = []
     if not gcp.project:
@@ -71,10 +72,16 @@ def _dataflow_problems(options: PipelineOptions, engines: Mapping[str, str]) -> 
         problems.append("DataflowRunner workers need this project installed: add --setup_file ./setup.py "
                         "(CPU engines) or --sdk_container_image=REGISTRY/finehard-gpu:TAG (see deploy/Dockerfile)")
     gpu = gpu_engines(engines)
+    # --gpu-accelerator is an accelerator resource hint on the GPU steps (Dataflow's right fitting), and
+    # Dataflow says not to combine right fitting with the worker_accelerator service option.
+    if gpu_accelerator and _has_accelerator(gcp, options):
+        problems.append(f"--gpu-accelerator (right fitting: GPUs for the model steps only) and {ACCELERATOR_OPTION} "
+                        "(GPUs on every worker) cannot be combined on Dataflow; keep one of them")
     if gpu:
-        if not _has_accelerator(gcp, options):
+        if not _has_accelerator(gcp, options) and not gpu_accelerator:
             problems.append(f"GPU engine(s) {', '.join(gpu)} on Dataflow need a GPU on the workers: "
-                            f"{ACCELERATOR_EXAMPLE}")
+                            f"{ACCELERATOR_EXAMPLE} (every worker), or --gpu-accelerator "
+                            "'type:nvidia-l4;count:1;install-nvidia-driver' (the model steps only)")
         if not container:
             problems.append(f"GPU engine(s) {', '.join(gpu)} on Dataflow need the GPU custom container "
                             "(CUDA, this project, the vLLM server env): --sdk_container_image=REGISTRY/"
@@ -181,17 +188,18 @@ def local_path_problems(paths: Mapping[str, Optional[str]], runner: str = "Dataf
 
 def validate_runner_options(beam_args: list[str], engines: Mapping[str, str],
                             paths: Optional[Mapping[str, Optional[str]]] = None,
-                            shared_mounts: Sequence[str] = ()) -> PipelineOptions:
+                            shared_mounts: Sequence[str] = (), gpu_accelerator: Optional[str] = None) -> PipelineOptions:
     """Parse ``beam_args`` and check them for the runner they name; raises :class:`RunnerOptionsError`.
 
     ``paths``: flag -> value of the pipeline's own folders (input, output, spill, cache); on
     Dataflow they must not be local paths, on Flink only under one of ``shared_mounts``.
+    ``gpu_accelerator``: ``--gpu-accelerator`` (an accelerator resource hint on the GPU steps).
     """
     options = PipelineOptions(beam_args)
     name = runner_name(options)
     problems: list[str] = []
     if name == "DataflowRunner":
-        problems = _dataflow_problems(options, engines) + local_path_problems(paths or {})
+        problems = _dataflow_problems(options, engines, gpu_accelerator) + local_path_problems(paths or {})
     elif name == "FlinkRunner":
         problems = _flink_problems(options, beam_args) + local_path_problems(paths or {}, "Flink", shared_mounts)
     elif name == "PortableRunner":

@@ -60,6 +60,19 @@ def test_bad_runner_options_fail_with_the_fix(argv: list[str], engines: dict, ne
     assert needle in str(err.value)
 
 
+def test_dataflow_gpus_come_from_the_service_option_or_right_fitting_not_both() -> None:
+    hint = "type:nvidia-l4;count:1;install-nvidia-driver"
+    right_fitting = [a for a in GPU_DATAFLOW if "worker_accelerator" not in a]
+    validate_runner_options(right_fitting, GPU, gpu_accelerator=hint)  # GPUs only for the model steps
+    validate_runner_options(GPU_DATAFLOW, GPU)  # GPUs on every worker
+    with pytest.raises(RunnerOptionsError) as err:  # Dataflow: right fitting must not meet worker_accelerator
+        validate_runner_options(GPU_DATAFLOW, GPU, gpu_accelerator=hint)
+    assert "cannot be combined" in str(err.value)
+    with pytest.raises(RunnerOptionsError) as err:
+        validate_runner_options(right_fitting, GPU)
+    assert "--gpu-accelerator" in str(err.value) and "worker_accelerator" in str(err.value)
+
+
 def test_dataflow_refuses_folders_on_the_launching_machine() -> None:
     shared = {"--input": "gs://b/in/", "--output": "gs://b/out", "--spill-dir": "auto", "--model-cache": None}
     validate_runner_options(DATAFLOW, STUBS, paths=shared)
