@@ -80,9 +80,10 @@ def test_a_launcher_stopped_on_a_distributed_runner_keeps_the_spill_folder_its_j
     assert not pathlib.Path(done.root).exists()
 
 
-def test_records_reach_the_writer_without_their_bytes(tmp_path: pathlib.Path, scenes_dir: pathlib.Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The point of spilling: what crosses stage boundaries (here the group by shard) is small."""
+@pytest.fixture
+def records_at_the_writer(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The records the shard writer gets, after the group by shard (the writer runs in this process:
+    the FnApiRunner, and the PortableRunner's LOOPBACK worker)."""
     import transforms.write as write
 
     seen: list[dict] = []
@@ -93,7 +94,14 @@ def test_records_reach_the_writer_without_their_bytes(tmp_path: pathlib.Path, sc
         seen.extend(items)
         return real(output, shard_id, num_shards, items, run_info)
 
-    monkeypatch.setattr(write, "write_shard", spy)  # the in-process runner calls it in this process
+    monkeypatch.setattr(write, "write_shard", spy)
+    return seen
+
+
+def test_records_reach_the_writer_without_their_bytes(tmp_path: pathlib.Path, scenes_dir: pathlib.Path,
+                                                      records_at_the_writer: list[dict]) -> None:
+    """The point of spilling: what crosses stage boundaries (here the group by shard) is small."""
+    seen = records_at_the_writer
     summary = run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "out")
     assert summary["written"] == 12 and len(seen) == 12
     # local files are re-read from their source (hash-checked), nothing is copied to the spill folder
@@ -266,24 +274,6 @@ def test_a_tar_rewritten_after_reading_dead_letters_its_changed_member_and_the_s
     assert [x["key"] for x in letters] == ["000001"] and "part.tar (bytes " in letters[0]["detail"]
     assert [s["__key__"] for s in read_shards(out)] == ["000000", "000002"]
     assert [s["jpg"] for s in read_shards(out)] == [members["000000.jpg"], members["000002.jpg"]]
-
-
-@pytest.fixture
-def records_at_the_writer(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """The records the shard writer gets, after the group by shard (the writer runs in this process:
-    the FnApiRunner, and the PortableRunner's LOOPBACK worker)."""
-    import transforms.write as write
-
-    seen: list[dict] = []
-    real = write.write_shard
-
-    def spy(output, shard_id, num_shards, items, run_info):
-        items = list(items)
-        seen.extend(items)
-        return real(output, shard_id, num_shards, items, run_info)
-
-    monkeypatch.setattr(write, "write_shard", spy)
-    return seen
 
 
 @pytest.mark.parametrize("kind", ["files", "tar"])
