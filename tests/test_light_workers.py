@@ -37,6 +37,13 @@ def _as_file(data: bytes) -> str:
     return f.name
 
 
+def _fresh_process_json(code: str) -> dict:
+    """The JSON line ``code`` prints last, run in a fresh interpreter (what a new worker imports)."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_a_run_whose_stages_need_no_torch_never_imports_it(scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     # Every stage with stub engines, spaCy real and rules negatives (inflect on every region): spaCy's
     # thinc would import torch if let, and inflect would be instrumented by typeguard on import.
@@ -48,9 +55,7 @@ def test_a_run_whose_stages_need_no_torch_never_imports_it(scenes_dir: pathlib.P
             "print(json.dumps({'written': s['written'], 'torch': 'torch' in sys.modules, "
             "'spacy': 'spacy' in sys.modules, 'inflect_checked': any('typeguard' in n for n in names), "
             "'typechecked_restored': typeguard.typechecked is d.typechecked}))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+    assert _fresh_process_json(code) == {
         "written": 12, "torch": False, "spacy": True, "inflect_checked": False, "typechecked_restored": True}
 
 
@@ -59,9 +64,7 @@ def test_spacy_loaded_without_torch_leaves_torch_importable_and_parses_the_same(
             "a = extract_expressions(['A man in a blue shirt rides a brown horse.']); t = 'torch' in sys.modules; "
             "import torch, thinc.compat; print(json.dumps({'torch_before': t, 'torch_after': torch.tensor([2]).item(), "
             "'thinc_torch': thinc.compat.has_torch, 'exprs': [e['long_expr'] for e in a[0]]}))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+    assert _fresh_process_json(code) == {
         "torch_before": False, "torch_after": 2, "thinc_torch": False,
         "exprs": ["a man in a blue shirt", "a blue shirt", "a brown horse"]}
 
