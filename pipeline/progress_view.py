@@ -75,11 +75,12 @@ class SampleCount:
         self._manifest_bytes = 0
         self._sizes: dict[str, Optional[dict[str, Any]]] = {}
 
-    def add(self, unit: Any) -> None:
+    def add(self, unit: Any, rows: Optional[int] = None) -> None:
+        """Count ``unit``; ``rows``: what the caller already knows it holds (a parquet footer it read)."""
         if self.total is None:
             return
         try:
-            n = self._count(unit)
+            n = rows if rows is not None else self._count(unit)
         except Exception:  # noqa: BLE001 - an estimate only: the run reads (and reports) the input itself
             n = None
         self.total = None if n is None else self.total + n

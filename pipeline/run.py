@@ -261,8 +261,12 @@ def check_resume(output: str, info: dict[str, Any], fingerprint: dict[str, Any],
     return done
 
 
-def check_manifest(unit: ReadUnit) -> None:
-    """A parquet manifest that cannot be opened stops the run at once, with its name."""
+def check_manifest(unit: ReadUnit) -> Optional[int]:
+    """A parquet manifest that cannot be opened stops the run at once, with its name.
+
+    Returns the rows its footer counts (None for every other unit), so the footer is read once.
+    """
+    rows = None
     for uri in unit.uris:
         local_or_store = not uri.lower().startswith(("http://", "https://"))  # http: read per row, later
         if unit.kind == "manifest" and local_or_store and uri.lower().split("?")[0].endswith(".parquet"):
@@ -270,10 +274,11 @@ def check_manifest(unit: ReadUnit) -> None:
 
             try:
                 with fsspec.open(uri, "rb") as f:
-                    pq.ParquetFile(f).metadata
+                    rows = (rows or 0) + pq.ParquetFile(f).metadata.num_rows
             except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
                 raise UsageError(f"manifest {uri} is not a readable parquet file ({type(e).__name__}: {e}); "
                                  "fix or remove it") from e
+    return rows
 
 
 @dataclass(frozen=True)
@@ -291,9 +296,9 @@ def plan_input(input_uri: str) -> InputPlan:
     fingerprint, size = InputFingerprint(), SampleCount()
     try:
         for unit in iter_units(input_uri):
-            check_manifest(unit)
+            rows = check_manifest(unit)
             fingerprint.add(unit)
-            size.add(unit)
+            size.add(unit, rows)
     except InputError as e:
         raise UsageError(str(e)) from e
     return InputPlan(fingerprint.value(), size.total)

@@ -230,3 +230,23 @@ def test_a_large_jsonl_manifest_is_counted_in_chunks_never_read_whole(tmp_path: 
         tracemalloc.stop()
     assert total == 600_000
     assert peak < 16 * 2**20, peak  # the text is 44 MB; a chunk and its lines are a few MB
+
+
+def test_the_launcher_reads_a_parquet_manifests_footer_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.run import plan_input
+
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"url": [f"{i}.jpg" for i in range(7)], "caption": ["x"] * 7}), manifest, row_group_size=3)
+    opened: list[Any] = []
+    real = pq.ParquetFile
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pq, "ParquetFile", counting)
+    assert plan_input(str(manifest)).size == 7  # checked (a damaged one stops the run) and counted ...
+    assert len(opened) == 1  # ... from one read of its footer
