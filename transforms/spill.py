@@ -122,11 +122,7 @@ def image_bytes(rec: dict[str, Any]) -> bytes:
     path = rec.get(Field.SPILL)
     if path is None:
         raise KeyError(f"record {rec.get('key')!r} carries no image bytes")
-    if os.path.isabs(path):
-        with open(path, "rb") as f:
-            return f.read()
-    with fsspec.open(path, "rb") as f:
-        return f.read()
+    return read_source(path)  # a local path or an fsspec URI of the spill folder
 
 
 def image_sha256(rec: dict[str, Any]) -> str:
