@@ -91,6 +91,21 @@ def test_abstract_noun_list_is_data_and_includes_the_picture_and_places() -> Non
     assert not {"drawing", "canvas", "shape", "man", "dog"} & words  # kept on purpose, see the file
 
 
+def test_the_abstract_noun_list_is_read_once_per_process_not_per_caption(monkeypatch) -> None:
+    import transforms.expressions as ex
+
+    reads: list[str] = []
+    real = ex.load_word_list
+    monkeypatch.setattr(ex, "load_word_list", lambda name: reads.append(name) or real(name))
+    ex.abstract_nouns.cache_clear()
+    try:
+        out = extract_expressions(["A red cup on a table.", "A dog in the corner of the picture.", "Two cats."])
+    finally:
+        ex.abstract_nouns.cache_clear()  # later tests read the real list again
+    assert [e["short_expr"] for e in out[1]] == ["a dog"]  # "the corner", "the picture": abstract
+    assert reads == [ex.ABSTRACT_NOUNS_FILE]
+
+
 def test_only_needed_spacy_components_run() -> None:
     nlp = load_nlp()
     assert "parser" in nlp.pipe_names and "ner" not in nlp.pipe_names

@@ -159,6 +159,40 @@ def test_oversized_and_non_regular_files_are_never_read_whole(tmp_path) -> None:
         read_limited(str(tmp_path), 10)
 
 
+def test_a_local_read_sizes_its_buffer_from_fstat_and_still_sees_a_file_that_grew(tmp_path, monkeypatch) -> None:
+    """The read asks for the stat size + 1, not for ``--max-image-bytes`` (a 64 MiB buffer per image);
+    a file that grew after its fstat (simulated: fstat reports fewer bytes) is read on, up to the limit."""
+    import io as _io
+
+    import transforms.read as read_mod
+    from transforms.common import SampleError
+
+    asked: list[int] = []
+
+    class Recording(_io.BytesIO):
+        def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+            asked.append(n)
+            return super().read(n)
+
+    (tmp_path / "f").write_bytes(b"y" * 3000)
+    real = read_mod._open_local
+    assert read_mod.read_limited(str(tmp_path / "f"), 64 * 2**20) == b"y" * 3000
+
+    def stale(path: str):  # fstat taken before the writer appended 2,000 bytes
+        f, size = real(path)
+        data = f.read()
+        f.close()
+        return Recording(data), size - 2000
+
+    monkeypatch.setattr(read_mod, "_open_local", stale)
+    asked.clear()
+    assert read_mod.read_limited(str(tmp_path / "f"), 64 * 2**20) == b"y" * 3000
+    assert asked[0] == 1001 and max(asked) < 64 * 2**20
+    assert read_mod.read_limited(str(tmp_path / "f"), None) == b"y" * 3000
+    with pytest.raises(SampleError, match="file_too_large"):
+        read_mod.read_limited(str(tmp_path / "f"), 2500)
+
+
 def test_key_clashes_are_found_across_read_units(tmp_path) -> None:
     from transforms.read import list_units
 

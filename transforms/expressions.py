@@ -67,7 +67,9 @@ def _import_spacy() -> Any:
     return spacy
 
 
+@functools.lru_cache(maxsize=None)
 def abstract_nouns() -> frozenset[str]:
+    """The abstract head nouns, read once per process (every parsed caption consults them)."""
     return load_word_list(ABSTRACT_NOUNS_FILE)
 
 

@@ -244,7 +244,10 @@ def read_limited(uri: str, limit: Optional[int], allowed: tuple[str, ...] = ()) 
         with f:
             if limit is not None and size > limit:
                 raise SampleError("file_too_large", f"{size} bytes > --max-image-bytes {limit}")
-            data = f.read(-1 if limit is None else limit + 1)
+            # as many bytes as fstat said, plus one to see a file that grew since; never a limit-sized buffer
+            data = f.read(size + 1)
+            if len(data) > size:
+                data += f.read(-1 if limit is None else max(0, limit + 1 - len(data)))
     else:
         fs = _fsspec_fs(proto)
         with fs.open(fs._strip_protocol(uri), "rb") as f:
