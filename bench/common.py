@@ -12,13 +12,15 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -111,6 +113,7 @@ class ChildRun:
     maxrss_mib: float  # kernel's ru_maxrss of the child (largest single process it waited for)
     stdout: str
     stderr: str
+    peak_watched_rss_mib: float = 0.0  # the same, over the trees of ``run_child(watch=...)`` (a worker pool)
 
     def result(self) -> dict[str, Any]:
         """The JSON object the child printed as its last stdout line (see :func:`child_report`)."""
@@ -121,8 +124,12 @@ class ChildRun:
 
 
 def run_child(argv: Sequence[str], interval: float = 0.05, env: Optional[dict[str, str]] = None,
-              timeout: float = 1800) -> ChildRun:
-    """Run ``argv`` as a fresh process; time it and poll the peak RSS of its process tree."""
+              timeout: float = 1800, watch: Sequence[int] = ()) -> ChildRun:
+    """Run ``argv`` as a fresh process; time it and poll the peak RSS of its process tree.
+
+    ``watch``: pids of other processes (a worker pool the child's job runs on) whose trees' peak
+    RSS, summed, is polled beside it (``peak_watched_rss_mib``).
+    """
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
     child_env = {**os.environ, **CHILD_ENV, "PYTHONPATH": path, **(env or {})}
     t0 = time.perf_counter()
@@ -133,13 +140,14 @@ def run_child(argv: Sequence[str], interval: float = 0.05, env: Optional[dict[st
                for k, s in (("stdout", proc.stdout), ("stderr", proc.stderr))]
     for r in readers:
         r.start()
-    peak, maxrss, status = 0, 0.0, None
+    peak, watched, maxrss, status = 0, 0, 0.0, None
     while status is None:
         pid, raw, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:  # reaped here (not by Popen) so the kernel's rusage of the child is ours to read
             status, maxrss = os.waitstatus_to_exitcode(raw), usage.ru_maxrss / 1024
             break
         peak = max(peak, _tree_rss_bytes(proc.pid))
+        watched = max(watched, sum(_tree_rss_bytes(w) for w in watch))
         if time.perf_counter() - t0 > timeout:
             proc.kill()
         time.sleep(interval)
@@ -147,7 +155,43 @@ def run_child(argv: Sequence[str], interval: float = 0.05, env: Optional[dict[st
     proc.returncode = status
     for r in readers:
         r.join()
-    return ChildRun(status, wall, peak / 2**20, maxrss, out.get("stdout", ""), out.get("stderr", ""))
+    return ChildRun(status, wall, peak / 2**20, maxrss, out.get("stdout", ""), out.get("stderr", ""),
+                    watched / 2**20)
+
+
+@contextmanager
+def worker_pool(timeout: float = 60) -> Iterator[tuple[str, int]]:
+    """Beam's SDK worker pool as a separate process on 127.0.0.1: ``(address, pid)``.
+
+    Jobs submitted with ``--runner=PortableRunner --job_endpoint=embed --environment_type=EXTERNAL
+    --environment_config=ADDRESS`` run their DoFns in a worker the pool starts: the SDK-harness
+    process Flink and Dataflow Runner v2 workers run, fed bundles over gRPC by the job server.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, **CHILD_ENV, "PYTHONPATH": path,  # the pool starts workers as `python -c ...`
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+                             f"--service_port={port}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Beam worker pool did not start (rc={proc.poll()})")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def python_child(code: str, *args: str) -> list[str]:
@@ -187,10 +231,10 @@ child_report({"import_s": t1 - t0, "run_s": t2 - t1, "read": summary["read"], "w
 
 
 def run_pipeline_child(manifest: str, output: str, samples_per_shard: int = 1000,
-                       extra: Sequence[str] = ()) -> tuple[ChildRun, dict[str, Any]]:
+                       extra: Sequence[str] = (), watch: Sequence[int] = ()) -> tuple[ChildRun, dict[str, Any]]:
     """The whole pipeline in a fresh process: its cost and its result line."""
     run = run_child(python_child(PIPELINE_CHILD, json.dumps(pipeline_argv(manifest, output, samples_per_shard,
-                                                                             extra))))
+                                                                             extra))), watch=watch)
     if run.returncode != 0:
         raise RuntimeError(f"pipeline child failed (rc={run.returncode}):\n{run.stderr[-3000:]}")
     return run, run.result()

@@ -76,6 +76,17 @@ def test_scaling_runs_every_size() -> None:
     assert [int(line.split("|")[1]) for line in lines if re.match(r"\| \d+ \|", line)] == [4, 8, 16, 32]
 
 
+def test_scaling_on_the_portable_runner_reports_the_sdk_worker() -> None:
+    lines = run_bench("scaling", "--n", "8", "--portable", "--pipeline-args=--no-dedup")
+    assert re.fullmatch(r"scaling: " + RATIO, lines[-1])
+    header = next(line for line in lines if line.startswith("| N |"))
+    assert "SDK worker pool peak RSS MiB" in header
+    rows = [line.split("|")[1:-1] for line in lines if re.match(r"\| \d+ \|", line)]
+    assert [int(r[0]) for r in rows] == [1, 2, 4, 8] and all(int(r[-1]) == int(r[0]) for r in rows)
+    column = header.split("|")[1:-1].index(" SDK worker pool peak RSS MiB ")
+    assert all(float(r[column]) > 250 for r in rows)  # the worker itself, spaCy loaded (an idle pool is < 100)
+
+
 def test_workers_runs_one_and_two_workers() -> None:
     lines = run_bench("workers", "--n", "16", "--repeats", "1")
     assert re.fullmatch(r"workers: " + RATIO, lines[-1])
