@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
-import time
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -96,31 +95,12 @@ def test_one_big_tar_spreads_over_both_worker_processes(scenes_dir: pathlib.Path
     assert shard_hashes(tmp_path / "one") == shard_hashes(tmp_path / "two")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def worker_pool() -> str:
-    port = _free_port()
-    # the pool starts each SDK worker as `python -c ...`: this interpreter's folder goes first on PATH
-    env = {**os.environ, "PYTHONPATH": str(ROOT),
-           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                             f"--service_port={port}"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert proc.poll() is None and time.monotonic() < deadline, "the worker pool did not start"
-        time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=30)
+def worker_pool() -> Iterator[str]:
+    from bench.common import worker_pool as start_worker_pool
+
+    with start_worker_pool() as (address, _):
+        yield address
 
 
 def test_the_portable_sdk_harness_path_writes_the_same_shards(scenes_dir: pathlib.Path, tmp_path: pathlib.Path,
