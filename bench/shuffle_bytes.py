@@ -41,7 +41,7 @@ NAMESPACE = "shuffle_bytes"
 RECORDS_AT_SCALE = 12_000_000  # the input: 12M images
 # (row, the transform whose output crosses that boundary)
 BOUNDARIES = (
-    ("after read (fused with the spill step, not shuffled)", "ReadImages/CheckImage"),
+    ("after read (fused with the spill step, not shuffled)", "ReadImages/ReadUnit"),
     ("after spill", "SpillImages"),
     ("dedup (held until the duplicate map is known)", "Dedup/Hash"),
     ("after recaption", "StampRecaption"),

@@ -220,3 +220,32 @@ def test_model_text_with_lone_surrogates_is_made_valid() -> None:
     from transforms.negatives import parse_answer
 
     assert parse_answer('["a red \\ud83d cup", "a blue cup"]') == ["a red \ufffd cup", "a blue cup"]
+
+
+def test_images_are_checked_on_several_threads_in_order_with_a_bounded_look_ahead() -> None:
+    """The read step decodes with a thread pool (Pillow and hashlib release the GIL): two checks
+    must be able to run at the same time (a barrier of two passes only then), results keep the
+    input's order, and no more than ``2 * threads`` records are read ahead of the one yielded."""
+    import threading
+
+    from transforms.read import checked
+
+    barrier = threading.Barrier(2, timeout=20)  # sequential checks would leave one waiting: BrokenBarrierError
+    pulled: list[int] = []
+
+    def source():
+        for i in range(40):
+            pulled.append(i)
+            yield {"i": i}
+
+    def check(rec: dict) -> dict:
+        if rec["i"] < 2:
+            barrier.wait()
+        return {**rec, "checked": True}
+
+    out = checked(source(), check, threads=2)
+    first = next(out)
+    assert first == {"i": 0, "checked": True} and len(pulled) <= 4
+    rest = list(out)
+    assert [r["i"] for r in [first, *rest]] == list(range(40)) and all(r["checked"] for r in rest)
+    assert [r["i"] for r in checked(source(), check=lambda r: r, threads=1)] == list(range(40))

@@ -1,6 +1,6 @@
-"""CheckImage: every image is fully decoded once and stored the way every reader sees it.
+"""The image check: every image is fully decoded once and stored the way every reader sees it.
 
-Runs right after reading: size limits from the header (decompression bombs), a full decode
+Runs right after reading, in the read step's thread pool (``transforms.read.checked``): size limits from the header (decompression bombs), a full decode
 (truncated or corrupt files are dead-lettered here, never later), EXIF orientation applied,
 CMYK/16-bit/palette/alpha made RGB, first frame of animations; the short caption is clipped.
 """

@@ -24,6 +24,7 @@ need not travel with it (``transforms.spill``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import io
@@ -37,7 +38,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ MAX_IMAGE_BYTES = 64 * 1024 * 1024  # --max-image-bytes default
 MAX_MANIFEST_LINE_BYTES = 64 * 1024 * 1024  # a longer jsonl line is a bad_manifest_row, read no further
 SNIFF_BYTES = 64 * 1024  # enough of a file without an image extension to tell whether it is an image
 READ_THREADS = 16  # images of one manifest read (fetched) at the same time
+# images of one read unit checked (fully decoded, hashed) at the same time: Pillow's decoders and
+# hashlib release the GIL, so one worker process decodes on more than one core
+CHECK_THREADS = max(1, min(4, os.cpu_count() or 1))
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
@@ -1226,6 +1230,29 @@ def read_and_count(unit: ReadUnit, max_image_bytes: int = MAX_IMAGE_BYTES,
         atomic_write(fs, posixpath.join(root, unit_id(unit) + ".json"), json.dumps(body, sort_keys=True).encode())
 
 
+def checked(records: Iterable[dict[str, Any]], check: Callable[[dict[str, Any]], dict[str, Any]],
+            threads: int = CHECK_THREADS) -> Iterator[dict[str, Any]]:
+    """``check(rec)`` of every record, in their order, ``threads`` at a time with a bounded look-ahead."""
+    if threads <= 1:
+        yield from map(check, records)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        window: deque = deque()
+        for rec in records:
+            window.append(pool.submit(check, rec))
+            if len(window) >= threads * 2:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+def read_and_check(unit: ReadUnit, check: Callable[[dict[str, Any]], dict[str, Any]],
+                   max_image_bytes: int = MAX_IMAGE_BYTES, counts_root: Optional[str] = None,
+                   threads: int = CHECK_THREADS) -> Iterator[dict[str, Any]]:
+    """:func:`read_and_count`, each record then passed through ``check`` (the image check) in a thread pool."""
+    yield from checked(read_and_count(unit, max_image_bytes, counts_root), check, threads)
+
+
 class ReadImages(beam.PTransform):
     """``input_uri`` -> records ``{key, f_path, short_caption, image_bytes, width, height, ext}``."""
 
@@ -1252,7 +1279,7 @@ class ReadImages(beam.PTransform):
                 | "SpreadUnits" >> beam.Reshuffle()
                 | "SplitManifests" >> beam.FlatMap(split_unit, rows_per_unit=self.rows_per_unit)
                 | "SpreadParts" >> beam.Reshuffle()  # the parts of one manifest go to different workers
-                | "ReadUnit" >> beam.FlatMap(read_and_count, max_image_bytes=self.max_image_bytes,
-                                              counts_root=self.counts_root)
-                | "CheckImage" >> beam.Map(check_image, max_pixels=max_pixels, min_side=min_side,
-                                              max_short_caption_chars=max_alt, near_hashes=self.near_hashes))
+                # each image checked (decoded once) right after it is read, in a thread pool (checked())
+                | "ReadUnit" >> beam.FlatMap(read_and_check, functools.partial(
+                    check_image, max_pixels=max_pixels, min_side=min_side, max_short_caption_chars=max_alt,
+                    near_hashes=self.near_hashes), max_image_bytes=self.max_image_bytes, counts_root=self.counts_root))
