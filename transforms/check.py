@@ -1,8 +1,9 @@
 """The image check: every image is fully decoded once and stored the way every reader sees it.
 
-Runs right after reading, in the read step's thread pool (``transforms.read.checked``): size limits from the header (decompression bombs), a full decode
-(truncated or corrupt files are dead-lettered here, never later), EXIF orientation applied,
-CMYK/16-bit/palette/alpha made RGB, first frame of animations; the short caption is clipped.
+Runs right after reading, in the read step's thread pool (``transforms.read.checked``): size
+limits from the header (decompression bombs), a full decode (truncated or corrupt files are
+dead-lettered here, never later), EXIF orientation applied, CMYK/16-bit/palette/alpha made RGB,
+first frame of animations; the short caption is clipped.
 """
 from __future__ import annotations
 
