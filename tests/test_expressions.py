@@ -106,6 +106,16 @@ def test_the_abstract_noun_list_is_read_once_per_process_not_per_caption(monkeyp
     assert reads == [ex.ABSTRACT_NOUNS_FILE]
 
 
+def test_one_spacy_pipeline_per_process_whichever_way_it_is_asked_for() -> None:
+    """The expressions stage's model handler asks by name, the negatives' phrase analysis by default:
+    both must get the one pipeline (a second copy costs ~40 MiB and a load per worker)."""
+    from transforms.expressions import SPACY_MODEL
+    from transforms.inference import SpacyExpressionHandler
+    from transforms.text import _load_nlp as phrase_nlp
+
+    assert load_nlp() is load_nlp(SPACY_MODEL) is SpacyExpressionHandler().load_model() is phrase_nlp()
+
+
 def test_only_needed_spacy_components_run() -> None:
     nlp = load_nlp()
     assert "parser" in nlp.pipe_names and "ner" not in nlp.pipe_names

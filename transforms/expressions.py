@@ -32,9 +32,14 @@ LONG_DEPS = frozenset({"prep", "acl", "relcl", "amod", "advmod", "nummod", "comp
 BREAK_DEPS = frozenset({"cc", "conj", "preconj", "appos", "punct", "mark"})
 
 
-@functools.lru_cache(maxsize=None)
 def load_nlp(name: str = SPACY_MODEL) -> Any:
-    """The spaCy pipeline with only the components expression extraction needs (one per process)."""
+    """The spaCy pipeline with only the components expression extraction needs (one per process and
+    name: ``load_nlp()`` and ``load_nlp(SPACY_MODEL)`` are the same object)."""
+    return _load_nlp(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_nlp(name: str) -> Any:
     spacy = _import_spacy()
     try:
         nlp = spacy.load(name)
