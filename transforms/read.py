@@ -613,7 +613,8 @@ def _sniff_image(uri: str, limit: int, allowed: tuple[str, ...] = ()) -> Optiona
     return data
 
 
-def _records_from_files(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Iterator[dict[str, Any]]:
+def _records_from_files(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
+                        want: Optional[Callable[[str], bool]] = None) -> Iterator[dict[str, Any]]:
     ext_keys = set(unit.ext_keys)
     own = protocol_of(unit.root)
     allowed = (own,) if own else ()  # the filesystem the input was listed on
@@ -621,6 +622,9 @@ def _records_from_files(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Ite
         name = _relative_name(uri, unit.root)
         stem = name if uri in ext_keys else os.path.splitext(name)[0]
         rec = new_record(make_key(stem, uri[len(unit.root):]), uri, key_source=stem)
+        if want is not None and not want(rec["key"]):
+            yield rec  # another wave's: counted, not read
+            continue
         if has_image_ext(uri):
             yield _read_into(rec, uri, max_bytes, allowed)
             continue
@@ -638,7 +642,8 @@ def _records_from_files(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Ite
         yield rec
 
 
-def _records_skipped(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Iterator[dict[str, Any]]:
+def _records_skipped(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
+                     want: Optional[Callable[[str], bool]] = None) -> Iterator[dict[str, Any]]:
     """Files of a folder input that are not read (see :func:`list_units`), each as a filtered record."""
     for uri in unit.uris:
         name = _relative_name(uri, unit.root)
@@ -882,8 +887,10 @@ def _inline_image(row: dict[str, Any]) -> Optional[dict[str, Any]]:
     return None
 
 
-def _records_from_manifest(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Iterator[dict[str, Any]]:
-    """One record per row; images are read (fetched) ``READ_THREADS`` at a time, in row order."""
+def _records_from_manifest(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
+                           want: Optional[Callable[[str], bool]] = None) -> Iterator[dict[str, Any]]:
+    """One record per row; images are read (fetched) ``READ_THREADS`` at a time, in row order
+    (only those of the records ``want`` keeps)."""
     manifest = unit.uris[0]
     base = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
     own = protocol_of(manifest)
@@ -892,7 +899,7 @@ def _records_from_manifest(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> 
     pending: list[tuple[dict[str, Any], Optional[str]]] = []
 
     def drain() -> Iterator[dict[str, Any]]:
-        todo = [(rec, uri) for rec, uri in pending if uri is not None]
+        todo = [(rec, uri) for rec, uri in pending if uri is not None and (want is None or want(rec["key"]))]
         if todo:
             with ThreadPoolExecutor(min(READ_THREADS, len(todo))) as pool:
                 list(pool.map(lambda ru: _read_into(ru[0], ru[1], max_bytes, allowed), todo))
@@ -1043,7 +1050,8 @@ class _Member:
     offset: Optional[int] = None  # where its bytes start in the tar file, when the tar can be range-read
 
 
-def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Iterator[dict[str, Any]]:
+def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
+                      want: Optional[Callable[[str], bool]] = None) -> Iterator[dict[str, Any]]:
     """img2dataset layout: ``<key>.jpg`` + optional ``<key>.txt`` and ``<key>.json``, grouped by key.
 
     A sample is the run of consecutive members with the same full path stem (``dirA/000001`` and
@@ -1052,6 +1060,8 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES) -> Itera
     stem and its position. Of two images in one sample (``000002.jpg`` and ``000002.png``) the first
     of ``TAR_IMAGE_EXTS`` is the sample and each other one is dead-lettered as
     ``duplicate_image_member``. A member over the byte limit is not read (``file_too_large``).
+    A tar is a stream: every member is read whatever ``want`` says (a sample's key may come from
+    its ``.json``); :func:`read_and_count` drops the others' records before they are decoded.
     The image of an uncompressed tar on a local or fsspec filesystem keeps ``Field.SOURCE =
     (tar, offset, size)``: later stages read it back with one range read.
     """
@@ -1182,10 +1192,12 @@ READERS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
     "skipped": _records_skipped}
 
 
-def read_unit(unit: ReadUnit, max_image_bytes: int = MAX_IMAGE_BYTES) -> Iterator[dict[str, Any]]:
+def read_unit(unit: ReadUnit, max_image_bytes: int = MAX_IMAGE_BYTES,
+              want: Optional[Callable[[str], bool]] = None) -> Iterator[dict[str, Any]]:
     """Every record of ``unit``, with valid text. A reader that fails (a bug) ends the unit with one
-    dead record (``unreadable_input``) instead of failing the bundle."""
-    records = READERS[unit.kind](unit, max_image_bytes)
+    dead record (``unreadable_input``) instead of failing the bundle. Records whose key ``want``
+    refuses come out too, but their images may not have been read (see :func:`read_and_count`)."""
+    records = READERS[unit.kind](unit, max_image_bytes, want)
     while True:
         try:
             rec = next(records)
@@ -1210,18 +1222,24 @@ def unit_id(unit: ReadUnit) -> str:
 
 
 def read_and_count(unit: ReadUnit, max_image_bytes: int = MAX_IMAGE_BYTES,
-                   counts_root: Optional[str] = None) -> Iterator[dict[str, Any]]:
+                   counts_root: Optional[str] = None,
+                   want: Optional[Callable[[str], bool]] = None) -> Iterator[dict[str, Any]]:
     """:func:`read_unit`, then ``COUNTS_ROOT/<unit id>.json`` saying how many input items the unit held.
 
     That count reaches the run's summary by its own path (not through the records), so a sample
     lost anywhere between here and the shard writer shows up as ``reconciled: false``. A folder
     unit counts its listed files (each must come out as one record); a manifest or tar counts the
     items its reader found.
+
+    With ``want`` (a local run in waves, ``pipeline.waves``) only the records whose key it keeps
+    come out, and the readers skip the others' image reads where they can; the count is still
+    the whole unit's, so every wave writes the same count file.
     """
     n = 0
-    for rec in read_unit(unit, max_image_bytes):
+    for rec in read_unit(unit, max_image_bytes, want):
         n += 1
-        yield rec
+        if want is None or want(rec["key"]):
+            yield rec
     if counts_root:
         listed = len(unit.uris) if unit.kind in ("files", "skipped") else n
         fs, root = fsspec.core.url_to_fs(counts_root)
@@ -1248,18 +1266,24 @@ def checked(records: Iterable[dict[str, Any]], check: Callable[[dict[str, Any]],
 
 def read_and_check(unit: ReadUnit, check: Callable[[dict[str, Any]], dict[str, Any]],
                    max_image_bytes: int = MAX_IMAGE_BYTES, counts_root: Optional[str] = None,
-                   threads: int = CHECK_THREADS) -> Iterator[dict[str, Any]]:
+                   threads: int = CHECK_THREADS, want: Optional[Callable[[str], bool]] = None) -> Iterator[dict[str, Any]]:
     """:func:`read_and_count`, each record then passed through ``check`` (the image check) in a thread pool."""
-    yield from checked(read_and_count(unit, max_image_bytes, counts_root), check, threads)
+    yield from checked(read_and_count(unit, max_image_bytes, counts_root, want), check, threads)
 
 
 class ReadImages(beam.PTransform):
-    """``input_uri`` -> records ``{key, f_path, short_caption, image_bytes, width, height, ext}``."""
+    """``input_uri`` -> records ``{key, f_path, short_caption, image_bytes, width, height, ext}``.
+
+    ``want`` (picklable; ``transforms.write.ShardRange`` for a wave of a local run) keeps only the
+    records whose key it accepts; the others are counted, and not read where the reader can skip them.
+    """
 
     def __init__(self, input_uri: str, max_pixels: int = 64_000_000, min_side: int = 8,
                  max_short_caption_chars: int = MAX_SHORT_CAPTION_CHARS, max_image_bytes: int = MAX_IMAGE_BYTES,
-                 counts_root: Optional[str] = None, rows_per_unit: int = ROWS_PER_UNIT, near_hashes: bool = False):
+                 counts_root: Optional[str] = None, rows_per_unit: int = ROWS_PER_UNIT, near_hashes: bool = False,
+                 want: Optional[Callable[[str], bool]] = None):
         super().__init__()
+        self.want = want
         self.near_hashes = near_hashes
         self.rows_per_unit = rows_per_unit
         self.input_uri = input_uri
@@ -1282,4 +1306,5 @@ class ReadImages(beam.PTransform):
                 # each image checked (decoded once) right after it is read, in a thread pool (checked())
                 | "ReadUnit" >> beam.FlatMap(read_and_check, functools.partial(
                     check_image, max_pixels=max_pixels, min_side=min_side, max_short_caption_chars=max_alt,
-                    near_hashes=self.near_hashes), max_image_bytes=self.max_image_bytes, counts_root=self.counts_root))
+                    near_hashes=self.near_hashes), max_image_bytes=self.max_image_bytes, counts_root=self.counts_root,
+                    want=self.want))

@@ -16,6 +16,7 @@ import math
 import posixpath
 import tarfile
 from collections import Counter
+from dataclasses import dataclass
 from typing import IO, Any, Iterable, Optional
 
 import apache_beam as beam
@@ -72,6 +73,21 @@ def num_shards_for(count: int, samples_per_shard: int) -> int:
 
 def shard_of(key: str, num_shards: int) -> int:
     return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") % num_shards
+
+
+@dataclass(frozen=True)
+class ShardRange:
+    """The keys of shards ``lo <= shard < hi`` of ``num_shards``: one wave of a local run (``pipeline.waves``)."""
+
+    lo: int
+    hi: int
+    num_shards: int
+
+    def __call__(self, key: str) -> bool:
+        return self.lo <= shard_of(key, self.num_shards) < self.hi
+
+    def shards(self) -> range:
+        return range(self.lo, self.hi)
 
 
 def read_marker(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
