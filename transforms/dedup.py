@@ -13,7 +13,8 @@ dHash alone calls two nearly blank pictures with different small objects duplica
 from __future__ import annotations
 
 import io
-from typing import Any, Iterable, Iterator
+from collections import Counter, defaultdict
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -72,17 +73,22 @@ def add_hashes(rec: dict[str, Any], near: bool = True) -> dict[str, Any]:
     return rec
 
 
+def band_value(h: int, threshold: int, i: int) -> Optional[int]:
+    """Band ``i`` of hash ``h`` with ``threshold + 1`` bands; None when it is constant (or past the hash)."""
+    width = -(-HASH_BITS // (threshold + 1))
+    lo = i * width
+    size = min(width, HASH_BITS - lo)
+    if size <= 0:
+        return None
+    value = (h >> (HASH_BITS - lo - size)) & ((1 << size) - 1)
+    return None if value in (0, (1 << size) - 1) else value
+
+
 def bands(h: int, threshold: int) -> Iterator[tuple[int, int]]:
     """``(band index, band value)`` buckets of hash ``h`` for LSH with ``threshold + 1`` bands."""
-    n = threshold + 1
-    width = -(-HASH_BITS // n)
-    for i in range(n):
-        lo = i * width
-        size = min(width, HASH_BITS - lo)
-        if size <= 0:
-            break
-        value = (h >> (HASH_BITS - lo - size)) & ((1 << size) - 1)
-        if value not in (0, (1 << size) - 1):
+    for i in range(threshold + 1):
+        value = band_value(h, threshold, i)
+        if value is not None:
             yield i, value
 
 
@@ -113,15 +119,71 @@ def _mark(rec: dict[str, Any], duplicates: dict[str, tuple[str, int]]) -> dict[s
     return rec
 
 
-class DropDuplicates(beam.PTransform):
-    """Mark exact and near duplicates filtered; ``near_threshold < 0`` keeps only the exact check."""
+def hash_row(rec: dict[str, Any], near: bool = True) -> tuple[str, str, Optional[int], Optional[bytes]]:
+    """``(key, sha256, dHash, thumbnail)`` of a record: what :func:`duplicates_of` needs of it."""
+    add_hashes(rec, near)
+    return rec["key"], rec[Field.SHA256], rec.get(Field.DHASH) if near else None, rec.get(Field.THUMB) if near else None
 
-    def __init__(self, near_threshold: int = 6):
+
+Row = tuple[str, str, Optional[int], Optional[bytes]]
+
+
+def duplicates_of(rows: Callable[[], Iterable[Row]], threshold: int) -> dict[str, tuple[str, int]]:
+    """key -> (the key it duplicates, dHash distance) over the rows (:func:`hash_row`) that ``rows()``
+    yields afresh on every call, in one process.
+
+    The decisions :class:`DropDuplicates` takes with its groupings, taken with dicts: the same pair
+    functions on the same groups, then the smallest (reference key, distance) per key. A local run
+    in waves (``pipeline.waves``) takes them over the whole input before its first wave. Memory is
+    a few small entries per row: one pass for the exact groups, then per band one pass that counts
+    the band's buckets and one that collects the members of those holding two or more (only they
+    can pair), so thumbnails are kept for candidates only.
+    """
+    found: dict[str, tuple[str, int]] = {}
+
+    def offer(pairs: Iterable[tuple[str, tuple[str, int]]]) -> None:
+        for key, ref in pairs:
+            found[key] = min(found[key], ref) if key in found else ref
+
+    smallest: dict[str, str] = {}  # sha -> the smallest key with it
+    for key, sha, _, _ in rows():
+        if sha not in smallest or key < smallest[sha]:
+            smallest[sha] = key
+    offer((key, (smallest[sha], 0)) for key, sha, _, _ in rows() if key != smallest[sha])
+    del smallest
+    if threshold < 0:
+        return found
+    for i in range(threshold + 1):
+        sizes = Counter(v for _, _, dh, _ in rows() if dh is not None for v in [band_value(dh, threshold, i)]
+                        if v is not None)
+        shared = {v for v, n in sizes.items() if n > 1}
+        del sizes
+        groups: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
+        for key, _, dh, thumb in rows():
+            v = band_value(dh, threshold, i) if dh is not None else None
+            if v in shared:
+                groups[v].append((key, dh, thumb))
+        offer(p for group in groups.items() for p in _near_pairs(group, threshold))
+    return found
+
+
+class DropDuplicates(beam.PTransform):
+    """Mark exact and near duplicates filtered; ``near_threshold < 0`` keeps only the exact check.
+
+    ``known`` (key -> (reference key, distance), from :func:`duplicates_of`) marks those decisions
+    instead of taking them here: a wave of a local run sees only part of the input.
+    """
+
+    def __init__(self, near_threshold: int = 6, known: Optional[dict[str, tuple[str, int]]] = None):
         super().__init__()
         self.near_threshold = near_threshold
+        self.known = known
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         t = self.near_threshold
+        if self.known is not None:
+            return (records | "Hash" >> beam.Map(add_hashes, near=False)
+                    | "MarkDuplicates" >> beam.Map(_mark, duplicates=self.known))
         hashed = records | "Hash" >> beam.Map(add_hashes, near=t >= 0)
         exact = (hashed
                  | "BySha" >> beam.Map(lambda r: (r[Field.SHA256], r["key"]))
