@@ -7,7 +7,8 @@ ceiling is the number of cores).
 
 The default size is 8,000 samples: each run pays ~4 s that a second worker cannot share (worker
 start, spaCy load, the runner's first stages), which at 2,000 samples is a third of the run and
-caps the whole-run speed-up near 1.4x while the per-sample rate scales ~1.8x.
+caps the whole-run speed-up near 1.4x while the per-sample rate scales ~1.8x. Every mode runs in
+one pass (``--wave-samples 0``): local runs in waves are measured by bench/scaling.py.
 """
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ def measure(n: int, seed: int = 0, repeats: int = 3, rows_per_unit: int = 200) -
         for name, flags in MODES.items():
             out = fresh_dir("workers")
             try:
+                # one pass in every mode: this measures workers, not waves (pipeline/waves.py, bench/scaling.py)
                 run, result = run_pipeline_child(manifest, out, SAMPLES_PER_SHARD,
-                                                 [*flags, "--rows-per-read-unit", str(rows_per_unit)])
+                                                 [*flags, "--rows-per-read-unit", str(rows_per_unit),
+                                                  "--wave-samples", "0"])
             finally:
                 shutil.rmtree(out, ignore_errors=True)
             runs[name].append({"mode": name, "run_s": result["run_s"], "wall_s": run.wall_s,

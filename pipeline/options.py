@@ -6,6 +6,8 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+WAVE_SAMPLES = 5_000  # pipeline.waves: a local run's memory grows with a wave, not with the input
+
 
 def add_curation_args(parser: Any, required: bool = True) -> None:
     """The flags of ``finehard shards`` (also registered as Beam pipeline options)."""
@@ -112,6 +114,12 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                              "distributed runners (their bytes then ride in the records through every shuffle: give "
                              "e.g. gs://BUCKET/tmp); none; or a folder / fsspec URI (the run uses a subfolder and "
                              "removes it at the end). Needs free space about the size of those images")
+    parser.add_argument("--wave-samples", "--wave_samples", dest="wave_samples", type=int, default=WAVE_SAMPLES,
+                        help="local runners: when the input lists more samples than this, run it in waves of about "
+                             "this many (a pipeline per range of shards), so memory stays flat however big the "
+                             "input; with dedup on, a first pass hashes every image to take the duplicate decisions "
+                             "over the whole input. 0 = one pass. Distributed runners ignore it (they bound their "
+                             f"bundles themselves). Default {WAVE_SAMPLES}")
     parser.add_argument("--progress-every-s", "--progress_every_s", dest="progress_every_s", type=float, default=10.0,
                         help="log samples done, rate and ETA at most this often per worker (0 = off)")
     parser.add_argument("--shared-mount", "--shared_mount", dest="shared_mount", action="append", default=None,
@@ -145,5 +153,7 @@ def check_positive(args: argparse.Namespace) -> None:
         raise ValueError("--caption-timeout must be positive")
     if not 0 <= args.max_failure_rate <= 1:
         raise ValueError("--max-failure-rate must lie in [0, 1]")
+    if args.wave_samples < 0:
+        raise ValueError("--wave-samples must be >= 0 (0: one pass)")
     if args.negatives_retries < 0:
         raise ValueError("--negatives-retries must be >= 0")

@@ -30,7 +30,7 @@ LOCK_NAME = ".finehard.lock"
 RUN_FILE = "run.json"
 # What `--overwrite` removes: the files a run writes, nothing else in the folder.
 RUN_OUTPUTS = (f"{SHARD_PREFIX}-*", DEADLETTER_DIR, FILTERED_DIR, DIAGNOSTICS_DIR, READ_COUNTS_DIR, "summary.json", "sizes.json",
-               "stats_report.json", RUN_FILE, ".spill-*", "*.tmp-*")
+               "stats_report.json", RUN_FILE, ".spill-*", "*.tmp-*", ".waves")
 
 
 class OutputInUse(RuntimeError):

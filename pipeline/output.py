@@ -50,6 +50,11 @@ def stage_metrics(result: Any, namespace_prefix: str = f"{METRICS_NAMESPACE}_") 
                 stage["batches"] = stage.get("batches", 0) + v.count
             elif r.key.metric.name == "load_model_latency_milli_secs" and v is not None:
                 stage["load_seconds"] = stage.get("load_seconds", 0.0) + v.sum / 1e3
+    return finish_stage_metrics(stages)
+
+
+def finish_stage_metrics(stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Summed stage metrics, rounded, with their rate, in the chain's order."""
     for stage in stages.values():
         for k in ("model_seconds", "load_seconds"):
             if k in stage:

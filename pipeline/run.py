@@ -21,9 +21,11 @@ from core.record import PROJECT_VERSION, Field, text_hash, valid_text
 from pipeline.output import read_shard_stats, stage_metrics, write_summary
 from pipeline.runner_names import LOCAL_RUNNERS, canonical_runner, normalise_runner_args
 from pipeline.progress_view import SampleCount, progress_for_run
+from pipeline.waves import (WriteHashRows, hash_line, merge_stage_metrics, plan_waves, read_hash_rows,
+                            remove_waves_dir, waves_root)
 from pipeline.submit import validate_runner_options
 from transforms.common import mark_dead, split_outcomes
-from transforms.dedup import DropDuplicates
+from transforms.dedup import DropDuplicates, duplicates_of
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
@@ -31,8 +33,8 @@ from transforms.read import MAX_IMAGE_BYTES, InputError, ReadImages, ReadUnit, i
 from transforms.recaption import CAPTIONERS, Recaption
 from transforms.progress import LogProgress
 from transforms.spill import SpillDir, check_spill_dir, spill_image
-from transforms.write import (READ_COUNTS_DIR, AssignShards, SkipCompleted, WriteShards, completed_shards,
-                              num_shards_for)
+from transforms.write import (READ_COUNTS_DIR, AssignShards, ShardRange, SkipCompleted, WriteShards,
+                              completed_shards, num_shards_for)
 
 LOG = logging.getLogger("finehard")
 
@@ -143,9 +145,28 @@ def progress_stages(args: argparse.Namespace) -> list[str]:
     return ["read", *(["dedup"] if args.dedup else []), *selected_stages(args.stages), "done"]
 
 
+def read_input(p: beam.Pipeline, args: argparse.Namespace, counts_root: Optional[str],
+               want: Optional[ShardRange] = None, near_hashes: bool = False) -> beam.PCollection:
+    """The records of ``--input`` (all, or those of the shards ``want`` keeps), as every pass reads them."""
+    return p | "ReadImages" >> ReadImages(args.input, max_pixels=args.max_pixels, min_side=args.min_side,
+                                          max_short_caption_chars=args.max_short_caption_chars,
+                                          max_image_bytes=args.max_image_bytes, counts_root=counts_root,
+                                          rows_per_unit=args.rows_per_read_unit, near_hashes=near_hashes, want=want)
+
+
+def build_hash_pipeline(p: beam.Pipeline, args: argparse.Namespace) -> None:
+    """The duplicate pass of a run in waves (``pipeline.waves``): key and hashes of every record that
+    reaches ``DropDuplicates`` in :func:`build_pipeline` (those read without failure) to OUTPUT/.waves/."""
+    near = args.near_dup_threshold >= 0
+    live, _, _ = split_outcomes(read_input(p, args, counts_root=None, near_hashes=near), "read")
+    _ = (live | "HashRow" >> beam.Map(hash_line, near=near)
+         | "WriteHashRows" >> beam.ParDo(WriteHashRows(waves_root(args.output))))
+
+
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
                    spill_root: Optional[str] = None, progress_dir: Optional[str] = None,
-                   local_runner: bool = True) -> beam.PCollection:
+                   local_runner: bool = True, wave: Optional[ShardRange] = None,
+                   duplicates: Optional[dict[str, tuple[str, int]]] = None) -> beam.PCollection:
     """Add the whole chain to ``p``; returns the PCollection of per-shard stats.
 
     Right after reading, records whose source can be read again drop their image bytes and the
@@ -154,6 +175,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     only with a ``spill_root``. Without one, bytes that cannot be read again ride in the records.
     With ``progress_dir`` (local runners) every stage counts its samples there for
     ``pipeline.progress_view``; without it the workers log ``progress:`` lines themselves.
+    A ``wave`` (``pipeline.waves``) keeps only its shards' records, and marks the ``duplicates``
+    taken over the whole input before it.
     """
     counting = args.progress_every_s > 0 and progress_dir is not None
 
@@ -177,13 +200,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
 
     specs = {"captioner": CAPTIONERS.resolve(args.captioner), "detector": DETECTORS.resolve(args.detector),
              "negatives": NEGATIVE_ENGINES.resolve(args.negatives)}
-    records = (p
-               | "ReadImages" >> ReadImages(args.input, max_pixels=args.max_pixels, min_side=args.min_side,
-                                           max_short_caption_chars=args.max_short_caption_chars,
-                                           max_image_bytes=args.max_image_bytes,
-                                           counts_root=posixpath.join(args.output, READ_COUNTS_DIR),
-                                           rows_per_unit=args.rows_per_read_unit,
-                                           near_hashes=args.dedup and args.near_dup_threshold >= 0))
+    records = read_input(p, args, counts_root=posixpath.join(args.output, READ_COUNTS_DIR), want=wave,
+                         near_hashes=args.dedup and args.near_dup_threshold >= 0 and duplicates is None)
     if spill_root or not local_runner:
         records = records | "SpillImages" >> beam.Map(spill_image, root=spill_root)
     records = records | "AssignShards" >> AssignShards(args.samples_per_shard, args.num_shards or None)
@@ -197,7 +215,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
                                                  reuse_captions=args.reuse_captions)
     if args.dedup:
         # over the whole input, completed shards included: a resumed run makes the same duplicate decisions
-        deduped = count_todo(live | "Dedup" >> DropDuplicates(args.near_dup_threshold), "dedup", "CountDedup")
+        deduped = count_todo(live | "Dedup" >> DropDuplicates(args.near_dup_threshold, known=duplicates),
+                             "dedup", "CountDedup")
         live, dead, filtered = split_outcomes(deduped, "dedup")
         finished += failures(dead, filtered, "Dedup", count_todo)
     live = live | "SkipCompletedShards" >> SkipCompleted(done)
@@ -371,6 +390,45 @@ def make_runner(options: PipelineOptions) -> Any:
     return None  # Beam resolves the runner by name (DataflowRunner, FlinkRunner, PortableRunner ...)
 
 
+def find_duplicates(args: argparse.Namespace, options: PipelineOptions) -> dict[str, tuple[str, int]]:
+    """The duplicate decisions over the whole input, for a run in waves: one pass that reads and
+    hashes every image (:func:`build_hash_pipeline`), then ``transforms.dedup.duplicates_of``."""
+    remove_waves_dir(args.output)
+    LOG.info("waves: hashing every image first, so each wave drops the duplicates a single pass would")
+    p = beam.Pipeline(runner=make_runner(options), options=options)
+    build_hash_pipeline(p, args)
+    p.run().wait_until_finish()
+    try:
+        return duplicates_of(lambda: read_hash_rows(waves_root(args.output)), args.near_dup_threshold)
+    finally:
+        remove_waves_dir(args.output)
+
+
+def run_in_waves(args: argparse.Namespace, options: PipelineOptions, waves: list[ShardRange], done: set[int],
+                 size: Optional[int]) -> dict[str, Any]:
+    """A local run as one pipeline per wave of shards (``pipeline.waves``); returns the merged stage metrics.
+
+    A wave whose shards are all complete (a resumed run) is not run.
+    """
+    todo = [w for w in waves if not set(w.shards()) <= done]
+    duplicates = find_duplicates(args, options) if args.dedup and todo else None
+    metrics = []
+    with SpillDir(args.spill_dir, local_runner=True, output=args.output) as spill, \
+            progress_for_run(args, size, done, True, progress_stages(args)) as view:
+        for i, wave in enumerate(waves, 1):
+            if wave not in todo:
+                LOG.info("wave %d/%d (shards %d-%d): complete, skipped", i, len(waves), wave.lo, wave.hi - 1)
+                continue
+            LOG.info("wave %d/%d: shards %d-%d of %d", i, len(waves), wave.lo, wave.hi - 1, wave.num_shards)
+            p = beam.Pipeline(runner=make_runner(options), options=options)
+            build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None, local_runner=True,
+                           wave=wave, duplicates=duplicates)
+            result = p.run()
+            result.wait_until_finish()
+            metrics.append(stage_metrics(result))
+    return merge_stage_metrics(metrics)
+
+
 def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(add_help=False)
     add_curation_args(parser)
@@ -422,14 +480,20 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         args.num_shards = decide_num_shards(args, plan.size, read_run_file(args.output) if done else None)
         write_run_file(args.output, {**info, "input_fingerprint": plan.fingerprint, "num_shards": args.num_shards})
         args.model_cache = model_cache_root(args, local)
-        p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+        waves = plan_waves(args.num_shards, plan.size, args.wave_samples) if local and not test_pipeline else []
         started = time.monotonic()
-        with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill, \
-                progress_for_run(args, plan.size, done, local, progress_stages(args)) as view:
-            build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None, local_runner=local)
-            result = p.run()
-            result.wait_until_finish()
+        if waves:
+            metrics = run_in_waves(args, options, waves, done, plan.size)
+        else:
+            p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+            with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill, \
+                    progress_for_run(args, plan.size, done, local, progress_stages(args)) as view:
+                build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None,
+                               local_runner=local)
+                result = p.run()
+                result.wait_until_finish()
+            metrics = stage_metrics(result)
         summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3),
-                                stage_metrics=stage_metrics(result))
+                                stage_metrics=metrics)
     LOG.info("read %(read)s, written %(written)d, dead-lettered %(dead_lettered)d, filtered %(filtered)d", summary)
     return summary
