@@ -390,11 +390,13 @@ def make_runner(options: PipelineOptions) -> Any:
     return None  # Beam resolves the runner by name (DataflowRunner, FlinkRunner, PortableRunner ...)
 
 
-def find_duplicates(args: argparse.Namespace, options: PipelineOptions) -> dict[str, tuple[str, int]]:
+def find_duplicates(args: argparse.Namespace, options: PipelineOptions,
+                    size: Optional[int]) -> dict[str, tuple[str, int]]:
     """The duplicate decisions over the whole input, for a run in waves: one pass that reads and
     hashes every image (:func:`build_hash_pipeline`), then ``transforms.dedup.duplicates_of``."""
     remove_waves_dir(args.output)
-    LOG.info("waves: hashing every image first, so each wave drops the duplicates a single pass would")
+    LOG.info("waves: hashing all %s images first (no progress shown meanwhile), so each wave drops the "
+             "duplicates one pass would; --no-dedup skips this", f"{size:,}" if size is not None else "the")
     p = beam.Pipeline(runner=make_runner(options), options=options)
     build_hash_pipeline(p, args)
     p.run().wait_until_finish()
@@ -411,7 +413,7 @@ def run_in_waves(args: argparse.Namespace, options: PipelineOptions, waves: list
     A wave whose shards are all complete (a resumed run) is not run.
     """
     todo = [w for w in waves if not set(w.shards()) <= done]
-    duplicates = find_duplicates(args, options) if args.dedup and todo else None
+    duplicates = find_duplicates(args, options, size) if args.dedup and todo else None
     metrics = []
     with SpillDir(args.spill_dir, local_runner=True, output=args.output) as spill, \
             progress_for_run(args, size, done, True, progress_stages(args)) as view:

@@ -1266,7 +1266,8 @@ def checked(records: Iterable[dict[str, Any]], check: Callable[[dict[str, Any]],
 
 def read_and_check(unit: ReadUnit, check: Callable[[dict[str, Any]], dict[str, Any]],
                    max_image_bytes: int = MAX_IMAGE_BYTES, counts_root: Optional[str] = None,
-                   threads: int = CHECK_THREADS, want: Optional[Callable[[str], bool]] = None) -> Iterator[dict[str, Any]]:
+                   threads: int = CHECK_THREADS,
+                   want: Optional[Callable[[str], bool]] = None) -> Iterator[dict[str, Any]]:
     """:func:`read_and_count`, each record then passed through ``check`` (the image check) in a thread pool."""
     yield from checked(read_and_count(unit, max_image_bytes, counts_root, want), check, threads)
 
