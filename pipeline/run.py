@@ -406,24 +406,25 @@ def find_duplicates(args: argparse.Namespace, options: PipelineOptions,
         remove_waves_dir(args.output)
 
 
-def run_in_waves(args: argparse.Namespace, options: PipelineOptions, waves: list[ShardRange], done: set[int],
-                 size: Optional[int]) -> dict[str, Any]:
-    """A local run as one pipeline per wave of shards (``pipeline.waves``); returns the merged stage metrics.
-
-    A wave whose shards are all complete (a resumed run) is not run.
-    """
-    todo = [w for w in waves if not set(w.shards()) <= done]
-    duplicates = find_duplicates(args, options, size) if args.dedup and todo else None
+def run_passes(args: argparse.Namespace, options: PipelineOptions, waves: list[Optional[ShardRange]],
+               done: set[int], size: Optional[int], local: bool,
+               test_pipeline: Optional[beam.Pipeline] = None) -> dict[str, Any]:
+    """Run the chain: ``[None]`` is one pass over the whole input, else one pipeline per wave of shards
+    (``pipeline.waves``; a wave whose shards are all complete is not run). Returns the stage metrics."""
+    todo = [w for w in waves if w is None or not set(w.shards()) <= done]
+    in_waves = waves != [None]
+    duplicates = find_duplicates(args, options, size) if in_waves and args.dedup and todo else None
     metrics = []
-    with SpillDir(args.spill_dir, local_runner=True, output=args.output) as spill, \
-            progress_for_run(args, size, done, True, progress_stages(args)) as view:
+    with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill, \
+            progress_for_run(args, size, done, local, progress_stages(args)) as view:
         for i, wave in enumerate(waves, 1):
-            if wave not in todo:
+            if wave is not None and wave not in todo:
                 LOG.info("wave %d/%d (shards %d-%d): complete, skipped", i, len(waves), wave.lo, wave.hi - 1)
                 continue
-            LOG.info("wave %d/%d: shards %d-%d of %d", i, len(waves), wave.lo, wave.hi - 1, wave.num_shards)
-            p = beam.Pipeline(runner=make_runner(options), options=options)
-            build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None, local_runner=True,
+            if wave is not None:
+                LOG.info("wave %d/%d: shards %d-%d of %d", i, len(waves), wave.lo, wave.hi - 1, wave.num_shards)
+            p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
+            build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None, local_runner=local,
                            wave=wave, duplicates=duplicates)
             result = p.run()
             result.wait_until_finish()
@@ -484,17 +485,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         args.model_cache = model_cache_root(args, local)
         waves = plan_waves(args.num_shards, plan.size, args.wave_samples) if local and not test_pipeline else []
         started = time.monotonic()
-        if waves:
-            metrics = run_in_waves(args, options, waves, done, plan.size)
-        else:
-            p = test_pipeline or beam.Pipeline(runner=make_runner(options), options=options)
-            with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill, \
-                    progress_for_run(args, plan.size, done, local, progress_stages(args)) as view:
-                build_pipeline(p, args, done, spill.root, progress_dir=view.dir if view else None,
-                               local_runner=local)
-                result = p.run()
-                result.wait_until_finish()
-            metrics = stage_metrics(result)
+        metrics = run_passes(args, options, waves or [None], done, plan.size, local, test_pipeline)
         summary = write_summary(args.output, wall_seconds=round(time.monotonic() - started, 3),
                                 stage_metrics=metrics)
     LOG.info("read %(read)s, written %(written)d, dead-lettered %(dead_lettered)d, filtered %(filtered)d", summary)
