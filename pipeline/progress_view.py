@@ -263,7 +263,9 @@ class ProgressView:
                        for s in self.stages}
         self._bars.start()
         # log lines printed while the bars are shown go above them, not through them
-        self._handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+        # (a handler left with a closed stream, e.g. by an embedding program, is left alone: setStream flushes it)
+        self._handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)
+                          and not getattr(h.stream, "closed", False)]
         self._streams = [h.setStream(sys.stderr) for h in self._handlers]  # rich's proxy while the bars are up
 
     def _update_bars(self, counts: dict[str, int]) -> None:

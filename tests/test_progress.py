@@ -124,3 +124,21 @@ def test_a_resumed_run_expects_only_the_samples_of_unfinished_shards(scenes_dir:
     assert "resuming: 2 shard(s) already complete" in res.stderr  # the INFO line users never saw
     started = [l for l in res.stderr.splitlines() if "progress: started" in l]
     assert started and f"started, {redo} samples through" in started[0], res.stderr
+
+
+def test_terminal_bars_leave_a_log_handler_with_a_closed_stream_alone(capsys, tmp_path: pathlib.Path) -> None:
+    """A root handler whose stream was closed (left by the program embedding the run) must not stop the display."""
+    from pipeline.progress_view import ProgressView
+    from transforms.progress import write_count
+
+    closed = open(tmp_path / "log.txt", "w")  # noqa: SIM115 - closed on purpose below
+    handler = logging.StreamHandler(closed)
+    closed.close()
+    logging.getLogger().addHandler(handler)
+    try:
+        with ProgressView(["read", "done"], total=2, tty=True) as view:
+            write_count(view.dir, "read", "w1", 2)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert handler.stream is closed
+    assert "2/2" in {line.split()[0]: line for line in capsys.readouterr().err.splitlines() if line.strip()}["read"]
