@@ -275,7 +275,7 @@ def test_http_manifests_are_fetched_or_dead_lettered_per_sample(tmp_path: pathli
     import transforms.read as read
 
     monkeypatch.setattr(read, "HTTP_BACKOFF_S", 0.01)
-    monkeypatch.setattr(read, "HTTP_TIMEOUT_S", 1.0)  # the slow route answers after 3 s
+    monkeypatch.setattr(read, "HTTP_TIMEOUT_S", 2.0)  # the slow route answers after 3 s
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     c = _colors(4)
     limit = 20_000
