@@ -1055,11 +1055,20 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
     """img2dataset layout: ``<key>.jpg`` + optional ``<key>.txt`` and ``<key>.json``, grouped by key.
 
     A sample is the run of consecutive members with the same full path stem (``dirA/000001`` and
-    ``dirB/000001`` are two samples). Its key is the stem's file name as before (``000001``); when
+    ``dirB/000001`` are two samples; a file name's leading dots belong to its stem, so ``.x.jpg``
+    is sample ``.x``, key ``x_<hash>``). Its key is the stem's file name as before (``000001``); when
     an earlier sample of this tar has that key, the whole stem (``dirB_000001_<hash>``), then the
     stem and its position. Of two images in one sample (``000002.jpg`` and ``000002.png``) the first
     of ``TAR_IMAGE_EXTS`` is the sample and each other one is dead-lettered as
-    ``duplicate_image_member``. A member over the byte limit is not read (``file_too_large``).
+    ``duplicate_image_member``; so is an image that comes back later in the tar, after other samples.
+    Other members that come back later (a ``000001.txt`` far from ``000001.jpg``) are ``split_sample``:
+    a tar is read as a stream, so the members of a sample must be next to each other.
+    A member over the byte limit is not read (``file_too_large``).
+
+    Returns (as the generator's value) how many items the tar held, counted from its members as
+    they stream by, apart from the grouping: each run of members with one stem, each further
+    image of a run, each unsafe member, and a tar that could not be read to its end. The reader
+    must have yielded exactly that many records (:func:`read_and_count` writes this count).
     A tar is a stream: every member is read whatever ``want`` says (a sample's key may come from
     its ``.json``); :func:`read_and_count` drops the others' records before they are decoded.
     The image of an uncompressed tar on a local or fsspec filesystem keeps ``Field.SOURCE =
@@ -1068,8 +1077,10 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
     uri = unit.uris[0]
     where: Optional[str] = None  # Field.SOURCE's name for this tar, when its members can be range-read
     used: set[str] = set()
+    seen: set[str] = set()
     seen_with_image: set[str] = set()
     groups = 0
+    held = 0  # items the tar holds, counted from its members (see above), not from what flush() yields
 
     def key_for(stem: str) -> str:
         base = stem.rsplit("/", 1)[-1]
@@ -1081,9 +1092,9 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
         used.add(key)
         return key
 
-    def flush(stem: str, members: dict[str, _Member]) -> Iterator[dict[str, Any]]:
+    def flush(stem: Optional[str], members: dict[str, _Member]) -> Iterator[dict[str, Any]]:
         nonlocal groups
-        if not stem:
+        if stem is None:
             return
         groups += 1
         key = key_for(stem)
@@ -1096,6 +1107,18 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
                 yield mark_dead(extra, STAGE, "duplicate_image_member",
                                 f"{m.name}: sample {stem} already had an image earlier in the tar")
             return
+        if stem in seen:  # 1.jpg, 2.jpg, 1.txt: the rest of sample 1 comes after another sample
+            names = sorted(m.name for m in members.values())
+            for m in [members[e] for e in images] or [None]:
+                name = m.name if m is not None else names[0]
+                split = new_record(make_key(f"{stem}.split", f"{uri}#{name}#{groups}"), f"{uri}#{name}",
+                                   key_source=stem)
+                yield mark_dead(split, STAGE, "split_sample",
+                                f"{names}: sample {stem} began earlier in the tar, not next to these members "
+                                "(a tar is read as a stream: put each sample's members together, e.g. "
+                                "tar --sort=name)")
+            return
+        seen.add(stem)
         if images:
             seen_with_image.add(stem)
         for ext in images[1:]:
@@ -1145,7 +1168,8 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
             rec["source_url"] = str(meta["url"])
         yield rec
 
-    current, members = "", {}
+    current: Optional[str] = None
+    members: dict[str, _Member] = {}
     try:
         with open_input(uri) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             if getattr(tar.fileobj, "comptype", None) == "tar":  # offsets in a .tar.gz are in the unzipped stream
@@ -1155,6 +1179,7 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
                     continue
                 problem = unsafe_member_problem(ti)
                 if problem:
+                    held += 1
                     rec = new_record(make_key(ti.name.rsplit("/", 1)[-1].partition(".")[0] or "member", ti.name),
                                      f"{uri}#{ti.name}")
                     yield mark_dead(rec, STAGE, "unsafe_tar_member", f"{problem}: {ti.name!r}")
@@ -1163,12 +1188,17 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
                 while member_name.startswith("./"):  # "./000001.jpg" is "000001.jpg" (tar -C dir .)
                     member_name = member_name[2:]
                 folder, _, name = member_name.rpartition("/")
-                base, _, ext = name.partition(".")
+                dots = len(name) - len(name.lstrip("."))  # ".x.jpg" is sample ".x", never an empty stem
+                base, _, ext = name[dots:].partition(".")
+                base = name[:dots] + base
                 stem = f"{folder}/{base}" if folder else base
+                ext = ext.lower()
                 if stem != current:
+                    held += 1
                     yield from flush(current, members)
                     current, members = stem, {}
-                ext = ext.lower()
+                elif ext in TAR_IMAGE_EXTS and any(e in members for e in TAR_IMAGE_EXTS):
+                    held += 1  # a second image of this sample: dead-lettered, one item more
                 data = tar.extractfile(ti).read(max_bytes + 1) if ti.size <= max_bytes else None
                 offset = ti.offset_data if where is not None and not ti.issparse() else None  # sparse: not contiguous
                 member = _Member(ti.name, data, ti.size, offset)
@@ -1181,10 +1211,12 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
                     continue
                 members[ext] = member
     except (OSError, tarfile.TarError, EOFError, SampleError, ValueError) as e:
+        held += 1
         rec = new_record(make_key(posixpath.basename(uri) + Field.TAR_ERROR), uri)
         reason = e.reason if isinstance(e, SampleError) else "unreadable_tar"
         yield mark_dead(rec, STAGE, reason, e.detail if isinstance(e, SampleError) else f"{type(e).__name__}: {e}")
     yield from flush(current, members)
+    return held
 
 
 READERS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
@@ -1196,18 +1228,21 @@ def read_unit(unit: ReadUnit, max_image_bytes: int = MAX_IMAGE_BYTES,
               want: Optional[Callable[[str], bool]] = None) -> Iterator[dict[str, Any]]:
     """Every record of ``unit``, with valid text. A reader that fails (a bug) ends the unit with one
     dead record (``unreadable_input``) instead of failing the bundle. Records whose key ``want``
-    refuses come out too, but their images may not have been read (see :func:`read_and_count`)."""
+    refuses come out too, but their images may not have been read (see :func:`read_and_count`).
+
+    Returns (as the generator's value) the items the reader counted apart from its records (a
+    tar's members, :func:`_records_from_tar`), or None when the records are the count."""
     records = READERS[unit.kind](unit, max_image_bytes, want)
     while True:
         try:
             rec = next(records)
-        except StopIteration:
-            return
+        except StopIteration as stop:
+            return stop.value
         except Exception as e:  # noqa: BLE001 - never fail the bundle: the rest of this unit is dead-lettered
             where = unit.uris[0] if unit.uris else unit.root
             rec = new_record(make_key(posixpath.basename(where) + "_read_error", where), where)
             yield valid_record(mark_dead(rec, STAGE, "unreadable_input", f"{type(e).__name__}: {e}"))
-            return
+            return None
         yield valid_record(rec)
 
 
@@ -1228,20 +1263,27 @@ def read_and_count(unit: ReadUnit, max_image_bytes: int = MAX_IMAGE_BYTES,
 
     That count reaches the run's summary by its own path (not through the records), so a sample
     lost anywhere between here and the shard writer shows up as ``reconciled: false``. A folder
-    unit counts its listed files (each must come out as one record); a manifest or tar counts the
-    items its reader found.
+    unit counts its listed files (each must come out as one record); a tar counts the items its
+    members make, tallied apart from the grouping of members into records (a member the grouping
+    loses shows as ``reconciled: false``); a manifest counts the items its reader found.
 
     With ``want`` (a local run in waves, ``pipeline.waves``) only the records whose key it keeps
     come out, and the readers skip the others' image reads where they can; the count is still
     the whole unit's, so every wave writes the same count file.
     """
     n = 0
-    for rec in read_unit(unit, max_image_bytes, want):
+    records = read_unit(unit, max_image_bytes, want)
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration as stop:
+            held = stop.value
+            break
         n += 1
         if want is None or want(rec["key"]):
             yield rec
     if counts_root:
-        listed = len(unit.uris) if unit.kind in ("files", "skipped") else n
+        listed = len(unit.uris) if unit.kind in ("files", "skipped") else n if held is None else held
         fs, root = fsspec.core.url_to_fs(counts_root)
         fs.makedirs(root, exist_ok=True)
         body = {"unit": unit_id(unit), "kind": unit.kind, "uris": len(unit.uris), "items": listed}
