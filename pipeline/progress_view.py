@@ -100,7 +100,7 @@ class SampleCount:
             sizes = self._sizes[folder]
             if not sizes or posixpath.basename(path) not in sizes:
                 return None
-            return int(sizes[posixpath.basename(path)])
+            return plausible_tar_size(int(sizes[posixpath.basename(path)]), path, fs.size(path))
         if path.lower().endswith(".parquet"):
             import pyarrow.parquet as pq
 
@@ -111,6 +111,25 @@ class SampleCount:
             return None
         with fs.open(path, "rt", encoding="utf-8") as f:
             return count_manifest_rows(f, json_file=path.lower().endswith(".json"))
+
+
+LOG = logging.getLogger("finehard")
+TAR_BLOCK = 512  # every member of an uncompressed tar takes at least one header block
+
+
+def plausible_tar_size(claimed: int, path: str, size: Optional[int]) -> Optional[int]:
+    """A ``sizes.json`` count is a hint: ``claimed`` when the tar's own byte size can hold that many
+    samples (a member takes at least one 512-byte header block; a compressed tar at least a byte per
+    sample), else None (unknown: the run counts what it reads) and a warning. A sidecar claiming
+    100,000,000 samples for a 10-image tar must not plan 100,000 shards and hours of waves."""
+    if size is None or claimed < 0:
+        return None
+    per_sample = TAR_BLOCK if path.lower().endswith(".tar") else 1
+    if claimed * per_sample <= size:
+        return claimed
+    LOG.warning("sizes.json says %s holds %s samples, more than its %s bytes can hold; the count is "
+                "ignored (the run counts what it reads)", path, f"{claimed:,}", f"{size:,}")
+    return None
 
 
 def expected_samples(units: Iterable[Any], max_manifest_bytes: int = MAX_COUNTED_MANIFEST_BYTES) -> Optional[int]:

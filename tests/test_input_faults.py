@@ -66,3 +66,51 @@ def test_a_tars_count_is_taken_from_its_members_not_from_the_records_the_groupin
     records = list(read.read_and_count(unit, counts_root=str(tmp_path / "counts")))
     counted = [json.loads(p.read_text())["items"] for p in (tmp_path / "counts").glob("*.json")]
     assert len(records) == 7 and counted == [8]  # the summary then says NOT RECONCILED
+
+
+# --- sidecars and listings -------------------------------------------------------------------------
+
+def _tar_folder(folder: pathlib.Path, n: int, claimed: int) -> None:
+    folder.mkdir()
+    c = _colors(n)
+    write_tar(folder / "00000.tar", [m for i in range(n) for m in ((f"{i:06d}.jpg", jpeg(c[i])),
+                                                                    (f"{i:06d}.txt", b"alt %d" % i))])
+    (folder / "sizes.json").write_text(json.dumps({"00000.tar": claimed}))
+
+
+def test_a_sizes_json_claiming_more_samples_than_the_tar_can_hold_is_not_used_to_plan(tmp_path: pathlib.Path) -> None:
+    from pipeline.run import plan_input
+
+    _tar_folder(tmp_path / "lie", 10, 100_000_000)
+    assert plan_input(str(tmp_path / "lie" / "*.tar")).size is None  # unknown: the run counts what it reads
+    _tar_folder(tmp_path / "true", 10, 10)
+    assert plan_input(str(tmp_path / "true" / "*.tar")).size == 10
+
+
+def test_a_folder_of_tars_with_their_sizes_json_is_read_as_tars(tmp_path: pathlib.Path) -> None:
+    _tar_folder(tmp_path / "in", 10, 100_000_000)
+    summary = run_pipeline(tmp_path / "in", tmp_path / "out", "--no-dedup", "--wave-samples", "4")
+    assert summary["written"] == 10 and summary["reconciled"] is True, summary
+    assert summary["filtered_by_reason"] == {"read:skipped_file": 1}  # sizes.json: listed, not read as a manifest
+    assert len(list((tmp_path / "out").glob("shard-*.tar"))) == 1
+
+
+def test_a_folder_1500_levels_deep_is_listed_and_read(tmp_path: pathlib.Path) -> None:
+    import os
+
+    deep = str(tmp_path / "in")
+    os.mkdir(deep)
+    for _ in range(1500):  # os.makedirs itself recurses once per level
+        deep = os.path.join(deep, "d")
+        os.mkdir(deep)
+    (tmp_path / "in" / "top.jpg").write_bytes(jpeg((1, 2, 3)))
+    with open(os.path.join(deep, "bottom.jpg"), "wb") as f:
+        f.write(jpeg((200, 100, 0)))
+    try:
+        summary = run_pipeline(tmp_path / "in", tmp_path / "out", "--stages", "ingest")
+        assert summary["read"] == summary["written"] == 2 and summary["reconciled"] is True
+    finally:  # bottom up: shutil.rmtree (pytest's clean-up of old runs too) recurses once per level
+        os.remove(os.path.join(deep, "bottom.jpg"))
+        while deep != str(tmp_path / "in"):
+            os.rmdir(deep)
+            deep = os.path.dirname(deep)

@@ -107,6 +107,24 @@ def detect_kind(uri: str) -> str:
     return "files"
 
 
+def is_tar_sidecar(uri: str) -> bool:
+    """A file that img2dataset or this pipeline writes beside tar shards: ``sizes.json`` (samples per
+    tar), ``<shard>_stats.json``, ``<shard>.parquet`` (img2dataset's metadata). Beside tars it is
+    not a manifest: the folder stays a folder of tars and the file is ``skipped_file``."""
+    name = uri.split("?")[0].rsplit("/", 1)[-1].lower()
+    return name in ("sizes.json", "stats.json") or name.endswith(("_stats.json", ".parquet"))
+
+
+def _sidecars_beside_tars(kinds: dict[str, list[str]]) -> bool:
+    """True when the manifests found with tars are all :func:`is_tar_sidecar` (and a ``.parquet``
+    has a tar of its own name): the input is the tars."""
+    if set(kinds) != {"manifest", "tar"}:
+        return False
+    tars = {u.rsplit(".tar", 1)[0] for u in kinds["tar"]}
+    return all(is_tar_sidecar(u) and (not u.lower().endswith(".parquet") or u[:-len(".parquet")] in tars)
+               for u in kinds["manifest"])
+
+
 def has_image_ext(uri: str) -> bool:
     return uri.lower().split("?")[0].endswith(IMAGE_SUFFIXES)
 
@@ -349,22 +367,33 @@ def _sorted_local_files(folder: str, select: Callable[[str], bool]) -> Iterator[
     folder in the order of its names, a sub-folder's name taken with its ``/``, gives the same
     (a folder's paths all start with ``name/``, and ``/`` sorts where it does in the full path).
     ``clashes``: another selected file of the same folder has the same name without extension
-    (what :func:`_clashing` finds: such keys only meet within one folder).
+    (what :func:`_clashing` finds: such keys only meet within one folder). The walk keeps its own
+    stack of open folders, so any depth is listed (no recursion limit).
     """
-    try:
-        with os.scandir(folder) as entries:
-            names = [e.name + "/" if e.is_dir(follow_symlinks=False) else e.name for e in entries]
-    except OSError:
-        return
-    names.sort()
-    selected = bytearray(not n.endswith("/") and select(os.path.join(folder, n)) for n in names)
-    clash = _repeated_stems(names, selected)
-    for name, chosen in zip(names, selected):
+    def entries_of(path: str) -> Iterator[tuple[str, str, bool, set[str]]]:
+        try:
+            with os.scandir(path) as entries:
+                names = [e.name + "/" if e.is_dir(follow_symlinks=False) else e.name for e in entries]
+        except OSError:
+            return
+        names.sort()
+        selected = bytearray(not n.endswith("/") and select(os.path.join(path, n)) for n in names)
+        clash = _repeated_stems(names, selected)
+        for name, chosen in zip(names, selected):
+            yield path, name, bool(chosen), clash
+
+    stack = [entries_of(folder)]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        path, name, chosen, clash = entry
         if name.endswith("/"):
-            yield from _sorted_local_files(os.path.join(folder, name[:-1]), select)
+            stack.append(entries_of(os.path.join(path, name[:-1])))
         else:
             clashes = bool(chosen and clash) and os.path.splitext(name)[0] in clash
-            yield os.path.join(folder, name), bool(chosen), clashes
+            yield os.path.join(path, name), chosen, clashes
 
 
 def _repeated_stems(names: list[str], selected: bytearray) -> set[str]:
@@ -386,7 +415,8 @@ def _repeated_stems(names: list[str], selected: bytearray) -> set[str]:
 
 def _folder_kinds(folder: str) -> tuple[bool, bool, set[str]]:
     """``(any image, any other file, kinds of the manifests/tars)`` under a local folder; stops at
-    the first image (then the folder is a folder of images, whatever else it holds)."""
+    the first image (then the folder is a folder of images, whatever else it holds). A sidecar of
+    tars (:func:`is_tar_sidecar`) is of kind ``sidecar``: a manifest unless the folder holds tars."""
     others, kinds = False, set()
     stack = [folder]
     while stack:
@@ -397,7 +427,10 @@ def _folder_kinds(folder: str) -> tuple[bool, bool, set[str]]:
                         stack.append(e.path)
                         continue
                     kind = detect_kind(e.path)
-                    if kind != "files":
+                    if kind == "manifest" and is_tar_sidecar(e.path) and (
+                            not e.path.lower().endswith(".parquet") or os.path.exists(e.path[:-8] + ".tar")):
+                        kinds.add("sidecar")
+                    elif kind != "files":
                         kinds.add(kind)
                     elif has_image_ext(e.path):
                         return True, others, kinds
@@ -428,6 +461,10 @@ def _local_folder_units(input_uri: str, path: str, files_per_unit: int) -> Itera
     """The units of a local folder, as :func:`iter_units` lists any folder, one folder's names in memory
     at a time (a folder's files to skip are held until the end: normally a few)."""
     images, others, kinds = _folder_kinds(path)
+    if "sidecar" in kinds:  # sizes.json beside tars is theirs; alone or with manifests it is a manifest
+        kinds.discard("sidecar")
+        if "tar" not in kinds:
+            kinds.add("manifest")
     if images or (others and not kinds):  # a folder of images: everything that is not a manifest/tar
         def select(p: str) -> bool:
             return detect_kind(p) == "files"
@@ -437,9 +474,10 @@ def _local_folder_units(input_uri: str, path: str, files_per_unit: int) -> Itera
     elif len(kinds) > 1:
         raise InputError(f"--input {input_uri} mixes {sorted(kinds)}; point it at one kind of input")
     else:
-        def select(p: str) -> bool:
-            return detect_kind(p) != "files"
         kind = next(iter(kinds))
+
+        def select(p: str) -> bool:
+            return detect_kind(p) == kind  # the tars' sidecars are skipped files
     skipped: list[str] = []
 
     def chosen() -> Iterator[tuple[str, bool]]:
@@ -524,6 +562,8 @@ def iter_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> Iterator
     by_kind: dict[str, list[str]] = {}
     for p in matched:
         by_kind.setdefault(detect_kind(p), []).append(prefix + p)
+    if _sidecars_beside_tars(by_kind):  # a folder of tars with its sizes.json: the sidecars are skipped
+        skipped = sorted(skipped + [u[len(prefix):] for u in by_kind.pop("manifest")])
     if len(by_kind) > 1:
         raise InputError(f"--input {input_uri} mixes {sorted(by_kind)}; point it at one kind of input")
     kind, uris = next(iter(by_kind.items()))
