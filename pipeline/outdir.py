@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from core.files import atomic_write
+from core.files import atomic_write, local_path
 from transforms.read import ReadUnit
 from transforms.write import DEADLETTER_DIR, DIAGNOSTICS_DIR, FILTERED_DIR, READ_COUNTS_DIR, SHARD_PREFIX
 
@@ -116,13 +116,17 @@ class OutputLock:
 class InputFingerprint:
     """What identifies the listed input: every listed URI, and size + modification time of manifests and tars.
 
-    Adding or removing a file changes it; so does rewriting a manifest or a tar. An image file
-    rewritten in place under the same name is not noticed (its URI is the same). Units are added
-    one at a time as the listing streams by (:func:`input_fingerprint` for a whole listing).
+    Adding or removing a file changes it; so does rewriting a manifest or a tar. ``content``
+    sees a file rewritten in place under the same name and size too: for every local
+    file (images included) its size, inode, modification and change times in nanoseconds (a
+    rewrite that puts the old mtime back still moves the change time); for a manifest or tar on
+    an object store the size, time and etag/md5 its listing gives. Units are added one at a time
+    as the listing streams by (:func:`input_fingerprint` for a whole listing).
     """
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
+        self._content = hashlib.sha256()
         self.items = 0
 
     def add(self, unit: ReadUnit) -> None:
@@ -142,10 +146,32 @@ class InputFingerprint:
             if info:
                 h.update(f"{info.get('size')}\0{info.get('mtime') or info.get('updated') or info.get('etag')}\0"
                          .encode("utf-8"))
+            self._content.update(_content_stamp(uri, info).encode("utf-8", "surrogatepass") + b"\0")
 
     def value(self) -> dict[str, Any]:
         """The fingerprint as run.json holds it."""
-        return {"sha256": self._hash.hexdigest(), "listed_uris": self.items}
+        return {"sha256": self._hash.hexdigest(), "listed_uris": self.items, "content": self._content.hexdigest()}
+
+
+def _content_stamp(uri: str, info: dict[str, Any]) -> str:
+    """What changes when the file at ``uri`` is rewritten: ``stat`` to the nanosecond for a local file,
+    the listing's size/time/etag/md5 for a manifest or tar elsewhere, "" when nothing is known cheaply."""
+    path = local_path(uri)
+    if path is not None:
+        try:
+            st = os.stat(path, follow_symlinks=True)
+        except (OSError, ValueError):
+            return ""
+        return f"{st.st_size} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}"
+    return " ".join(str(info.get(k)) for k in ("size", "mtime", "updated", "etag", "ETag", "md5Hash", "md5")
+                    if info.get(k) is not None)
+
+
+def same_input(then: Optional[dict[str, Any]], now: dict[str, Any]) -> bool:
+    """The fingerprints agree; ``content`` only where the earlier run took it (an output written before it existed resumes as before)."""
+    if not then or any(then.get(k) != now.get(k) for k in ("sha256", "listed_uris")):
+        return False
+    return "content" not in then or then["content"] == now["content"]
 
 
 def input_fingerprint(units: Iterable[ReadUnit]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from core.engines import EngineSpecError, parse_spec
 from pipeline.options import add_curation_args, check_positive
 from pipeline.outdir import (RUN_FILE, InputFingerprint, OutputLock, prepare_output, read_run_file,
-                             remove_run_outputs, remove_stale_temp_files, write_run_file)
+                             remove_run_outputs, remove_stale_temp_files, same_input, write_run_file)
 from core.record import PROJECT_VERSION, Field, text_hash, valid_text
 from pipeline.output import read_shard_stats, stage_metrics, write_summary
 from pipeline.runner_names import LOCAL_RUNNERS, canonical_runner, normalise_runner_args
@@ -29,7 +29,7 @@ from transforms.dedup import DropDuplicates, duplicates_of
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
-from transforms.read import MAX_IMAGE_BYTES, InputError, ReadImages, ReadUnit, iter_units
+from transforms.read import MAX_IMAGE_BYTES, ROWS_PER_UNIT, InputError, ReadImages, ReadUnit, iter_units
 from transforms.recaption import CAPTIONERS, Recaption
 from transforms.progress import LogProgress
 from transforms.spill import SpillDir, check_spill_dir, spill_image
@@ -58,6 +58,10 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
     # earlier runs keep their config hash (and resume) when the new option is not used.
     if args.max_image_bytes != MAX_IMAGE_BYTES:
         config["max_image_bytes"] = args.max_image_bytes
+    # How manifests are split into read units decides which key clashes are renamed and which are
+    # write:duplicate_key, and names the read counts: a resume must read with the same split.
+    if args.rows_per_read_unit != ROWS_PER_UNIT:
+        config["rows_per_read_unit"] = args.rows_per_read_unit
     return {"version": PROJECT_VERSION, "config": config,
             "config_hash": text_hash(json.dumps(config, sort_keys=True))}
 
@@ -260,6 +264,15 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     return outcomes | "WriteShards" >> WriteShards(args.output, run_info(args))
 
 
+def config_changes(then: Any, now: dict[str, Any]) -> str:
+    """`` (--flag A then, B now; ...)``: the settings that differ from the run being resumed ("" when unknown)."""
+    if not isinstance(then, dict):
+        return ""
+    diffs = [f"--{k.replace('_', '-')} {then.get(k, 'default')} then, {now.get(k, 'default')} now"
+             for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+    return f" ({'; '.join(diffs)})" if diffs else ""
+
+
 def check_resume(output: str, info: dict[str, Any], fingerprint: dict[str, Any], retry_failed: bool) -> set[int]:
     """The shard ids a re-run into ``output`` skips; refuses when the output came from another config or input."""
     done = completed_shards(output, retry_failed=retry_failed)
@@ -270,12 +283,15 @@ def check_resume(output: str, info: dict[str, Any], fingerprint: dict[str, Any],
         raise UsageError(f"--output {output} holds shards but no {RUN_FILE} (an older version, or not ours); "
                          "use a new --output, or --overwrite to start over")
     if previous.get("config_hash") != info["config_hash"]:
-        raise UsageError(f"--output {output} holds shards from a different configuration; "
+        raise UsageError(f"--output {output} holds shards from a different configuration"
+                         f"{config_changes(previous.get('config'), info['config'])}; "
                          "use a new --output, or --overwrite to start over")
-    if previous.get("input_fingerprint") != fingerprint:
+    if not same_input(previous.get("input_fingerprint"), fingerprint):
         then, now = (previous.get("input_fingerprint") or {}).get("listed_uris"), fingerprint["listed_uris"]
+        what = (f"{then} listed then, {now} now" if then != now else
+                f"the same {now} listed, but some file's contents or times differ: rewritten in place")
         raise UsageError(f"--input changed since the run that wrote --output {output} (files or manifests "
-                         f"added, removed or rewritten: {then} listed then, {now} now); resuming would mix the "
+                         f"added, removed or rewritten: {what}); resuming would mix the "
                          "two. Use a new --output, or --overwrite to start over")
     return done
 

@@ -68,6 +68,44 @@ def test_a_tars_count_is_taken_from_its_members_not_from_the_records_the_groupin
     assert len(records) == 7 and counted == [8]  # the summary then says NOT RECONCILED
 
 
+# --- in-place rewrites ---------------------------------------------------------------------------
+
+def test_an_image_rewritten_in_place_before_a_resume_is_refused_like_other_rewrites(
+        scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    import os
+    import shutil
+
+    from pipeline.run import UsageError
+
+    folder = tmp_path / "in"
+    shutil.copytree(scenes_dir, folder, ignore=shutil.ignore_patterns("*.jsonl"))
+    out = tmp_path / "o"
+    run_pipeline(folder, out, "--samples-per-shard", "4")
+    (out / "shard-00001_stats.json").unlink()  # as a run killed before this shard finished leaves it
+    image = folder / "scene_03_000001.jpg"
+    before = image.stat()
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same name, same size, other bytes, and the old mtime put back
+    with open(image, "r+b") as f:
+        f.write(data)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert image.stat().st_size == before.st_size and image.stat().st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(UsageError, match="--input changed .*the same 12 listed.*rewritten in place.*--overwrite"):
+        run_pipeline(folder, out, "--samples-per-shard", "4")
+
+
+def test_an_output_whose_fingerprint_predates_content_stamps_still_resumes(scenes_dir: pathlib.Path,
+                                                                         tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "o"
+    run_pipeline(scenes_dir / "manifest.jsonl", out, "--samples-per-shard", "4")
+    run = json.loads((out / "run.json").read_text())
+    del run["input_fingerprint"]["content"]  # what run.json of earlier versions holds
+    (out / "run.json").write_text(json.dumps(run))
+    (out / "shard-00001_stats.json").unlink()
+    summary = run_pipeline(scenes_dir / "manifest.jsonl", out, "--samples-per-shard", "4")
+    assert summary["read"] == summary["written"] == 12 and summary["reconciled"] is True
+
+
 # --- sidecars and listings -------------------------------------------------------------------------
 
 def _tar_folder(folder: pathlib.Path, n: int, claimed: int) -> None:
@@ -114,3 +152,19 @@ def test_a_folder_1500_levels_deep_is_listed_and_read(tmp_path: pathlib.Path) ->
         while deep != str(tmp_path / "in"):
             os.rmdir(deep)
             deep = os.path.dirname(deep)
+
+
+# --- a changed read split --------------------------------------------------------------------------
+
+def test_resuming_with_another_rows_per_read_unit_is_refused_as_a_config_change(scenes_dir: pathlib.Path,
+                                                                               tmp_path: pathlib.Path) -> None:
+    from pipeline.run import UsageError
+
+    out = tmp_path / "o"
+    first = run_pipeline(scenes_dir / "manifest.jsonl", out, "--samples-per-shard", "4", "--rows-per-read-unit", "4")
+    assert first["read"] == 12 and len(list((out / "read_counts").glob("*.json"))) == 3
+    with pytest.raises(UsageError, match=r"different configuration \(--rows-per-read-unit 4 then, 5 now\); "
+                                         r"use a new --output, or --overwrite"):
+        run_pipeline(scenes_dir / "manifest.jsonl", out, "--samples-per-shard", "4", "--rows-per-read-unit", "5")
+    again = run_pipeline(scenes_dir / "manifest.jsonl", out, "--samples-per-shard", "4", "--rows-per-read-unit", "4")
+    assert again["read"] == 12 and again["reconciled"] is True
