@@ -311,7 +311,7 @@ def test_http_manifests_are_fetched_or_dead_lettered_per_sample(tmp_path: pathli
     assert set(samples) == {"ok", "moved", "flaky", "iri"}
     assert {k: d["reason"] for k, d in dead.items()} == {"data": "unsupported_scheme",
         "slow": "http_timeout", "loop": "too_many_redirects", "big": "file_too_large", "big-unsized": "file_too_large",
-        "to-ftp": "unsupported_scheme", "gone": "http_error", "missing": "http_error",
+        "to-ftp": "unsafe_redirect", "gone": "http_error", "missing": "http_error",
         "ftp": "unsupported_scheme", "unknown": "unsupported_scheme", "refused": "fetch_failed"}
     assert "404" in dead["missing"]["detail"]
     assert server.hits["/flaky.jpg"] == 3 and server.hits["/gone.jpg"] == 1  # 503 retried, 410 not

@@ -106,6 +106,68 @@ def test_an_output_whose_fingerprint_predates_content_stamps_still_resumes(scene
     assert summary["read"] == summary["written"] == 12 and summary["reconciled"] is True
 
 
+# --- slow servers ----------------------------------------------------------------------------------
+
+class Trickle:
+    """A route that sends its headers at once, then ``data`` a few bytes at a time with pauses: a
+    server that would hold a client for ``len(data) / chunk * every`` seconds. ``cut_short`` is set
+    when the client hung up before the last byte (``ended`` when the route is done either way)."""
+
+    def __init__(self, data: bytes, chunk: int = 8, every: float = 0.05, sized: bool = True):
+        import threading
+
+        self.data, self.chunk, self.every, self.sized = data, chunk, every, sized
+        self.cut_short, self.ended = False, threading.Event()
+
+    def __call__(self, handler, hits: int) -> None:
+        import time
+
+        try:
+            handler.send_response(200)
+            if self.sized:
+                handler.send_header("Content-Length", str(len(self.data)))
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            handler.wfile.flush()
+            for i in range(0, len(self.data), self.chunk):
+                handler.wfile.write(self.data[i:i + self.chunk])
+                handler.wfile.flush()
+                time.sleep(self.every)
+        except OSError:
+            self.cut_short = True
+        finally:
+            handler.close_connection = True
+            self.ended.set()
+
+
+def test_a_server_that_trickles_bytes_is_cut_off_at_the_deadline_of_the_whole_transfer(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tarfile
+
+    from bad_inputs import ImageServer
+    from transforms.common import SampleError
+    import transforms.read as read
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setattr(read, "HTTP_TOTAL_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(read, "HTTP_STREAM_TIMEOUT_S", 0.5)
+    write_tar(tmp_path / "t.tar", [("000001.jpg", jpeg((200, 10, 10)))])
+    image, manifest = Trickle(jpeg((10, 200, 10)) * 2), Trickle(b"\n" * 200 + b'{"url": "x.jpg"}\n', chunk=2)
+    tar = Trickle((tmp_path / "t.tar").read_bytes(), chunk=16, sized=False)
+    assert tarfile.is_tarfile(tmp_path / "t.tar")
+    with ImageServer({"/slow.jpg": image, "/slow.jsonl": manifest, "/slow.tar": tar}) as server:
+        with pytest.raises(SampleError) as e:
+            read.fetch_http(f"{server.url}/slow.jpg", 1 << 20)
+        assert e.value.reason == "http_timeout" and "took over 0.5 s" in e.value.detail
+        rows = list(read.read_unit(read.ReadUnit("manifest", server.url, (f"{server.url}/slow.jsonl",))))
+        samples = list(read.read_unit(read.ReadUnit("tar", server.url, (f"{server.url}/slow.tar",))))
+        for route in (image, manifest, tar):
+            assert route.ended.wait(30)
+    assert [r["_dead"]["reason"] for r in rows] == ["http_timeout"]  # the manifest, cut off: not its end
+    assert [r["_dead"]["reason"] for r in samples] == ["http_timeout"]
+    assert image.cut_short and manifest.cut_short and tar.cut_short  # the client hung up, not the server
+
+
 # --- sidecars and listings -------------------------------------------------------------------------
 
 def _tar_folder(folder: pathlib.Path, n: int, claimed: int) -> None:
@@ -168,3 +230,18 @@ def test_resuming_with_another_rows_per_read_unit_is_refused_as_a_config_change(
         run_pipeline(scenes_dir / "manifest.jsonl", out, "--samples-per-shard", "4", "--rows-per-read-unit", "5")
     again = run_pipeline(scenes_dir / "manifest.jsonl", out, "--samples-per-shard", "4", "--rows-per-read-unit", "4")
     assert again["read"] == 12 and again["reconciled"] is True
+
+
+# --- redirects and images --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/x.jpg"])
+def test_a_redirect_to_another_scheme_is_an_unsafe_redirect(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bad_inputs import ImageServer, redirect
+    from transforms.common import SampleError
+    import transforms.read as read
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with ImageServer({"/x.jpg": redirect(target)}) as server:
+        with pytest.raises(SampleError) as e:
+            read.fetch_http(f"{server.url}/x.jpg", 1 << 20)
+    assert e.value.reason == "unsafe_redirect" and target in e.value.detail

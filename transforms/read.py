@@ -34,6 +34,7 @@ import posixpath
 import socket
 import stat
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -75,7 +76,8 @@ HTTP_PROTOCOLS = ("http", "https")
 FSSPEC_PROTOCOLS = ("memory", "gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "adl", "hdfs", "webhdfs", "hf")
 USER_AGENT = f"finehard/{PROJECT_VERSION} (FineHARD curation; image fetch)"
 HTTP_TIMEOUT_S = 20.0        # connect and each read
-HTTP_TOTAL_TIMEOUT_S = 120.0  # one whole download
+HTTP_TOTAL_TIMEOUT_S = 120.0  # one whole image download, retries included: a wall-clock deadline (_Deadline)
+HTTP_STREAM_TIMEOUT_S = 3600.0  # one whole manifest or tar read over http(s), likewise
 HTTP_RETRIES = 2             # more tries after the first, for timeouts, connection errors, 408/425/429/5xx
 HTTP_BACKOFF_S = 0.5         # times the try number
 HTTP_MAX_REDIRECTS = 5
@@ -183,11 +185,26 @@ def _check_scheme(uri: str, allowed: tuple[str, ...] = ()) -> Optional[str]:
 
 
 class _BoundedRedirects(urllib.request.HTTPRedirectHandler):
+    """At most ``HTTP_MAX_REDIRECTS`` redirects, only to http(s): a redirect to ``file://``, ``ftp://``
+    or any other scheme is ``unsafe_redirect`` (looked at before urllib's own check, which would
+    answer a 302 error that reads as a redirect loop)."""
     max_redirections = HTTP_MAX_REDIRECTS
+
+    def http_error_302(self, req, fp, code, msg, headers):  # noqa: ANN001 - urllib's signature
+        target = headers.get("location") or headers.get("uri")
+        if target:
+            newurl = urllib.parse.urljoin(req.full_url, target)
+            if protocol_of(newurl) not in HTTP_PROTOCOLS:
+                fp.close()
+                raise SampleError("unsafe_redirect", f"redirect from {req.full_url[:200]} to {newurl[:200]} "
+                                                     "(only http(s) redirects are followed)")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
         if protocol_of(newurl) not in HTTP_PROTOCOLS:
-            raise SampleError("unsupported_scheme", f"redirect from {req.full_url[:200]} to {newurl[:200]}")
+            raise SampleError("unsafe_redirect", f"redirect from {req.full_url[:200]} to {newurl[:200]}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -205,8 +222,81 @@ def http_url(uri: str) -> str:
         query=urllib.parse.quote(parts.query, safe=safe + "?", errors="surrogateescape"), fragment=""))
 
 
-def _http_open(uri: str, timeout: float) -> http.client.HTTPResponse:
-    opener = urllib.request.build_opener(_BoundedRedirects)  # per call: honours the proxy environment
+class _Deadline:
+    """A wall-clock limit on one whole transfer. When it passes, the sockets of the transfer are shut
+    down, so a read blocked on a server that sends a byte now and then returns at once; ``expired``
+    then turns whatever that read gave (an early end, an error) into ``http_timeout``."""
+
+    def __init__(self, seconds: float, what: str):
+        self.seconds, self.what, self.expired = seconds, what, False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            expired = self.expired
+        if expired:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            socks = list(self._socks)
+        for sock in socks:
+            _shut(sock)
+
+    def error(self) -> SampleError:
+        return SampleError("http_timeout", f"{self.what} took over {self.seconds:g} s")
+
+    def check(self) -> None:
+        if self.expired:
+            raise self.error()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:  # the plain socket's shutdown (an SSL socket's own would drop its state under a reading thread)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _watched(conn_class: type, deadline: _Deadline) -> type:
+    class Watched(conn_class):  # type: ignore[misc, valid-type]
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+    return Watched
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kw):  # noqa: ANN001 - urllib's signature
+        return super().do_open(_watched(http_class, self.deadline), req, **kw)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kw):  # noqa: ANN001 - urllib's signature
+        return super().do_open(_watched(http_class, self.deadline), req, **kw)
+
+
+def _http_open(uri: str, timeout: float, deadline: _Deadline) -> http.client.HTTPResponse:
+    """GET ``uri``; every connection it opens (redirects too) is shut when ``deadline`` passes."""
+    opener = urllib.request.build_opener(  # per call: honours the proxy environment
+        _BoundedRedirects, _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline))
     return opener.open(urllib.request.Request(http_url(uri), headers={"User-Agent": USER_AGENT}), timeout=timeout)
 
 
@@ -225,30 +315,41 @@ def _http_failure(e: BaseException) -> tuple[SampleError, bool]:
 
 
 def fetch_http(uri: str, limit: Optional[int]) -> bytes:
-    """GET ``uri`` with timeouts, retries and a user agent, reading at most ``limit + 1`` bytes."""
+    """GET ``uri`` with timeouts, retries and a user agent, reading at most ``limit + 1`` bytes.
+
+    ``HTTP_TOTAL_TIMEOUT_S`` is a deadline on the whole download, retries included: a server that
+    sends a byte a second is cut off there (``http_timeout``), whatever the size."""
+    deadline = _Deadline(HTTP_TOTAL_TIMEOUT_S, "the download")
+    try:
+        return _fetch_http(uri, limit, deadline)
+    finally:
+        deadline.cancel()
+
+
+def _fetch_http(uri: str, limit: Optional[int], deadline: _Deadline) -> bytes:
     last: Optional[SampleError] = None
     for attempt in range(HTTP_RETRIES + 1):
         if attempt:
             time.sleep(HTTP_BACKOFF_S * attempt)
         try:
-            with _http_open(uri, HTTP_TIMEOUT_S) as resp:
+            deadline.check()
+            with _http_open(uri, HTTP_TIMEOUT_S, deadline) as resp:
                 length = resp.headers.get("Content-Length", "")
                 if limit is not None and length.isdigit() and int(length) > limit:
                     raise SampleError("file_too_large", f"{length} bytes > --max-image-bytes {limit}")
-                started, chunks, total = time.monotonic(), [], 0
+                chunks, total = [], 0
                 while True:
                     want = 1 << 16 if limit is None else min(1 << 16, limit + 1 - total)
                     chunk = resp.read(want)
+                    deadline.check()  # a read the deadline cut short ends early: not the whole body
                     if not chunk:
                         return b"".join(chunks)
                     chunks.append(chunk)
                     total += len(chunk)
                     if limit is not None and total > limit:
                         raise SampleError("file_too_large", f"more than --max-image-bytes {limit} bytes")
-                    if time.monotonic() - started > HTTP_TOTAL_TIMEOUT_S:
-                        raise SampleError("http_timeout", f"download took over {HTTP_TOTAL_TIMEOUT_S:g} s")
         except (OSError, http.client.HTTPException, SampleError, ValueError) as e:
-            last, retry = _http_failure(e)
+            last, retry = _http_failure(e) if not deadline.expired else (deadline.error(), False)
             if not retry:
                 raise last from None
     assert last is not None
@@ -284,12 +385,16 @@ def open_input(uri: str) -> Iterator[IO[bytes]]:
     """A manifest or tar opened for reading as a stream (regular local files only; no URL chaining)."""
     proto = _check_scheme(uri, allowed=(protocol_of(uri) or "",))
     if proto in HTTP_PROTOCOLS:
+        deadline = _Deadline(HTTP_STREAM_TIMEOUT_S, f"reading {uri[:200]}")
         try:
-            resp = _http_open(uri, HTTP_TIMEOUT_S)
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            raise _http_failure(e)[0] from None
-        with resp:
-            yield resp
+            try:
+                resp = _http_open(uri, HTTP_TIMEOUT_S, deadline)
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                raise (deadline.error() if deadline.expired else _http_failure(e)[0]) from None
+            with resp:
+                yield _TimedStream(resp, deadline)  # type: ignore[misc]
+        finally:
+            deadline.cancel()
         return
     path = local_path(uri)
     if path is not None:
@@ -300,6 +405,35 @@ def open_input(uri: str) -> Iterator[IO[bytes]]:
     fs = _fsspec_fs(proto)
     with fs.open(fs._strip_protocol(uri), "rb") as f:
         yield f
+
+
+class _TimedStream:
+    """An http response read under a :class:`_Deadline`: past it, or after ``HTTP_TIMEOUT_S`` without a
+    byte, a read raises ``http_timeout`` (a tar or manifest cut short is never taken for its end)."""
+
+    def __init__(self, resp: http.client.HTTPResponse, deadline: _Deadline):
+        self.resp, self.deadline = resp, deadline
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self.resp.read(n)
+        except (socket.timeout, TimeoutError):
+            self.deadline.check()
+            raise SampleError("http_timeout", f"no data within {HTTP_TIMEOUT_S:g} s") from None
+        except (OSError, http.client.HTTPException):
+            self.deadline.check()
+            raise
+        self.deadline.check()
+        return data
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.resp.close()
 
 
 def _read_error(rec: dict[str, Any], e: BaseException) -> dict[str, Any]:
