@@ -30,7 +30,7 @@ from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
 from transforms.read import MAX_IMAGE_BYTES, ROWS_PER_UNIT, InputError, ReadImages, ReadUnit, iter_units
-from transforms.recaption import CAPTIONERS, Recaption
+from transforms.recaption import CAPTIONERS, Recaption, clean_caption
 from transforms.progress import LogProgress
 from transforms.spill import SpillDir, check_spill_dir, spill_image
 from transforms.write import (READ_COUNTS_DIR, AssignShards, ShardRange, SkipCompleted, WriteShards,
@@ -104,10 +104,15 @@ def selected_stages(raw: str) -> tuple[str, ...]:
 
 
 def carry_input_fields(rec: dict[str, Any], stages: tuple[str, ...], config_hash: str,
-                       reuse_captions: bool) -> dict[str, Any]:
-    """Keep what the input already has (our own shards, a long-caption column) for the stages not rerun."""
+                       reuse_captions: bool, max_caption_chars: int = 4000) -> dict[str, Any]:
+    """Keep what the input already has (our own shards, a long-caption column) for the stages not rerun.
+
+    A kept caption is cleaned and limited as the captioner's are (``clean_caption``); one left empty
+    by that is no caption."""
     old = rec.pop(Field.INPUT_RECORD, {})
     caption = rec.pop(Field.INPUT_CAPTION, None)
+    if caption and ("recaption" not in stages or reuse_captions):
+        caption = clean_caption(rec, str(caption), max_caption_chars)
     provenance = dict(old.get("provenance", {}))
     provenance.pop("version", None)
     if caption and ("recaption" not in stages or reuse_captions):
@@ -216,7 +221,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     stages_run = selected_stages(args.stages)
     config_hash = run_info(args)["config_hash"]
     live = live | "CarryInputFields" >> beam.Map(carry_input_fields, stages=stages_run, config_hash=config_hash,
-                                                 reuse_captions=args.reuse_captions)
+                                                 reuse_captions=args.reuse_captions,
+                                                 max_caption_chars=args.max_caption_chars)
     if args.dedup:
         # over the whole input, completed shards included: a resumed run makes the same duplicate decisions
         deduped = count_todo(live | "Dedup" >> DropDuplicates(args.near_dup_threshold, known=duplicates),

@@ -232,6 +232,26 @@ def test_resuming_with_another_rows_per_read_unit_is_refused_as_a_config_change(
     assert again["read"] == 12 and again["reconciled"] is True
 
 
+# --- reused captions -------------------------------------------------------------------------------
+
+def test_reused_captions_are_cleaned_and_limited_like_the_captioners(scenes_dir: pathlib.Path,
+                                                                    tmp_path: pathlib.Path) -> None:
+    rows = [json.loads(line) for line in (scenes_dir / "manifest.jsonl").read_text().splitlines()][:3]
+    rows[0]["long_caption"] = "a red\x00 circle " * 400  # 5.6k characters, NULs inside
+    rows[1]["long_caption"] = "word " * 260_000        # 1.3 MB: past spaCy's max_length (E088)
+    rows[2]["long_caption"] = "a short one"
+    for r in rows:
+        r["url"] = str(scenes_dir / r["url"])
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run_pipeline(tmp_path / "m.jsonl", tmp_path / "out", "--reuse-captions", "--max-caption-chars", "300")
+    assert summary["written"] == 3 and summary["reconciled"] is True, summary["dead_lettered_by_reason"]
+    captions = {s["record"]["f_path"]: s["record"]["caption"] for s in read_shards(tmp_path / "out")}
+    assert [captions[r["url"]][:12] for r in rows] == ["a red circle", "word word wo",
+                                                       "a short one"]
+    assert all(len(c) <= 300 and "\x00" not in c for c in captions.values())
+    assert summary["counters"]["caption_truncated"] == 2
+
+
 # --- redirects and images --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/x.jpg"])
@@ -245,3 +265,24 @@ def test_a_redirect_to_another_scheme_is_an_unsafe_redirect(target: str, monkeyp
         with pytest.raises(SampleError) as e:
             read.fetch_http(f"{server.url}/x.jpg", 1 << 20)
     assert e.value.reason == "unsafe_redirect" and target in e.value.detail
+
+
+@pytest.mark.parametrize("mode, values, counter", [
+    ("F", (0.0, 1.0), "converted:float"), ("F", (-5.0, 1000.0), "converted:float"),
+    ("I", (0, 200), "converted:32bit"), ("I", (0, 70_000), "converted:32bit")])
+def test_float_and_32_bit_images_are_scaled_to_8_bits_and_counted(mode: str, values: tuple, counter: str) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from transforms.check import check_image
+
+    lo, hi = values
+    arr = np.linspace(lo, hi, 32 * 24).reshape(24, 32).astype(np.float32 if mode == "F" else np.int32)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "TIFF")
+    rec = check_image({"key": "k", "f_path": "k.tif", "image_bytes": buf.getvalue()}, 10**8, 8)
+    assert rec["_stats"] == {counter: 1, "converted:format_tiff": 1}
+    out = np.asarray(Image.open(io.BytesIO(rec["image_bytes"])))
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == (200 if hi == 200 else 255)

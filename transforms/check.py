@@ -2,8 +2,8 @@
 
 Runs right after reading, in the read step's thread pool (``transforms.read.checked``): size
 limits from the header (decompression bombs), a full decode (truncated or corrupt files are
-dead-lettered here, never later), EXIF orientation applied, CMYK/16-bit/palette/alpha made RGB,
-first frame of animations; the short caption is clipped.
+dead-lettered here, never later), EXIF orientation applied, CMYK/16-bit/32-bit/float/palette/alpha
+made RGB or 8-bit grey, first frame of animations; the short caption is clipped.
 """
 from __future__ import annotations
 
@@ -54,14 +54,31 @@ def _to_rgb(im: Image.Image) -> tuple[Image.Image, str]:
         return _flatten_alpha(im), "palette"
     if im.mode in _ALPHA_MODES:
         return _flatten_alpha(im), "alpha"
-    if im.mode.startswith("I") or im.mode == "F":  # 16-bit / 32-bit greyscale: scale to 8 bits
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr * (255.0 / top) if top != 255.0 else arr, 0, 255)
-        return Image.fromarray(np.round(arr).astype(np.uint8), mode="L"), "16bit"
+    if im.mode.startswith("I") or im.mode == "F":  # 16-bit / 32-bit / float greyscale: scale to 8 bits
+        return _to_8bit(im)
     if im.mode == "CMYK":
         return im.convert("RGB"), "cmyk"
     return im.convert("RGB"), im.mode.lower()
+
+
+def _to_8bit(im: Image.Image) -> tuple[Image.Image, str]:
+    """A 16-bit, 32-bit integer or float greyscale image as 8-bit L, counted by what it was (``16bit``,
+    ``32bit``, ``float``). Scaled by the range its values use: 16-bit, and integers up to 65535, as 16
+    bits (65535 -> 255); values up to 255 as they are; floats within [0, 1] as fractions (1.0 -> 255);
+    anything larger by its maximum. Negatives and NaN become 0."""
+    what = "16bit" if im.mode.startswith("I;16") else "float" if im.mode == "F" else "32bit"
+    arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(arr.max()) if arr.size else 0.0
+    if what == "16bit" or (what == "32bit" and 255.0 < top <= 65535.0):
+        scale = 255.0 / 65535.0
+    elif what == "float" and 0.0 < top <= 1.0:
+        scale = 255.0
+    elif top > 255.0:
+        scale = 255.0 / top
+    else:
+        scale = 1.0
+    arr = np.clip(arr * scale if scale != 1.0 else arr, 0, 255)
+    return Image.fromarray(np.round(arr).astype(np.uint8), mode="L"), what
 
 
 def _flatten_alpha(im: Image.Image) -> Image.Image:

@@ -27,20 +27,28 @@ CAPTIONERS = EngineRegistry(STAGE, "captioner", Captioner, {
 })
 
 
+def clean_caption(rec: dict, cap: str, max_chars: int) -> str:
+    """A long caption as shards hold it, whoever wrote it (the captioner, or the input with
+    ``--reuse-captions``): whitespace runs made one space, NULs dropped, valid UTF-8 (counted
+    ``unicode_repaired``), at most ``max_chars`` characters cut at a word (``caption_truncated``)."""
+    cap = " ".join((cap or "").replace("\x00", " ").split())
+    if not is_valid_text(cap):  # a lone surrogate from a model (or a cache entry) would fail the shard write
+        cap = valid_text(cap)
+        bump(rec, "unicode_repaired")
+    if len(cap) > max_chars:
+        cap = cap[:max_chars].rsplit(" ", 1)[0]
+        bump(rec, "caption_truncated")
+    return cap
+
+
 def apply_captioner(engine: Captioner, records: list[dict], max_chars: int = 4000,
                     cache: Optional[ModelCache] = None) -> list[dict]:
     """Caption every live record of the batch; failures mark the record dead. ``cache``: see transforms.cache."""
     def accept(rec: dict, cap: Any, provenance: dict[str, Any]) -> None:
-        cap = " ".join((cap or "").split())
-        if not is_valid_text(cap):  # a lone surrogate from a model (or a cache entry) would fail the shard write
-            cap = valid_text(cap)
-            bump(rec, "unicode_repaired")
+        cap = clean_caption(rec, cap, max_chars)
         if not cap:
             mark_dead(rec, STAGE, "empty_caption")
             return
-        if len(cap) > max_chars:
-            cap = cap[:max_chars].rsplit(" ", 1)[0]
-            bump(rec, "caption_truncated")
         rec["caption"] = cap
         rec.setdefault("provenance", {})["caption"] = provenance
 
