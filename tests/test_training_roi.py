@@ -75,3 +75,13 @@ def test_asking_for_torchvision_where_it_has_no_kernel_fails_fast_with_the_fix()
     with pytest.raises(ConfigError, match="--roi-align torch or auto"):
         resolve_roi("torchvision", "npu")
     assert resolve_roi("auto", "npu") == "torch"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_roi_align_equals_torchvision_on_cuda():
+    torch.manual_seed(0)
+    dense = torch.randn(4, 64, 14, 14, device="cuda")
+    boxes = _boxes(40, 4, seed=2).cuda()
+    fwd, bwd = _compare(dense, boxes, output_size=1, spatial_scale=14.0, sampling_ratio=-1, aligned=True)
+    assert fwd < 1e-5 and bwd < 1e-5
+    assert resolve_impl("auto", "cuda") == "torchvision"
