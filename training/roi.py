@@ -14,7 +14,6 @@ with ``wy`` (``wx``) the summed row (column) weights of the bin's sample rows (c
 """
 from __future__ import annotations
 
-
 import torch
 
 IMPLS = ("auto", "torchvision", "torch")
