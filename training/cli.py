@@ -31,7 +31,8 @@ def _fail(prog: str, exc: BaseException) -> int:
 def train_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="finehard train", description="Train FG-CLIP stage 1 or 2 on FineHARD WebDataset shards.")
     p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: global; 2: global+regional+hard")
-    p.add_argument("--config", default=None, help="YAML/JSON config of your own (default: training/configs/stage<N>-<recipe>.yaml, see --recipe)")
+    p.add_argument("--config", default=None,
+                   help="YAML/JSON config of your own (default: training/configs/stage<N>-<recipe>.yaml, see --recipe)")
     p.add_argument("--shards", required=True, help="shards: path, folder, glob, brace list or fsspec URI (s3://..)")
     p.add_argument("--output", required=True, help="output folder (checkpoints/, metrics.jsonl, final/)")
     p.add_argument("--model", default=None, help="local folder to start from: OpenAI/HF CLIP, an upstream FG-CLIP "
