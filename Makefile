@@ -15,12 +15,13 @@ BENCH_N ?=
 BASE_STAMP := $(VENV)/.installed-base
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: shards test sample bench clean help
+.PHONY: shards test sample bench gpu-check clean help
 
 help:
 	@echo "make shards   # curate $(INPUT) into $(OUTPUT)/ (override INPUT=... OUTPUT=...)"
 	@echo "make test     # run the test suite"
 	@echo "make bench    # run the benchmarks in bench/"
+	@echo "make gpu-check  # on a one-GPU machine: CUDA tests, bf16 training steps, vLLM and YOLO-World (<= 8 min)"
 	@echo "make dataflow PROJECT=... REGION=... BUCKET=...   # submit to Dataflow (docs/deploy.md)"
 	@echo "make flink FLINK_MASTER=host:8081                 # submit to Flink (docs/deploy.md)"
 
@@ -56,6 +57,10 @@ test: $(TEST_STAMP)
 
 bench: $(TEST_STAMP)
 	for b in $(filter-out bench/common.py,$(wildcard bench/*.py)); do $(PY) $$b $(if $(BENCH_N),--n $(BENCH_N)) || exit 1; done
+
+# Everything that needs a CUDA GPU, one line per check (scripts/gpu_check.py); says so and exits 0 without one.
+gpu-check: $(TEST_STAMP)
+	$(PY) scripts/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(OUTPUT) .pytest_cache

@@ -31,7 +31,7 @@ def step_times(stage: int, batches: list[dict], args: argparse.Namespace) -> lis
     """Seconds per optimisation step (after one warm-up step) for ``stage`` on ``batches``."""
     torch.manual_seed(0)
     cfg = TrainConfig(stage=stage, lr=1e-4, warmup_steps=0, schedule="constant", batch_size=args.batch_size,
-                      image_size=args.image_size, precision="fp32", w_regional=0.1 if stage == 2 else 0.0,
+                      grad_clip=1.0, image_size=args.image_size, precision="fp32", w_regional=0.1 if stage == 2 else 0.0,
                       w_hard=0.5 if stage == 2 else 0.0).validate()
     model = FGCLIP(CLIPModel(tiny_clip_config(hidden=args.hidden, layers=args.layers, image_size=args.image_size,
                                               patch_size=args.patch, projection_dim=args.hidden)))

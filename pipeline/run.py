@@ -244,7 +244,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
                                       engine_options=detector_options(args), accelerator=args.gpu_accelerator,
                                       cache_root=args.model_cache),
         "negatives": lambda: GenerateNegatives(specs["negatives"], batch_size=args.batch_size * 2,
-                                               retries=args.negatives_retries, cache_root=args.model_cache),
+                                               retries=args.negatives_retries, cache_root=args.model_cache,
+                                               accelerator=args.gpu_accelerator),
     }
     for name in STAGES:
         if name not in stages_run:

@@ -189,3 +189,10 @@ def test_launcher_measures_every_input_kind_against_a_bare_baseline() -> None:
         (name, n) for name in ("folder (subfolders of 1000)", "flat folder", "jsonl manifest", "parquet manifest")
         for n in ("20", "200")]
     assert any(line.startswith("flat folder: ") and "MiB of peak RSS per million files" in line for line in lines)
+
+
+def test_train_memory_measures_both_loss_schemes_per_rank() -> None:
+    lines = run_bench("train_memory", "--batch", "256", "--dim", "16")
+    assert re.fullmatch(r"train_memory: " + RATIO, lines[-1])
+    rows = [line for line in lines if line.startswith("| full") or line.startswith("| rank-local")]
+    assert len(rows) == 2 and all(len(r.split("|")[3].split(",")) == 2 for r in rows)  # one peak per rank

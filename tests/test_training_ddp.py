@@ -38,8 +38,13 @@ def test_ddp_stage1_loss_and_update_equal_single_process(tmp_path):
     for r in ranks:  # gathered global loss: every rank sees the whole 8-image batch
         assert abs(r["losses"]["global"] - ref_losses["global"]) < 1e-5
     for k, v in ref_params.items():
-        assert torch.allclose(ranks[0]["params"][k], v, atol=1e-5), k
         assert torch.equal(ranks[0]["params"][k], ranks[1]["params"][k]), k
+        if k.endswith("k_proj.bias"):
+            # Its true gradient is 0 (a key bias shifts every logit of a query alike); Adam's first step turns
+            # the rounding noise of 0 into an update of up to lr, which depends on the summation order of the
+            # rank-local logits vs one process. Every parameter with a real gradient must agree.
+            continue
+        assert torch.allclose(ranks[0]["params"][k], v, atol=1e-5), k
 
 
 def test_ddp_stage2_runs_with_a_rank_without_regions_or_negatives(tmp_path):
@@ -74,3 +79,24 @@ def test_torchrun_two_cpu_processes_end_to_end(tmp_path):
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2]  # rank 0 only writes metrics
     assert (out / "final" / "model.safetensors").exists() and (out / "checkpoints" / "step_00000002.pt").exists()
+
+
+def test_rank_local_logits_give_the_full_matrix_loss_and_gradients_on_two_gloo_ranks(tmp_path):
+    from training.losses import clip_loss
+    from training_fixtures import global_features, rank_local_worker
+
+    mp.spawn(rank_local_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(str(tmp_path / f"loss_rank{r}.pt"), weights_only=False) for r in range(2)]
+    feats = global_features()
+    scale = torch.nn.Parameter(torch.tensor(2.6593))
+    ref = clip_loss(feats["image"], feats["long_text"], scale.exp()) + clip_loss(feats["image"], feats["short_text"],
+                                                                                 scale.exp())
+    ref.backward()
+    for r in ranks:
+        assert abs(r["full"]["loss"] - float(ref)) < 1e-5  # every rank: the whole (8, 8) problem
+        assert abs(r["rank_local"]["reported"] - float(ref)) < 1e-5  # the mean of the ranks' shares
+        assert abs(r["rank_local"]["scale_grad"] - r["full"]["scale_grad"]) < 1e-5
+        assert abs(r["rank_local"]["scale_grad"] - float(scale.grad)) < 1e-5
+        for k in feats:
+            assert torch.allclose(r["rank_local"]["grads"][k], r["full"]["grads"][k], atol=1e-6), k
+    assert abs(ranks[0]["rank_local"]["loss"] - ranks[1]["rank_local"]["loss"]) > 1e-6  # really per-rank shares

@@ -109,12 +109,12 @@ def test_lr_schedule_is_hf_cosine_with_warmup_as_upstream_trainer():
     assert lr_factor(0, cfg) == 0.0 and lr_factor(5, cfg) == pytest.approx(0.5) and lr_factor(60, cfg) == pytest.approx(0.5)
 
 
-def test_bundled_configs_stage2_upstream_script_stage1_paper():
+def test_bundled_configs_stage2_upstream_script_stage1_paper():  # both recipes: tests/test_training_recipes.py
     s1, s2 = build_config(1, None), build_config(2, None)
     assert (s1.lr, s1.weight_decay, s1.betas, s1.warmup_steps) == (1e-4, 0.05, [0.9, 0.98], 200)
-    # upstream scripts/train.sh + HF Trainer defaults
+    # upstream scripts/train.sh + HF Trainer defaults; scripts/zero2.json clips nothing
     assert (s2.lr, s2.weight_decay, s2.betas, s2.eps, s2.warmup_steps) == (1e-6, 0.001, [0.9, 0.999], 1e-8, 200)
-    assert (s2.steps, s2.epochs, s2.batch_size, s2.grad_clip, s2.max_logit_scale) == (0, 1, 512, 1.0, 0.0)
+    assert (s2.steps, s2.epochs, s2.batch_size, s2.grad_clip, s2.max_logit_scale) == (0, 1, 512, 0.0, 0.0)
     assert (s2.w_global, s2.w_regional, s2.w_hard) == (1.0, 0.1, 0.5) and s1.schedule == s2.schedule == "cosine"
     assert s1.steps == 0 and s1.epochs == 1 and s1.precision == s2.precision == "auto"
 
@@ -175,7 +175,7 @@ def test_default_steps_are_one_epoch_and_batch_sizes_are_printed(tmp_path, shard
                        "--shuffle-buffer", "8", "--warmup-steps", "2", "--log-level", "WARNING"]) == 0
     printed = capsys.readouterr().out
     assert "per-device batch 5 x 1 process(es) = global batch 5" in printed
-    assert "5 steps (1 epoch(s) of 24 samples)" in printed  # ceil(24 / 5), steps 0 in configs/stage2.yaml
+    assert "5 steps (1 epoch(s) of 24 samples)" in printed  # ceil(24 / 5), steps 0 in configs/stage2-upstream.yaml
     assert "betas (0.9, 0.999) eps 1e-08 weight decay 0.001" in printed
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and all(r["skipped_regions"] == 0 for r in rows)
@@ -308,4 +308,4 @@ def test_every_config_value_is_overridable_from_the_cli():
                                       "0.8", "0.9", "--warmup-steps", "7", "--w-hard", "0.25", "--image-size", "336"])
     cfg = build_config(2, None, args)
     assert (cfg.lr, cfg.betas, cfg.warmup_steps, cfg.w_hard, cfg.image_size) == (3e-6, [0.8, 0.9], 7, 0.25, 336)
-    assert cfg.weight_decay == 0.001  # untouched values come from configs/stage2.yaml
+    assert cfg.weight_decay == 0.001  # untouched values come from configs/stage2-upstream.yaml

@@ -137,3 +137,38 @@ def write_upstream_checkpoint(path: str, seed: int = 7, dtype: torch.dtype = tor
     with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg, f)
     return sd
+
+
+def global_features(n: int = 8, dim: int = 16, seed: int = 3) -> dict[str, torch.Tensor]:
+    """Seeded L2-normalised image/long/short features of a global batch of ``n`` (for the loss tests)."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1)
+            for k in ("image", "long_text", "short_text")}
+
+
+def rank_local_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One gloo rank: the global loss of its rows both ways (rank-local and full matrix); writes losses and grads."""
+    import torch.distributed as dist
+
+    from training.losses import global_loss, mean_over_ranks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        feats = global_features()
+        n = feats["image"].shape[0] // world
+        out: dict[str, Any] = {}
+        for name, local in (("rank_local", True), ("full", False)):
+            own = {k: v[rank * n:(rank + 1) * n].clone().requires_grad_(True) for k, v in feats.items()}
+            scale = torch.nn.Parameter(torch.tensor(2.6593))
+            loss = global_loss(own["image"], own["long_text"], own["short_text"], scale, rank_local=local)
+            loss.backward()
+            scale_grad = scale.grad.clone()
+            dist.all_reduce(scale_grad)  # DDP averages parameter gradients over ranks
+            out[name] = {"loss": float(loss), "reported": float(mean_over_ranks(loss)),
+                         "grads": {k: v.grad.clone() for k, v in own.items()},
+                         "scale_grad": float(scale_grad / world)}
+        torch.save(out, os.path.join(out_dir, f"loss_rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()

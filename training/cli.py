@@ -8,6 +8,7 @@ import os
 import sys
 
 from training.config import ConfigError, add_override_args, build_config
+from training.named_configs import check_name, is_named
 
 log = logging.getLogger("training")
 
@@ -30,16 +31,20 @@ def _fail(prog: str, exc: BaseException) -> int:
 def train_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="finehard train", description="Train FG-CLIP stage 1 or 2 on FineHARD WebDataset shards.")
     p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: global; 2: global+regional+hard")
-    p.add_argument("--config", default=None, help="YAML/JSON config (default: training/configs/stage<N>.yaml)")
+    p.add_argument("--config", default=None,
+                   help="YAML/JSON config of your own (default: training/configs/stage<N>-<recipe>.yaml, see --recipe)")
     p.add_argument("--shards", required=True, help="shards: path, folder, glob, brace list or fsspec URI (s3://..)")
     p.add_argument("--output", required=True, help="output folder (checkpoints/, metrics.jsonl, final/)")
     p.add_argument("--model", default=None, help="local folder to start from: OpenAI/HF CLIP, an upstream FG-CLIP "
-                                                 "checkpoint (e.g. fg-clip-base) or a finehard train final/")
+                                                 "checkpoint (e.g. fg-clip-base) or a finehard train final/; or a "
+                                                 "random-init architecture: config:tiny, config:vit-b-16, "
+                                                 "config:vit-l-14, config:vit-l-14-336")
     p.add_argument("--model-config", default=None, help="CLIPConfig json for a random-init model (tests, benches)")
     p.add_argument("--tokenizer", default=None, help="local tokenizer folder (default: the model folder's)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"), help="device kind")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    p.add_argument("--deepspeed", default=None, help="DeepSpeed (ZeRO-2) json config; needs deepspeed installed")
+    p.add_argument("--deepspeed", default=None, help="DeepSpeed config: zero2 (bundled ZeRO-2) or a json file; "
+                                                     "\"auto\" values and clipping from the recipe; needs deepspeed")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute encoder blocks in backward")
     p.add_argument("--reset-temperatures", action="store_true",
                    help="stage 2: start the regional and hard temperatures from logit_scale even when --model is a "
@@ -60,9 +65,12 @@ def train_main(argv: list[str]) -> int:
         cfg = build_config(args.stage, args.config, args)
         expand_shards(args.shards)
         if args.model is None and args.model_config is None:
-            raise UsageError("pass --model PATH (a local CLIP folder) or --model-config JSON (random init)")
+            raise UsageError("pass --model PATH (a local CLIP folder), --model config:vit-b-16 (random init; also "
+                             "config:tiny, config:vit-l-14-336) or --model-config JSON")
+        if is_named(args.model):
+            check_name(args.model)
         for flag, path in (("--model", args.model), ("--tokenizer", args.tokenizer)):
-            if path and not os.path.isdir(path):
+            if path and not os.path.isdir(path) and not (flag == "--model" and is_named(path)):
                 raise UsageError(f"{flag} {path!r} is not a folder; pass a local HF-format folder")
         if args.model_config and not os.path.isfile(args.model_config):
             raise UsageError(f"--model-config {args.model_config!r} not found; pass a CLIPConfig json file")

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+RECIPES = ("upstream", "paper")  # configs/stage<N>-<recipe>.yaml; upstream reproduces the released checkpoints
+CHOICES = {"recipe": RECIPES, "shuffle": ("stream", "full"), "roi_align": ("auto", "torchvision", "torch"),
+           "precision": ("auto", "fp32", "bf16"), "schedule": ("cosine", "constant")}
+MAX_AUTO_WORKERS = 8  # upstream scripts/train.sh --dataloader_num_workers 8
 
 
 class ConfigError(ValueError):
@@ -17,6 +21,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
+    recipe: str = "upstream"  # which bundled file the values came from (configs/stage<N>-<recipe>.yaml)
     stage: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.05
@@ -33,11 +38,14 @@ class TrainConfig:
     long_text_len: int = 248
     short_text_len: int = 77
     keep_len: int = 20
+    shuffle: str = "stream"  # stream: shards reshuffled + a sample buffer; full: every sample reshuffled per epoch
     shuffle_buffer: int = 1000
-    workers: int = 4
+    workers: int = -1  # data-loader processes per rank; -1: from the machine's cores (see auto_workers)
     precision: str = "auto"
-    grad_clip: float = 1.0
+    grad_clip: float = 0.0  # max gradient norm; 0: no clipping (upstream's DeepSpeed config clips none)
     max_logit_scale: float = 0.0  # 0: temperatures unclamped (upstream); e.g. 100 to cap them
+    init_temperature: float = 0.0  # >0: start logit_scale at ln(1/tau) (the paper's stage 1: 0.07); 0: the model's
+    roi_align: str = "auto"  # auto: torchvision's kernel where the device has one, else plain torch ops
     w_global: float = 1.0
     w_regional: float = 0.0
     w_hard: float = 0.0
@@ -51,14 +59,15 @@ class TrainConfig:
             raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
         if len(self.betas) != 2:
             raise ConfigError(f"betas needs two numbers, got {self.betas}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        for name, allowed in CHOICES.items():
+            if name != "recipe" and getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.workers < -1:
+            raise ConfigError(f"workers must be -1 (auto), 0 (load in the training process) or more, got {self.workers}")
         for name in ("epochs", "batch_size", "image_size", "max_regions", "long_text_len", "short_text_len"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("steps", "warmup_steps", "max_logit_scale"):
+        for name in ("steps", "warmup_steps", "max_logit_scale", "grad_clip", "init_temperature"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.keep_len >= self.short_text_len:
@@ -66,15 +75,30 @@ class TrainConfig:
         return self
 
 
-def default_config_path(stage: int) -> str:
-    """The bundled config file for ``stage``."""
-    return os.path.join(CONFIG_DIR, f"stage{stage}.yaml")
+def default_config_path(stage: int, recipe: str = "upstream") -> str:
+    """The bundled config file for ``stage`` and ``recipe`` (``upstream`` or ``paper``)."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    return os.path.join(CONFIG_DIR, f"stage{stage}-{recipe}.yaml")
+
+
+def auto_workers(local_processes: int = 1, cpus: int | None = None) -> int:
+    """Data-loader workers per training process from the machine's cores: one core per process stays
+    with the training loop, at most :data:`MAX_AUTO_WORKERS` (upstream's 8), 0 on a one-core share."""
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+    per_process = cpus // max(1, local_processes)
+    return max(0, min(MAX_AUTO_WORKERS, per_process - 1))
 
 
 def load_config_file(path: str) -> dict[str, Any]:
     """Read a YAML or JSON config file into a dict."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} not found; pass --config training/configs/stage1.yaml or stage2.yaml")
+        raise ConfigError(f"config file {path!r} not found; pass --config a YAML/JSON file, or --recipe upstream|paper "
+                          "for the bundled ones")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if path.endswith(".json"):
@@ -102,14 +126,31 @@ def add_override_args(parser: argparse.ArgumentParser) -> None:
         if f.name == "betas":
             group.add_argument(flag, type=float, nargs=2, default=None, help="AdamW betas, e.g. 0.9 0.98")
             continue
+        if f.name == "recipe":
+            group.add_argument(flag, choices=RECIPES, default=None,
+                               help="bundled values: upstream (default: its released code; reproduces its checkpoints) "
+                                    "or paper (the FG-CLIP paper's); each value's source is in configs/stage<N>-<recipe>.yaml")
+            continue
+        if f.name in CHOICES:
+            group.add_argument(flag, choices=CHOICES[f.name], default=None, help=f"override {f.name}")
+            continue
+        if f.name == "workers":
+            group.add_argument(flag, type=int, default=None,
+                               help="data-loader processes per rank (-1: from the cores, at most 8; 0: none)")
+            continue
         ftype = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
         group.add_argument(flag, type=ftype, default=None, help=f"override {f.name}")
 
 
 def build_config(stage: int, path: str | None, args: argparse.Namespace | None = None) -> TrainConfig:
-    """Defaults < config file < CLI overrides; the stage flag always wins."""
+    """Defaults < config file (``path``, else the bundled one of ``--recipe``) < CLI overrides; ``stage`` always wins."""
+    recipe = getattr(args, "recipe", None) if args is not None else None
+    if path and recipe:
+        raise ConfigError("pass --config FILE or --recipe NAME, not both (--recipe picks a bundled config file)")
     values: dict[str, Any] = {}
-    values.update(load_config_file(path or default_config_path(stage)))
+    values.update(load_config_file(path or default_config_path(stage, recipe or "upstream")))
+    if path:
+        values.setdefault("recipe", "custom")  # a file of one's own: not one of the bundled recipes
     if args is not None:
         for f in dataclasses.fields(TrainConfig):
             v = getattr(args, f.name, None)

@@ -97,6 +97,63 @@ class ShardCycle(wds.PipelineStage):
             epoch += 1
 
 
+def index_samples(urls: Sequence[str]) -> list[tuple[int, str, tuple[tuple[str, int, int], ...]]]:
+    """Every sample of ``urls`` as ``(url index, key, ((member suffix, data offset, size), ...))``, from tar headers.
+
+    For ``shuffle: full``: samples are then read by seeking to their members, in any order.
+    """
+    out = []
+    for u, url in enumerate(urls):
+        if url.startswith("pipe:"):
+            raise ValueError(f"shuffle full needs seekable shards; {url!r} is a pipe (use shuffle stream)")
+        members: dict[str, list[tuple[str, int, int]]] = {}
+        with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for ti in tar:
+                if not ti.isfile():
+                    continue
+                base = os.path.basename(ti.name)
+                key, _, suffix = base.partition(".")
+                members.setdefault(os.path.join(os.path.dirname(ti.name), key), []).append(
+                    (suffix.lower(), ti.offset_data, ti.size))
+        out.extend((u, key, tuple(m)) for key, m in members.items() if any(s in IMAGE_EXTS for s, _, _ in m))
+    return out
+
+
+class FullReshuffle(wds.PipelineStage):
+    """Every sample in a new random order each epoch, the same order on every rank, each rank (and loader
+    worker) taking every k-th sample of it: the map-style ``DistributedSampler`` scheme of upstream's HF
+    Trainer, on tar shards (members read by offset). ``epochs=None`` repeats forever."""
+
+    def __init__(self, urls: list[str], seed: int = 0, epochs: int | None = None, split: bool = True) -> None:
+        self.urls, self.seed, self.epochs, self.split = list(urls), seed, epochs, split
+        self.index = index_samples(self.urls)
+
+    def run(self) -> Iterator[dict[str, Any]]:
+        rank, world, worker, workers = wds.utils.pytorch_worker_info() if self.split else (0, 1, 0, 1)
+        part, parts = rank * workers + worker, world * workers
+        files: dict[int, Any] = {}
+        try:
+            epoch = 0
+            while self.epochs is None or epoch < self.epochs:
+                order = list(range(len(self.index)))
+                random.Random(self.seed * 1000003 + epoch).shuffle(order)
+                for i in order[part::parts]:
+                    u, key, members = self.index[i]
+                    if u not in files:
+                        if len(files) >= 8:
+                            files.pop(next(iter(files))).close()
+                        files[u] = fsspec.open(self.urls[u], "rb").open()
+                    sample: dict[str, Any] = {"__key__": key, "__url__": self.urls[u]}
+                    for suffix, offset, size in members:
+                        files[u].seek(offset)
+                        sample[suffix] = files[u].read(size)
+                    yield sample
+                epoch += 1
+        finally:
+            for f in files.values():
+                f.close()
+
+
 def _norm_box(box: Sequence[float]) -> list[float] | None:
     x1, y1, x2, y2 = (min(1.0, max(0.0, float(v))) for v in box[:4])
     return [x1, y1, x2, y2] if x2 > x1 and y2 > y1 else None
@@ -192,17 +249,30 @@ def move_batch(batch: dict[str, Any], device: torch.device | str) -> dict[str, A
 
 
 def sample_pipeline(urls: list[str], image_size: int, max_regions: int, shuffle_buffer: int = 0, seed: int = 0,
-                    epochs: int | None = None, split: bool = True) -> wds.DataPipeline:
-    """Shards -> decoded examples; broken tars/samples are logged and skipped (``warn_and_continue``)."""
+                    epochs: int | None = None, split: bool = True, shuffle: str = "stream",
+                    order_seed: int | None = None) -> wds.DataPipeline:
+    """Shards -> decoded examples; broken tars/samples are logged and skipped (``warn_and_continue``).
+
+    ``shuffle``: ``stream`` reshuffles the shard order every epoch and mixes samples in a
+    ``shuffle_buffer`` (0: neither); ``full`` reshuffles every sample every epoch (:class:`FullReshuffle`).
+    ``order_seed`` (default ``seed``) orders shards/samples and must be the same on every rank so that
+    the ranks' shares do not overlap; ``seed`` seeds the per-rank buffer.
+    """
     handler = wds.warn_and_continue
-    stages: list[Any] = [ShardCycle(urls, seed=seed, shuffle=shuffle_buffer > 0, epochs=epochs)]
-    if split:
-        stages += [wds.split_by_node, wds.split_by_worker]
-    stages += [functools.partial(open_streams, handler=handler),
-               functools.partial(tar_file_expander, handler=handler),
-               functools.partial(group_by_keys, handler=handler)]
-    if shuffle_buffer > 0:
-        stages.append(wds.shuffle(shuffle_buffer, seed=seed))
+    order_seed = seed if order_seed is None else order_seed
+    if shuffle not in ("stream", "full"):
+        raise ValueError(f"shuffle must be stream or full, got {shuffle!r}")
+    if shuffle == "full":
+        stages: list[Any] = [FullReshuffle(urls, seed=order_seed, epochs=epochs, split=split)]
+    else:
+        stages = [ShardCycle(urls, seed=order_seed, shuffle=shuffle_buffer > 0, epochs=epochs)]
+        if split:
+            stages += [wds.split_by_node, wds.split_by_worker]
+        stages += [functools.partial(open_streams, handler=handler),
+                   functools.partial(tar_file_expander, handler=handler),
+                   functools.partial(group_by_keys, handler=handler)]
+        if shuffle_buffer > 0:
+            stages.append(wds.shuffle(shuffle_buffer, seed=seed))
     stages += [wds.decode("pil", handler=handler),
                wds.map(functools.partial(to_example, image_size=image_size, max_regions=max_regions), handler=handler)]
     return wds.DataPipeline(*stages)
@@ -210,10 +280,12 @@ def sample_pipeline(urls: list[str], image_size: int, max_regions: int, shuffle_
 
 def make_loader(shards: str | Sequence[str], tokenizer: Any, batch_size: int, image_size: int, max_regions: int = 4,
                 long_len: int = 248, short_len: int = 77, shuffle_buffer: int = 1000, workers: int = 0,
-                seed: int = 0, epochs: int | None = None, region_texts: bool = True) -> Iterable[dict[str, Any]]:
-    """An endless (``epochs=None``) iterable of training batches, split by node and worker."""
+                seed: int = 0, epochs: int | None = None, region_texts: bool = True, shuffle: str = "stream",
+                order_seed: int | None = None) -> Iterable[dict[str, Any]]:
+    """An endless (``epochs=None``) iterable of training batches, split by node and worker (see :func:`sample_pipeline`)."""
     urls = expand_shards(shards)
-    pipe = sample_pipeline(urls, image_size, max_regions, shuffle_buffer, seed, epochs)
+    pipe = sample_pipeline(urls, image_size, max_regions, shuffle_buffer, seed, epochs, shuffle=shuffle,
+                           order_seed=order_seed)
     pipe.append(wds.batched(batch_size, collation_fn=Collate(tokenizer, long_len, short_len, max_regions, seed, region_texts),
                             partial=epochs is not None))
     if workers <= 0:

@@ -52,12 +52,52 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Te
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_local_clip_loss(a: torch.Tensor, b: torch.Tensor, all_a: torch.Tensor, all_b: torch.Tensor,
+                         scale: torch.Tensor, offset: int) -> torch.Tensor:
+    """Symmetric InfoNCE of this rank's rows ``a``/``b`` against every rank's columns ``all_b``/``all_a``.
+
+    Upstream FG-CLIP's scheme (``clip_loss`` in ``fgclip.py``): the (n, N) logits of the own rows only,
+    labels ``offset + arange(n)`` (``offset`` = rank x n). The mean of this over the ranks is the
+    full (N, N) :func:`clip_loss`; with the gather's summed backward and DDP's gradient average the
+    gradients are the same too, for n/N of the logit memory.
+    """
+    labels = torch.arange(a.shape[0], device=a.device) + offset
+    a2b = scale * a.float() @ all_b.float().t()
+    b2a = scale * b.float() @ all_a.float().t()
+    return (F.cross_entropy(a2b, labels) + F.cross_entropy(b2a, labels)) / 2
+
+
 def global_loss(image: torch.Tensor, long_text: torch.Tensor, short_text: torch.Tensor,
-                log_scale: torch.Tensor, max_scale: float = 0.0) -> torch.Tensor:
-    """L_global = InfoNCE(image, long) + InfoNCE(image, short) over the batch gathered from all ranks."""
+                log_scale: torch.Tensor, max_scale: float = 0.0, rank_local: bool = True) -> torch.Tensor:
+    """L_global = InfoNCE(image, long) + InfoNCE(image, short) against the batch gathered from all ranks.
+
+    With several ranks and ``rank_local`` (default, upstream's scheme) each rank scores its own rows
+    against all gathered columns and returns its share: the global loss is the mean over ranks (see
+    :func:`rank_local_clip_loss`). ``rank_local=False`` builds the full (N, N) matrices on every rank
+    and returns the global loss itself (same gradients, ``world`` times the logit memory).
+    """
     s = scale_of(log_scale, max_scale)
     img, lng, sht = gather_with_grad(image), gather_with_grad(long_text), gather_with_grad(short_text)
-    return clip_loss(img, lng, s) + clip_loss(img, sht, s)
+    if not (rank_local and _distributed()):
+        return clip_loss(img, lng, s) + clip_loss(img, sht, s)
+    if image.shape[0] == 0:
+        return clip_loss(image, long_text, s) + clip_loss(image, short_text, s)
+    offset = dist.get_rank() * image.shape[0]
+    return (rank_local_clip_loss(image, long_text, img, lng, s, offset)
+            + rank_local_clip_loss(image, short_text, img, sht, s, offset))
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a detached scalar over all ranks (itself with one rank): for reporting rank-local shares."""
+    if not _distributed():
+        return value.detach()
+    v = value.detach().float().clone()
+    dist.all_reduce(v)
+    return v / dist.get_world_size()
 
 
 def regional_loss(region: torch.Tensor, region_text: torch.Tensor, log_scale: torch.Tensor,
@@ -83,12 +123,14 @@ class LossWeights:
     w_regional: float = 0.1
     w_hard: float = 0.5
     max_logit_scale: float = 0.0  # 0: temperatures unclamped, as upstream
+    rank_local: bool = True  # global loss: own rows vs gathered columns (upstream); False: full matrix per rank
 
 
 def fgclip_loss(feats: dict[str, torch.Tensor], model: torch.nn.Module, weights: LossWeights) -> dict[str, torch.Tensor]:
     """All loss terms plus their weighted sum under key ``loss``; ``model`` is the unwrapped FGCLIP."""
     cap = weights.max_logit_scale
-    out = {"global": global_loss(feats["image"], feats["long_text"], feats["short_text"], model.clip.logit_scale, cap)}
+    out = {"global": global_loss(feats["image"], feats["long_text"], feats["short_text"], model.clip.logit_scale, cap,
+                                 weights.rank_local)}
     total = weights.w_global * out["global"]
     if "region" in feats:
         out["regional"] = regional_loss(feats["region"], feats["region_text"], model.regional_logit_scale, cap)

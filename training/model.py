@@ -39,8 +39,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import roi_align
 from transformers import CLIPConfig, CLIPModel
+
+from training.roi import roi_align
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class FGCLIP(nn.Module):
         self.regional_logit_scale = nn.Parameter(init.clone().to(clip.logit_scale.dtype))
         self.hard_logit_scale = nn.Parameter(init.clone().to(clip.logit_scale.dtype))
         self.source_layout = "config"  # set by load_fgclip: upstream, project or clip
+        self.roi_impl = "auto"  # RoIAlign: auto, torchvision or torch (training.roi); --roi-align
 
     def enable_checkpointing(self) -> None:
         """Recompute every encoder block in backward (HF activation/gradient checkpointing)."""
@@ -191,13 +193,17 @@ class FGCLIP(nn.Module):
         return glob, d.transpose(1, 2).reshape(b, p, grid, grid)
 
     @staticmethod
-    def region_features(dense: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """RoIAlign (1x1, aligned) of normalised xyxy ``boxes`` (N, 5: batch index + box) on the grid; L2-normalised."""
+    def region_features(dense: torch.Tensor, boxes: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+        """RoIAlign (1x1, aligned) of normalised xyxy ``boxes`` (N, 5: batch index + box) on the grid; L2-normalised.
+
+        ``impl``: ``torchvision``, ``torch`` (plain torch ops, any device) or ``auto`` (torchvision's
+        kernel where the device has one, e.g. not on an Ascend NPU); see :mod:`training.roi`.
+        """
         if boxes.shape[0] == 0:
             return dense.new_zeros((0, dense.shape[1])) + dense.sum() * 0
         grid = dense.shape[-1]
         pooled = roi_align(dense.float(), boxes.to(dense.device, torch.float32), output_size=1,
-                           spatial_scale=float(grid), sampling_ratio=-1, aligned=True)
+                           spatial_scale=float(grid), sampling_ratio=-1, aligned=True, impl=impl)
         return F.normalize(pooled.flatten(1), dim=-1)
 
     def forward(self, batch: dict[str, Any], regional: bool = False) -> dict[str, torch.Tensor]:
@@ -207,7 +213,7 @@ class FGCLIP(nn.Module):
                "long_text": self.encode_text(batch["long_ids"], batch["long_mask"], long=True),
                "short_text": self.encode_text(batch["short_ids"], batch["short_mask"], long=False)}
         if regional:
-            region = self.region_features(dense, batch["region_boxes"])
+            region = self.region_features(dense, batch["region_boxes"], self.roi_impl)
             out["region"] = region
             if batch["expr_ids"].shape[0]:
                 texts = self.encode_texts_bucketed(batch["expr_ids"], batch["expr_mask"])  # each distinct text once
@@ -228,7 +234,12 @@ def unwrap(model: nn.Module) -> FGCLIP:
 
 def build_model(model_path: str | None = None, model_config: str | dict | CLIPConfig | None = None,
                 keep_len: int = 20) -> FGCLIP:
-    """FGCLIP from a saved FG-CLIP/HF CLIP folder, or random-init from a CLIPConfig (json path or dict)."""
+    """FGCLIP from a saved FG-CLIP/HF CLIP folder, or random-init from ``config:NAME`` (:mod:`training.named_configs`)
+    or a CLIPConfig (json path or dict)."""
+    from training.named_configs import clip_config_dict, is_named
+
+    if is_named(model_path):  # config:vit-b-16 etc.: random init of a bundled architecture
+        model_config, model_path = clip_config_dict(model_path), None
     if model_path:
         return load_fgclip(model_path, keep_len)
     if model_config is None:

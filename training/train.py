@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.config import TrainConfig
+from training.config import CONFIG_DIR, ConfigError, TrainConfig, auto_workers
 from training.data import count_samples, epoch_steps, make_loader, move_batch
-from training.distributed import DistInfo, cleanup_distributed, init_distributed
-from training.losses import LossWeights, fgclip_loss
+from training.distributed import DistInfo, cleanup_distributed, enable_fast_matmul, init_distributed
+from training.losses import LossWeights, fgclip_loss, mean_over_ranks
 from training.model import build_model, save_fgclip, unwrap
 from training.tokenizer import load_tokenizer
 
@@ -113,6 +113,10 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: Any, schedule
         optimizer.step()
         scheduler.step()
     out = {k: float(v.detach()) for k, v in losses.items()}
+    # the global term is this rank's share (rank-local logits): report the global loss, the mean over ranks
+    mean_global = float(mean_over_ranks(losses["global"]))
+    out["loss"] += weights_of(cfg).w_global * (mean_global - out["global"])
+    out["global"] = mean_global
     out["skipped_regions"] = int(batch.get("skipped_regions", 0))
     return out
 
@@ -149,21 +153,72 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Any, scheduler: Any)
     return int(state["step"])
 
 
-def _deepspeed_engine(model: nn.Module, optimizer: Any, scheduler: Any, config_path: str) -> Any:
+BUNDLED_DEEPSPEED = {"zero2": os.path.join(CONFIG_DIR, "zero2.json")}  # --deepspeed zero2
+
+
+def deepspeed_config_path(name_or_path: str) -> str:
+    """A bundled DeepSpeed config by name (``zero2``) or a json file's path."""
+    path = BUNDLED_DEEPSPEED.get(name_or_path, name_or_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"DeepSpeed config {name_or_path!r} not found; pass --deepspeed zero2 (bundled ZeRO-2) "
+                                "or a json file")
+    return path
+
+
+def deepspeed_config(name_or_path: str, cfg: TrainConfig, world_size: int, device_type: str) -> dict[str, Any]:
+    """The DeepSpeed config of ``name_or_path`` with its ``"auto"`` values (and missing batch/clipping keys) from ``cfg``.
+
+    Clipping follows the recipe: ``gradient_clipping`` is ``cfg.grad_clip`` (0: none, as upstream's
+    zero2.json, which has no such key); a file that sets another number fails rather than being ignored.
+    """
+    with open(deepspeed_config_path(name_or_path), encoding="utf-8") as f:
+        ds = json.load(f)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device_type in ("cuda", "npu"))
+    fills = {"train_micro_batch_size_per_gpu": cfg.batch_size, "gradient_accumulation_steps": 1,
+             "train_batch_size": cfg.batch_size * world_size, "gradient_clipping": cfg.grad_clip}
+    for key, value in fills.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+        elif key == "gradient_clipping" and float(ds[key]) != cfg.grad_clip:
+            raise ConfigError(f"the DeepSpeed config sets gradient_clipping {ds[key]} but the recipe's grad_clip is "
+                              f"{cfg.grad_clip:g}; pass --grad-clip {ds[key]} or set it to \"auto\" in the file")
+        elif ds[key] != value:
+            raise ConfigError(f"the DeepSpeed config sets {key} {ds[key]} but this run uses {value}; "
+                              f"set it to \"auto\" in the file")
+    for section, on in (("bf16", bf16), ("fp16", False)):
+        if isinstance(ds.get(section), dict) and ds[section].get("enabled") == "auto":
+            ds[section]["enabled"] = on
+    ds.setdefault("zero_allow_untested_optimizer", True)  # torch AdamW as the client optimizer (as HF Trainer does)
+    return ds
+
+
+def _deepspeed_engine(model: nn.Module, optimizer: Any, scheduler: Any, ds_config: dict[str, Any]) -> Any:
     try:
         import deepspeed
     except ImportError as exc:
         raise RuntimeError("--deepspeed needs the deepspeed package (pip install deepspeed); or drop --deepspeed") from exc
-    with open(config_path, encoding="utf-8") as f:
-        ds_config = json.load(f)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     return engine
 
 
+def loader_workers(cfg: TrainConfig) -> int:
+    """``cfg.workers``, or with -1 the cores' share of this node's training processes (``LOCAL_WORLD_SIZE``)."""
+    if cfg.workers >= 0:
+        return cfg.workers
+    return auto_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+@torch.no_grad()
+def apply_init_temperature(model: nn.Module, tau: float) -> None:
+    """``logit_scale`` := ln(1 / tau) (the paper's stage 1 starts from tau 0.07); the stage-1-untrained ones follow."""
+    m = unwrap(model)
+    m.clip.logit_scale.fill_(math.log(1.0 / tau))
+
+
 def run_training(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
     """Train ``cfg.steps`` steps on ``opts.shards``; saves checkpoints and ``<output>/final``; returns a summary."""
-    if opts.deepspeed and not os.path.isfile(opts.deepspeed):
-        raise FileNotFoundError(f"DeepSpeed config {opts.deepspeed!r} not found; pass a ZeRO-2 json file")
+    if opts.deepspeed:
+        deepspeed_config_path(opts.deepspeed)  # fail before joining a process group
     info: DistInfo = init_distributed(opts.device)
     try:
         return _train(cfg, opts, info)
@@ -175,13 +230,14 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
     seed = cfg.seed + info.rank
     torch.manual_seed(cfg.seed)
     random.seed(seed)
-    if info.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    enable_fast_matmul(info.device)  # TF32 on CUDA, HF32 on NPU
     model = build_model(opts.model, opts.model_config, cfg.keep_len)
+    if cfg.init_temperature > 0:
+        apply_init_temperature(model, cfg.init_temperature)
     _log_start_point(model, opts)
     if cfg.stage == 2 and opts.reset_temperatures:
         model.tie_temperatures()
+    model.roi_impl = resolve_roi(cfg.roi_align, info.device.type)
     if cfg.long_text_len > model.long_len:
         raise ValueError(f"long_text_len {cfg.long_text_len} exceeds the model's {model.long_len} long positions")
     short_len = min(cfg.short_text_len, model.short_len)
@@ -198,8 +254,11 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
     if cfg.steps == 0:  # one (or `epochs`) pass over the shards at the global batch size
         samples = count_samples(opts.shards)
         cfg = replace(cfg, steps=epoch_steps(samples, cfg.batch_size * info.world_size, cfg.epochs))
+    workers = loader_workers(cfg)
     if info.is_main:
         print(start_line(cfg, info, samples), flush=True)
+        log.info("recipe %s; RoIAlign: %s; %d loader worker(s) per process; %s shuffling", cfg.recipe,
+                 model.roi_impl, workers, cfg.shuffle)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     start = 0
@@ -212,7 +271,8 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
             log.info("resumed from %s at step %d", ckpt, start)
     engine, wrapped = None, model
     if opts.deepspeed:
-        engine = wrapped = _deepspeed_engine(model, optimizer, scheduler, opts.deepspeed)
+        ds_config = deepspeed_config(opts.deepspeed, cfg, info.world_size, info.device.type)
+        engine = wrapped = _deepspeed_engine(model, optimizer, scheduler, ds_config)
         if opts.resume:
             engine.load_checkpoint(os.path.join(opts.output, CKPT_DIR, "deepspeed"))
             start = int(engine.global_steps)
@@ -220,8 +280,9 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
         ids = [info.device.index] if info.device.type != "cpu" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     loader = make_loader(opts.shards, tokenizer, cfg.batch_size, cfg.image_size, cfg.max_regions, cfg.long_text_len,
-                         short_len, cfg.shuffle_buffer, cfg.workers, seed + 7919 * start,
-                         region_texts=cfg.stage == 2)
+                         short_len, cfg.shuffle_buffer, workers, seed + 7919 * start,
+                         region_texts=cfg.stage == 2, shuffle=cfg.shuffle,
+                         order_seed=cfg.seed + 7919 * start)  # the same shard/sample order on every rank
     os.makedirs(opts.output, exist_ok=True)
     metrics_file = open(os.path.join(opts.output, "metrics.jsonl"), "a", encoding="utf-8") if info.is_main else None
     last: dict[str, float] = {}
@@ -260,14 +321,25 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
             "skipped_regions": skipped}
 
 
+def resolve_roi(impl: str, device_type: str) -> str:
+    """The RoIAlign that runs (``torchvision`` or ``torch``); fails fast when torchvision is asked for but has no kernel."""
+    from training.roi import resolve_impl, torchvision_has_kernel
+
+    if impl == "torchvision" and not torchvision_has_kernel(device_type):
+        raise ConfigError(f"torchvision has no roi_align kernel for {device_type} here; use --roi-align torch or auto")
+    return resolve_impl(impl, device_type)
+
+
 def start_line(cfg: TrainConfig, info: DistInfo, samples: int | None) -> str:
     """The one-line summary printed at start: batch sizes, steps and optimiser settings."""
     how = f"{cfg.epochs} epoch(s) of {samples} samples" if samples is not None else "--steps"
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type in ("cuda", "npu"))
-    return (f"finehard train: stage {cfg.stage}: per-device batch {cfg.batch_size} x {info.world_size} process(es) "
+    return (f"finehard train: stage {cfg.stage} ({cfg.recipe} recipe): per-device batch {cfg.batch_size} x {info.world_size} process(es) "
             f"= global batch {cfg.batch_size * info.world_size}; {cfg.steps} steps ({how}); lr {cfg.lr:g}, "
             f"warmup {cfg.warmup_steps}, {cfg.schedule}, AdamW betas ({cfg.betas[0]:g}, {cfg.betas[1]:g}) "
-            f"eps {cfg.eps:g} weight decay {cfg.weight_decay:g}; {'bf16 autocast' if bf16 else 'fp32'} on {info.device.type}")
+            f"eps {cfg.eps:g} weight decay {cfg.weight_decay:g}; "
+            f"{'grad clip ' + format(cfg.grad_clip, 'g') if cfg.grad_clip > 0 else 'no grad clipping'}; "
+            f"{'bf16 autocast' if bf16 else 'fp32'} on {info.device.type}")
 
 
 def _log_start_point(model: nn.Module, opts: RunOptions) -> None:
@@ -276,7 +348,7 @@ def _log_start_point(model: nn.Module, opts: RunOptions) -> None:
     what = {"upstream": "an upstream FG-CLIP checkpoint: its long positions, text_filip_projection and temperatures",
             "project": "an FG-CLIP checkpoint (project layout): its long positions, long projection and temperatures",
             "clip": "a plain CLIP checkpoint: long positions extended from its 77, long projection copied",
-            "config": "random init from --model-config"}[getattr(m, "source_layout", "config")]
+            "config": "random init (--model config:NAME or --model-config)"}[getattr(m, "source_layout", "config")]
     log.info("starting from %s (logit_scale %.4f, regional %.4f, hard %.4f)%s", what, m.clip.logit_scale.item(),
              m.regional_logit_scale.item(), m.hard_logit_scale.item(),
              "; --reset-temperatures sets the last two to logit_scale" if opts.reset_temperatures else "")

@@ -385,18 +385,23 @@ def invalid_negatives_diagnostic(res: NegativesResult) -> dict[str, Any]:
 
 class GenerateNegatives(beam.PTransform):
     def __init__(self, spec: EngineSpec, batch_size: int = 16, retries: int = 2,
-                 engine_options: Optional[dict[str, Any]] = None, cache_root: Optional[str] = None):
+                 engine_options: Optional[dict[str, Any]] = None, cache_root: Optional[str] = None,
+                 accelerator: Optional[str] = None):
         super().__init__()
         self.spec, self.batch_size, self.retries = spec, batch_size, retries
         self.engine_options = engine_options
         self.cache_root = cache_root
+        self.accelerator = accelerator  # Beam's accelerator hint, for GPU engines only (vllm:)
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         from apache_beam.ml.inference.base import RunInference  # seconds to import: not for the stage CLI
 
         from transforms.inference import EngineModelHandler
 
+        from transforms.common import gpu_resource_hints
+
         apply = functools.partial(apply_negatives, retries=self.retries, cache=model_cache(self.cache_root))
-        return records | "Negatives" >> RunInference(
-            EngineModelHandler(NEGATIVE_ENGINES, self.spec, apply, batch_size=self.batch_size,
-                               engine_options=self.engine_options))
+        infer = RunInference(EngineModelHandler(NEGATIVE_ENGINES, self.spec, apply, batch_size=self.batch_size,
+                                                engine_options=self.engine_options))
+        hints = gpu_resource_hints(NEGATIVE_ENGINES, self.spec, self.accelerator)
+        return records | "Negatives" >> (infer.with_resource_hints(**hints) if hints else infer)
