@@ -106,6 +106,7 @@ class OutputLock:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 return False
+            self.held = True  # ours from here: an interrupt while the body is written still removes it
             with os.fdopen(fd, "wb") as f:
                 f.write(body)
             return True
@@ -116,6 +117,13 @@ class OutputLock:
         return True
 
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except BaseException:  # an interrupt after the lock file was created: it is not left behind
+            self.release()
+            raise
+
+    def _acquire(self) -> None:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         body = json.dumps(me).encode("utf-8")
         for _ in range(2):

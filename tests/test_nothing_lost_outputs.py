@@ -235,6 +235,19 @@ def test_a_huge_or_malformed_lock_is_refused_clearly_and_read_only_in_part(tmp_p
     assert lock.exists()  # never removed behind the user's back
 
 
+def test_an_interrupt_while_the_lock_is_written_leaves_no_lock_behind(tmp_path: pathlib.Path, monkeypatch) -> None:
+    import pipeline.outdir as outdir
+
+    def interrupted(fd, *a, **k):
+        os.close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outdir.os, "fdopen", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        outdir.OutputLock(str(tmp_path)).acquire()
+    assert not (tmp_path / outdir.LOCK_NAME).exists()  # else the next run would be refused by an empty lock
+
+
 # --- flags -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag, allowed", [
