@@ -91,7 +91,7 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
     parser.add_argument("--no-dedup", "--no_dedup", dest="dedup", action="store_false",
                         help="keep duplicate images (by default exact and near duplicates are filtered)")
     parser.add_argument("--near-dup-threshold", "--near_dup_threshold", dest="near_dup_threshold", type=int, default=6,
-                        help="near duplicates: at most this many differing bits of a 256-bit dHash (-1: exact only)")
+                        help="near duplicates: at most this many differing bits of a 256-bit dHash, -1..128 (-1: exact only)")
     parser.add_argument("--model-cache", "--model_cache", dest="model_cache", default="auto",
                         help="keep model answers (captions, raw boxes, valid negatives) under this folder or fsspec "
                              "URI, keyed by stage, engine, model, prompt hash, engine options and input hash; a re-run "

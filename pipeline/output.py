@@ -221,7 +221,10 @@ def read_listed(output: str) -> Optional[int]:
         return None
     total = 0
     for p in paths:
-        total += int(_read_json(fs, p)["items"])
+        try:
+            total += int(_read_json(fs, p)["items"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{p} is not a read count ({type(e).__name__}: {e})") from None
     return total
 
 

@@ -216,7 +216,12 @@ def preview_main(argv: list[str]) -> int:
         if len(samples) >= args.n:
             break
         samples.append(s)
-    stats = summarise(read_shard_stats(args.output), read_listed(args.output))
+    try:
+        listed = read_listed(args.output)
+    except (OSError, ValueError) as e:  # a read count that is not a small regular json file
+        skipped.append(f"read_counts: {e}")
+        listed = None
+    stats = summarise(read_shard_stats(args.output), listed)
     failed = [("dead-lettered", x) for x in read_lines(args.output, "deadletter", args.n_failed)] + \
              [("filtered", x) for x in read_lines(args.output, "filtered", args.n_failed)]
     diagnostics = {(d.get("key", ""), d.get("expression", "")): d for d in read_lines(args.output, "diagnostics")}

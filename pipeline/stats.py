@@ -127,7 +127,7 @@ def stats_main(argv: list[str]) -> int:
     skipped: list[str] = []
     try:
         report = build_stats(args.output, skipped)
-    except FileNotFoundError as e:
+    except (OSError, ValueError) as e:  # no shards; a read count that is not a small regular json file
         print(f"finehard stats: error: {printable(e)}", file=sys.stderr)
         return 2
     if args.write:

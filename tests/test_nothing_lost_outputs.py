@@ -169,6 +169,12 @@ def test_preview_does_not_open_a_dead_lettered_fifo_or_device(run_out: pathlib.P
     assert done.returncode == 0, done.stderr
     page = (tmp_path / "p.html").read_text()
     assert 'data-key="fifo"' in page and 'data-key="zero"' in page and "(image not readable)" in page
+    os.mkfifo(out / "read_counts" / "0000.json")  # nor a read count that is a FIFO
+    done = finehard("stats", str(out), timeout=90)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"finehard stats: error: {out}/read_counts/0000.json is not a regular file"
+    done = finehard("preview", str(out), "--out", str(tmp_path / "p.html"), timeout=90)
+    assert done.returncode == 1 and "skipped read_counts:" in done.stderr and "Traceback" not in done.stderr
 
 
 # --- durable shards --------------------------------------------------------------------------------------
