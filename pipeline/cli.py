@@ -7,6 +7,7 @@ import sys
 from typing import Callable, Optional
 
 from core.record import PROJECT_VERSION
+from core.terminal import printable
 from pipeline.logs import configure as configure_logging
 from pipeline.options import add_curation_args
 
@@ -74,7 +75,7 @@ def shards_main(argv: list[str]) -> int:
         check_beam_args(beam_args)
         summary = run(argv)
     except (UsageError, ValueError, OutputInUse) as e:
-        print(f"finehard shards: error: {e}", file=sys.stderr)
+        print(f"finehard shards: error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("finehard shards: interrupted; completed shards are kept: run the same command again to resume",
@@ -83,7 +84,7 @@ def shards_main(argv: list[str]) -> int:
     except ImportError as e:  # fsspec without the filesystem of a gs://, s3://, http(s):// path
         if "install" not in str(e).lower():
             raise
-        print(f"finehard shards: error: {e} (pip install 'finehard[gcp]' for gs://, 'finehard[aws]' for s3://; "
+        print(f"finehard shards: error: {printable(e)} (pip install 'finehard[gcp]' for gs://, 'finehard[aws]' for s3://; "
               "aiohttp for http(s)://)", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - one line, not a traceback; the log above has the details
@@ -92,18 +93,18 @@ def shards_main(argv: list[str]) -> int:
         return 1
     print(json.dumps({k: summary[k] for k in ("read", "written", "dead_lettered", "filtered", "shards",
                                                "reconciled", "retryable", "negatives_valid_rate")}))
+    from pipeline.output import failure_reason, reconcile_problem
+
     if summary["reconciled"] is not True:
-        print(f"finehard shards: error: NOT RECONCILED: {summary['read']} input items read, but written + "
-              f"dead-lettered + filtered = {summary['accounted']}: samples were lost (a bug: please report it)",
-              file=sys.stderr)
+        problem = reconcile_problem(summary["read"], summary["accounted"]) or "no read counts were left"
+        print(f"finehard shards: error: NOT RECONCILED: {problem}", file=sys.stderr)
         return 1
-    from pipeline.output import failure_reason
     from pipeline.run import parse_args
 
     args, _ = parse_args(argv)
     reason = failure_reason(summary, args.max_failure_rate, args.output)
     if reason:
-        print(f"finehard shards: failed: {reason}", file=sys.stderr)
+        print(f"finehard shards: failed: {printable(reason)}", file=sys.stderr)
         return 1
     return 0
 
@@ -114,7 +115,7 @@ def _first_line(e: BaseException) -> str:
         e = e.__cause__
     text = f"{type(e).__name__}: {e}"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else type(e).__name__
+    return printable(lines[-1][:300] if lines else type(e).__name__)
 
 
 def _lazy(module: str, func: str) -> Callable[[list[str]], int]:

@@ -34,7 +34,8 @@ from typing import Any, Iterator, Optional
 import fsspec
 
 from core.record import NUM_NEGATIVES
-from pipeline.output import iter_samples, shard_paths
+from core.terminal import printable
+from pipeline.output import iter_samples, report_skipped, run_output_clash, shard_paths
 
 JSON_DIR = "jsonfiles"
 FGCLIP_LIST = "finehard_files.txt"  # the .txt form of --data_path: one json file path a line
@@ -54,8 +55,8 @@ def _shards(output: str, shards: Optional[list[str]]) -> list[str]:
     return uris
 
 
-def _samples(output: str, shards: Optional[list[str]]) -> Iterator[dict[str, Any]]:
-    yield from iter_samples(_shards(output, shards))
+def _samples(output: str, shards: Optional[list[str]], skipped: Optional[list[str]] = None) -> Iterator[dict[str, Any]]:
+    yield from iter_samples(_shards(output, shards), skipped=skipped)
 
 
 def _is_local(path: str) -> bool:
@@ -77,8 +78,12 @@ def fgclip_record(sample: dict[str, Any], image_path: str) -> dict[str, Any]:
 
 
 def export_fgclip(output: str, to: str, shards: Optional[list[str]] = None,
-                  relative_paths: bool = False) -> dict[str, int]:
-    """Extract images and write one JSON array per shard under ``to/jsonfiles/``; returns counts."""
+                  relative_paths: bool = False, skipped: Optional[list[str]] = None) -> dict[str, int]:
+    """Extract images and write one JSON array per shard under ``to/jsonfiles/``; returns counts.
+
+    Shards are untrusted input (``pipeline.output.iter_samples``): a member whose name is a path out
+    of ``to`` (absolute, ``..``) is never used; what is left out is listed in ``skipped``.
+    """
     local = _is_local(to) and not relative_paths
     images = regions = 0
     listed = []
@@ -88,7 +93,7 @@ def export_fgclip(output: str, to: str, shards: Optional[list[str]] = None,
         with fsspec.open(json_path, "w", encoding="utf-8") as f:
             f.write("[")
             first = True
-            for s in iter_samples([uri]):
+            for s in iter_samples([uri], skipped=skipped):
                 rel = posixpath.join(IMAGES_DIR, f"{s['key']}.{s['ext']}")
                 dest = posixpath.join(to, rel)
                 _write(dest, s["image"])
@@ -127,13 +132,14 @@ def fgovd_lines(sample: dict[str, Any], img_path: str, image_id: int = 0, sent_i
 
 
 def export_fgovd(output: str, to: str, shards: Optional[list[str]] = None,
-                 images_dir: Optional[str] = None) -> dict[str, int]:
-    """Write the eval jsonl ``to`` (streamed) and the images it names; returns counts."""
+                 images_dir: Optional[str] = None, skipped: Optional[list[str]] = None) -> dict[str, int]:
+    """Write the eval jsonl ``to`` (streamed) and the images it names; returns counts (what is left out
+    of the shards: ``skipped``, as in :func:`export_fgclip`)."""
     base = posixpath.dirname(to) or "."
     images_rel = images_dir or IMAGES_DIR
     images = n_lines = 0
     with fsspec.open(to, "w", encoding="utf-8") as f:
-        for s in _samples(output, shards):
+        for s in _samples(output, shards, skipped):
             rel = posixpath.join(images_rel, f"{s['key']}.{s['ext']}")
             lines = fgovd_lines(s, rel, image_id=images + 1, sent_id=n_lines)
             if lines:
@@ -150,11 +156,29 @@ def _parser(prog: str, description: str, to_help: str) -> argparse.ArgumentParse
     parser.add_argument("--to", required=True, help=to_help)
     parser.add_argument("--shards", nargs="+", default=None,
                         help="only these shards (shard-00007 or shard-00007.tar); default: all")
+    parser.add_argument("--json", action="store_true", help="print the counts as one json line instead of a sentence")
     return parser
 
 
+def _refuse_output_files(output: str, to: str, flag: str) -> None:
+    """An export never writes over what a run wrote (a shard, a marker, the lists)."""
+    problem = run_output_clash(output, to)
+    if problem:
+        raise ValueError(f"{flag} {to} {problem}; give a path outside the run's files")
+
+
+def _finish(command: str, skipped: list[str], sentence: str, counts: dict[str, Any], as_json: bool) -> int:
+    print(json.dumps(counts) if as_json else sentence)
+    if skipped:
+        report_skipped(command, skipped)
+        print(f"{command}: error: {len(skipped)} part(s) of the shards could not be used (above) and are not in "
+              "the export", file=sys.stderr)
+        return 1
+    return 0
+
+
 def export_fgclip_main(argv: list[str]) -> int:
-    """``finehard export-fgclip OUTPUT --to DIR [--shards ...] [--relative-paths]``."""
+    """``finehard export-fgclip OUTPUT --to DIR [--shards ...] [--relative-paths] [--json]``."""
     parser = _parser("finehard export-fgclip", "Write upstream FG-CLIP's stage-2 training layout: one JSON array per "
                                                "shard in DIR/jsonfiles/ (--data_path), DIR/finehard_files.txt, "
                                                "DIR/images/.", "destination folder")
@@ -162,27 +186,35 @@ def export_fgclip_main(argv: list[str]) -> int:
                         help="write f_path relative to DIR (then upstream's --image_folder must be DIR) instead of "
                              "absolute paths (the default for a local DIR)")
     args = parser.parse_args(argv)
+    skipped: list[str] = []
+    to = args.to.rstrip("/")
     try:
-        counts = export_fgclip(args.output, args.to.rstrip("/"), args.shards, args.relative_paths)
-    except FileNotFoundError as e:
-        print(f"finehard export-fgclip: error: {e}", file=sys.stderr)
+        _refuse_output_files(args.output, to, "--to")
+        counts = export_fgclip(args.output, to, args.shards, args.relative_paths, skipped)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"finehard export-fgclip: error: {printable(e)}", file=sys.stderr)
         return 2
-    print(json.dumps({"to": posixpath.join(args.to, JSON_DIR), "list": posixpath.join(args.to, FGCLIP_LIST),
-                      **counts}))
-    return 0
+    listing = posixpath.join(args.to, FGCLIP_LIST)
+    sentence = (f"exported {counts['images']} image(s) with {counts['regions']} region(s) into {counts['json_files']} "
+                f"json file(s) under {posixpath.join(args.to, JSON_DIR)}; train with --data_path {listing}")
+    return _finish("finehard export-fgclip", skipped, printable(sentence),
+                   {"to": posixpath.join(args.to, JSON_DIR), "list": listing, **counts}, args.json)
 
 
 def export_fgovd_main(argv: list[str]) -> int:
-    """``finehard export-fgovd OUTPUT --to FILE.jsonl [--shards ...]``."""
+    """``finehard export-fgovd OUTPUT --to FILE.jsonl [--shards ...] [--json]``."""
     parser = _parser("finehard export-fgovd", "Write FG-OVD-style eval lines (one per region with 10 negatives) "
                                               "from held-out shards.", "the .jsonl file to write")
     parser.add_argument("--images-dir", default=None,
                         help=f"folder for the images, relative to the jsonl's folder (default {IMAGES_DIR})")
     args = parser.parse_args(argv)
+    skipped: list[str] = []
     try:
-        counts = export_fgovd(args.output, args.to, args.shards, args.images_dir)
-    except FileNotFoundError as e:
-        print(f"finehard export-fgovd: error: {e}", file=sys.stderr)
+        _refuse_output_files(args.output, args.to, "--to")
+        counts = export_fgovd(args.output, args.to, args.shards, args.images_dir, skipped)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"finehard export-fgovd: error: {printable(e)}", file=sys.stderr)
         return 2
-    print(json.dumps({"to": args.to, **counts}))
-    return 0
+    sentence = (f"exported {counts['regions']} region(s) of {counts['images']} image(s) to {args.to}; evaluate "
+                f"with finehard eval --fgovd {args.to}")
+    return _finish("finehard export-fgovd", skipped, printable(sentence), {"to": args.to, **counts}, args.json)

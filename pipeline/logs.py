@@ -17,6 +17,8 @@ import os
 import sys
 from typing import IO, Optional
 
+from core.terminal import printable
+
 PROJECT_LOGGERS = ("finehard", "pipeline", "transforms", "training", "core", "model_stubs", "bench")
 REMOTE_JOB_LOGGERS = ("apache_beam.runners.dataflow", "apache_beam.runners.portability.portable_runner")
 LEVEL_ENV = "FINEHARD_LOG_LEVEL"
@@ -66,9 +68,18 @@ def level_for(verbosity: int) -> tuple[int, int]:
     return logging.DEBUG, logging.INFO
 
 
+class PrintableFormatter(logging.Formatter):
+    """Log lines whose message has its control characters written out (``core.terminal.printable``): a
+    key, URL or engine answer logged as it came cannot drive the terminal. Tracebacks are kept as they are."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = printable(record.message, keep_newlines=True)
+        return super().formatMessage(record)
+
+
 def _install(project_level: int, beam_level: int, stream: Optional[IO[str]]) -> logging.Handler:
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
+    handler.setFormatter(PrintableFormatter(FORMAT, DATE_FORMAT))
     handler.addFilter(NoiseFilter())
     root = logging.getLogger()
     for old in list(root.handlers):  # the handler an import-time logging.warning() installed

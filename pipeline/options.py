@@ -91,7 +91,7 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
     parser.add_argument("--no-dedup", "--no_dedup", dest="dedup", action="store_false",
                         help="keep duplicate images (by default exact and near duplicates are filtered)")
     parser.add_argument("--near-dup-threshold", "--near_dup_threshold", dest="near_dup_threshold", type=int, default=6,
-                        help="near duplicates: at most this many differing bits of a 256-bit dHash (-1: exact only)")
+                        help="near duplicates: at most this many differing bits of a 256-bit dHash, -1..128 (-1: exact only)")
     parser.add_argument("--model-cache", "--model_cache", dest="model_cache", default="auto",
                         help="keep model answers (captions, raw boxes, valid negatives) under this folder or fsspec "
                              "URI, keyed by stage, engine, model, prompt hash, engine options and input hash; a re-run "
@@ -141,7 +141,12 @@ class FineHardOptions(PipelineOptions):
         add_curation_args(parser, required=False)
 
 
+NEAR_DUP_MAX_BITS = 128  # of a 256-bit dHash: two unrelated images differ in about this many bits
+
+
 def check_positive(args: argparse.Namespace) -> None:
+    """Every value a curation flag may take, checked before anything is written (``ValueError``: the CLI
+    prints its one line and exits 2)."""
     for name in ("samples_per_shard", "max_regions", "max_pixels", "batch_size", "max_caption_chars",
                  "caption_max_side", "caption_max_tokens", "caption_concurrency", "detector_imgsz",
                  "max_short_caption_chars", "max_image_bytes"):
@@ -157,3 +162,47 @@ def check_positive(args: argparse.Namespace) -> None:
         raise ValueError("--wave-samples must be >= 0 (0: one pass)")
     if args.negatives_retries < 0:
         raise ValueError("--negatives-retries must be >= 0")
+    for name, what in (("num_shards", "0: from the input's size"), ("rows_per_read_unit", "0: each manifest whole"),
+                       ("min_side", "0: no image is too small")):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0 ({what}), got {getattr(args, name)}")
+    if not -1 <= args.near_dup_threshold <= NEAR_DUP_MAX_BITS:
+        raise ValueError(f"--near-dup-threshold must lie in -1..{NEAR_DUP_MAX_BITS} (differing bits of a 256-bit "
+                         f"hash; -1: exact duplicates only), got {args.near_dup_threshold}")
+    if args.progress_every_s < 0:
+        raise ValueError("--progress-every-s must be >= 0 (0: off)")
+
+
+def check_beam_options(beam_args: list[str]) -> None:
+    """The Beam flags this project reads itself: ``--runner`` names a runner, ``--direct_num_workers`` >= 0."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    from pipeline.runner_names import RUNNERS, canonical_runner
+
+    options = PipelineOptions(beam_args)
+    runner = options.view_as(StandardOptions).runner
+    if runner is not None and not _known_runner(runner, canonical_runner(runner) in RUNNERS):
+        known = ", ".join(r for r in RUNNERS if r != "FnApiRunner")
+        raise ValueError(f"--runner {runner} is not a runner here; give one of {known} (any case, 'Runner' may be "
+                         "left out), or the module.Class path of a PipelineRunner")
+    workers = options.view_as(DirectOptions).direct_num_workers
+    if workers is not None and workers < 0:
+        raise ValueError(f"--direct_num_workers must be >= 0 (0: one per core), got {workers}")
+
+
+def _known_runner(name: str, ours: bool) -> bool:
+    if ours:
+        return True
+    from apache_beam.runners.runner import _RUNNER_MAP
+
+    low = name.strip().lower()
+    if low in _RUNNER_MAP or low + "runner" in _RUNNER_MAP:
+        return True
+    if "." in name:
+        import importlib.util
+
+        try:
+            return importlib.util.find_spec(name.rsplit(".", 1)[0]) is not None
+        except (ImportError, ValueError):
+            return False
+    return False

@@ -21,7 +21,8 @@ from typing import Any, Iterable, Optional
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from core.files import atomic_write, local_path
+from core.files import atomic_write, local_path, open_regular
+from core.terminal import printable
 from transforms.read import ReadUnit
 from transforms.write import DEADLETTER_DIR, DIAGNOSTICS_DIR, FILTERED_DIR, READ_COUNTS_DIR, SHARD_PREFIX
 
@@ -37,31 +38,67 @@ class OutputInUse(RuntimeError):
     """Another live run holds the output folder."""
 
 
+MAX_LOCK_BYTES = 4096  # a lock is one short json line: only this much of the file is ever read
+PID_MAX = 1 << 22  # Linux's largest pid_max: no process has a larger pid
+
+
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a pid no process can have is not running)."""
+    if not 0 < pid <= PID_MAX:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # someone else's process
+    except (OverflowError, OSError):
+        return False
     return True
 
 
+def lock_pid(holder: dict[str, Any]) -> Optional[int]:
+    """The holder's pid as written by :meth:`OutputLock.acquire` (a number, or its digits as a string), or None."""
+    pid = holder.get("pid")
+    if isinstance(pid, str) and pid.strip().lstrip("-").isdigit() and len(pid.strip()) < 20:
+        pid = int(pid.strip())
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+
+
 class OutputLock:
-    """``OUTPUT/.finehard.lock``, created atomically; a lock whose process is gone (same host) is stale."""
+    """``OUTPUT/.finehard.lock``, created atomically; a lock whose process is gone (same host) is stale.
+
+    Only the first ``MAX_LOCK_BYTES`` of the file are read. A lock that is not a json object with
+    this host's name and a pid (empty, cut short, written by something else) is never removed
+    silently: it may be a run's lock being written this very moment. The message says so and
+    names the file to delete.
+    """
 
     def __init__(self, output: str):
         self.fs, self.root = fsspec.core.url_to_fs(output)
         self.path = posixpath.join(self.root, LOCK_NAME)
         self.held = False
 
-    def _holder(self) -> dict[str, Any]:
+    def _holder(self) -> tuple[dict[str, Any], Optional[str]]:
+        """The lock's holder, or ``({}, why it is not a lock)``."""
         try:
-            with self.fs.open(self.path, "rt", encoding="utf-8") as f:
-                holder = json.load(f)
-            return holder if isinstance(holder, dict) else {}
-        except (OSError, ValueError):
-            return {}
+            with open_regular(self.fs, self.path) as f:
+                data = f.read(MAX_LOCK_BYTES + 1)
+        except FileNotFoundError:
+            return {}, None
+        except OSError as e:
+            return {}, f"it cannot be read ({type(e).__name__}: {e})"
+        if len(data) > MAX_LOCK_BYTES:
+            return {}, f"it is larger than {MAX_LOCK_BYTES} bytes, so not a lock this program wrote"
+        try:
+            holder = json.loads(data)
+        except (ValueError, RecursionError):
+            return {}, "it is empty or not json (being written, or not a lock this program wrote)"
+        if not isinstance(holder, dict):
+            return {}, "it is not a json object"
+        if lock_pid(holder) is None or not isinstance(holder.get("host"), str):
+            return {}, "it names no host and pid"
+        return holder, None
 
     def _create(self, body: bytes) -> bool:
         if isinstance(self.fs, LocalFileSystem):
@@ -69,6 +106,7 @@ class OutputLock:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 return False
+            self.held = True  # ours from here: an interrupt while the body is written still removes it
             with os.fdopen(fd, "wb") as f:
                 f.write(body)
             return True
@@ -79,20 +117,32 @@ class OutputLock:
         return True
 
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except BaseException:  # an interrupt after the lock file was created: it is not left behind
+            self.release()
+            raise
+
+    def _acquire(self) -> None:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         body = json.dumps(me).encode("utf-8")
         for _ in range(2):
             if self._create(body):
                 self.held = True
                 return
-            holder = self._holder()
-            same_host = holder.get("host") == me["host"]
-            if holder and same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
-                LOG.warning("removing a stale lock of pid %s (no longer running): %s", holder["pid"], self.path)
+            holder, malformed = self._holder()
+            if malformed:
+                raise OutputInUse(f"--output {self.root} holds a lock file {self.path} that is not a valid lock: "
+                                  f"{malformed}. If no run is using this folder, delete that file and run again")
+            if not holder:
+                continue  # removed meanwhile: try again
+            pid = lock_pid(holder)
+            if holder.get("host") == me["host"] and pid is not None and not _pid_alive(pid):
+                LOG.warning("removing a stale lock of pid %s (no longer running): %s", pid, self.path)
                 self.fs.rm(self.path)
                 continue
-            who = (f"a run on {holder.get('host')} (pid {holder.get('pid')}, started {holder.get('started')})"
-                   if holder else "another run (its lock file is unreadable)")
+            who = (f"a run on {printable(holder.get('host'))} (pid {pid}, started "
+                   f"{printable(str(holder.get('started'))[:40])})")
             raise OutputInUse(f"--output {self.root} is in use by {who}; wait for it to finish or use another "
                               f"--output. If that run is dead, delete {self.path}")
         raise OutputInUse(f"could not take the lock {self.path}")

@@ -5,16 +5,27 @@
 """
 from __future__ import annotations
 
+import fnmatch
 import json
+import logging
+import os
 import posixpath
+import sys
 import tarfile
 from typing import Any, Iterator, Optional
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from core.files import atomic_write, protocol_prefix
-from core.record import IMAGE_EXTS, METRICS_NAMESPACE
+from core.files import atomic_write, open_regular, protocol_prefix, read_bounded, unsafe_member_problem
+from core.record import IMAGE_EXTS, METRICS_NAMESPACE, SampleError
+from core.terminal import printable
+from transforms.read import open_input, shard_record_problem
 from transforms.write import READ_COUNTS_DIR, SHARD_PREFIX, STATS_SUFFIX, read_marker
+
+LOG = logging.getLogger("finehard")
+MAX_RECORD_BYTES = 64 << 20  # a shard's .json member: a caption and regions, far below this
+MAX_SMALL_FILE_BYTES = 16 << 20  # summary.json, read counts: a few KiB
 
 STAGE_ORDER = ("recaption", "expressions", "detect", "negatives")  # chain order
 SHARD_GLOB = f"{SHARD_PREFIX}-*.tar"
@@ -84,34 +95,104 @@ def shard_paths(output: str, names: Optional[list[str]] = None) -> list[str]:
     return [prefix + p for p in paths]
 
 
-def iter_samples(shard_uris: list[str], with_images: bool = True) -> Iterator[dict[str, Any]]:
-    """Samples of the shards in order: ``{"key", "record", "ext", "image"}`` (image bytes only if asked)."""
+def sample_problem(record: Any) -> Optional[str]:
+    """What makes a shard's ``.json`` member unusable by stats, preview and the exports, or None: the
+    curation reader's ``bad_shard_record`` rule (``transforms.read.shard_record_problem``), plus a
+    pixel size where the record has regions."""
+    if not isinstance(record, dict):
+        return f"its .json is {type(record).__name__}, not an object"
+    provenance = record.get("provenance", {})
+    if not isinstance(provenance, dict):
+        return f"provenance is a {type(provenance).__name__}, not an object"
+    problem = shard_record_problem({"bbox_info": [], **record, "provenance": provenance})
+    if problem is None and record.get("bbox_info"):
+        for f in ("width", "height"):
+            v = record.get(f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                return f"{f} is {str(v)[:50]}, not a positive pixel count"
+    return problem
+
+
+def iter_samples(shard_uris: list[str], with_images: bool = True,
+                 skipped: Optional[list[str]] = None) -> Iterator[dict[str, Any]]:
+    """Samples of the shards in order: ``{"key", "record", "ext", "image"}`` (image bytes only if asked).
+
+    A shard may come from elsewhere: it is opened as the curation reader opens input (regular files
+    only), and what cannot be used is skipped, with one line each in ``skipped`` (logged when it is
+    None): a shard that is not a readable tar (a zero-byte file, a FIFO) or ends early, an unsafe
+    member (``core.files.unsafe_member_problem``: its name is never used as a path), a ``.json``
+    that is not JSON or not a valid record (:func:`sample_problem`), a sample without an image or
+    without a ``.json``.
+    """
+    def skip(line: str) -> None:
+        if skipped is None:
+            LOG.warning("skipped %s", printable(line))
+        else:
+            skipped.append(line)
+
     for uri in shard_uris:
+        shard = posixpath.basename(uri)
         current: dict[str, Any] = {}
-        with fsspec.open(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for ti in tar:
-                if not ti.isfile():
-                    continue
-                key, _, ext = ti.name.partition(".")
-                if current and current["key"] != key:
-                    if "record" in current:
-                        yield current
-                    current = {}
-                current.setdefault("key", key)
-                if ext == "json":
-                    current["record"] = json.loads(tar.extractfile(ti).read())
-                elif ext in IMAGE_EXTS:
-                    current["ext"] = ext
-                    if with_images:
-                        current["image"] = tar.extractfile(ti).read()
-        if current.get("record") is not None:
-            yield current
+
+        def finish(sample: dict[str, Any]) -> Iterator[dict[str, Any]]:
+            if not sample:
+                return
+            where = f"{shard}: sample {sample['key']!r}"
+            if "bad" in sample:
+                skip(f"{where}: {sample['bad']}")
+            elif "record" not in sample:
+                skip(f"{where}: has no .json member")
+            elif "ext" not in sample:
+                skip(f"{where}: has no image member")
+            else:
+                yield sample
+
+        try:
+            with open_input(uri) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+                for ti in tar:
+                    if ti.isdir():
+                        continue
+                    problem = unsafe_member_problem(ti)
+                    if problem:
+                        skip(f"{shard}: member {ti.name!r}: {problem}")
+                        continue
+                    key, _, ext = ti.name.partition(".")
+                    if current and current["key"] != key:
+                        yield from finish(current)
+                        current = {}
+                    current.setdefault("key", key)
+                    if ext == "json":
+                        try:
+                            record = json.loads(tar.extractfile(ti).read(MAX_RECORD_BYTES + 1))
+                        except (ValueError, RecursionError) as e:
+                            current["bad"] = f"its .json is not JSON ({type(e).__name__}: {str(e)[:100]})"
+                            continue
+                        problem = sample_problem(record)
+                        if problem:
+                            current["bad"] = problem
+                        else:
+                            current["record"] = record
+                    elif ext in IMAGE_EXTS:
+                        current["ext"] = ext
+                        if with_images:
+                            current["image"] = tar.extractfile(ti).read()
+        except (OSError, EOFError, tarfile.TarError, SampleError) as e:
+            why = e.detail if isinstance(e, SampleError) else f"{type(e).__name__}: {e}"
+            skip(f"{shard}: not a readable tar from here on ({why})")
+        yield from finish(current)
 
 
+def report_skipped(command: str, skipped: list[str], limit: int = 20) -> None:
+    """The lines :func:`iter_samples` left in ``skipped``, on stderr (at most ``limit``, then a count)."""
+    for line in skipped[:limit]:
+        print(f"{command}: skipped {printable(line)}", file=sys.stderr)
+    if len(skipped) > limit:
+        print(f"{command}: ... and {len(skipped) - limit} more skipped", file=sys.stderr)
 
-def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
-    with fs.open(path, "rt", encoding="utf-8") as f:
-        return json.load(f)
+
+def _read_json(fs: fsspec.AbstractFileSystem, path: str, limit: int = MAX_SMALL_FILE_BYTES) -> Any:
+    """A small json file of OUTPUT (regular files only, at most ``limit`` bytes: ValueError past it)."""
+    return json.loads(read_bounded(fs, path, limit))
 
 
 
@@ -140,8 +221,10 @@ def read_listed(output: str) -> Optional[int]:
         return None
     total = 0
     for p in paths:
-        with fs.open(p, "rb") as f:
-            total += int(json.loads(f.read())["items"])
+        try:
+            total += int(_read_json(fs, p)["items"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{p} is not a read count ({type(e).__name__}: {e})") from None
     return total
 
 
@@ -174,6 +257,39 @@ def summarise(stats: list[dict[str, Any]], listed: Optional[int] = None) -> dict
     return total
 
 
+def run_output_clash(output: str, target: str) -> Optional[str]:
+    """Why writing ``target`` would overwrite what a run wrote into ``output`` (a shard, a marker, the lists,
+    the summary, the lock), or None. ``target`` a file or a folder to write into."""
+    from pipeline.outdir import LOCK_NAME, RUN_OUTPUTS  # outdir imports the readers; only this needs it
+
+    out_fs, out_root = fsspec.core.url_to_fs(output)
+    to_fs, to_path = fsspec.core.url_to_fs(target)
+    if type(out_fs) is not type(to_fs):
+        return None
+    if isinstance(out_fs, LocalFileSystem):
+        out_root, to_path = os.path.realpath(out_root), os.path.realpath(to_path)
+    rel = posixpath.relpath(to_path, out_root) if to_path.startswith(out_root.rstrip("/") + "/") else None
+    if rel is None:
+        return None
+    first = rel.split("/", 1)[0]
+    if any(fnmatch.fnmatchcase(first, pattern) for pattern in (*RUN_OUTPUTS, LOCK_NAME, ".model-cache")):
+        return f"is a file of the run in {output} ({first})"
+    return None
+
+
+def reconcile_problem(read: Optional[int], accounted: int) -> Optional[str]:
+    """Why ``read`` input items and ``accounted`` outcomes (written + dead-lettered + filtered) differ, in
+    the direction they differ; None when they agree or nothing was counted."""
+    if read is None or read == accounted:
+        return None
+    if accounted < read:
+        return (f"{read} input items read, but written + dead-lettered + filtered = {accounted}: "
+                f"{read - accounted} sample(s) were lost (a bug: please report it)")
+    return (f"{read} input items read, but the shards' stats markers account for {accounted}: {accounted - read} "
+            "more than were read (a marker over-counts: edited, or left by another run; nothing is missing "
+            "from the count)")
+
+
 SIZES_NAME = "sizes.json"
 
 
@@ -193,15 +309,26 @@ def _first_line(output: str, folder: str, match: Any) -> Optional[dict[str, Any]
     """The first json line under OUTPUT/folder/ for which ``match(line)`` holds."""
     fs, root = fsspec.core.url_to_fs(output)
     for p in sorted(fs.glob(posixpath.join(root, folder, "*.jsonl"))):
-        with fs.open(p, "rt", encoding="utf-8") as f:
+        for item in _json_lines(fs, p):
+            if match(item):
+                return item
+    return None
+
+
+def _json_lines(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[dict[str, Any]]:
+    """The json objects of one ``.jsonl`` list of OUTPUT; a list that is not a regular file (a FIFO left
+    there) or cannot be read yields nothing, a line that is not a json object is passed over."""
+    try:
+        with open_regular(fs, path) as f:
             for line in f:
                 try:
                     item = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
-                if match(item):
-                    return item
-    return None
+                if isinstance(item, dict):
+                    yield item
+    except OSError as e:
+        LOG.warning("%s cannot be read: %s", path, e)
 
 
 def failure_reason(summary: dict[str, Any], max_rate: float, output: str) -> Optional[str]:
@@ -240,12 +367,8 @@ def read_lines(output: str, folder: str, limit: Optional[int] = None) -> list[di
     fs, root = fsspec.core.url_to_fs(output)
     out: list[dict[str, Any]] = []
     for p in sorted(fs.glob(posixpath.join(root, folder, "*.jsonl"))):
-        with fs.open(p, "rt", encoding="utf-8") as f:
-            for line in f:
-                if limit is not None and len(out) >= limit:
-                    return out
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
+        for item in _json_lines(fs, p):
+            if limit is not None and len(out) >= limit:
+                return out
+            out.append(item)
     return out

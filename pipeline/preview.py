@@ -14,12 +14,19 @@ from typing import Any, Optional
 import fsspec
 from PIL import Image
 
+from core.terminal import printable
 from pipeline.output import (SHARD_GLOB, is_stub, iter_samples, read_lines, read_listed, read_shard_stats,
-                             shard_paths, summarise)
+                             report_skipped, run_output_clash, shard_paths, summarise)
+from transforms.read import read_limited
 
 PREVIEW_MAX_SIDE = 512
 MAX_FAILED_IMAGE_BYTES = 20 << 20  # a dead-lettered image bigger than this is not inlined
 BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+
+
+def _esc(text: object) -> str:
+    """Text of the page: control characters written out (``core.terminal.printable``), then HTML-escaped."""
+    return html.escape(printable(text, keep_newlines=True))
 
 
 def _data_uri(image: bytes, ext: str) -> str:
@@ -46,13 +53,13 @@ def _overlay(record: dict[str, Any]) -> str:
     for i, region in enumerate(record.get("bbox_info", [])):
         x1, y1, x2, y2, score = (list(region.get("bbox", [])) + [0, 0, 0, 0, 0])[:5]
         colour = BOX_COLOURS[i % len(BOX_COLOURS)]
-        label = html.escape(f"{i + 1}. {region.get('short_expr', '')} {score:.2f}")
+        label = _esc(f"{i + 1}. {region.get('short_expr', '')} {score:.2f}")
         x, y = x1 * w, y1 * h
         ty = y + font if y < font * 1.4 else y - font * 0.3
         # labels of boxes on the right half end at the box's right edge, so they stay in the image
         tx, anchor = (x2 * w - 2, "end") if x1 > 0.5 else (x + 2, "start")
         parts.append(
-            f'<g class="region" data-short-expr="{html.escape(region.get("short_expr", ""))}" data-score="{score:.2f}">'
+            f'<g class="region" data-short-expr="{_esc(region.get("short_expr", ""))}" data-score="{score:.2f}">'
             f'<rect x="{x:.1f}" y="{y:.1f}" width="{(x2 - x1) * w:.1f}" height="{(y2 - y1) * h:.1f}" '
             f'fill="none" stroke="{colour}" stroke-width="{line:.2f}"/>'
             f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="{anchor}" font-size="{font:.2f}" fill="{colour}" '
@@ -66,7 +73,7 @@ def _regions_table(record: dict[str, Any], diagnostics: Optional[dict[tuple[str,
     for i, region in enumerate(record.get("bbox_info", [])):
         colour = BOX_COLOURS[i % len(BOX_COLOURS)]
         negs = region.get("short_expr_negs") or {}
-        neg_items = "".join(f"<li>{html.escape(str(negs[k]))}</li>" for k in sorted(negs, key=lambda k: int(k)
+        neg_items = "".join(f"<li>{_esc(str(negs[k]))}</li>" for k in sorted(negs, key=lambda k: int(k)
                                                                                       if str(k).isdigit() else 0))
         ok = "ok" if region.get("flag_short_neg") == 1 else "no valid negatives"
         why = (diagnostics or {}).get((record.get("key", ""), region.get("short_expr", "")))
@@ -74,11 +81,11 @@ def _regions_table(record: dict[str, Any], diagnostics: Optional[dict[tuple[str,
             ok += f": {why.get('reason')}"
             said = why.get("detail") or (f"answer: {why['raw_answer']}" if why.get("raw_answer") else "")
             if said:
-                neg_items += f'<li class="why-invalid">{html.escape(str(said)[:300])}</li>'
+                neg_items += f'<li class="why-invalid">{_esc(str(said)[:300])}</li>'
         rows.append(
             f'<tr class="region-row"><td style="color:{colour}">{i + 1}</td>'
-            f'<td><b class="short-expr">{html.escape(region.get("short_expr", ""))}</b><br>'
-            f'<span class="long-expr">{html.escape(region.get("long_expr", ""))}</span></td>'
+            f'<td><b class="short-expr">{_esc(region.get("short_expr", ""))}</b><br>'
+            f'<span class="long-expr">{_esc(region.get("long_expr", ""))}</span></td>'
             f'<td><details open><summary>{len(negs)} negatives ({ok})</summary>'
             f'<ol class="negatives">{neg_items}</ol></details></td></tr>')
     if not rows:
@@ -97,26 +104,27 @@ def sample_card(sample: dict[str, Any], diagnostics: Optional[dict[tuple[str, st
         if is_stub(rec) else ""
     image = ""
     if sample.get("image") is not None:
-        image = (f'<div class="figure"><img alt="{html.escape(rec.get("key", ""))}" '
+        image = (f'<div class="figure"><img alt="{_esc(rec.get("key", ""))}" '
                  f'src="{_data_uri(sample["image"], sample["ext"])}">{_overlay(rec)}</div>')
-    return (f'<section class="sample" data-key="{html.escape(sample["key"])}">'
-            f'<h2>{html.escape(sample["key"])} {badge}</h2>{image}'
-            f'<p class="meta">{rec.get("width")}×{rec.get("height")} · {html.escape(str(rec.get("f_path", "")))}</p>'
-            f'<p><b>long caption</b> <span class="caption">{html.escape(rec.get("caption", ""))}</span></p>'
-            f'<p><b>short caption</b> <span class="short-caption">{html.escape(rec.get("short_caption", ""))}</span></p>'
+    return (f'<section class="sample" data-key="{_esc(sample["key"])}">'
+            f'<h2>{_esc(sample["key"])} {badge}</h2>{image}'
+            f'<p class="meta">{rec.get("width")}×{rec.get("height")} · {_esc(str(rec.get("f_path", "")))}</p>'
+            f'<p><b>long caption</b> <span class="caption">{_esc(rec.get("caption", ""))}</span></p>'
+            f'<p><b>short caption</b> <span class="short-caption">{_esc(rec.get("short_caption", ""))}</span></p>'
             f'{_regions_table(rec, diagnostics)}</section>')
 
 
 def _failed_image(f_path: str) -> Optional[tuple[bytes, str]]:
-    """The source image of a dead-lettered/filtered sample, when it can still be read as an image."""
-    if not f_path or "#" in f_path:
-        return None  # a tar member or a manifest row: no file of its own
+    """The source image of a dead-lettered/filtered sample, when it can still be read as an image.
+
+    It is read as the curation reader reads input (``transforms.read.read_limited``): a regular file
+    only (a FIFO or a device that was dead-lettered is not opened again), at most
+    ``MAX_FAILED_IMAGE_BYTES``; http(s) sources are not fetched again (a preview needs no network).
+    """
+    if not f_path or "#" in f_path or f_path.lower().startswith(("http://", "https://")):
+        return None  # a tar member or a manifest row (no file of its own), or a download
     try:
-        fs, path = fsspec.core.url_to_fs(f_path)
-        if (fs.size(path) or 0) > MAX_FAILED_IMAGE_BYTES:
-            return None
-        with fs.open(path, "rb") as f:
-            data = f.read()
+        data = read_limited(f_path, MAX_FAILED_IMAGE_BYTES)
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             fmt = (im.format or "").lower()
@@ -131,14 +139,14 @@ def _failed_image(f_path: str) -> Optional[tuple[bytes, str]]:
 def failed_card(letter: dict[str, Any], kind: str) -> str:
     """A dead-lettered or filtered sample: key, stage, reason, detail, and the image when readable."""
     image = _failed_image(str(letter.get("f_path") or ""))
-    figure = (f'<div class="figure"><img alt="{html.escape(str(letter.get("key")))}" '
+    figure = (f'<div class="figure"><img alt="{_esc(str(letter.get("key")))}" '
               f'src="{_data_uri(*image)}"></div>') if image else '<p class="none">(image not readable)</p>'
-    return (f'<section class="sample failed {kind}" data-key="{html.escape(str(letter.get("key")))}">'
-            f'<h2>{html.escape(str(letter.get("key")))} <span class="badge {kind}">{kind}</span></h2>{figure}'
-            f'<p><b>stage</b> <span class="stage">{html.escape(str(letter.get("stage")))}</span> · '
-            f'<b>reason</b> <span class="reason">{html.escape(str(letter.get("reason")))}</span></p>'
-            f'<p class="detail">{html.escape(str(letter.get("detail") or ""))}</p>'
-            f'<p class="meta">{html.escape(str(letter.get("f_path") or ""))}</p></section>')
+    return (f'<section class="sample failed {kind}" data-key="{_esc(str(letter.get("key")))}">'
+            f'<h2>{_esc(str(letter.get("key")))} <span class="badge {kind}">{kind}</span></h2>{figure}'
+            f'<p><b>stage</b> <span class="stage">{_esc(str(letter.get("stage")))}</span> · '
+            f'<b>reason</b> <span class="reason">{_esc(str(letter.get("reason")))}</span></p>'
+            f'<p class="detail">{_esc(str(letter.get("detail") or ""))}</p>'
+            f'<p class="meta">{_esc(str(letter.get("f_path") or ""))}</p></section>')
 
 
 PAGE_CSS = """
@@ -169,8 +177,8 @@ def render_preview(samples: list[dict[str, Any]], title: str, stats: Optional[di
         head = (f'<p class="summary">read {stats["read"]}, written {stats["written"]}, dead-lettered '
                 f'{stats["dead_lettered"]}, filtered {stats["filtered"]}; showing {len(samples)} sample(s)</p>')
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1>{head}<main>"
+            f"<title>{_esc(title)}</title><style>{PAGE_CSS}</style></head><body>"
+            f"<h1>{_esc(title)}</h1>{head}<main>"
             + "".join(sample_card(s, diagnostics) for s in samples) + "</main>"
             + (f'<h1 id="failed">Dead-lettered and filtered ({len(failed)} shown)</h1><main>'
                + "".join(failed_card(letter, kind) for kind, letter in failed) + "</main>" if failed else "")
@@ -189,25 +197,41 @@ def preview_main(argv: list[str]) -> int:
     parser.add_argument("--n-failed", type=int, default=24,
                         help="how many dead-lettered and filtered samples to show (each list, 0 = none)")
     args = parser.parse_args(argv)
+    clash = run_output_clash(args.output, args.out)
+    if clash:
+        print(f"finehard preview: error: --out {printable(args.out)} {printable(clash)}; write the page elsewhere "
+              "(e.g. preview.html)", file=sys.stderr)
+        return 2
     try:
         uris = shard_paths(args.output, args.shards)
     except FileNotFoundError as e:
-        print(f"finehard preview: error: {e}", file=sys.stderr)
+        print(f"finehard preview: error: {printable(e)}", file=sys.stderr)
         return 2
     if not uris:
-        print(f"finehard preview: error: no {SHARD_GLOB} in {args.output}", file=sys.stderr)
+        print(f"finehard preview: error: no {SHARD_GLOB} in {printable(args.output)}", file=sys.stderr)
         return 2
-    samples = []
-    for s in iter_samples(uris):
+    samples: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for s in iter_samples(uris, skipped=skipped):
         if len(samples) >= args.n:
             break
         samples.append(s)
-    stats = summarise(read_shard_stats(args.output), read_listed(args.output))
+    try:
+        listed = read_listed(args.output)
+    except (OSError, ValueError) as e:  # a read count that is not a small regular json file
+        skipped.append(f"read_counts: {e}")
+        listed = None
+    stats = summarise(read_shard_stats(args.output), listed)
     failed = [("dead-lettered", x) for x in read_lines(args.output, "deadletter", args.n_failed)] + \
              [("filtered", x) for x in read_lines(args.output, "filtered", args.n_failed)]
     diagnostics = {(d.get("key", ""), d.get("expression", "")): d for d in read_lines(args.output, "diagnostics")}
     page = render_preview(samples, f"FineHARD preview — {args.output}", stats, failed, diagnostics)
     with fsspec.open(args.out, "wt", encoding="utf-8") as f:
         f.write(page)
-    print(f"wrote {args.out}: {len(samples)} sample(s), {len(page) // 1024} KiB")
+    print(printable(f"wrote {args.out}: {len(samples)} sample(s), {len(page) // 1024} KiB"))
+    if skipped:
+        report_skipped("finehard preview", skipped)
+        print(f"finehard preview: error: {len(skipped)} part(s) of the shards could not be read (above) and are "
+              "not shown", file=sys.stderr)
+        return 1
     return 0

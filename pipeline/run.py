@@ -14,7 +14,7 @@ import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from core.engines import EngineSpecError, parse_spec
-from pipeline.options import add_curation_args, check_positive
+from pipeline.options import add_curation_args, check_beam_options, check_positive
 from pipeline.outdir import (RUN_FILE, InputFingerprint, OutputLock, prepare_output, read_run_file,
                              remove_run_outputs, remove_stale_temp_files, same_input, write_run_file)
 from core.record import PROJECT_VERSION, Field, text_hash, valid_text
@@ -460,7 +460,9 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
     add_curation_args(parser)
     args, beam_args = parser.parse_known_args(argv)
     check_positive(args)
-    return args, normalise_runner_args(beam_args)
+    beam_args = normalise_runner_args(beam_args)
+    check_beam_options(beam_args)
+    return args, beam_args
 
 
 def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> dict[str, Any]:

@@ -6,16 +6,17 @@ import json
 import posixpath
 import sys
 from collections import Counter
-from typing import Any
+from typing import Any, Optional
 
 import fsspec
 
 from core.record import NUM_NEGATIVES
+from core.terminal import printable
 from pipeline.output import (STATS_GLOB, _read_json, in_chain_order, is_stub, iter_samples, read_listed,
-                             read_shard_stats, shard_paths, summarise)
+                             read_shard_stats, reconcile_problem, report_skipped, shard_paths, summarise)
 
 REPORT_NAME = "stats_report.json"
-RECONCILED = {True: "reconciled", False: "NOT RECONCILED: samples are missing", None: "no read counts: not checked"}
+RECONCILED = {True: "reconciled", None: "no read counts: not checked"}
 
 
 def _by_stage(by_reason: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -27,8 +28,9 @@ def _by_stage(by_reason: dict[str, int]) -> dict[str, dict[str, int]]:
 
 
 
-def build_stats(output: str) -> dict[str, Any]:
-    """The stats report of a run's OUTPUT folder (see module docstring)."""
+def build_stats(output: str, skipped: Optional[list[str]] = None) -> dict[str, Any]:
+    """The stats report of a run's OUTPUT folder (see module docstring); what could not be read of the
+    shards is left out, one line each in ``skipped`` (``pipeline.output.iter_samples``)."""
     fs, root = fsspec.core.url_to_fs(output)
     stats = read_shard_stats(output)
     if not stats:
@@ -37,7 +39,7 @@ def build_stats(output: str) -> dict[str, Any]:
     regions_hist: Counter[int] = Counter()
     negs_valid = regions = stub_samples = 0
     engines: Counter[str] = Counter()
-    for s in iter_samples(shard_paths(output), with_images=False):
+    for s in iter_samples(shard_paths(output), with_images=False, skipped=skipped):
         rec = s["record"]
         info = rec.get("bbox_info", [])
         regions_hist[len(info)] += 1
@@ -48,9 +50,15 @@ def build_stats(output: str) -> dict[str, Any]:
         for field, prov in sorted(rec.get("provenance", {}).items()):
             if isinstance(prov, dict):
                 engines[f"{field}:{prov.get('model') or prov.get('engine')}"] += 1
-    summary = {}
+    summary: Any = {}
     if fs.exists(posixpath.join(root, "summary.json")):
-        summary = _read_json(fs, posixpath.join(root, "summary.json"))
+        try:
+            summary = _read_json(fs, posixpath.join(root, "summary.json"))
+        except (OSError, ValueError, RecursionError) as e:
+            if skipped is not None:
+                skipped.append(f"summary.json: not readable ({type(e).__name__}: {e})")
+        if not isinstance(summary, dict):
+            summary = {}
     seconds = summary.get("wall_seconds")
     counters = total["counters"]
     return {
@@ -59,6 +67,7 @@ def build_stats(output: str) -> dict[str, Any]:
         "read": total["read"], "written": total["written"],
         "dead_lettered": total["dead_lettered"], "filtered": total["filtered"],
         "reconciled": total["reconciled"],
+        "reconcile_problem": reconcile_problem(total["read"], total["accounted"]),
         "dead_lettered_by_stage": _by_stage(total["dead_lettered_by_reason"]),
         "filtered_by_stage": _by_stage(total["filtered_by_reason"]),
         "conversions": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("converted:")},
@@ -79,9 +88,10 @@ def build_stats(output: str) -> dict[str, Any]:
 
 def format_stats(report: dict[str, Any]) -> str:
     """The report as a few aligned lines for a terminal."""
+    reconciled = RECONCILED.get(report["reconciled"]) or f"NOT RECONCILED: {report.get('reconcile_problem')}"
     lines = [f"{report['output']}: {report['shards']} shard(s)",
              f"  read {report['read']} = written {report['written']} + dead-lettered {report['dead_lettered']}"
-             f" + filtered {report['filtered']}  ({RECONCILED[report['reconciled']]})"]
+             f" + filtered {report['filtered']}  ({reconciled})"]
     for title, key in (("dead-lettered", "dead_lettered_by_stage"), ("filtered", "filtered_by_stage")):
         for stage, reasons in report[key].items():
             for reason, n in reasons.items():
@@ -102,7 +112,7 @@ def format_stats(report: dict[str, Any]) -> str:
         lines.append(f"  stage {name:<12}{m.get('samples', 0):>8} samples  {m.get('model_seconds', 0):>9.3f} s in the "
                      f"engine ({'n/a' if rate is None else f'{rate:,.1f}/s'}), {m.get('batches', 0)} batches, "
                      f"load {m.get('load_seconds', 0):.3f} s")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def stats_main(argv: list[str]) -> int:
@@ -114,14 +124,20 @@ def stats_main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as json instead of text")
     parser.add_argument("--write", action="store_true", help=f"also write OUTPUT/{REPORT_NAME}")
     args = parser.parse_args(argv)
+    skipped: list[str] = []
     try:
-        report = build_stats(args.output)
-    except FileNotFoundError as e:
-        print(f"finehard stats: error: {e}", file=sys.stderr)
+        report = build_stats(args.output, skipped)
+    except (OSError, ValueError) as e:  # no shards; a read count that is not a small regular json file
+        print(f"finehard stats: error: {printable(e)}", file=sys.stderr)
         return 2
     if args.write:
         fs, root = fsspec.core.url_to_fs(args.output)
         with fs.open(posixpath.join(root, REPORT_NAME), "wt", encoding="utf-8") as f:
             json.dump(report, f, indent=1, sort_keys=True, ensure_ascii=False)
-    print(json.dumps(report, indent=1, sort_keys=True, ensure_ascii=False) if args.json else format_stats(report))
+    print(json.dumps(report, indent=1, sort_keys=True) if args.json else format_stats(report))
+    if skipped:
+        report_skipped("finehard stats", skipped)
+        print(f"finehard stats: error: {len(skipped)} part(s) of the shards could not be read (above); the counts "
+              "leave them out", file=sys.stderr)
+        return 1
     return 0

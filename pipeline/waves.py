@@ -25,11 +25,11 @@ a row), a term that grows as waves x rows (docs/benchmarks.md, "Local runs in wa
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import math
 import posixpath
-import uuid
 from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
@@ -65,7 +65,9 @@ def hash_line(rec: dict[str, Any], near: bool) -> str:
 
 
 class WriteHashRows(beam.DoFn):
-    """Lines -> ``ROOT/<uuid>.jsonl`` files of at most ``ROWS_PER_FILE`` lines (nothing held per bundle)."""
+    """Lines -> ``ROOT/<sha1 of the lines>.jsonl`` files of at most ``ROWS_PER_FILE`` lines (nothing held per
+    bundle). A file is named after what it holds: a retried bundle rewrites the same files instead of
+    adding a second copy of its rows (which would make a sample a duplicate of itself)."""
 
     def __init__(self, root: str):
         self.root = root
@@ -78,7 +80,7 @@ class WriteHashRows(beam.DoFn):
             fs, root = fsspec.core.url_to_fs(self.root)
             fs.makedirs(root, exist_ok=True)
             body = ("\n".join(self._lines) + "\n").encode()
-            atomic_write(fs, posixpath.join(root, f"{uuid.uuid4().hex}.jsonl"), body)
+            atomic_write(fs, posixpath.join(root, f"{hashlib.sha1(body).hexdigest()}.jsonl"), body)
             self._lines = []
 
     def process(self, line: str) -> Iterator[None]:

@@ -22,7 +22,7 @@ import math
 import os
 import random
 import tarfile
-from typing import Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 import fsspec
 import numpy as np
@@ -31,7 +31,9 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from core.files import local_path, member_name_problem, open_regular_local, unsafe_member_problem
 from core.record import IMAGE_EXTS, NUM_NEGATIVES
+from core.terminal import printable
 from training.tokenizer import tokenize
 
 log = logging.getLogger(__name__)
@@ -65,12 +67,30 @@ def expand_shards(uri: str | Sequence[str]) -> list[str]:
     return urls
 
 
+def safe_member(fname: str) -> bool:
+    """Whether a shard member's name may be used (``core.files.member_name_problem``, the curation
+    reader's rule: a shard from elsewhere is untrusted); an unsafe one is skipped and logged."""
+    problem = member_name_problem(fname)
+    if problem:
+        log.warning("skipped shard member %s: %s", printable(repr(fname)), problem)
+    return problem is None
+
+
+def _open_shard(url: str) -> IO[bytes]:
+    """A shard opened for reading: ``pipe:`` commands, a local regular file (a FIFO or a device is
+    refused, as the curation reader refuses them), or any fsspec URI."""
+    if url.startswith("pipe:"):
+        return wds.gopen(url)
+    path = local_path(url)
+    return open_regular_local(path) if path is not None else fsspec.open(url, "rb").open()
+
+
 def open_streams(data: Iterable[dict[str, Any]], handler=wds.warn_and_continue) -> Iterator[dict[str, Any]]:
     """Open each ``{"url": ...}`` with fsspec (local paths, any fsspec protocol) or ``pipe:`` commands."""
     for sample in data:
         url = sample["url"]
         try:
-            stream = wds.gopen(url) if url.startswith("pipe:") else fsspec.open(url, "rb").open()
+            stream = _open_shard(url)
             sample.update(stream=stream)
             yield sample
         except Exception as exn:  # noqa: BLE001 - the handler decides
@@ -107,9 +127,9 @@ def index_samples(urls: Sequence[str]) -> list[tuple[int, str, tuple[tuple[str, 
         if url.startswith("pipe:"):
             raise ValueError(f"shuffle full needs seekable shards; {url!r} is a pipe (use shuffle stream)")
         members: dict[str, list[tuple[str, int, int]]] = {}
-        with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        with _open_shard(url) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for ti in tar:
-                if not ti.isfile():
+                if not ti.isfile() or not safe_member(ti.name):
                     continue
                 base = os.path.basename(ti.name)
                 key, _, suffix = base.partition(".")
@@ -142,7 +162,7 @@ class FullReshuffle(wds.PipelineStage):
                     if u not in files:
                         if len(files) >= 8:
                             files.pop(next(iter(files))).close()
-                        files[u] = fsspec.open(self.urls[u], "rb").open()
+                        files[u] = _open_shard(self.urls[u])
                     sample: dict[str, Any] = {"__key__": key, "__url__": self.urls[u]}
                     for suffix, offset, size in members:
                         files[u].seek(offset)
@@ -269,7 +289,7 @@ def sample_pipeline(urls: list[str], image_size: int, max_regions: int, shuffle_
         if split:
             stages += [wds.split_by_node, wds.split_by_worker]
         stages += [functools.partial(open_streams, handler=handler),
-                   functools.partial(tar_file_expander, handler=handler),
+                   functools.partial(tar_file_expander, handler=handler, select_files=safe_member),
                    functools.partial(group_by_keys, handler=handler)]
         if shuffle_buffer > 0:
             stages.append(wds.shuffle(shuffle_buffer, seed=seed))
@@ -312,10 +332,10 @@ def _stats_count(url: str) -> int | None:
 def _tar_count(url: str) -> int:
     """Samples (distinct keys with an image member) in one tar, reading member headers only."""
     keys = set()
-    stream = wds.gopen(url) if url.startswith("pipe:") else fsspec.open(url, "rb").open()
+    stream = _open_shard(url)
     with stream, tarfile.open(fileobj=stream, mode="r|" if url.startswith("pipe:") else "r:") as tar:
         for ti in tar:
-            if not ti.isfile():
+            if unsafe_member_problem(ti):
                 continue
             base = os.path.basename(ti.name)
             key, _, ext = base.partition(".")

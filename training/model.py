@@ -266,6 +266,24 @@ LAYOUTS = ("upstream", "project")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+def _load_weights_file(f: str) -> dict[str, Any]:
+    """A ``.bin`` weights file through ``torch.load(weights_only=True)``: only tensors and plain containers
+    are unpickled. A file holding anything else (code, other objects: a crafted pickle) is never run; it
+    is a ``ValueError`` naming the file, which the commands print as one line."""
+    import pickle
+
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, AttributeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{f} is not a plain weights file that can be loaded safely ({type(e).__name__}: {first}); "
+                         "it was not unpickled. Use a safetensors checkpoint, or re-save the weights as tensors "
+                         "only") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{f} holds a {type(state).__name__}, not a mapping of tensor names to tensors")
+    return state
+
+
 def _weight_sources(path: str) -> dict[str, str]:
     """{tensor name: file} of the weights in an HF folder (single or sharded safetensors / .bin)."""
     for name in WEIGHT_FILES:
@@ -280,7 +298,7 @@ def _weight_sources(path: str) -> dict[str, str]:
 
             with safe_open(f, framework="pt") as st:
                 return {k: f for k in st.keys()}
-        return {k: f for k in torch.load(f, map_location="cpu", weights_only=True)}
+        return {k: f for k in _load_weights_file(f)}
     raise FileNotFoundError(f"no weights ({', '.join(WEIGHT_FILES)}) in {path!r}")
 
 
@@ -297,7 +315,7 @@ def read_weights(path: str, names: Any = None) -> dict[str, torch.Tensor]:
             with safe_open(f, framework="pt") as st:
                 out.update({k: st.get_tensor(k) for k in keys})
         else:
-            state = torch.load(f, map_location="cpu", weights_only=True)
+            state = _load_weights_file(f)
             out.update({k: state[k] for k in keys})
     return out
 

@@ -1,8 +1,9 @@
 """Progress of a running job: pass-through DoFns that count samples per stage.
 
-On local runners every counting DoFn instance keeps its count in a small file under a progress
-folder (``<stage>.<instance>.json``, replaced atomically at most every half second and at the end
-of each bundle); the launcher sums those files and shows them (``pipeline.progress_view``: bars on
+On local runners every bundle of a counting DoFn keeps its count in a small file under a progress
+folder (``<stage>.<bundle>.json``, named after the bundle's first element, replaced atomically at
+most every half second and at the end of the bundle, so a retried bundle replaces its failed
+attempt's count); the launcher sums those files and shows them (``pipeline.progress_view``: bars on
 a terminal, log lines otherwise). That works the same in-memory, multi-threaded and in
 ``multi_processing`` workers, whose counters Beam's FnApiRunner does not report until the end.
 On remote runners there is no shared folder: the last counter logs ``progress: ...`` lines from
@@ -11,11 +12,11 @@ each worker instead (Dataflow shows them in the worker logs) and adds to the Bea
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
-import uuid
 from typing import Any, Callable, Iterator, Optional
 
 import apache_beam as beam
@@ -87,6 +88,14 @@ def read_counts(progress_dir: str) -> dict[str, int]:
     return counts
 
 
+def bundle_id(element: Any) -> str:
+    """A name for the bundle that starts with ``element``: its key and source, hashed. A retried bundle
+    (Dataflow retries failed bundles, Flink restarts tasks) starts with the same element, so its count
+    file replaces the failed attempt's instead of adding to it."""
+    who = f"{element.get('key')}\0{element.get('f_path')}" if isinstance(element, dict) else repr(element)
+    return hashlib.sha1(who.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def failed_stage(rec: dict[str, Any]) -> str:
     """``failed:<stage>`` for a dead-lettered or filtered record (the stage it left the chain at)."""
     info = rec.get(Field.DEAD) or rec.get(Field.FILTERED) or {}
@@ -112,15 +121,18 @@ class LogProgress(beam.DoFn):
         self._clock = self.clock or time.monotonic
         self._counter = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "samples_done")
         self._done, self._start, self._last, self._flushed = 0, None, 0.0, 0.0
+        self.start_bundle()
+
+    def start_bundle(self) -> None:
         self._by_stage: dict[str, int] = {}
-        self._instance = uuid.uuid4().hex[:12]
+        self._bundle: Optional[str] = None
 
     def _flush(self) -> None:
-        if self.progress_dir is None:
+        if self.progress_dir is None or self._bundle is None:
             return
         try:
             for stage, n in self._by_stage.items():
-                write_count(self.progress_dir, stage, self._instance, n)
+                write_count(self.progress_dir, stage, self._bundle, n)
         except OSError:
             pass  # progress is a display: never fail the bundle over it
 
@@ -129,6 +141,8 @@ class LogProgress(beam.DoFn):
         now = self._clock()
         if self._start is None:
             self._start = self._last = now
+        if self._bundle is None:
+            self._bundle = bundle_id(element)
         self._done += 1
         stage = self.stage if self.stage is not None else failed_stage(element)
         self._by_stage[stage] = self._by_stage.get(stage, 0) + 1

@@ -49,7 +49,7 @@ import apache_beam as beam
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from core.files import LOCAL_PROTOCOLS, atomic_write, local_path, protocol_of, protocol_prefix
+from core.files import LOCAL_PROTOCOLS, atomic_write, local_path, protocol_of, protocol_prefix, unsafe_member_problem
 from core.record import (Field, IMAGE_EXTS, NUM_NEGATIVES, PROJECT_VERSION, REGION_FIELDS, is_valid_text,
                          make_key, valid_text)
 from transforms.check import MAX_SHORT_CAPTION_CHARS, check_image
@@ -1147,24 +1147,6 @@ def _row_record(i: int, where: str, row: Any, manifest: str, base: str, used: se
             rec[Field.IMAGE_BYTES] = bytes(inline["bytes"])
         return rec, None
     return rec, image_uri
-
-
-def unsafe_member_problem(ti: tarfile.TarInfo) -> Optional[str]:
-    """Why a tar member must not be read (absolute path, ``..``, link, device), or None.
-
-    Members are only ever read into memory, never extracted, but a hostile name or a link is a
-    sign of a crafted tar: it is dead-lettered rather than trusted.
-    """
-    name = ti.name
-    if not ti.isfile():
-        return "not a regular file (link or device)"
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return "absolute path"
-    if ".." in name.replace("\\", "/").split("/"):
-        return "path traversal"
-    if "\x00" in name:
-        return "NUL in name"
-    return None
 
 
 def is_finehard_record(meta: dict[str, Any]) -> bool:

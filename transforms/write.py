@@ -4,7 +4,11 @@ Membership comes from the key (``sha1(key) mod num_shards``, with ``num_shards``
 of samples read), never from bundling. Each shard's samples are sorted by key and written with
 fixed tar metadata to ``NAME.tar.inprogress``, renamed to ``NAME.tar`` when complete; the
 dead-letter and filtered lists follow, and ``NAME_stats.json`` is written last: it is the
-completion marker a re-run uses to skip the shard.
+completion marker a re-run uses to skip the shard. On a local disk each file is flushed to the
+device before its rename and its folder after it (``core.files.atomic_open(durable=True)``), so
+the marker is never durable before the data it vouches for (a power cut leaves no marker beside a
+torn tar). Every file's name and bytes follow from the shard's records alone: a retried bundle
+(Dataflow retries failed bundles, Flink restarts tasks) leaves the same files as one attempt.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import apache_beam as beam
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from core.files import atomic_open, atomic_write
+from core.files import atomic_open, atomic_write, fsync_dir, read_bounded
 from core.record import PROJECT_VERSION, RETRYABLE_REASONS, Field, SampleError, public_fields
 from transforms.spill import image_bytes
 
@@ -34,6 +38,7 @@ DEADLETTER_DIR = "deadletter"
 READ_COUNTS_DIR = "read_counts"  # per read unit: how many input items it held (the independent count)
 FILTERED_DIR = "filtered"
 DIAGNOSTICS_DIR = "diagnostics"
+MAX_MARKER_BYTES = 1 << 20  # a stats marker is a few KiB: a larger file is not one
 TAR_MTIME = 0.0  # fixed metadata: same input + engines => byte-identical tars
 
 
@@ -93,9 +98,8 @@ class ShardRange:
 def read_marker(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
     """A shard's stats marker, or None when it is missing, empty or not a complete stats object."""
     try:
-        with fs.open(path, "rb") as f:
-            stats = json.loads(f.read())
-    except (OSError, ValueError):
+        stats = json.loads(read_bounded(fs, path, MAX_MARKER_BYTES))
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(stats, dict) or not all(isinstance(stats.get(k), int) for k in ("written", "dead_lettered",
                                                                                        "filtered", "shard_id")):
@@ -175,7 +179,7 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
         stats: Counter[str] = Counter()
         current = None
         try:
-            with atomic_open(None if local else fs, tar_path, tmp=tar_path + ".inprogress") as f, \
+            with atomic_open(None if local else fs, tar_path, tmp=tar_path + ".inprogress", durable=True) as f, \
                     ShardTarWriter(f) as tw:
                 for current in written:  # streamed to disk sample by sample: a shard is never held in memory
                     record_json = shard_record(current)
@@ -193,25 +197,21 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
             current[Field.DEAD] = {"stage": "write", "reason": e.reason, "detail": e.detail[:500]}
             dead.append(current)  # and the shard is written again without it
 
-    for kind, recs, folder in ((Field.DEAD, dead, DEADLETTER_DIR), (Field.FILTERED, filtered, FILTERED_DIR)):
+    lists = [(folder, sorted((letter(r, kind) for r in recs), key=lambda x: (x["key"] or "", x["f_path"] or "")))
+             for kind, recs, folder in ((Field.DEAD, dead, DEADLETTER_DIR), (Field.FILTERED, filtered, FILTERED_DIR))]
+    lists.append((DIAGNOSTICS_DIR, sorted(({"key": r["key"], **d} for r in written + dead + filtered
+                                            for d in r.get(Field.DIAGNOSTICS, [])),
+                                           key=lambda d: (d["key"], str(d.get("expression"))))))  # invalid answers
+    for folder, lines in lists:
         path = posixpath.join(root, folder, f"{name}.jsonl")
-        if recs:
+        if lines:
             fs.makedirs(posixpath.join(root, folder), exist_ok=True)
-            lines = sorted((letter(r, kind) for r in recs), key=lambda x: (x["key"] or "", x["f_path"] or ""))
             atomic_write(fs, path, "".join(json.dumps(x, sort_keys=True, ensure_ascii=False) + "\n"
-                                           for x in lines).encode("utf-8"))
+                                           for x in lines).encode("utf-8"), durable=True)
         elif fs.exists(path):
             fs.rm(path)
-
-    diagnostics = sorted(({"key": r["key"], **d} for r in written + dead + filtered for d in r.get(Field.DIAGNOSTICS, [])),
-                         key=lambda d: (d["key"], str(d.get("expression"))))
-    diag_path = posixpath.join(root, DIAGNOSTICS_DIR, f"{name}.jsonl")  # invalid model answers, per region
-    if diagnostics:
-        fs.makedirs(posixpath.join(root, DIAGNOSTICS_DIR), exist_ok=True)
-        atomic_write(fs, diag_path, "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n"
-                                            for d in diagnostics).encode("utf-8"))
-    elif fs.exists(diag_path):
-        fs.rm(diag_path)
+            if local:
+                fsync_dir(posixpath.join(root, folder))
     dead_by: Counter[str] = Counter(f"{r[Field.DEAD]['stage']}:{r[Field.DEAD]['reason']}" for r in dead)
     filtered_by: Counter[str] = Counter(f"{r[Field.FILTERED]['stage']}:{r[Field.FILTERED]['reason']}" for r in filtered)
     shard_stats = {
