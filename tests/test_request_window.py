@@ -156,3 +156,24 @@ def test_a_window_never_has_more_than_its_concurrency_in_flight_and_loses_no_ans
     assert window.totals["requests"] == 40 and window.totals["failed"] == 6
     assert window.totals["in_flight_max"] == 3 and "concurrency 3" in window.describe()
 
+
+
+def test_summary_and_stats_show_requests_in_flight_against_the_concurrency(scenes_dir: Any, tmp_path: Any,
+                                                                         capsys: Any) -> None:
+    from conftest import run_pipeline
+    from pipeline.stats import stats_main
+
+    def reply(body: dict[str, Any]) -> tuple[int, Any]:
+        time.sleep(0.05)
+        return 200, completion("A picture of shapes.")
+
+    with FakeOpenAIServer(reply) as server:
+        summary = run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "o", "--stages", "recaption",
+                               "--captioner", f"openai:{server.url}#m", "--caption-concurrency", "3")
+    m = summary["stage_metrics"]["recaption"]
+    assert summary["written"] == 12 and m["samples"] == 12 and m["requests"] == 12 == len(server.requests)
+    assert m["failed_requests"] == 0 and m["concurrency"] == 3 and 1 <= m["in_flight_max"] <= 3
+    assert 0 < m["in_flight_mean"] <= 3 and m["answer_latency_s"] >= 0.05 and m["requests_per_second"] > 0
+    assert stats_main([str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "12 requests (0 failed), in flight" in out and "of concurrency 3" in out

@@ -40,6 +40,8 @@ from core.record import METRICS_NAMESPACE
 
 LOG = logging.getLogger(__name__)
 PREFETCH = 2  # requests ready per slot: while `concurrency` are in flight, as many more wait to leave
+MIN_READY = 64  # and at least this many: a fused stage's thread feeds the window in bursts (a spaCy batch
+# of records at a time), so a small window would run dry while that thread works on the next burst
 WAIT_S = 0.05  # how often a bundle blocked on a full window looks again
 STATS_EVERY_S = 30.0  # a window logs its in-flight line at most this often
 
@@ -49,7 +51,7 @@ class RequestWindow:
 
     ``submit(call, arg, done, key)`` never blocks: the result (or the exception raised) is put on
     ``done`` as ``(key, result)``. ``has_room()`` says whether a caller may add more
-    (``PREFETCH x concurrency`` not yet answered). It also keeps what the user sees of a server:
+    (fewer than ``PREFETCH x concurrency``, and at least ``MIN_READY``, not yet answered). It also keeps what the user sees of a server:
     requests answered, answer latency, requests in flight (time-weighted mean, max).
     """
 
@@ -73,7 +75,7 @@ class RequestWindow:
 
     def has_room(self) -> bool:
         with self._lock:
-            return self._waiting < PREFETCH * self.concurrency
+            return self._waiting < max(PREFETCH * self.concurrency, MIN_READY)
 
     @property
     def in_flight(self) -> int:
