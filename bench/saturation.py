@@ -258,7 +258,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for kind, mode, slots, seconds in plan(args.quick):
         if only and kind not in only:
             continue
-        r = run_once(kind, mode, slots, seconds, manifest, n)
+        try:
+            r = run_once(kind, mode, slots, seconds, manifest, n)
+        except RuntimeError as e:  # a failed run is a row that says so (and a ratio of 0)
+            print(f"{kind} {mode} B={slots} L={seconds}: FAILED: {str(e)[-1500:]}", flush=True)
+            r = {"kind": kind, "mode": mode, "B": slots, "L": seconds, "concurrency": None, "requests": 0,
+                 "busy": 0.0, "ramp": 0.0, "tail": 0.0, "first_request_s": 0.0, "wall_s": 0.0, "ideal_s": 0.0,
+                 "wall_vs_ideal": None, "ok": False}
         rows.append(r)
         print(f"{kind:<10}{mode:<12}B={slots:<4}L={seconds:<4} busy {r['busy']:.1%} (ramp {r['ramp']:.1%}, "
               f"tail {r['tail']:.1%}), first request {r['first_request_s']:.1f} s, {r['requests']} requests, "
