@@ -11,7 +11,9 @@ is a whole ``finehard shards`` local run in a child process (stub engines for th
 - in-process (the default local run) and with 2 workers (``--direct_num_workers=2``), each worker
   with ``concurrency = ceil(1.25 x B / workers)`` (docs/engines.md: the sizing rule);
 - ``device``: a simulated in-process GPU captioner (``sleep(L)`` per batch of up to B images, as a
-  device would take) through the RunInference path.
+  device would take) through the RunInference path;
+- ``both``: a captioner server and a negatives server at once (busy shown: the less busy of the
+  two); the goal is a wall time within 1.25 x the slower stage's ideal plus the start-up.
 
 Per run: busy = slot-seconds used / (B x time from the first request to the last answer); ramp =
 the slot-seconds left idle before the server first had all B slots busy, tail = those after it
@@ -199,6 +201,26 @@ def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n:
                 raise RuntimeError(f"device run failed:\n{run.stderr[-3000:]}")
             result = run.result()
             report = device_report(result["device_log"], slots, launch)
+        elif kind == "both":  # a captioner server and a negatives server, both B slots x L s
+            with BatchServer(slots, seconds) as captioner, BatchServer(slots, seconds) as negatives:
+                flags[flags.index("--captioner") + 1] = f"openai:{captioner.url}?warmup=30#sim"
+                flags[flags.index("--negatives") + 1] = (f"openai:{negatives.url}?concurrency={concurrency}"
+                                                         f"&structured=none&warmup=30#sim")
+                flags += ["--caption-concurrency", str(concurrency)]
+                launch = time.monotonic()
+                run = run_child(python_child(PIPELINE_CHILD, json.dumps(flags)))
+                if run.returncode != 0:
+                    raise RuntimeError(f"{kind} run failed:\n{run.stderr[-3000:]}")
+                result = run.result()
+                caps, negs = busy_report(captioner.log, slots, launch), busy_report(negatives.log, slots, launch)
+            slower = max(caps["requests"], negs["requests"]) * seconds / slots
+            startup = min(caps["first_request_s"], negs["first_request_s"])
+            report = {**(caps if caps["busy"] <= negs["busy"] else negs), "requests": caps["requests"] + negs["requests"],
+                      "first_request_s": startup,
+                      "detail": f"captioner busy {caps['busy']:.1%}, negatives busy {negs['busy']:.1%}; wall "
+                                f"{run.wall_s:.1f} s vs 1.25 x slower ideal + start-up "
+                                f"{1.25 * slower + startup:.1f} s"}
+            ideal = slower
         else:
             with BatchServer(slots, seconds) as server:
                 if kind == "captions":
@@ -215,7 +237,8 @@ def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n:
                 report = busy_report(server.log, slots, launch)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    ideal = report["requests"] * seconds / slots
+    if kind != "both":
+        ideal = report["requests"] * seconds / slots
     return {"kind": kind, "mode": mode, "B": slots, "L": seconds, "concurrency": concurrency if kind != "device"
             else None, "images": n, **report, "wall_s": run.wall_s, "ideal_s": ideal,
             "wall_vs_ideal": run.wall_s / ideal if ideal else None,
@@ -241,6 +264,7 @@ def plan(quick: bool) -> list[tuple[str, str, int, float]]:
             for mode in (("in-process",) if quick else ("in-process", "2 workers")):
                 runs.append((kind, mode, slots, seconds))
     runs.append(("device", "in-process", 32, 1.0 if not quick else 0.2))
+    runs.append(("both", "in-process", 32, 1.0 if not quick else 0.2))
     return runs
 
 
@@ -268,8 +292,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows.append(r)
         print(f"{kind:<10}{mode:<12}B={slots:<4}L={seconds:<4} busy {r['busy']:.1%} (ramp {r['ramp']:.1%}, "
               f"tail {r['tail']:.1%}), first request {r['first_request_s']:.1f} s, {r['requests']} requests, "
-              f"wall {r['wall_s']:.1f} s vs ideal {r['ideal_s']:.1f} s, {'ok' if r['ok'] else 'LOST SAMPLES'}",
-              flush=True)
+              f"wall {r['wall_s']:.1f} s vs ideal {r['ideal_s']:.1f} s, {'ok' if r['ok'] else 'LOST SAMPLES'}"
+              + (f" ({r['detail']})" if r.get("detail") else ""), flush=True)
     table = markdown_table(
         ["run", "workers", "B", "L s", "concurrency", "requests", "busy", "ramp loss", "tail loss",
          "first request s", "wall s", "ideal s", "wall/ideal", "all written"],
@@ -277,7 +301,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{r['ramp']:.1%}", f"{r['tail']:.1%}", round(r["first_request_s"], 1), round(r["wall_s"], 1),
           round(r["ideal_s"], 1), round(r["wall_vs_ideal"], 2) if r["wall_vs_ideal"] else "-",
           "yes" if r["ok"] else "NO"] for r in rows])
-    slow = [r["busy"] for r in rows if r["L"] >= 1.0 and r["kind"] != "device"] or [r["busy"] for r in rows]
+    slow = [r["busy"] for r in rows if r["L"] >= 1.0 and r["kind"] in ("captions", "negatives")] or \
+        [r["busy"] for r in rows]
     ratio = min(slow) if slow else 0.0
     if not all(r["ok"] for r in rows):
         ratio = 0.0

@@ -189,3 +189,10 @@ def test_launcher_measures_every_input_kind_against_a_bare_baseline() -> None:
         (name, n) for name in ("folder (subfolders of 1000)", "flat folder", "jsonl manifest", "parquet manifest")
         for n in ("20", "200")]
     assert any(line.startswith("flat folder: ") and "MiB of peak RSS per million files" in line for line in lines)
+
+
+def test_saturation_measures_a_fake_batch_server_and_a_simulated_device() -> None:
+    lines = run_bench("saturation", "--quick", "--n", "16", "--only", "captions,device")
+    rows = [line for line in lines if line.startswith("| captions") or line.startswith("| device")]
+    assert len(rows) == 3 and all(row.rstrip(" |").endswith("yes") for row in rows)  # every sample written
+    assert re.fullmatch(r"saturation: " + RATIO, lines[-1])
