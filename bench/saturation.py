@@ -45,6 +45,12 @@ QUICK = [(8, 0.2), (32, 1.0)]
 _EXPRESSION = re.compile(r'Object description: "(.*)"')
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client closing its idle keep-alive connection
+            super().handle_error(request, client_address)
+
+
 class BatchServer:
     """B slots of L seconds each, a FIFO queue in front; logs (arrival, start, end) per request."""
 
@@ -77,7 +83,7 @@ class BatchServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.httpd.request_queue_size = 1024
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -125,7 +131,10 @@ def answer_for(body: dict[str, Any]) -> str:
             from model_stubs.negatives import StubNegatives
 
             return json.dumps(StubNegatives._one(found.group(1)))
-    return "A simulated caption of a few shapes on a plain background."
+    from core.synthetic import SHAPES
+
+    # every shape the synthetic scenes draw: the stub detector then finds the scene's own objects
+    return " ".join(f"There is a {shape} in the picture." for shape in SHAPES)
 
 
 def busy_report(log: Sequence[tuple[float, float, float]], slots: int, launch: float) -> dict[str, Any]:
