@@ -177,3 +177,15 @@ def test_summary_and_stats_show_requests_in_flight_against_the_concurrency(scene
     assert stats_main([str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "12 requests (0 failed), in flight" in out and "of concurrency 3" in out
+
+
+def test_in_process_engines_get_full_batches_from_the_first_and_vllm_hundreds_of_prompts() -> None:
+    from transforms.inference import EngineModelHandler, SpacyExpressionHandler
+
+    def kwargs(raw: str, size: int) -> dict[str, int]:
+        return EngineModelHandler(NEGATIVE_ENGINES, parse_spec(raw), apply_negatives, batch_size=size
+                                  ).batch_elements_kwargs()
+    assert kwargs("stub", 16) == {"min_batch_size": 16, "max_batch_size": 16}
+    assert kwargs("vllm:/models/llama", 16) == {"min_batch_size": 256, "max_batch_size": 256}
+    assert kwargs("vllm:/models/llama", 512) == {"min_batch_size": 512, "max_batch_size": 512}
+    assert SpacyExpressionHandler(batch_size=64).batch_elements_kwargs()["min_batch_size"] == 64
