@@ -108,11 +108,22 @@ def format_stats(report: dict[str, Any]) -> str:
     if report["samples_per_second"]:
         lines.append(f"  throughput {report['samples_per_second']} samples/s over {report['wall_seconds']} s")
     for name, m in report.get("stages", {}).items():
+        if m.get("requests"):  # a server engine (transforms.window): how busy its requests kept the server
+            lines.append(f"  stage {name:<12}{m.get('samples', 0):>8} samples  {m['requests']} requests "
+                         f"({m.get('failed_requests', 0)} failed), in flight {_num(m.get('in_flight_mean'))} on "
+                         f"average, max {_num(m.get('in_flight_max'))} of concurrency {_num(m.get('concurrency'))}, "
+                         f"answer {_num(m.get('answer_latency_s'))} s, {_num(m.get('requests_per_second'))} "
+                         f"requests/s per worker")
+            continue
         rate = m.get("samples_per_model_second")
         lines.append(f"  stage {name:<12}{m.get('samples', 0):>8} samples  {m.get('model_seconds', 0):>9.3f} s in the "
                      f"engine ({'n/a' if rate is None else f'{rate:,.1f}/s'}), {m.get('batches', 0)} batches, "
                      f"load {m.get('load_seconds', 0):.3f} s")
     return "\n".join(printable(line) for line in lines)
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None else f"{v:g}"
 
 
 def stats_main(argv: list[str]) -> int:

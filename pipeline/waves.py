@@ -36,7 +36,7 @@ import apache_beam as beam
 import fsspec
 
 from core.files import atomic_write
-from pipeline.output import finish_stage_metrics
+from pipeline.output import DERIVED_METRICS, MAX_METRICS, finish_stage_metrics
 from transforms.dedup import hash_row
 from transforms.write import ShardRange
 
@@ -120,6 +120,8 @@ def merge_stage_metrics(runs: Iterable[dict[str, dict[str, Any]]]) -> dict[str, 
         for stage, values in metrics.items():
             into = merged.setdefault(stage, {})
             for k, v in values.items():
-                if k != "samples_per_model_second" and v is not None:
+                if k in MAX_METRICS and v is not None:
+                    into[k] = max(into.get(k, 0), v)
+                elif k not in DERIVED_METRICS and v is not None:
                     into[k] = into.get(k, 0) + v
     return finish_stage_metrics(merged)

@@ -27,6 +27,8 @@ class FakeOpenAIServer:
         self.gets = 0
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.in_flight = 0  # chat requests received and not yet answered
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         server = self
 
@@ -44,7 +46,14 @@ class FakeOpenAIServer:
                 with server._lock:
                     server.requests.append(body)
                     server.headers.append(dict(self.headers))
-                self._answer(*server.reply(body))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    answer = server.reply(body)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+                self._answer(*answer)
 
             def _answer(self, status: int, payload: Any, headers: Optional[dict[str, str]] = None) -> None:
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
@@ -90,3 +99,38 @@ def slow(seconds: float, then: Optional[tuple[int, Any]] = None) -> Reply:
         time.sleep(seconds)
         return then or (200, completion("late"))
     return reply
+
+
+class FullBatches:
+    """A reply that keeps a server's ``slots`` full before answering: its oldest request is answered
+    only while ``slots`` requests are open, as a batch server that waits for a full batch would.
+
+    When no new request arrives for ``grace`` seconds it answers anyway and counts a ``stall``: a
+    client that keeps ``slots`` requests in flight stalls only at the end of its input (fewer
+    than ``slots`` left), one that waits for a whole batch stalls at every batch boundary.
+    """
+
+    def __init__(self, slots: int, answer: Reply, grace: float = 1.0):
+        self.slots, self.answer, self.grace = slots, answer, grace
+        self.stalls = 0
+        self._open: list[object] = []
+        self._last_arrival = time.monotonic()
+        self._cond = threading.Condition()
+
+    def __call__(self, body: dict[str, Any]) -> tuple[int, Any]:
+        ticket = object()
+        with self._cond:
+            self._open.append(ticket)
+            self._last_arrival = time.monotonic()
+            self._cond.notify_all()
+            while True:
+                if self._open[0] is ticket:
+                    if len(self._open) >= self.slots:
+                        break
+                    if time.monotonic() - self._last_arrival >= self.grace:
+                        self.stalls += 1
+                        break
+                self._cond.wait(timeout=0.02)
+            self._open.pop(0)
+            self._cond.notify_all()
+        return self.answer(body)

@@ -196,3 +196,10 @@ def test_train_memory_measures_both_loss_schemes_per_rank() -> None:
     assert re.fullmatch(r"train_memory: " + RATIO, lines[-1])
     rows = [line for line in lines if line.startswith("| full") or line.startswith("| rank-local")]
     assert len(rows) == 2 and all(len(r.split("|")[3].split(",")) == 2 for r in rows)  # one peak per rank
+
+
+def test_saturation_measures_a_fake_batch_server_and_a_simulated_device() -> None:
+    lines = run_bench("saturation", "--quick", "--n", "16", "--only", "captions,device")
+    rows = [line for line in lines if line.startswith("| captions") or line.startswith("| device")]
+    assert len(rows) == 3 and all(row.rstrip(" |").endswith("yes") for row in rows)  # every sample written
+    assert re.fullmatch(r"saturation: " + RATIO, lines[-1])

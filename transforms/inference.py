@@ -18,6 +18,15 @@ from transforms.expressions import SPACY_MODEL, STAGE as EXPRESSIONS_STAGE, expr
 
 LOG = logging.getLogger("transforms.common")  # the name these lines always had
 
+# Engines that batch on the device themselves take larger batches than ``--batch-size`` by default:
+# vLLM's offline ``generate`` schedules hundreds of prompts at once (its ``max_num_seqs`` is 256).
+ENGINE_MIN_BATCH = {"vllm": 256}
+
+
+def engine_batch_size(spec: EngineSpec, batch_size: int) -> int:
+    """The batch an in-process engine gets: ``batch_size``, or more for engines that want more."""
+    return max(batch_size, ENGINE_MIN_BATCH.get(spec.kind, 0))
+
 
 class EngineModelHandler(ModelHandler[dict, dict, Any]):
     """A Beam ModelHandler over one engine from a stage's registry.
@@ -35,7 +44,7 @@ class EngineModelHandler(ModelHandler[dict, dict, Any]):
         self._registry = registry
         self._spec = spec
         self._apply = apply
-        self._batch_size = batch_size
+        self._batch_size = engine_batch_size(spec, batch_size)
         self._engine_options = dict(engine_options or {})
         self._gpu = registry.entry(spec).gpu
 
@@ -58,7 +67,9 @@ class EngineModelHandler(ModelHandler[dict, dict, Any]):
         return f"{METRICS_NAMESPACE}_{self._registry.stage}"
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+        # Full batches from the first one: Beam's default starts at 1 and doubles, which leaves a device
+        # half empty for the first batches of every bundle. A bundle's last batch may be smaller.
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
 
     def share_model_across_processes(self) -> bool:
         return self._gpu
@@ -107,4 +118,4 @@ class SpacyExpressionHandler(ModelHandler[dict, dict, Any]):
         return f"{METRICS_NAMESPACE}_{EXPRESSIONS_STAGE}"
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}

@@ -295,15 +295,9 @@ class NegativesResult:
                 "reason": self.reason, "attempts": self.attempts}
 
 
-def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
-                  cache: Optional[ModelCache] = None) -> list[NegativesResult]:
-    """Ask ``engine`` for each distinct expression, retrying invalid answers with a new seed.
-
-    With a ``cache`` (transforms.cache), valid negatives kept from an earlier run are used (after
-    validating them again) and new valid ones are kept.
-    """
-    unique = list(dict.fromkeys(expressions))
-    analyse_many(unique)  # parse the positives together (validation needs their head nouns)
+def cached_negatives(engine: Any, unique: Sequence[str], cache: Optional[ModelCache]
+                     ) -> tuple[dict[str, NegativesResult], dict[str, str]]:
+    """A result per distinct expression, valid where the cache holds usable negatives; the cache keys."""
     results = {e: NegativesResult(e) for e in unique}
     keys: dict[str, str] = {}
     if cache is not None:
@@ -316,6 +310,36 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
                     and validate_negatives(e, got) is None):
                 res = results[e]
                 res.negatives, res.valid, res.cached = got, True, True
+    return results, keys
+
+
+def judge_answer(res: NegativesResult, raw: Any, attempt: int) -> bool:
+    """Take the engine's answer (or its exception) to attempt ``attempt`` of ``res``; True when valid."""
+    res.attempts = attempt + 1
+    res.raw, res.detail = (None if isinstance(raw, BaseException) else raw), ""
+    try:
+        if isinstance(raw, BaseException):
+            raise raw
+        res.negatives = parse_answer(raw)
+        res.reason = validate_negatives(res.expression, res.negatives)
+    except SampleError as e:
+        res.reason, res.detail = e.reason, e.detail
+    except Exception as e:  # noqa: BLE001 - any engine failure is a counted per-region reason
+        res.reason, res.detail = "engine_error", f"{type(e).__name__}: {e}"
+    res.valid = res.reason is None
+    return res.valid
+
+
+def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
+                  cache: Optional[ModelCache] = None) -> list[NegativesResult]:
+    """Ask ``engine`` for each distinct expression, retrying invalid answers with a new seed.
+
+    With a ``cache`` (transforms.cache), valid negatives kept from an earlier run are used (after
+    validating them again) and new valid ones are kept.
+    """
+    unique = list(dict.fromkeys(expressions))
+    analyse_many(unique)  # parse the positives together (validation needs their head nouns)
+    results, keys = cached_negatives(engine, unique, cache)
     pending = [e for e in unique if not results[e].valid]
     asked = list(pending)
     for attempt in range(retries + 1):
@@ -327,35 +351,28 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
                 raise RuntimeError(f"engine gave {len(answers)} answers for {len(pending)} expressions")
         except Exception as e:  # noqa: BLE001 - the engine failing is a per-region reason, not a lost image
             answers = [SampleError("engine_error", f"{type(e).__name__}: {e}")] * len(pending)
-        still = []
-        for expr, raw in zip(pending, answers):
-            res = results[expr]
-            res.attempts = attempt + 1
-            res.raw, res.detail = (None if isinstance(raw, Exception) else raw), ""
-            try:
-                if isinstance(raw, Exception):
-                    raise raw
-                res.negatives = parse_answer(raw)
-                res.reason = validate_negatives(expr, res.negatives)
-            except SampleError as e:
-                res.reason, res.detail = e.reason, e.detail
-            except Exception as e:  # noqa: BLE001 - any engine failure is a counted per-region reason
-                res.reason, res.detail = "engine_error", f"{type(e).__name__}: {e}"
-            res.valid = res.reason is None
-            if not res.valid:
-                still.append(expr)
-        pending = still
+        pending = [expr for expr, raw in zip(pending, answers) if not judge_answer(results[expr], raw, attempt)]
     if cache is not None:
         cache.put_many(STAGE, {keys[e]: results[e].negatives for e in asked if results[e].valid})
     return [results[e] for e in expressions]
 
 
+def live_records(records: list[dict]) -> list[dict]:
+    return [rec for rec in records if Field.DEAD not in rec and Field.FILTERED not in rec]
+
+
 def apply_negatives(engine: Any, records: list[dict], retries: int = 2,
                     cache: Optional[ModelCache] = None) -> list[dict]:
     """Fill ``short_expr_negs``/``flag_short_neg`` of every region in the batch and count outcomes."""
-    live = [rec for rec in records if Field.DEAD not in rec and Field.FILTERED not in rec]
+    live = live_records(records)
     regions = [r for rec in live for r in rec.get("bbox_info", [])]
     results = negatives_for(engine, [r["short_expr"] for r in regions], retries=retries, cache=cache)
+    fill_negatives(engine, live, results)
+    return records
+
+
+def fill_negatives(engine: Any, live: list[dict], results: Sequence[NegativesResult]) -> None:
+    """Put each region's result (in region order over ``live``) into its region and count the outcomes."""
     by_region = iter(results)
     for rec in live:
         for region in rec.get("bbox_info", []):
@@ -373,7 +390,47 @@ def apply_negatives(engine: Any, records: list[dict], retries: int = 2,
                 rec.setdefault(Field.DIAGNOSTICS, []).append(invalid_negatives_diagnostic(res))
         if rec.get("bbox_info"):
             rec.setdefault("provenance", {})["negatives"] = engine.get_provenance()
-    return records
+
+
+class NegativesJob:
+    """One record's regions through a server engine's request window: the same outcome as
+    :func:`apply_negatives` on a batch of that record alone.
+
+    Built on the bundle's thread (spaCy analysis of the positives, cache reads); each answer is
+    parsed and validated there too, and an invalid one is asked again with the next seed at once.
+    Requests are keyed ``(expression, seed)``: the window sends one for all records of a bundle
+    that ask the same.
+    """
+
+    def __init__(self, engine: Any, record: dict, retries: int = 2, cache: Optional[ModelCache] = None):
+        self.record, self.engine, self.retries, self.cache = record, engine, retries, cache
+        self._live = live_records([record])
+        self._expressions = [r["short_expr"] for rec in self._live for r in rec.get("bbox_info", [])]
+        unique = list(dict.fromkeys(self._expressions))
+        analyse_many(unique)
+        self._results, self._keys = cached_negatives(engine, unique, cache) if unique else ({}, {})
+        self._asked = [e for e in unique if not self._results[e].valid]
+        self._open = set(self._asked)
+
+    def start(self) -> list[tuple[Any, Any]]:
+        return [((e, 0), (e, 0)) for e in self._asked]
+
+    def answer(self, key: Any, result: Any) -> list[tuple[Any, Any]]:
+        expression, attempt = key
+        if judge_answer(self._results[expression], result, attempt) or attempt >= self.retries:
+            self._open.discard(expression)
+            return []
+        return [((expression, attempt + 1), (expression, attempt + 1))]
+
+    def done(self) -> bool:
+        return not self._open
+
+    def finish(self) -> dict:
+        if self.cache is not None and self._asked:
+            self.cache.put_many(STAGE, {self._keys[e]: self._results[e].negatives for e in self._asked
+                                        if self._results[e].valid})
+        fill_negatives(self.engine, self._live, [self._results[e] for e in self._expressions])
+        return self.record
 
 
 def invalid_negatives_diagnostic(res: NegativesResult) -> dict[str, Any]:
@@ -397,10 +454,16 @@ class GenerateNegatives(beam.PTransform):
         from apache_beam.ml.inference.base import RunInference  # seconds to import: not for the stage CLI
 
         from transforms.inference import EngineModelHandler
+        from transforms.window import WindowedStage, windowed
 
         from transforms.common import gpu_resource_hints
 
-        apply = functools.partial(apply_negatives, retries=self.retries, cache=model_cache(self.cache_root))
+        cache = model_cache(self.cache_root)
+        if windowed(self.spec):  # a server: requests in flight across records, no batches
+            job = functools.partial(NegativesJob, retries=self.retries, cache=cache)
+            return records | "Negatives" >> beam.ParDo(
+                WindowedStage(NEGATIVE_ENGINES, self.spec, job, self.engine_options))
+        apply = functools.partial(apply_negatives, retries=self.retries, cache=cache)
         infer = RunInference(EngineModelHandler(NEGATIVE_ENGINES, self.spec, apply, batch_size=self.batch_size,
                                                 engine_options=self.engine_options))
         hints = gpu_resource_hints(NEGATIVE_ENGINES, self.spec, self.accelerator)

@@ -9,9 +9,11 @@ from apache_beam.ml.inference.base import RunInference
 
 from core.engines import Captioner, EngineEntry, EngineRegistry, EngineSpec
 from core.record import is_valid_text, valid_text
-from transforms.cache import ModelCache, model_cache
-from transforms.common import EngineModelHandler, apply_image_engine, bump, gpu_resource_hints, mark_dead
+from transforms.cache import ModelCache, model_cache, to_json
+from transforms.common import (EngineModelHandler, SampleError, apply_image_engine, bump, gpu_resource_hints,
+                               mark_dead, open_image, per_sample)
 from transforms.spill import image_sha256
+from transforms.window import Job, WindowedStage, windowed
 
 STAGE = "recaption"
 
@@ -41,20 +43,82 @@ def clean_caption(rec: dict, cap: str, max_chars: int) -> str:
     return cap
 
 
+def accept_caption(rec: dict, cap: Any, provenance: dict[str, Any], max_chars: int) -> None:
+    """Set the record's caption (:func:`clean_caption`) or dead-letter it when empty."""
+    cap = clean_caption(rec, cap, max_chars)
+    if not cap:
+        mark_dead(rec, STAGE, "empty_caption")
+        return
+    rec["caption"] = cap
+    rec.setdefault("provenance", {})["caption"] = provenance
+
+
+def keep_caption(answer: Any) -> bool:
+    return isinstance(answer, str) and bool(answer)
+
+
 def apply_captioner(engine: Captioner, records: list[dict], max_chars: int = 4000,
                     cache: Optional[ModelCache] = None) -> list[dict]:
     """Caption every live record of the batch; failures mark the record dead. ``cache``: see transforms.cache."""
-    def accept(rec: dict, cap: Any, provenance: dict[str, Any]) -> None:
-        cap = clean_caption(rec, cap, max_chars)
-        if not cap:
-            mark_dead(rec, STAGE, "empty_caption")
-            return
-        rec["caption"] = cap
-        rec.setdefault("provenance", {})["caption"] = provenance
-
     return apply_image_engine(STAGE, engine, records, cache, image_sha256,
-                              lambda images, _: engine.caption(images),
-                              keep=lambda c: isinstance(c, str) and bool(c), accept=accept)
+                              lambda images, _: engine.caption(images), keep=keep_caption,
+                              accept=functools.partial(accept_caption, max_chars=max_chars))
+
+
+class CaptionJob(Job):
+    """One record through a server captioner's request window; the same outcome as :func:`apply_captioner`.
+
+    Built on the bundle's thread: opens the image, reads the cache, encodes the request body.
+    """
+
+    def __init__(self, engine: Any, record: dict, max_chars: int = 4000, cache: Optional[ModelCache] = None):
+        self.record, self.engine, self.max_chars, self.cache = record, engine, max_chars, cache
+        self._requests: list[tuple[Any, Any]] = []
+        self._done = False
+        images: list[Any] = []
+        if not per_sample(STAGE, lambda r: images.append(open_image(r)), record):
+            self._done = True
+            return
+        self.provenance = engine.get_provenance()
+        self._key = None
+        if cache is not None:
+            self._key = cache.key(STAGE, self.provenance, image_sha256(record))
+            hit = cache.get_many(STAGE, [self._key]).get(self._key)
+            if _keeps(hit):
+                self._settle(hit, cached=True)
+                return
+        try:
+            self._requests = [((id(self), 0), engine.request(images[0]))]
+        except Exception as e:  # noqa: BLE001 - an image that fails to encode: that sample's answer, as in a batch
+            self._settle(e)
+
+    def start(self) -> list[tuple[Any, Any]]:
+        return self._requests
+
+    def answer(self, key: Any, result: Any) -> list[tuple[Any, Any]]:
+        if self.cache is not None and _keeps(result):
+            self.cache.put_many(STAGE, {self._key: to_json(result)})
+        self._settle(result)
+        return []
+
+    def _settle(self, answer: Any, cached: bool = False) -> None:
+        self._done = True
+        rec = self.record
+        if cached:
+            bump(rec, f"cache_hits:{STAGE}")
+        if isinstance(answer, SampleError):
+            mark_dead(rec, STAGE, answer.reason, answer.detail)
+        elif isinstance(answer, BaseException):
+            mark_dead(rec, STAGE, "engine_error", f"{type(answer).__name__}: {answer}")
+        else:
+            per_sample(STAGE, lambda r: accept_caption(r, answer, self.provenance, self.max_chars), rec)
+
+    def done(self) -> bool:
+        return self._done
+
+
+def _keeps(answer: Any) -> bool:
+    return keep_caption(answer)
 
 
 class Recaption(beam.PTransform):
@@ -70,10 +134,14 @@ class Recaption(beam.PTransform):
         self.accelerator = accelerator
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
+        hints = gpu_resource_hints(CAPTIONERS, self.spec, self.accelerator)
+        if windowed(self.spec):  # a server: requests in flight across records, no batches
+            job = functools.partial(CaptionJob, max_chars=self.max_chars, cache=model_cache(self.cache_root))
+            step = beam.ParDo(WindowedStage(CAPTIONERS, self.spec, job, self.engine_options))
+            return records | "Caption" >> (step.with_resource_hints(**hints) if hints else step)
         handler = EngineModelHandler(CAPTIONERS, self.spec,
                                      functools.partial(apply_captioner, max_chars=self.max_chars,
                                                        cache=model_cache(self.cache_root)),
                                      batch_size=self.batch_size, engine_options=self.engine_options)
         infer = RunInference(handler)
-        hints = gpu_resource_hints(CAPTIONERS, self.spec, self.accelerator)
         return records | "Caption" >> (infer.with_resource_hints(**hints) if hints else infer)

@@ -43,10 +43,14 @@ class OpenAICaptioner(CaptionerBase):
         return body
 
     def _one(self, image: Image.Image) -> str | Exception:
+        return self.call(self.request(image))
+
+    def call(self, body: dict[str, Any]) -> str | Exception:
+        """Send one request body made by :meth:`request` (I/O only: the request window's threads run this)."""
         from transforms.engines.openai_client import OpenAIError, OpenAITimeout
 
         try:
-            answer = self.client.post_json("chat/completions", self.request(image))
+            answer = self.client.post_json("chat/completions", body)
         except OpenAITimeout as e:
             return SampleError("caption_timeout", str(e))
         except OpenAIError as e:

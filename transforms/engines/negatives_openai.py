@@ -96,6 +96,10 @@ class OpenAINegatives(NegativesEngine):
                             continue  # another thread moved on already
                 return SampleError("engine_error", str(e))
 
+    def call(self, request: tuple[str, int]) -> str | Exception:
+        """One ``(expression, seed)`` request (I/O only: the request window's threads run this)."""
+        return self._one(*request)
+
     def generate(self, expressions: list[str], seed: int = 0) -> list[str | Exception]:
         """Raw answers (or per-expression errors), ``concurrency`` requests in flight."""
         return self.client.map(lambda e: self._one(e, seed), expressions)

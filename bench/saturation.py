@@ -1,0 +1,326 @@
+"""Saturation: how busy the pipeline keeps a model server (and a simulated in-process device).
+
+A batch server of our own stands in for vLLM/LMDeploy: an OpenAI-compatible HTTP server on
+127.0.0.1 with B batch slots; a request in service takes L seconds, extra requests wait in a FIFO
+queue (capacity B/L requests/s), and it logs when each request arrives, starts and ends. Each run
+is a whole ``finehard shards`` local run in a child process (stub engines for the other stages):
+
+- ``captions``: ``--stages recaption`` with ``--captioner openai:...``;
+- ``negatives``: all stages, stub captioner and detector, ``--negatives openai:...`` (the server
+  answers with the stub's colour swaps of the expression, so answers validate);
+- in-process (the default local run) and with 2 workers (``--direct_num_workers=2``), each worker
+  with ``concurrency = ceil(1.25 x B / workers)`` (docs/engines.md: the sizing rule);
+- ``device``: a simulated in-process GPU captioner (``sleep(L)`` per batch of up to B images, as a
+  device would take) through the RunInference path;
+- ``both``: a captioner server and a negatives server at once (busy shown: the less busy of the
+  two); the goal is a wall time within 1.25 x the slower stage's ideal plus the start-up.
+
+Per run: busy = slot-seconds used / (B x time from the first request to the last answer); ramp =
+the slot-seconds left idle before the server first had all B slots busy, tail = those after it
+last had them all busy (both as a share of the same total); time from launch to the first
+request; wall time against the ideal (requests x L / B). Every run must write and reconcile every
+sample. Ends with ``saturation: ratio=X.XX``: the worst busy share of the L >= 1 s runs (1.00 is a
+server never idle). ``--quick``: fewer images and runs, for iterating.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import (bench_args, fresh_dir, make_input, markdown_table, publish,  # noqa: E402
+                          python_child, run_child)
+
+FULL = [(8, 1.0), (32, 1.0), (256, 4.0), (8, 0.2), (32, 0.2)]
+QUICK = [(8, 0.2), (32, 1.0)]
+_EXPRESSION = re.compile(r'Object description: "(.*)"')
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client closing its idle keep-alive connection
+            super().handle_error(request, client_address)
+
+
+class BatchServer:
+    """B slots of L seconds each, a FIFO queue in front; logs (arrival, start, end) per request."""
+
+    def __init__(self, slots: int, seconds: float):
+        self.slots, self.seconds = slots, seconds
+        self.log: list[tuple[float, float, float]] = []
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._queue: list[object] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's server
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - readiness: GET /v1/models
+                self._send({"object": "list", "data": [{"id": "sim"}]})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                self._send(server.serve(body))
+
+            def _send(self, payload: Any) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.request_queue_size = 1024
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def serve(self, body: dict[str, Any]) -> dict[str, Any]:
+        arrival = time.monotonic()
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            while self._queue[0] is not ticket or self._busy >= self.slots:
+                self._cond.wait()
+            self._queue.pop(0)
+            self._busy += 1
+            self._cond.notify_all()
+        start = time.monotonic()
+        time.sleep(self.seconds)
+        end = time.monotonic()
+        with self._cond:
+            self._busy -= 1
+            self.log.append((arrival, start, end))
+            self._cond.notify_all()
+        return completion(answer_for(body))
+
+    def __enter__(self) -> "BatchServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def completion(content: str) -> dict[str, Any]:
+    return {"id": "sim", "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
+
+
+def answer_for(body: dict[str, Any]) -> str:
+    """A caption for an image request; the stub's ten colour swaps for a negatives request."""
+    content = body.get("messages", [{}])[-1].get("content")
+    if isinstance(content, str):
+        found = _EXPRESSION.search(content)
+        if found:
+            from model_stubs.negatives import StubNegatives
+
+            return json.dumps(StubNegatives._one(found.group(1)))
+    from core.synthetic import SHAPES
+
+    # every shape the synthetic scenes draw: the stub detector then finds the scene's own objects
+    return " ".join(f"There is a {shape} in the picture." for shape in SHAPES)
+
+
+def busy_report(log: Sequence[tuple[float, float, float]], slots: int, launch: float) -> dict[str, Any]:
+    """Busy share, ramp and tail losses, time to the first request, from a server log."""
+    first, last = min(a for a, _, _ in log), max(e for _, _, e in log)
+    total = slots * (last - first)
+    used = sum(e - s for _, s, e in log)
+    # slots in service over time: (from, to, busy slots) from the first arrival to the last answer
+    events = sorted([(s, 1) for _, s, _ in log] + [(e, -1) for _, _, e in log])
+    steps, busy, at = [], 0, first
+    for t, d in events:
+        steps.append((at, t, busy))
+        busy, at = busy + d, t
+    peak = max(b for _, _, b in steps)  # B when the server was ever full
+    full = [i for i, (_, _, b) in enumerate(steps) if b == peak]
+    ramp = sum((t1 - t0) * (slots - b) for t0, t1, b in steps[:full[0]])
+    tail = sum((t1 - t0) * (slots - b) for t0, t1, b in steps[full[-1] + 1:])
+    return {"requests": len(log), "busy": used / total, "ramp": ramp / total, "tail": tail / total,
+            "first_request_s": first - launch, "span_s": last - first, "last_answer_s": last - launch}
+
+
+DEVICE_CHILD = """
+import json, sys, time, logging
+logging.disable(logging.WARNING)
+from core.engines import Captioner, EngineEntry, stub_provenance
+from transforms.recaption import CAPTIONERS
+B, L = int(sys.argv[2]), float(sys.argv[3])
+LOG = []
+
+class SimDevice(Captioner):
+    def __init__(self, spec, **_):
+        self.provenance = stub_provenance("simulated-device")
+    def caption(self, images):
+        start = time.monotonic()
+        time.sleep(L)
+        LOG.append((start, time.monotonic(), len(images)))
+        return ["A simulated caption of a few shapes." for _ in images]
+
+sys.modules["sim_device"] = sys.modules[__name__]
+CAPTIONERS.entries["simdevice"] = EngineEntry("sim_device:SimDevice", False, False, "bench: a sleeping device")
+t0 = time.perf_counter()
+from pipeline.run import run
+summary = run(json.loads(sys.argv[1]))
+from bench.common import child_report
+child_report({"run_s": time.perf_counter() - t0, "read": summary["read"], "written": summary["written"],
+              "reconciled": summary["reconciled"], "device_log": LOG})
+"""
+
+
+def device_report(log: list[list[float]], slots: int, launch_mono: float) -> dict[str, Any]:
+    """Busy share of the simulated device: seconds in its calls x batch fill / its span."""
+    first, last = min(s for s, _, _ in log), max(e for _, e, _ in log)
+    used = sum((e - s) * n / slots for s, e, n in log)
+    return {"requests": sum(n for _, _, n in log), "busy": used / (last - first), "ramp": 0.0, "tail": 0.0,
+            "first_request_s": first - launch_mono, "span_s": last - first, "batches": len(log)}
+
+
+def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n: int) -> dict[str, Any]:
+    out = fresh_dir("saturation")
+    workers = 2 if mode == "2 workers" else 1
+    concurrency = math.ceil(1.25 * slots / workers)
+    flags = ["--input", manifest, "--output", out, "--samples-per-shard", "250", "--wave-samples", "0",
+             "--captioner", "stub", "--detector", "stub", "--negatives", "stub", "--model-cache", "none"]
+    if workers > 1:
+        flags += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+    try:
+        if kind == "device":
+            flags[flags.index("--captioner") + 1] = "simdevice"
+            flags += ["--stages", "recaption", "--batch-size", str(slots)]
+            launch = time.monotonic()
+            run = run_child(python_child(DEVICE_CHILD, json.dumps(flags), str(slots), str(seconds)))
+            if run.returncode != 0:
+                raise RuntimeError(f"device run failed:\n{run.stderr[-3000:]}")
+            result = run.result()
+            report = device_report(result["device_log"], slots, launch)
+        elif kind == "both":  # a captioner server and a negatives server, both B slots x L s
+            with BatchServer(slots, seconds) as captioner, BatchServer(slots, seconds) as negatives:
+                flags[flags.index("--captioner") + 1] = f"openai:{captioner.url}?warmup=30#sim"
+                flags[flags.index("--negatives") + 1] = (f"openai:{negatives.url}?concurrency={concurrency}"
+                                                         f"&structured=none&warmup=30#sim")
+                flags += ["--caption-concurrency", str(concurrency)]
+                launch = time.monotonic()
+                run = run_child(python_child(PIPELINE_CHILD, json.dumps(flags)))
+                if run.returncode != 0:
+                    raise RuntimeError(f"{kind} run failed:\n{run.stderr[-3000:]}")
+                result = run.result()
+                caps, negs = busy_report(captioner.log, slots, launch), busy_report(negatives.log, slots, launch)
+            slower = max(caps["requests"], negs["requests"]) * seconds / slots
+            startup = min(caps["first_request_s"], negs["first_request_s"])
+            report = {**(caps if caps["busy"] <= negs["busy"] else negs), "requests": caps["requests"] + negs["requests"],
+                      "first_request_s": startup,
+                      "detail": f"captioner busy {caps['busy']:.1%}, negatives busy {negs['busy']:.1%}; wall "
+                                f"{run.wall_s:.1f} s vs 1.25 x slower ideal + start-up "
+                                f"{1.25 * slower + startup:.1f} s"}
+            ideal = slower
+        else:
+            with BatchServer(slots, seconds) as server:
+                if kind == "captions":
+                    flags[flags.index("--captioner") + 1] = f"openai:{server.url}?warmup=30#sim"
+                    flags += ["--stages", "recaption", "--caption-concurrency", str(concurrency)]
+                else:
+                    flags[flags.index("--negatives") + 1] = (f"openai:{server.url}?concurrency={concurrency}"
+                                                             f"&structured=none&warmup=30#sim")
+                launch = time.monotonic()
+                run = run_child(python_child(PIPELINE_CHILD, json.dumps(flags)))
+                if run.returncode != 0:
+                    raise RuntimeError(f"{kind} run failed:\n{run.stderr[-3000:]}")
+                result = run.result()
+                report = busy_report(server.log, slots, launch)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    if kind != "both":
+        ideal = report["requests"] * seconds / slots
+    return {"kind": kind, "mode": mode, "B": slots, "L": seconds, "concurrency": concurrency if kind != "device"
+            else None, "images": n, **report, "wall_s": run.wall_s, "ideal_s": ideal,
+            "wall_vs_ideal": run.wall_s / ideal if ideal else None,
+            "ok": result["written"] == result["read"] == n and result["reconciled"] is True}
+
+
+PIPELINE_CHILD = """
+import json, sys, time, logging
+logging.disable(logging.WARNING)
+t0 = time.perf_counter()
+from pipeline.run import run
+summary = run(json.loads(sys.argv[1]))
+from bench.common import child_report
+child_report({"run_s": time.perf_counter() - t0, "read": summary["read"], "written": summary["written"],
+              "reconciled": summary["reconciled"], "stage_metrics": summary.get("stage_metrics", {})})
+"""
+
+
+def plan(quick: bool) -> list[tuple[str, str, int, float]]:
+    runs = []
+    for slots, seconds in (QUICK if quick else FULL):
+        for kind in ("captions", "negatives"):
+            for mode in (("in-process",) if quick else ("in-process", "2 workers")):
+                runs.append((kind, mode, slots, seconds))
+    runs.append(("device", "in-process", 32, 1.0 if not quick else 0.2))
+    runs.append(("both", "in-process", 32, 1.0 if not quick else 0.2))
+    return runs
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = bench_args(__doc__.splitlines()[0], 1000, argv,
+                      lambda p: (p.add_argument("--quick", action="store_true",
+                                                help="200 images, two server sizes, in-process only"),
+                                 p.add_argument("--only", default="",
+                                                help="run only these kinds (comma list of captions, negatives, "
+                                                     "device)")))
+    n = 200 if args.quick and args.n == 1000 else args.n
+    manifest = make_input(n, args.seed)
+    only = {k.strip() for k in args.only.split(",") if k.strip()}
+    rows = []
+    for kind, mode, slots, seconds in plan(args.quick):
+        if only and kind not in only:
+            continue
+        try:
+            r = run_once(kind, mode, slots, seconds, manifest, n)
+        except RuntimeError as e:  # a failed run is a row that says so (and a ratio of 0)
+            print(f"{kind} {mode} B={slots} L={seconds}: FAILED: {str(e)[-1500:]}", flush=True)
+            r = {"kind": kind, "mode": mode, "B": slots, "L": seconds, "concurrency": None, "requests": 0,
+                 "busy": 0.0, "ramp": 0.0, "tail": 0.0, "first_request_s": 0.0, "wall_s": 0.0, "ideal_s": 0.0,
+                 "wall_vs_ideal": None, "ok": False}
+        rows.append(r)
+        print(f"{kind:<10}{mode:<12}B={slots:<4}L={seconds:<4} busy {r['busy']:.1%} (ramp {r['ramp']:.1%}, "
+              f"tail {r['tail']:.1%}), first request {r['first_request_s']:.1f} s, {r['requests']} requests, "
+              f"wall {r['wall_s']:.1f} s vs ideal {r['ideal_s']:.1f} s, {'ok' if r['ok'] else 'LOST SAMPLES'}"
+              + (f" ({r['detail']})" if r.get("detail") else ""), flush=True)
+    table = markdown_table(
+        ["run", "workers", "B", "L s", "concurrency", "requests", "busy", "ramp loss", "tail loss",
+         "first request s", "wall s", "ideal s", "wall/ideal", "all written"],
+        [[r["kind"], r["mode"], r["B"], r["L"], r["concurrency"] or "-", r["requests"], f"{r['busy']:.1%}",
+          f"{r['ramp']:.1%}", f"{r['tail']:.1%}", round(r["first_request_s"], 1), round(r["wall_s"], 1),
+          round(r["ideal_s"], 1), round(r["wall_vs_ideal"], 2) if r["wall_vs_ideal"] else "-",
+          "yes" if r["ok"] else "NO"] for r in rows])
+    slow = [r["busy"] for r in rows if r["L"] >= 1.0 and r["kind"] in ("captions", "negatives")] or \
+        [r["busy"] for r in rows]
+    ratio = min(slow) if slow else 0.0
+    if not all(r["ok"] for r in rows):
+        ratio = 0.0
+    setup = (f"{n} synthetic images; server: B slots x L s, FIFO, on 127.0.0.1 in the bench process; pipeline "
+             f"in a child process, stub engines for the other stages; concurrency = ceil(1.25 B / workers)"
+             + (" (--quick)" if args.quick else ""))
+    return publish(args, "Saturation: how busy the pipeline keeps a model server", "bench/saturation.py", setup,
+                   table, f"saturation: ratio={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

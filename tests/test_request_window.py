@@ -1,0 +1,191 @@
+"""The request window of the server engines: requests flow across batch boundaries, records leave in
+the order their answers come, and failures inside the window stay per sample (fake server on 127.0.0.1)."""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from core.engines import parse_spec
+from fake_openai_server import FakeOpenAIServer, FullBatches, completion
+from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives, apply_negatives
+from transforms.recaption import CAPTIONERS, Recaption
+from transforms.window import RequestWindow
+
+
+def image_records(n: int, red: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.new("RGB", (16 + i, 12), "red" if i in red else "blue").save(buf, format="PNG")
+        out.append({"key": f"k{i:03d}", "image_bytes": buf.getvalue(), "short_caption": f"alt {i}",
+                    "width": 16 + i, "height": 12})
+    return out
+
+
+GOOD = ["a blue wooden chair", "a red metal chair", "a green plastic chair", "a small red wooden chair",
+        "a striped red wooden chair", "a broken red wooden chair", "two red wooden chairs",
+        "a white wicker chair", "a round black chair", "a folded yellow chair"]
+CHAIRS = [f"a {size} red wooden chair" for size in ("tall", "new", "low", "heavy", "plain", "large", "narrow")]
+
+
+def chair_records(n: int) -> list[dict[str, Any]]:
+    """One region per record, each with its own expression (GOOD are valid negatives of every one)."""
+    return [{"key": f"k{i}", "bbox_info": [{"bbox": [0, 0, 1, 1, 0.9], "short_expr": CHAIRS[i],
+                                            "long_expr": "", "flag_short_neg": 0, "short_expr_negs": {}}]}
+            for i in range(n)]
+
+
+def chair_of(body: dict[str, Any]) -> int:
+    return next(i for i, e in enumerate(CHAIRS) if f'"{e}"' in body["messages"][-1]["content"])
+
+
+def image_of(body: dict[str, Any]) -> Image.Image:
+    import base64
+
+    url = next(p["image_url"]["url"] for p in body["messages"][0]["content"] if p["type"] == "image_url")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+
+
+def width_of(body: dict[str, Any]) -> int:
+    return image_of(body).width
+
+
+def test_a_server_is_kept_at_concurrency_requests_across_batch_boundaries() -> None:
+    # The server answers only while it holds 4 requests: a client that waits for its batch of 4 to
+    # come back before sending the next leaves it waiting at every batch boundary (a stall).
+    server_reply = FullBatches(4, lambda body: (200, completion(f"A picture {width_of(body)} wide.")), grace=1.0)
+    with FakeOpenAIServer(server_reply) as server:
+        spec = CAPTIONERS.resolve(f"openai:{server.url}#m")
+        with BeamTestPipeline() as p:
+            out = (p | beam.Create(image_records(24))
+                   | Recaption(spec, batch_size=4, engine_options={"concurrency": 4, "timeout": 30, "retries": 0})
+                   | beam.Map(lambda r: (r["key"], r.get("caption"))))
+            assert_that(out, equal_to([(f"k{i:03d}", f"A picture {16 + i} wide.") for i in range(24)]))
+    assert len(server.requests) == 24
+    assert server.max_in_flight == 4  # never more than the concurrency
+    assert server_reply.stalls <= 4, f"the server waited for requests {server_reply.stalls} times"
+
+
+def test_records_leave_in_the_order_their_answers_come_without_loss() -> None:
+    def reply(body: dict[str, Any]) -> tuple[int, Any]:
+        time.sleep(0.3 * (4 - chair_of(body)))  # the first record's answer comes last
+        return 200, completion(json.dumps(GOOD))
+
+    def in_order(got: list[tuple[str, float, int]]) -> None:
+        keys = [k for k, _, _ in sorted(got, key=lambda g: g[1])]
+        assert keys == ["k4", "k3", "k2", "k1", "k0"], keys
+        assert all(flag == 1 for _, _, flag in got)
+
+    with FakeOpenAIServer(reply) as server:
+        spec = parse_spec(f"openai:{server.url}?concurrency=8&retries=0&structured=json_schema#m")
+        with BeamTestPipeline() as p:
+            out = (p | beam.Create(chair_records(5)) | GenerateNegatives(spec, batch_size=16)
+                   | beam.Map(lambda r: (r["key"], time.monotonic(), r["bbox_info"][0]["flag_short_neg"])))
+            assert_that(out, in_order)
+
+
+def test_a_failure_inside_the_window_dead_letters_that_sample_only() -> None:
+    def reply(body: dict[str, Any]) -> tuple[int, Any]:
+        pixel = image_of(body).getpixel((0, 0))
+        return (503, {"error": "overloaded"}) if pixel[0] > 200 else (200, completion("A blue picture."))
+
+    with FakeOpenAIServer(reply) as server:
+        spec = CAPTIONERS.resolve(f"openai:{server.url}#m")
+        with BeamTestPipeline() as p:
+            out = (p | beam.Create(image_records(10, red=(2, 7)))
+                   | Recaption(spec, engine_options={"concurrency": 3, "timeout": 10, "retries": 1})
+                   | beam.Map(lambda r: (r["key"], r.get("caption"), (r.get("_dead") or {}).get("reason"))))
+            assert_that(out, equal_to([(f"k{i:03d}", None, "caption_request_failed") if i in (2, 7)
+                                       else (f"k{i:03d}", "A blue picture.", None) for i in range(10)]))
+    assert len(server.requests) == 8 + 2 * 2  # the two red images were asked twice (one retry), no more
+
+
+def test_the_window_gives_the_same_negatives_as_a_batch_including_re_asks() -> None:
+    # Every expression's first answer is invalid (9 negatives): the re-ask with the next seed is valid.
+    def reply(body: dict[str, Any]) -> tuple[int, Any]:
+        first = body["seed"] == seed0[chair_of(body)]
+        return 200, completion(json.dumps(GOOD[:9] if first else GOOD))
+
+    from transforms.negatives_prompt import request_seed
+
+    records = chair_records(6) + [{"key": "dup", "bbox_info": chair_records(2)[1]["bbox_info"] * 2}]
+    seed0 = {i: request_seed(CHAIRS[i], 0) for i in range(6)}
+    with FakeOpenAIServer(reply) as server:
+        spec = parse_spec(f"openai:{server.url}?concurrency=4&retries=2&structured=json_schema#m")
+        batch = apply_negatives(NEGATIVE_ENGINES.build(spec), json.loads(json.dumps(records)), retries=2)
+        asked_by_batch = len(server.requests)
+        with BeamTestPipeline() as p:
+            out = (p | beam.Create(records) | GenerateNegatives(spec, retries=2)
+                   | beam.Map(lambda r: json.dumps(r, sort_keys=True)))
+            assert_that(out, equal_to([json.dumps(r, sort_keys=True) for r in batch]))
+    assert all(reg["flag_short_neg"] == 1 for r in batch for reg in r["bbox_info"])
+    assert asked_by_batch == 12 and len(server.requests) - asked_by_batch <= 14
+
+
+def test_a_window_never_has_more_than_its_concurrency_in_flight_and_loses_no_answer() -> None:
+    import queue
+
+    open_now, most, lock = [0], [0], threading.Lock()
+
+    def call(i: int) -> int:
+        with lock:
+            open_now[0] += 1
+            most[0] = max(most[0], open_now[0])
+        time.sleep(0.01)
+        with lock:
+            open_now[0] -= 1
+        if i % 7 == 0:
+            raise ValueError(f"no {i}")
+        return i * 2
+
+    window, done = RequestWindow(3, "test"), queue.Queue()
+    for i in range(40):
+        window.submit(call, i, done, i)
+    got = dict(done.get(timeout=10) for _ in range(40))
+    window.close()
+    assert most[0] == 3 and sorted(got) == list(range(40))
+    assert all(isinstance(got[i], ValueError) if i % 7 == 0 else got[i] == 2 * i for i in range(40))
+    assert window.totals["requests"] == 40 and window.totals["failed"] == 6
+    assert window.totals["in_flight_max"] == 3 and "concurrency 3" in window.describe()
+
+
+
+def test_summary_and_stats_show_requests_in_flight_against_the_concurrency(scenes_dir: Any, tmp_path: Any,
+                                                                         capsys: Any) -> None:
+    from conftest import run_pipeline
+    from pipeline.stats import stats_main
+
+    def reply(body: dict[str, Any]) -> tuple[int, Any]:
+        time.sleep(0.05)
+        return 200, completion("A picture of shapes.")
+
+    with FakeOpenAIServer(reply) as server:
+        summary = run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "o", "--stages", "recaption",
+                               "--captioner", f"openai:{server.url}#m", "--caption-concurrency", "3")
+    m = summary["stage_metrics"]["recaption"]
+    assert summary["written"] == 12 and m["samples"] == 12 and m["requests"] == 12 == len(server.requests)
+    assert m["failed_requests"] == 0 and m["concurrency"] == 3 and 1 <= m["in_flight_max"] <= 3
+    assert 0 < m["in_flight_mean"] <= 3 and m["answer_latency_s"] >= 0.05 and m["requests_per_second"] > 0
+    assert stats_main([str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "12 requests (0 failed), in flight" in out and "of concurrency 3" in out
+
+
+def test_in_process_engines_get_full_batches_from_the_first_and_vllm_hundreds_of_prompts() -> None:
+    from transforms.inference import EngineModelHandler, SpacyExpressionHandler
+
+    def kwargs(raw: str, size: int) -> dict[str, int]:
+        return EngineModelHandler(NEGATIVE_ENGINES, parse_spec(raw), apply_negatives, batch_size=size
+                                  ).batch_elements_kwargs()
+    assert kwargs("stub", 16) == {"min_batch_size": 16, "max_batch_size": 16}
+    assert kwargs("vllm:/models/llama", 16) == {"min_batch_size": 256, "max_batch_size": 256}
+    assert kwargs("vllm:/models/llama", 512) == {"min_batch_size": 512, "max_batch_size": 512}
+    assert SpacyExpressionHandler(batch_size=64).batch_elements_kwargs()["min_batch_size"] == 64

@@ -1,0 +1,335 @@
+"""A request window: ``concurrency`` requests in flight to a model server, continuously.
+
+RunInference hands an engine one batch at a time and waits for all of its answers before the
+next batch leaves, so a server empties at every batch boundary while the next batch is prepared
+(and, with ``BatchElements`` starting at one element, at the start of every run). An engine that
+talks to a server does not need batches at all: the server batches (vLLM's continuous batching,
+LMDeploy's ``max_batch_size``). So the stages that use such an engine run :class:`WindowedStage`
+instead of RunInference:
+
+- one engine, and with it one :class:`RequestWindow`, per worker process, shared by every bundle
+  thread of the process (Dataflow and Flink run several bundles at once per process);
+- ``process()`` does a record's CPU work on the bundle's thread (opening and encoding the image,
+  spaCy analysis of the expressions, cache reads), then hands its requests to the window and
+  returns; the window's threads only send requests and wait for answers, so a slot is refilled
+  the moment it frees (the window keeps up to ``2 x concurrency`` requests ready, ``concurrency``
+  of them in flight);
+- answers are judged (parsed, validated, re-asked, cached) on the bundle's thread, and a record
+  leaves as soon as its last answer is in: records come out in completion order, not input order
+  (shards are keyed by sample, so nothing downstream depends on the order);
+- a bundle waits for its own requests only, at its end (``finish_bundle``).
+
+A :class:`Job` is one record's share of the work: the requests it needs now, what to do with each
+answer (maybe a re-ask), and the finished record.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Hashable, Iterable, Optional
+
+import apache_beam as beam
+from apache_beam.utils.windowed_value import WindowedValue
+
+from core.engines import EngineRegistry, EngineSpec
+from core.record import METRICS_NAMESPACE
+
+LOG = logging.getLogger(__name__)
+PREFETCH = 2  # requests ready per slot: while `concurrency` are in flight, as many more wait to leave
+MIN_READY = 64  # and at least this many: a fused stage's thread feeds the window in bursts (a spaCy batch
+# of records at a time), so a small window would run dry while that thread works on the next burst
+WAIT_S = 0.05  # how often a bundle blocked on a full window looks again
+STATS_EVERY_S = 30.0  # a window logs its in-flight line at most this often
+
+
+class RequestWindow:
+    """Up to ``concurrency`` calls in flight on a thread pool; more wait in its queue.
+
+    ``submit(call, arg, done, key)`` never blocks: the result (or the exception raised) is put on
+    ``done`` as ``(key, result)``. ``has_room()`` says whether a caller may add more
+    (fewer than ``PREFETCH x concurrency``, and at least ``MIN_READY``, not yet answered). It also keeps what the user sees of a server:
+    requests answered, answer latency, requests in flight (time-weighted mean, max).
+    """
+
+    def __init__(self, concurrency: int, name: str = "engine"):
+        self.concurrency = max(1, int(concurrency))
+        self.name = name
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"window-{name}")
+        self._lock = threading.Lock()
+        self._waiting = 0  # submitted, not yet answered
+        self._in_flight = 0
+        self._since = time.monotonic()
+        self._busy_since: Optional[float] = None
+        self._last_log = time.monotonic()
+        self.totals = self._zero()
+        self._pending_stats = self._zero()
+
+    @staticmethod
+    def _zero() -> dict[str, float]:
+        return {"requests": 0, "failed": 0, "answer_seconds": 0.0, "busy_seconds": 0.0, "in_flight_seconds": 0.0,
+                "in_flight_max": 0}
+
+    def has_room(self) -> bool:
+        with self._lock:
+            return self._waiting < max(PREFETCH * self.concurrency, MIN_READY)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def submit(self, call: Callable[[Any], Any], arg: Any, done: "queue.Queue[tuple[Hashable, Any]]",
+               key: Hashable) -> None:
+        with self._lock:
+            self._waiting += 1
+        self._pool.submit(self._run, call, arg, done, key)
+
+    def _account(self, now: float, delta: int) -> None:
+        """Time-weighted in-flight count up to ``now``, then ``delta`` more in flight (under the lock)."""
+        span = now - self._since
+        for stats in (self.totals, self._pending_stats):
+            stats["in_flight_seconds"] += self._in_flight * span
+            if self._in_flight:
+                stats["busy_seconds"] += span
+        self._since = now
+        self._in_flight += delta
+        for stats in (self.totals, self._pending_stats):
+            stats["in_flight_max"] = max(stats["in_flight_max"], self._in_flight)
+
+    def _run(self, call: Callable[[Any], Any], arg: Any, done: "queue.Queue[tuple[Hashable, Any]]",
+             key: Hashable) -> None:
+        start = time.monotonic()
+        with self._lock:
+            self._account(start, +1)
+        try:
+            result = call(arg)
+        except BaseException as e:  # noqa: BLE001 - a failing request is that request's answer
+            result = e
+        end = time.monotonic()
+        with self._lock:
+            self._account(end, -1)
+            self._waiting -= 1
+            for stats in (self.totals, self._pending_stats):
+                stats["requests"] += 1
+                stats["failed"] += isinstance(result, BaseException) or type(result).__name__ == "SampleError"
+                stats["answer_seconds"] += end - start
+            log = end - self._last_log >= STATS_EVERY_S
+            if log:
+                self._last_log = end
+        done.put((key, result))
+        if log:
+            LOG.info("%s", self.describe())
+
+    def take_stats(self) -> dict[str, float]:
+        """What the window did since the last call (for the runner's metrics), then starts anew."""
+        with self._lock:
+            self._account(time.monotonic(), 0)
+            out, self._pending_stats = self._pending_stats, self._zero()
+            self._pending_stats["in_flight_max"] = self._in_flight
+        return out
+
+    def describe(self) -> str:
+        """One line: requests in flight (mean and max against the concurrency), answer latency, requests/s."""
+        t = self.totals
+        busy = t["busy_seconds"] or 0.0
+        mean = t["in_flight_seconds"] / busy if busy else 0.0
+        latency = t["answer_seconds"] / t["requests"] if t["requests"] else 0.0
+        rate = t["requests"] / busy if busy else 0.0
+        return (f"requests: {self.name}: {mean:.1f} requests in flight on average (max {int(t['in_flight_max'])}, "
+                f"concurrency {self.concurrency}), answer {latency:.2f} s, {rate:.1f} requests/s, "
+                f"{int(t['requests'])} answered, {int(t['failed'])} failed")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+class Job:
+    """One record's requests. Subclasses set ``record`` and implement the three methods."""
+
+    record: dict
+
+    def start(self) -> list[tuple[Hashable, Any]]:
+        """The requests to send now, as ``(key, argument of the engine's call)``; keys of one job are distinct."""
+        raise NotImplementedError
+
+    def answer(self, key: Hashable, result: Any) -> list[tuple[Hashable, Any]]:
+        """Take the answer to request ``key`` (an exception when it failed); returns requests to send next."""
+        raise NotImplementedError
+
+    def done(self) -> bool:
+        raise NotImplementedError
+
+    def finish(self) -> dict:
+        """The record, its new fields set or marked dead (called once, when ``done()``)."""
+        return self.record
+
+
+_ENGINES: dict[str, list[Any]] = {}  # key -> [engine, users]
+_ENGINES_LOCK = threading.Lock()
+
+
+def engine_key(registry: EngineRegistry, spec: EngineSpec, options: dict[str, Any]) -> str:
+    return json.dumps([registry.stage, spec.raw, options], sort_keys=True, default=str)
+
+
+def shared_engine(registry: EngineRegistry, spec: EngineSpec, options: dict[str, Any]) -> Any:
+    """The process's one engine for ``spec`` and ``options`` (built, and its server waited for, once
+    while any DoFn of the pipeline holds it); give it back with :func:`release_engine`."""
+    key = engine_key(registry, spec, options)
+    with _ENGINES_LOCK:
+        held = _ENGINES.get(key)
+        if held is None:
+            LOG.info("loading %s engine %s", registry.stage, spec.raw)
+            held = _ENGINES[key] = [registry.build(spec, **options), 0]
+        held[1] += 1
+        return held[0]
+
+
+def release_engine(key: str) -> None:
+    """One user less; the last one closes the engine's window and client (a later pipeline builds anew,
+    so no state such as a pooled connection or a server's refused request shape outlives a run)."""
+    with _ENGINES_LOCK:
+        held = _ENGINES.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] > 0:
+            return
+        del _ENGINES[key]
+    engine = held[0]
+    window = getattr(engine, "_request_window", None)
+    if window is not None:
+        if window.totals["requests"]:
+            LOG.info("%s", window.describe())
+        window.close()
+    client = getattr(engine, "client", None)
+    if client is not None and hasattr(client, "close"):
+        client.close()
+
+
+def engine_window(engine: Any, name: str) -> RequestWindow:
+    """The window of a shared engine (its ``client.concurrency`` requests in flight), made once."""
+    with _ENGINES_LOCK:
+        window = getattr(engine, "_request_window", None)
+        if window is None:
+            window = RequestWindow(engine.client.concurrency, name)
+            engine._request_window = window
+        return window
+
+
+class WindowedStage(beam.DoFn):
+    """A model stage over a server engine: ``make_job(engine, record)`` says what each record asks.
+
+    The engine's ``call(argument)`` sends one request (on a window thread; I/O only). Requests with
+    the same key from records of one bundle are sent once and answer every record that asked.
+    """
+
+    def __init__(self, registry: EngineRegistry, spec: EngineSpec, make_job: Callable[[Any, dict], Job],
+                 engine_options: Optional[dict[str, Any]] = None):
+        self._registry = registry
+        self._spec = spec
+        self._make_job = make_job
+        self._options = dict(engine_options or {})
+
+    def setup(self) -> None:
+        self._key = engine_key(self._registry, self._spec, self._options)
+        self._engine = shared_engine(self._registry, self._spec, self._options)
+        self._window = engine_window(self._engine, f"{self._registry.stage} {self._spec.kind}")
+        ns = f"{METRICS_NAMESPACE}_{self._registry.stage}"
+        m = beam.metrics.Metrics
+        self._metrics = {"samples": m.counter(ns, "num_inferences"),
+                         "requests": m.counter(ns, "window_requests"),
+                         "failed": m.counter(ns, "window_failed_requests"),
+                         "answer_seconds": m.counter(ns, "window_answer_micros"),
+                         "busy_seconds": m.counter(ns, "window_busy_micros"),
+                         "in_flight_seconds": m.counter(ns, "window_in_flight_micros"),
+                         "in_flight_max": m.distribution(ns, "window_in_flight_max"),
+                         "concurrency": m.distribution(ns, "window_concurrency")}
+
+    def teardown(self) -> None:
+        if getattr(self, "_engine", None) is not None:
+            self._engine = None
+            release_engine(self._key)
+
+    def start_bundle(self) -> None:
+        self._done: "queue.Queue[tuple[Hashable, Any]]" = queue.Queue()
+        self._asked: dict[Hashable, list[Job]] = {}  # request key -> the jobs waiting for its answer
+        self._open = 0  # jobs of this bundle not finished
+
+    def _send(self, job: Job, requests: Iterable[tuple[Hashable, Any]]) -> None:
+        for key, arg in requests:
+            waiting = self._asked.get(key)
+            if waiting is not None:  # the same request is in flight for another record: share its answer
+                waiting.append(job)
+                continue
+            self._asked[key] = [job]
+            self._window.submit(self._engine.call, arg, self._done, key)
+
+    def _take(self, key: Hashable, result: Any) -> Iterable[Job]:
+        """Hand an answer to the jobs that asked; the jobs it finished."""
+        for job in self._asked.pop(key, []):
+            self._send(job, job.answer(key, result))
+            if job.done():
+                yield job
+
+    def _drain(self, block: bool) -> Iterable[Job]:
+        """Finished jobs from answers in: all that are there, then (``block``) until the window has room."""
+        while True:
+            try:
+                key, result = self._done.get_nowait()
+            except queue.Empty:
+                if not block or self._window.has_room():
+                    return
+                try:
+                    key, result = self._done.get(timeout=WAIT_S)
+                except queue.Empty:
+                    continue
+            yield from self._take(key, result)
+
+    def _finished(self, job: Job) -> dict:
+        self._open -= 1
+        self._metrics["samples"].inc()
+        return job.finish()
+
+    def process(self, record: dict, timestamp: Any = beam.DoFn.TimestampParam,
+                window: Any = beam.DoFn.WindowParam) -> Iterable[dict]:
+        job = self._make_job(self._engine, record)  # the CPU work, while the window's slots are busy
+        requests = job.start()
+        if not requests and job.done():
+            self._metrics["samples"].inc()
+            yield job.finish()
+            return
+        for finished in self._drain(block=True):  # wait for room: answers keep being judged meanwhile
+            yield self._finished(finished)
+        job._beam_where = (timestamp, (window,))  # finish_bundle emits it with its own window
+        self._open += 1
+        self._send(job, requests)
+        for finished in self._drain(block=False):
+            yield self._finished(finished)
+
+    def finish_bundle(self) -> Iterable[WindowedValue]:
+        while self._open:
+            key, result = self._done.get()
+            for job in self._take(key, result):
+                yield WindowedValue(self._finished(job), *job._beam_where)
+        self._report()
+
+    def _report(self) -> None:
+        stats = self._window.take_stats()
+        for name in ("requests", "failed"):
+            self._metrics[name].inc(int(stats[name]))
+        for name in ("answer_seconds", "busy_seconds", "in_flight_seconds"):
+            self._metrics[name].inc(int(stats[name] * 1e6))
+        self._metrics["in_flight_max"].update(int(stats["in_flight_max"]))
+        self._metrics["concurrency"].update(self._window.concurrency)
+
+
+SERVER_ENGINES = frozenset({"openai"})
+
+
+def windowed(spec: EngineSpec) -> bool:
+    """Whether a stage runs ``spec`` through a request window (a server engine) instead of RunInference."""
+    return spec.kind in SERVER_ENGINES
