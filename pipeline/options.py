@@ -90,6 +90,13 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                              "shards) instead of recaptioning; samples without one are still recaptioned")
     parser.add_argument("--no-dedup", "--no_dedup", dest="dedup", action="store_false",
                         help="keep duplicate images (by default exact and near duplicates are filtered)")
+    parser.add_argument("--dedup-keep", "--dedup_keep", dest="dedup_keep", default="first",
+                        choices=("first", "largest"),
+                        help="which of a group of duplicates is kept: first = the first in input order (a "
+                             "manifest's rows, a tar's members, a folder's or glob's files sorted by name with the "
+                             "extension set aside, so photo.jpg comes before 'photo (copy).jpg'); largest = the one "
+                             "with the most pixels (equal sizes: the first). The others are filtered naming the key "
+                             "kept")
     parser.add_argument("--near-dup-threshold", "--near_dup_threshold", dest="near_dup_threshold", type=int, default=6,
                         help="near duplicates: at most this many differing bits of a 256-bit dHash (-1: exact only)")
     parser.add_argument("--model-cache", "--model_cache", dest="model_cache", default="auto",

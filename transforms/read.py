@@ -24,10 +24,12 @@ need not travel with it (``transforms.spill``).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.client
 import io
+import itertools
 import json
 import os
 import posixpath
@@ -99,6 +101,7 @@ class ReadUnit:
     # caption files of the unit's images (``0001.txt``/``0001.json`` beside ``0001.jpg``): read with their
     # image, never items of their own (:func:`sidecars_of`)
     sidecars: tuple[str, ...] = ()
+    ordinal: int = 0  # the unit's place in the listing (list_units): its records' input order (Field.ORDER)
 
 
 def detect_kind(uri: str) -> str:
@@ -509,8 +512,9 @@ def _local_folder_units(input_uri: str, path: str, files_per_unit: int) -> Itera
 
 
 def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[ReadUnit]:
-    """Expand ``input_uri`` into read units (:func:`iter_units`, all of them); :class:`InputError` when nothing is there."""
-    return list(iter_units(input_uri, files_per_unit))
+    """Expand ``input_uri`` into read units (:func:`iter_units`, all of them, numbered in listing order);
+    :class:`InputError` when nothing is there."""
+    return [dataclasses.replace(u, ordinal=i) for i, u in enumerate(iter_units(input_uri, files_per_unit))]
 
 
 def iter_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> Iterator[ReadUnit]:
@@ -925,7 +929,7 @@ def split_unit(unit: ReadUnit, rows_per_unit: int = ROWS_PER_UNIT) -> Iterator[R
         yield unit
         return
     for span, first in parts:
-        yield ReadUnit(unit.kind, unit.root, unit.uris, unit.ext_keys, span=span, first_row=first)
+        yield dataclasses.replace(unit, span=span, first_row=first)
 
 
 def _manifest_rows(uri: str, span: tuple[int, ...] = ()) -> Iterator[tuple[str, Any]]:
@@ -1333,7 +1337,7 @@ def read_unit(unit: ReadUnit, max_image_bytes: int = MAX_IMAGE_BYTES,
     dead record (``unreadable_input``) instead of failing the bundle. Records whose key ``want``
     refuses come out too, but their images may not have been read (see :func:`read_and_count`)."""
     records = READERS[unit.kind](unit, max_image_bytes, want)
-    while True:
+    for n in itertools.count():
         try:
             rec = next(records)
         except StopIteration:
@@ -1343,7 +1347,22 @@ def read_unit(unit: ReadUnit, max_image_bytes: int = MAX_IMAGE_BYTES,
             rec = new_record(make_key(posixpath.basename(where) + "_read_error", where), where)
             yield valid_record(mark_dead(rec, STAGE, "unreadable_input", f"{type(e).__name__}: {e}"))
             return
+        rec[Field.ORDER] = input_order(unit, n)
         yield valid_record(rec)
+
+
+def input_order(unit: ReadUnit, n: int) -> tuple[int, int, str]:
+    """Where the ``n``-th record of ``unit`` stands in the input (``Field.ORDER``), comparable across units.
+
+    A manifest's rows and a tar's samples: the unit's place in the listing, then the row (of the
+    whole manifest) or sample. A folder's or glob's files: by path, the extension set aside, so
+    ``photo.jpg`` comes before ``photo (copy).jpg``, ``photo-2.jpg`` and ``photo.png`` (sorted
+    paths put ``photo (copy).jpg`` first: a space sorts before the dot).
+    """
+    if unit.kind == "files" and n < len(unit.uris):
+        stem, ext = posixpath.splitext(_relative_name(unit.uris[n], unit.root))
+        return 0, 0, valid_text(f"{stem}\0{ext}", escape=True)
+    return unit.ordinal, unit.first_row + n, ""
 
 
 def unit_id(unit: ReadUnit) -> str:
