@@ -128,7 +128,9 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                              "over the whole input. 0 = one pass. Distributed runners ignore it (they bound their "
                              f"bundles themselves). Default {WAVE_SAMPLES}")
     parser.add_argument("--progress-every-s", "--progress_every_s", dest="progress_every_s", type=float, default=10.0,
-                        help="log samples done, rate and ETA at most this often per worker (0 = off)")
+                        help="local runs: a progress line (samples done, rate, ETA, samples in flight) every this "
+                             "many seconds, whether or not a sample finished; remote workers log at most this "
+                             "often (0 = off)")
     parser.add_argument("--shared-mount", "--shared_mount", dest="shared_mount", action="append", default=None,
                         help="a folder every Flink task manager mounts at the same path (e.g. /nfs): local "
                              "--input/--output/--spill-dir/--model-cache paths under it are accepted on Flink")

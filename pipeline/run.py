@@ -31,7 +31,7 @@ from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
 from transforms.read import MAX_IMAGE_BYTES, InputError, ReadImages, ReadUnit, iter_units
 from transforms.recaption import CAPTIONERS, Recaption
-from transforms.progress import LogProgress
+from transforms.progress import STARTED_PREFIX, LogProgress
 from transforms.spill import SpillDir, check_spill_dir, spill_image
 from transforms.write import (READ_COUNTS_DIR, AssignShards, ShardRange, SkipCompleted, WriteShards,
                               completed_shards, num_shards_for)
@@ -242,6 +242,7 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     for name in STAGES:
         if name not in stages_run:
             continue
+        live = count(live, STARTED_PREFIX + name, f"CountStarted{name.title()}")  # less those done: in flight
         stage_input = live
         if name == "recaption":  # captions carried from the input (reuse) skip the captioner
             needs, has = (live | "NeedsCaption" >> beam.Partition(lambda r, _: int("caption" in r), 2))

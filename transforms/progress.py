@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from typing import Any, Callable, Iterator, Optional
@@ -25,6 +26,7 @@ from core.record import METRICS_NAMESPACE, Field
 PROGRESS_LOG = logging.getLogger("finehard.progress")
 FLUSH_EVERY_S = 0.5
 FAILED_PREFIX = "failed:"
+STARTED_PREFIX = "started:"  # samples handed to a stage (its engine batches them): with its count, those in flight
 
 
 def format_rate(done: int, elapsed_s: float) -> str:
@@ -114,15 +116,34 @@ class LogProgress(beam.DoFn):
         self._done, self._start, self._last, self._flushed = 0, None, 0.0, 0.0
         self._by_stage: dict[str, int] = {}
         self._instance = uuid.uuid4().hex[:12]
+        self._stop: Optional[threading.Event] = None
+        self._lock = threading.Lock()  # the bundle's thread and the flushing thread write the same files
 
     def _flush(self) -> None:
         if self.progress_dir is None:
             return
         try:
-            for stage, n in self._by_stage.items():
-                write_count(self.progress_dir, stage, self._instance, n)
+            with self._lock:
+                for stage, n in list(self._by_stage.items()):
+                    write_count(self.progress_dir, stage, self._instance, n)
         except OSError:
             pass  # progress is a display: never fail the bundle over it
+
+    def _flush_later(self) -> None:
+        """Write the counts every ``FLUSH_EVERY_S`` from a thread, also while no sample passes: the last
+        samples handed to a slow engine (a whole batch, in a few microseconds) show at once, not
+        when the batch is done."""
+        stop = self._stop = threading.Event()
+        shown: dict[str, int] = {}
+
+        def loop() -> None:
+            while not stop.wait(FLUSH_EVERY_S) and os.path.isdir(self.progress_dir):  # gone: the run is over
+                now = dict(self._by_stage)
+                if now != shown:
+                    shown.update(now)
+                    self._flush()
+
+        threading.Thread(target=loop, name="finehard-progress-flush", daemon=True).start()
 
     def process(self, element: Any, total: Optional[int] = None) -> Iterator[Any]:
         total = total or self.total
@@ -135,6 +156,8 @@ class LogProgress(beam.DoFn):
         if self.stage == "done":
             self._counter.inc()
         if self.progress_dir is not None:
+            if self._stop is None:
+                self._flush_later()
             if now - self._flushed >= FLUSH_EVERY_S:
                 self._flushed = now
                 self._flush()
@@ -145,3 +168,7 @@ class LogProgress(beam.DoFn):
 
     def finish_bundle(self) -> None:
         self._flush()
+
+    def teardown(self) -> None:
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
