@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from core.cli_help import DefaultsHelpFormatter
 from training.config import ConfigError, add_override_args, build_config
 
 log = logging.getLogger("training")
@@ -17,6 +18,9 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(formatter_class=DefaultsHelpFormatter, **kwargs)  # type: ignore[arg-type]
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see {self.prog} --help)")
 
