@@ -145,3 +145,20 @@ def test_a_run_over_a_folder_with_sidecars_reconciles_and_writes_the_captions(tm
     assert waves["read"] == 6 and waves["reconciled"] is True
     for p in sorted((tmp_path / "one").glob("shard-*.tar")):
         assert (tmp_path / "waves" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_a_remote_folder_reads_its_sidecars_too() -> None:
+    """A folder on an fsspec filesystem (gs://, s3://; here memory://) is listed whole, by another path."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = "/sidecar-test"
+    try:
+        for name in ("0001.jpg", "0001.txt", "0001.json", "0002.png", "0002.json", "0004.jpg"):
+            fs.pipe(f"{root}/{name}", FILES[name])
+        recs = _records(f"memory://{root}")
+        assert sorted(recs) == ["0001", "0002", "0004"]
+        assert [recs[k]["short_caption"] for k in sorted(recs)] == ["a red card on a table\n", "a green card", ""]
+        assert recs["0002"]["source_url"] == "http://example.com/2.png"
+    finally:
+        fs.rm(root, recursive=True)
