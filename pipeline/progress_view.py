@@ -215,7 +215,8 @@ class ProgressView:
         busy = self.in_flight(counts, active)
         if busy:
             head += f", {busy} in flight"
-        parts = [f"{s} {counts.get(s, 0)}" for s in self.stages]
+        parts = [f"{s} {counts.get(s, 0)}" + (f" ({k} in flight)" if (k := self.in_flight(counts, s)) else "")
+                 for s in self.stages]
         failed = sum(v for k, v in counts.items() if k.startswith(FAILED_PREFIX))
         if failed:
             parts.append(f"dead-lettered/filtered {failed}")
