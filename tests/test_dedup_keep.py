@@ -92,3 +92,20 @@ def test_the_detail_of_a_near_copy_with_the_same_dhash_says_near() -> None:
     decisions = {"b": ((1,), "a", NEAR, 0), "c": ((2,), "b", EXACT, 0)}
     assert duplicate_detail("b", decisions) == "near duplicate (dHash distance 0) of a"
     assert duplicate_detail("c", decisions) == "exact duplicate of b, itself a duplicate of a (kept)"
+
+
+def test_a_near_copy_with_the_same_dhash_but_other_bytes_is_not_called_an_exact_duplicate() -> None:
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from core.record import Field
+
+    thumb = bytes(range(256)) * 3
+    records = [{"key": "a", Field.SHA256: "s1", Field.DHASH: 0x1234 << 200, Field.THUMB: thumb},
+               {"key": "b", Field.SHA256: "s2", Field.DHASH: 0x1234 << 200, Field.THUMB: thumb}]  # re-encoded copy
+    from transforms.dedup import DropDuplicates
+
+    with beam.Pipeline() as p:
+        out = (p | beam.Create(records) | DropDuplicates(6)
+               | beam.Map(lambda r: (r["key"], r.get(Field.FILTERED, {}).get("detail"))))
+        assert_that(out, equal_to([("a", None), ("b", "near duplicate (dHash distance 0) of a")]))
