@@ -51,6 +51,9 @@ class Field:
     # where the stored bytes can be read again exactly, so they are not carried nor spilled: a file (local
     # path or fsspec URI) holding just them, or (uri, offset, size) of a member of an uncompressed tar
     SOURCE = "_source"
+    # where the sample stands in the input: (read unit's place in the listing, item's place in it, file name);
+    # duplicate removal keeps the first (transforms.dedup.rank)
+    ORDER = "_order"
     SHA256 = "_image_sha256"          # sha256 of the stored image bytes, computed once (spill name, dedup, cache)
     DHASH = "_dhash"                  # perceptual hash for near-duplicate removal
     THUMB = "_thumb"                  # tiny thumbnail that confirms a near-duplicate

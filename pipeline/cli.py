@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Callable, Optional
 
+from core.cli_help import RawDescriptionDefaultsHelpFormatter
 from core.record import PROJECT_VERSION
 from core.terminal import printable
 from pipeline.logs import configure as configure_logging
@@ -60,7 +61,7 @@ def check_beam_args(beam_args: list[str]) -> None:
 
 def shards_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="finehard shards", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="finehard shards", formatter_class=RawDescriptionDefaultsHelpFormatter,
         description="Curate images into FineHARD WebDataset shards: recaption -> referring expressions -> "
                     "boxes -> hard negatives -> shards.", epilog=BEAM_FLAGS_HELP)
     add_curation_args(parser)

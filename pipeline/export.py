@@ -33,6 +33,7 @@ from typing import Any, Iterator, Optional
 
 import fsspec
 
+from core.cli_help import DefaultsHelpFormatter
 from core.record import NUM_NEGATIVES
 from core.terminal import printable
 from pipeline.output import iter_samples, report_skipped, run_output_clash, shard_paths
@@ -151,7 +152,7 @@ def export_fgovd(output: str, to: str, shards: Optional[list[str]] = None,
 
 
 def _parser(prog: str, description: str, to_help: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=DefaultsHelpFormatter)
     parser.add_argument("output", help="a `finehard shards` --output folder (any fsspec URI)")
     parser.add_argument("--to", required=True, help=to_help)
     parser.add_argument("--shards", nargs="+", default=None,

@@ -19,16 +19,19 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                         help="folder for shard-NNNNN.tar, their _stats.json markers, deadletter/, filtered/ "
                              "and summary.json; a re-run over the same folder skips completed shards")
     parser.add_argument("--samples-per-shard", "--samples_per_shard", dest="samples_per_shard", type=int,
-                        default=1000, help="target samples per shard (membership is sha1(key) mod the shard count)")
+                        default=1000,
+                        help="target samples per shard, not a cap: a sample's shard is sha1(key) mod N, N = "
+                             "ceil(listed samples / this), so shards hold about this many, some a few more or fewer "
+                             "(the bundled sample's 29 at 8: 6, 7, 7 and 9); deterministic, and no shard waits for the whole input")
     parser.add_argument("--captioner", default="stub",
-                        help="recaptioning engine spec: stub (default, marked stub in provenance), "
+                        help="recaptioning engine spec: stub (marked stub in provenance), "
                              "openai:http://host:23333/v1#MODEL, vllm:/models/vlm, transformers:/models/vlm "
                              "(see docs/engines.md)")
     parser.add_argument("--detector", default="stub",
-                        help="box engine spec: stub (default, marked stub), "
+                        help="box engine spec: stub (marked stub), "
                              "yolo-world:/w/yolov8x-worldv2.pt#text=/w/clip-text (see docs/engines.md)")
     parser.add_argument("--negatives", default="stub",
-                        help="hard-negative engine spec: stub (default, marked stub), rules, llama-cpp:/m.gguf, "
+                        help="hard-negative engine spec: stub (marked stub), rules, llama-cpp:/m.gguf, "
                              "openai:http://host:8000/v1#MODEL, vllm:/models/m (see docs/text_stages.md)")
     parser.add_argument("--caption-max-side", "--caption_max_side", dest="caption_max_side", type=int, default=1024,
                         help="longer image side sent to the captioner (a resized copy; the stored image is unchanged)")
@@ -61,7 +64,7 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
     parser.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=int, default=64_000_000,
                         help="images with more pixels are dead-lettered as too_large (decompression bombs)")
     parser.add_argument("--num-shards", "--num_shards", dest="num_shards", type=int, default=0,
-                        help="shards to write (membership: sha1(key) mod this). 0 (default): from the size of "
+                        help="shards to write (membership: sha1(key) mod this). 0: from the size of "
                              "the listed input and --samples-per-shard, decided before reading, so model stages "
                              "start at once; only when the size cannot be had cheaply (tars without sizes.json, "
                              "manifests over 512 MiB) does the shard count wait for the whole read")
@@ -72,7 +75,7 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
     parser.add_argument("--max-image-bytes", "--max_image_bytes", dest="max_image_bytes", type=int,
                         default=64 * 1024 * 1024,
                         help="an image file (or tar member, or download) larger than this is dead-lettered as "
-                             "file_too_large; at most this many bytes + 1 are ever read (default 64 MiB)")
+                             "file_too_large; at most this many bytes + 1 are ever read (default: %(default)s = 64 MiB)")
     parser.add_argument("--min-side", "--min_side", dest="min_side", type=int, default=8,
                         help="images with a side shorter than this are filtered as too_small")
     parser.add_argument("--max-caption-chars", "--max_caption_chars", dest="max_caption_chars", type=int,
@@ -80,7 +83,7 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
     parser.add_argument("--negatives-retries", "--negatives_retries", dest="negatives_retries", type=int, default=2,
                         help="re-ask the negatives engine this many times (new seed) for an invalid answer")
     parser.add_argument("--stages", default="all",
-                        help="which stages run: all (default); ingest (no model: read, check, dedup, shard, "
+                        help="which stages run: all; ingest (no model: read, check, dedup, shard, "
                              "the first step before paying for GPUs; run the models later over those shards); "
                              "recaption (stage-1 data: captions, no regions); "
                              "negatives (only new negatives, e.g. over existing shards); or a comma list of "
@@ -90,13 +93,20 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                              "shards) instead of recaptioning; samples without one are still recaptioned")
     parser.add_argument("--no-dedup", "--no_dedup", dest="dedup", action="store_false",
                         help="keep duplicate images (by default exact and near duplicates are filtered)")
+    parser.add_argument("--dedup-keep", "--dedup_keep", dest="dedup_keep", default="first",
+                        choices=("first", "largest"),
+                        help="which of a group of duplicates is kept: first = the first in input order (a "
+                             "manifest's rows, a tar's members, a folder's or glob's files sorted by name with the "
+                             "extension set aside, so photo.jpg comes before 'photo (copy).jpg'); largest = the one "
+                             "with the most pixels (equal sizes: the first). The others are filtered naming the key "
+                             "kept")
     parser.add_argument("--near-dup-threshold", "--near_dup_threshold", dest="near_dup_threshold", type=int, default=6,
                         help="near duplicates: at most this many differing bits of a 256-bit dHash, -1..128 (-1: exact only)")
     parser.add_argument("--model-cache", "--model_cache", dest="model_cache", default="auto",
                         help="keep model answers (captions, raw boxes, valid negatives) under this folder or fsspec "
                              "URI, keyed by stage, engine, model, prompt hash, engine options and input hash; a re-run "
                              "with the same engines reads them instead of calling the model (hits are counted as "
-                             "cache_hits:<stage> in summary.json). auto (default): OUTPUT/.model-cache on local runs "
+                             "cache_hits:<stage> in summary.json). auto: OUTPUT/.model-cache on local runs "
                              "with a real model engine, so retrying failed samples never re-asks the ones that "
                              "succeeded; none: off")
     parser.add_argument("--overwrite", action="store_true",
@@ -109,7 +119,7 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                         help="where image bytes that cannot be read again from their source (http(s) downloads, "
                              ".tar.gz members, inline bytes, converted images) wait between reading and writing, so "
                              "records stay small at stage boundaries (files and uncompressed tar members are read "
-                             "again from the input instead): auto (default) = on local runners, whose boundaries are "
+                             "again from the input instead): auto = on local runners, whose boundaries are "
                              "held in memory, OUTPUT/.spill-* (or a temp folder when OUTPUT is remote), and none on "
                              "distributed runners (their bytes then ride in the records through every shuffle: give "
                              "e.g. gs://BUCKET/tmp); none; or a folder / fsspec URI (the run uses a subfolder and "
@@ -119,9 +129,11 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                              "this many (a pipeline per range of shards), so memory stays flat however big the "
                              "input; with dedup on, a first pass hashes every image to take the duplicate decisions "
                              "over the whole input. 0 = one pass. Distributed runners ignore it (they bound their "
-                             f"bundles themselves). Default {WAVE_SAMPLES}")
+                             "bundles themselves)")
     parser.add_argument("--progress-every-s", "--progress_every_s", dest="progress_every_s", type=float, default=10.0,
-                        help="log samples done, rate and ETA at most this often per worker (0 = off)")
+                        help="local runs: a progress line (samples done, rate, ETA, samples in flight) every this "
+                             "many seconds, whether or not a sample finished; remote workers log at most this "
+                             "often (0 = off)")
     parser.add_argument("--shared-mount", "--shared_mount", dest="shared_mount", action="append", default=None,
                         help="a folder every Flink task manager mounts at the same path (e.g. /nfs): local "
                              "--input/--output/--spill-dir/--model-cache paths under it are accepted on Flink")

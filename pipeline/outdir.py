@@ -197,6 +197,8 @@ class InputFingerprint:
                 h.update(f"{info.get('size')}\0{info.get('mtime') or info.get('updated') or info.get('etag')}\0"
                          .encode("utf-8"))
             self._content.update(_content_stamp(uri, info).encode("utf-8", "surrogatepass") + b"\0")
+        for sidecar in unit.sidecars:  # a caption file added or removed changes the input (not an item)
+            h.update(b"sidecar\0" + sidecar.encode("utf-8", "surrogatepass") + b"\0")
 
     def value(self) -> dict[str, Any]:
         """The fingerprint as run.json holds it."""

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import fsspec
 from PIL import Image
 
+from core.cli_help import DefaultsHelpFormatter
 from core.terminal import printable
 from pipeline.output import (SHARD_GLOB, is_stub, iter_samples, read_lines, read_listed, read_shard_stats,
                              report_skipped, run_output_clash, shard_paths, summarise)
@@ -187,7 +188,7 @@ def render_preview(samples: list[dict[str, Any]], title: str, stats: Optional[di
 
 def preview_main(argv: list[str]) -> int:
     """``finehard preview OUTPUT --out preview.html [--n 24]``."""
-    parser = argparse.ArgumentParser(prog="finehard preview",
+    parser = argparse.ArgumentParser(prog="finehard preview", formatter_class=DefaultsHelpFormatter,
                                      description="Write a self-contained HTML page of samples with their boxes, "
                                                  "captions, expressions and hard negatives.")
     parser.add_argument("output", help="a `finehard shards` --output folder (any fsspec URI)")

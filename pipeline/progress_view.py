@@ -2,10 +2,11 @@
 
 Workers count samples per stage into small files (``transforms.progress``); a thread here sums
 them twice a second. On a terminal (stderr a TTY, not ``-q``) it draws one ``rich`` progress bar
-per stage (done / expected, rate, ETA); otherwise it logs one line as soon as samples move and
-then at most every ``--progress-every-s`` seconds, and a last line at the end, e.g.::
+per stage (done / expected, rate, ETA, samples in flight); otherwise it logs one line as soon as
+samples move, then one every ``--progress-every-s`` seconds whether or not a sample finished (a
+slow engine still shows it is working, and how many samples it holds), and a last line at the end::
 
-    progress: 12/29 samples (41.4%), 3.1/s, ETA 0m06s | read 29, recaption 20, detect 15, negatives 12
+    progress: recaption 20/29 (69.0%), 3.1/s, ETA 0m03s, 8 in flight | read 29, recaption 20, ...
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import IO, Any, Iterable, Iterator, Optional, Sequence
 import fsspec
 
 from pipeline.logs import LEVEL_ENV
-from transforms.progress import FAILED_PREFIX, PROGRESS_LOG, format_eta, format_rate, read_counts
+from transforms.progress import FAILED_PREFIX, PROGRESS_LOG, STARTED_PREFIX, format_eta, format_rate, read_counts
 
 POLL_S = 0.5
 
@@ -210,10 +211,18 @@ class ProgressView:
         i = self.stages.index(stage)
         return self._first.get(self.stages[i - 1], self._started) if i > 0 else self._started
 
+    @staticmethod
+    def in_flight(counts: dict[str, int], stage: str) -> int:
+        """Samples handed to ``stage`` that it has not finished (nor failed) yet."""
+        started = counts.get(STARTED_PREFIX + stage, 0)
+        return max(0, started - counts.get(stage, 0) - counts.get(FAILED_PREFIX + stage, 0)) if started else 0
+
     def line(self, counts: dict[str, int], now: float) -> str:
-        """The stage now moving (the furthest one with samples) with rate and ETA, then every count."""
+        """The stage now moving (the furthest one with samples done or in flight) with rate, ETA and
+        samples in flight, then every count."""
         totals = self.stage_totals(counts)
-        active = next((s for s in reversed(self.stages) if counts.get(s, 0)), self.stages[0])
+        active = next((s for s in reversed(self.stages) if counts.get(s, 0) or self.in_flight(counts, s)),
+                      self.stages[0])
         n, total = counts.get(active, 0), totals.get(active)
         elapsed = now - self.stage_start(active)
         head = f"{active} {n}/{total} ({100.0 * n / total:.1f}%)" if total else f"{active} {n}"
@@ -222,7 +231,11 @@ class ProgressView:
         eta = format_eta(n, elapsed, total)
         if eta:
             head += f", {eta}"
-        parts = [f"{s} {counts.get(s, 0)}" for s in self.stages]
+        busy = self.in_flight(counts, active)
+        if busy:
+            head += f", {busy} in flight"
+        parts = [f"{s} {counts.get(s, 0)}" + (f" ({k} in flight)" if (k := self.in_flight(counts, s)) else "")
+                 for s in self.stages]
         failed = sum(v for k, v in counts.items() if k.startswith(FAILED_PREFIX))
         if failed:
             parts.append(f"dead-lettered/filtered {failed}")
@@ -242,7 +255,8 @@ class ProgressView:
             self._note_first(counts, now)
             if self._bars is not None:
                 self._update_bars(counts)
-            elif counts and counts != self._logged and (last_line is None or now - last_line >= self.every_s):
+            elif (counts and last_line is None) or now - (last_line or self._started) >= self.every_s:
+                # the first line as soon as samples move, then one every every_s even when nothing finished
                 PROGRESS_LOG.info("progress: %s", self.line(counts, now))
                 last_line, self._logged = now, counts
 
@@ -268,10 +282,10 @@ class ProgressView:
                 elapsed = time.monotonic() - view.stage_start(task.fields["stage"])
                 done = int(task.completed)
                 total = int(task.total) if task.total is not None else None
-                if not done or elapsed < POLL_S:
-                    return Text("")
-                text, eta = format_rate(done, elapsed), format_eta(done, elapsed, total)
-                return Text(f"{text}  {eta}".strip())
+                busy = task.fields.get("in_flight", 0)
+                parts = [format_rate(done, elapsed), format_eta(done, elapsed, total)] if (
+                    done and elapsed >= POLL_S) else []
+                return Text("  ".join(p for p in [*parts, f"{busy} in flight" if busy else ""] if p))
 
         self._console = Console(stderr=True)
         self._bars = Progress(TextColumn("{task.description:<12}"), BarColumn(),
@@ -290,7 +304,8 @@ class ProgressView:
     def _update_bars(self, counts: dict[str, int]) -> None:
         for stage, total in self.stage_totals(counts).items():
             self._bars.update(self._tasks[stage], completed=counts.get(stage, 0), total=total,
-                              total_text=str(total) if total is not None else "?")
+                              total_text=str(total) if total is not None else "?",
+                              in_flight=self.in_flight(counts, stage))
 
     def _stop_bars(self) -> None:
         self._bars.stop()

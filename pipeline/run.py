@@ -25,13 +25,13 @@ from pipeline.waves import (WriteHashRows, hash_line, merge_stage_metrics, plan_
                             remove_waves_dir, waves_root)
 from pipeline.submit import validate_runner_options
 from transforms.common import mark_dead, split_outcomes
-from transforms.dedup import DropDuplicates, duplicates_of
+from transforms.dedup import DropDuplicates, Ref, duplicates_of
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
 from transforms.read import MAX_IMAGE_BYTES, ROWS_PER_UNIT, InputError, ReadImages, ReadUnit, iter_units
 from transforms.recaption import CAPTIONERS, Recaption, clean_caption
-from transforms.progress import LogProgress
+from transforms.progress import STARTED_PREFIX, LogProgress
 from transforms.spill import SpillDir, check_spill_dir, spill_image
 from transforms.write import (READ_COUNTS_DIR, AssignShards, ShardRange, SkipCompleted, WriteShards,
                               completed_shards, num_shards_for)
@@ -54,6 +54,8 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
               "caption": caption_options(args), "detector_options": detector_options(args),
               "stages": args.stages, "reuse_captions": args.reuse_captions, "dedup": args.dedup,
               "near_dup_threshold": args.near_dup_threshold}
+    if args.dedup_keep != "first":
+        config["dedup_keep"] = args.dedup_keep
     # Options added since 0.1.0 enter the hash only when set away from their default, so outputs of
     # earlier runs keep their config hash (and resume) when the new option is not used.
     if args.max_image_bytes != MAX_IMAGE_BYTES:
@@ -168,14 +170,14 @@ def build_hash_pipeline(p: beam.Pipeline, args: argparse.Namespace) -> None:
     reaches ``DropDuplicates`` in :func:`build_pipeline` (those read without failure) to OUTPUT/.waves/."""
     near = args.near_dup_threshold >= 0
     live, _, _ = split_outcomes(read_input(p, args, counts_root=None, near_hashes=near), "read")
-    _ = (live | "HashRow" >> beam.Map(hash_line, near=near)
+    _ = (live | "HashRow" >> beam.Map(hash_line, near=near, keep=args.dedup_keep)
          | "WriteHashRows" >> beam.ParDo(WriteHashRows(waves_root(args.output))))
 
 
 def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
                    spill_root: Optional[str] = None, progress_dir: Optional[str] = None,
                    local_runner: bool = True, wave: Optional[ShardRange] = None,
-                   duplicates: Optional[dict[str, tuple[str, int]]] = None) -> beam.PCollection:
+                   duplicates: Optional[dict[str, Ref]] = None) -> beam.PCollection:
     """Add the whole chain to ``p``; returns the PCollection of per-shard stats.
 
     Right after reading, records whose source can be read again drop their image bytes and the
@@ -225,7 +227,8 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
                                                  max_caption_chars=args.max_caption_chars)
     if args.dedup:
         # over the whole input, completed shards included: a resumed run makes the same duplicate decisions
-        deduped = count_todo(live | "Dedup" >> DropDuplicates(args.near_dup_threshold, known=duplicates),
+        deduped = count_todo(live | "Dedup" >> DropDuplicates(args.near_dup_threshold, known=duplicates,
+                                                                  keep=args.dedup_keep),
                              "dedup", "CountDedup")
         live, dead, filtered = split_outcomes(deduped, "dedup")
         finished += failures(dead, filtered, "Dedup", count_todo)
@@ -250,6 +253,7 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     for name in STAGES:
         if name not in stages_run:
             continue
+        live = count(live, STARTED_PREFIX + name, f"CountStarted{name.title()}")  # less those done: in flight
         stage_input = live
         if name == "recaption":  # captions carried from the input (reuse) skip the captioner
             needs, has = (live | "NeedsCaption" >> beam.Partition(lambda r, _: int("caption" in r), 2))
@@ -414,7 +418,7 @@ def make_runner(options: PipelineOptions) -> Any:
 
 
 def find_duplicates(args: argparse.Namespace, options: PipelineOptions,
-                    size: Optional[int]) -> dict[str, tuple[str, int]]:
+                    size: Optional[int]) -> dict[str, Ref]:
     """The duplicate decisions over the whole input, for a run in waves: one pass that reads and
     hashes every image (:func:`build_hash_pipeline`), then ``transforms.dedup.duplicates_of``."""
     remove_waves_dir(args.output)

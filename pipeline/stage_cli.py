@@ -13,6 +13,8 @@ import json
 import sys
 from typing import IO, Iterator, Optional
 
+from core.cli_help import DefaultsHelpFormatter
+
 
 def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
     batch: list[str] = []
@@ -28,7 +30,7 @@ def _batches(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 def expressions_main(argv: list[str], stdin: Optional[IO[str]] = None, stdout: Optional[IO[str]] = None) -> int:
     """``finehard expressions``: captions in, one JSON line of short/long expressions per caption out."""
     parser = argparse.ArgumentParser(
-        prog="finehard expressions",
+        prog="finehard expressions", formatter_class=DefaultsHelpFormatter,
         description="Extract GRIT-style referring expressions (spaCy) from captions read on stdin, one per line; "
                     "prints one JSON line per caption: {caption, expressions: [{short_expr, long_expr, "
                     "start_char, end_char, long_end_char}]}.")
@@ -71,7 +73,7 @@ def negatives_main(argv: list[str], stdin: Optional[IO[str]] = None, stdout: Opt
     from transforms.negatives import NEGATIVE_ENGINES
 
     parser = argparse.ArgumentParser(
-        prog="finehard negatives",
+        prog="finehard negatives", formatter_class=DefaultsHelpFormatter,
         description="Write 10 hard negatives per expression read on stdin (plain lines, JSON lines with "
                     "short_expr, or `finehard expressions` output); prints one JSON line per expression: "
                     "{expression, negatives, valid, reason, attempts}.")

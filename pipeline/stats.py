@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import fsspec
 
+from core.cli_help import DefaultsHelpFormatter
 from core.record import NUM_NEGATIVES
 from core.terminal import printable
 from pipeline.output import (STATS_GLOB, _read_json, in_chain_order, is_stub, iter_samples, read_listed,
@@ -128,7 +129,7 @@ def _num(v: Any) -> str:
 
 def stats_main(argv: list[str]) -> int:
     """``finehard stats OUTPUT``: print the report (``--write``: also OUTPUT/stats_report.json)."""
-    parser = argparse.ArgumentParser(prog="finehard stats",
+    parser = argparse.ArgumentParser(prog="finehard stats", formatter_class=DefaultsHelpFormatter,
                                      description="Counts per stage and reason, regions per image, negatives "
                                                  "valid rate. Reads OUTPUT only; --write also saves the report.")
     parser.add_argument("output", help="a `finehard shards` --output folder (any fsspec URI)")

@@ -58,10 +58,10 @@ def plan_waves(num_shards: int, size: Optional[int], wave_samples: int) -> list[
     return [ShardRange(w * num_shards // n, (w + 1) * num_shards // n, num_shards) for w in range(n)]
 
 
-def hash_line(rec: dict[str, Any], near: bool) -> str:
-    """One json line: the record's key and hashes (``transforms.dedup.hash_row``)."""
-    key, sha, dh, thumb = hash_row(rec, near)
-    return json.dumps([key, sha, dh, base64.b64encode(thumb).decode() if thumb is not None else None])
+def hash_line(rec: dict[str, Any], near: bool, keep: str = "first") -> str:
+    """One json line: the record's key, hashes and rank (``transforms.dedup.hash_row``)."""
+    key, sha, dh, thumb, rank = hash_row(rec, near, keep)
+    return json.dumps([key, sha, dh, base64.b64encode(thumb).decode() if thumb is not None else None, rank])
 
 
 class WriteHashRows(beam.DoFn):
@@ -93,14 +93,14 @@ class WriteHashRows(beam.DoFn):
         self._flush()
 
 
-def read_hash_rows(root: str) -> Iterator[tuple[str, str, Optional[int], Optional[bytes]]]:
+def read_hash_rows(root: str) -> Iterator[tuple[str, str, Optional[int], Optional[bytes], tuple[Any, ...]]]:
     """The rows :class:`WriteHashRows` wrote under ``root``, file by file."""
     fs, path = fsspec.core.url_to_fs(root)
     for p in sorted(fs.glob(posixpath.join(path, "*.jsonl"))):
         with fs.open(p, "rt", encoding="utf-8") as f:
             for line in f:
-                key, sha, dh, thumb = json.loads(line)
-                yield key, sha, dh, base64.b64decode(thumb) if thumb is not None else None
+                key, sha, dh, thumb, rank = json.loads(line)
+                yield key, sha, dh, base64.b64decode(thumb) if thumb is not None else None, tuple(rank)
 
 
 def waves_root(output: str) -> str:

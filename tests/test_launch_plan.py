@@ -12,11 +12,13 @@ import pytest
 
 # A folder that exercises the order of a sorted listing ("c-d/" < "c.jpg" < "c/"; a folder "b.k/"
 # between the clashing "b.jpg" and "b.png"), same-stem clashes at several depths, files that are
-# not images (listed, read later), a manifest and a tar (skipped), links, a FIFO, hidden files.
+# not images (listed, read later), a manifest and a tar (skipped), links, a FIFO, hidden files. (Its two
+# files beside an image of the same name were .txt in 58af404: .tsv now, as a .txt beside an image is now
+# that image's caption, not an item: tests/test_sidecars.py.)
 FILES = ["00000/000000.jpg", "00000/000001.jpg", "00000/000001.png", "00000/000002.webp", "00001/000000.jpg",
-         "00001/000000.txt", "a.jpg", "a.png", "a/a.jpg", "a/b/c.jpg", "b.jpg", "b.png", "b.k/x.jpg",
+         "00001/000000.tsv", "a.jpg", "a.png", "a/a.jpg", "a/b/c.jpg", "b.jpg", "b.png", "b.k/x.jpg",
          "b-k/y.jpg", "c-d/1.jpg", "c.jpg", "c/1.jpg", "c/1.JPG", "d/e/f/g.jpg", ".hidden.jpg", "E.jpg",
-         "\u00e9t\u00e9.jpg", "sp ace.jpg", "z.txt", "z.jpg", "noext", "m.jsonl", "sub/t.tar", "x.tar.gz",
+         "\u00e9t\u00e9.jpg", "sp ace.jpg", "z.tsv", "z.jpg", "noext", "m.jsonl", "sub/t.tar", "x.tar.gz",
          "y.1.jpg", "y.2.jpg", "y.jpg"]
 DIRS = ["empty", "00002/deeper"]
 
@@ -55,7 +57,7 @@ def relative(units: Iterable[Any], root: Path) -> list[tuple[str, list[str], lis
 LISTED_BY_3 = [
     ("files", [".hidden.jpg", "00000/000000.jpg", "00000/000001.jpg"], ["00000/000001.jpg"]),
     ("files", ["00000/000001.png", "00000/000002.webp", "00001/000000.jpg"], ["00000/000001.png", "00001/000000.jpg"]),
-    ("files", ["00001/000000.txt", "E.jpg", "a.jpg"], ["00001/000000.txt", "a.jpg"]),
+    ("files", ["00001/000000.tsv", "E.jpg", "a.jpg"], ["00001/000000.tsv", "a.jpg"]),
     ("files", ["a.png", "a/a.jpg", "a/b/c.jpg"], ["a.png"]),
     ("files", ["b-k/y.jpg", "b.jpg", "b.k/x.jpg"], ["b.jpg"]),
     ("files", ["b.png", "c-d/1.jpg", "c.jpg"], ["b.png"]),
@@ -63,7 +65,7 @@ LISTED_BY_3 = [
     ("files", ["dirlink", "link.jpg", "noext"], []),
     ("files", ["pipe", "sp ace.jpg", "y.1.jpg"], []),
     ("files", ["y.2.jpg", "y.jpg", "z.jpg"], ["z.jpg"]),
-    ("files", ["z.txt", "\u00e9t\u00e9.jpg", "\udcff.jpg"], ["z.txt"]),
+    ("files", ["z.tsv", "\u00e9t\u00e9.jpg", "\udcff.jpg"], ["z.tsv"]),
     ("skipped", ["m.jsonl", "sub/t.tar", "x.tar.gz"], []),
 ]
 

@@ -308,7 +308,7 @@ def test_a_resumed_run_makes_the_same_duplicate_decisions(scenes_dir: pathlib.Pa
     folder = tmp_path / "in"
     shutil.copytree(scenes_dir, folder, ignore=shutil.ignore_patterns("*.jsonl"))
     n = num_shards_for(13, 4)
-    kept = "scene_03_000000"  # the smallest key of the pair is kept; find a copy name that lands in another shard
+    kept = "scene_03_000000"  # the first of the pair by name is kept; find a copy name that lands in another shard
     copy = next(f"zz_copy_{i}" for i in range(100) if shard_of(f"zz_copy_{i}", n) != shard_of(kept, n))
     shutil.copy(folder / f"{kept}.jpg", folder / f"{copy}.jpg")
     out = tmp_path / "o"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -36,6 +37,44 @@ def test_the_line_shows_the_moving_stage_and_every_count() -> None:
     # recaption can get 10 - 2 (dead while reading) = 8; 4 in the 20 s since reading began
     assert line.startswith("recaption 4/8 (50.0%), 5.0s/sample, ETA 0m20s | read 10, recaption 4, negatives 0, done 0")
     assert line.endswith("dead-lettered/filtered 2")
+
+
+def test_the_line_shows_the_samples_a_slow_stage_holds_before_any_is_done() -> None:
+    from pipeline.progress_view import ProgressView
+
+    view = ProgressView(["read", "recaption", "negatives", "done"], total=10, tty=False)
+    view._started = 0.0
+    view._first = {"read": 0.0}
+    counts = {"read": 10, "started:recaption": 4, "recaption": 1, "failed:recaption": 1}
+    assert view.line(counts, now=30.0).startswith("recaption 1/10 (10.0%), 30.0s/sample, ETA 4m30s, 2 in flight | "
+                                                  "read 10, recaption 1 (2 in flight), negatives 0, done 0")
+    # a later stage moving too: the slow one's samples in flight still show
+    later = view.line({**counts, "negatives": 1, "started:negatives": 1}, now=30.0)
+    assert later.startswith("negatives 1/9 (11.1%)") and "recaption 1 (2 in flight), negatives 1, " in later
+    # nothing done yet: the stage holding samples is the one shown, not the one before it
+    assert view.line({"read": 10, "started:recaption": 3}, now=30.0).startswith("recaption 0/10 (0.0%), 3 in flight |")
+
+
+def test_a_slow_stage_prints_a_line_every_progress_every_s_with_its_samples_in_flight(
+        scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """A captioner that takes 2.5 s per image (llama.cpp on a CPU): lines keep coming while nothing finishes."""
+    import json
+
+    rows = (scenes_dir / "manifest.jsonl").read_text().splitlines()[:2]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({**json.loads(r), "url": str(scenes_dir / json.loads(r)["url"])})
+                                              + "\n" for r in rows))
+    with FakeOpenAIServer(slow(2.5, (200, completion("A small red cube on a grey floor.")))) as server:
+        res = finehard("shards", "--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "o"),
+                       "--captioner", f"openai:{server.url}?concurrency=1#m", "--batch-size", "1",
+                       "--stages", "recaption", "--progress-every-s", "0.2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [l.split("progress: ", 2)[2] for l in res.stderr.splitlines()
+             if "INFO finehard.progress: progress:" in l and "progress: started" not in l]
+    # samples handed to the captioner and not back: the one it works on (and the next, waiting in its batcher)
+    holding = [l for l in lines if re.match(r"recaption \d/2 \(.*, [12] in flight \| ", l)]
+    assert len(holding) >= 3, "\n".join(lines)  # ~5 lines per image at one a poll; never one before
+    counts = [l.split(" | ", 1)[1] for l in holding]
+    assert max(counts.count(c) for c in counts) >= 2, "\n".join(lines)  # lines with no sample finished between
 
 
 def test_logging_is_set_up_whatever_beam_did_at_import() -> None:

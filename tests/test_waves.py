@@ -180,7 +180,7 @@ def test_duplicates_of_takes_the_decisions_of_drop_duplicates() -> None:
     from apache_beam.testing.util import assert_that, equal_to
 
     from core.record import Field
-    from transforms.dedup import DropDuplicates, duplicates_of
+    from transforms.dedup import EXACT, DropDuplicates, duplicate_detail, duplicates_of, rank
 
     rnd = random.Random(7)
     rows = []
@@ -188,30 +188,38 @@ def test_duplicates_of_takes_the_decisions_of_drop_duplicates() -> None:
         h, thumb, sha = rnd.getrandbits(256), bytes(rnd.getrandbits(8) for _ in range(768)), f"sha{i}"
         rows.append((f"k{i:03d}", sha, h, thumb))
         for j in range(rnd.choice([0, 0, 1, 2])):  # copies: some exact, some a few bits away, some with another thumb
-            flips = rnd.choice([0, 2, 5, 9])
+            flips = rnd.choice([0, 0, 2, 5, 9])
             h2 = h
             for b in rnd.sample(range(256), flips):
                 h2 ^= 1 << b
             thumb2 = thumb if rnd.random() < 0.8 else bytes(255 - t for t in thumb)
-            rows.append((f"c{i:03d}_{j}_{rnd.getrandbits(16):x}", sha if flips == 0 else f"sha{i}_{j}", h2, thumb2))
+            # some near copies have the same dHash (distance 0) but other bytes: near, not exact
+            same_bytes = flips == 0 and rnd.random() < 0.7
+            rows.append((f"c{i:03d}_{j}_{rnd.getrandbits(16):x}", sha if same_bytes else f"sha{i}_{j}", h2, thumb2))
     rnd.shuffle(rows)
-    for threshold in (6, -1):
-        ours = duplicates_of(lambda: iter(rows), threshold)
-        records = [{"key": k, Field.SHA256: s, Field.DHASH: h, Field.THUMB: t} for k, s, h, t in rows]
+    # input order: where each row stands (unit, item), unrelated to the keys; pixels for --dedup-keep largest
+    records = [{"key": k, Field.SHA256: s, Field.DHASH: h, Field.THUMB: t, Field.ORDER: (n // 7, n % 7, ""),
+                "width": rnd.choice([10, 20]), "height": 10} for n, (k, s, h, t) in enumerate(rows)]
+    for keep in ("first", "largest"):
+        for threshold in (6, -1):
+            hash_rows = [(r["key"], r[Field.SHA256], r[Field.DHASH], r[Field.THUMB], rank(r, keep)) for r in records]
+            ours = duplicates_of(lambda: iter(hash_rows), threshold)
 
-        def marked(rec: dict) -> tuple:
-            return rec["key"], rec.get(Field.FILTERED, {}).get("detail")
+            def marked(rec: dict) -> tuple:
+                return rec["key"], rec.get(Field.FILTERED, {}).get("detail")
 
-        with beam.Pipeline() as p:
-            out = (p | beam.Create(records) | DropDuplicates(threshold) | beam.Map(marked)
-                   | beam.Filter(lambda kv: kv[1] is not None))
-            expected = []
-            for key, (ref, dist) in ours.items():
-                kind = "exact duplicate" if dist == 0 else f"near duplicate (dHash distance {dist})"
-                expected.append((key, f"{kind} of {ref}"))
-            assert_that(out, equal_to(expected))
-        near = sum(d > 0 for _, d in ours.values())
-        assert len(ours) - near > 20 and (near > 20 if threshold >= 0 else near == 0)
+            with beam.Pipeline() as p:
+                out = (p | beam.Create([dict(r) for r in records]) | DropDuplicates(threshold, keep=keep)
+                       | beam.Map(marked) | beam.Filter(lambda kv: kv[1] is not None))
+                assert_that(out, equal_to([(key, duplicate_detail(key, ours)) for key in ours]))
+            near = sum(how != EXACT for _, _, how, _ in ours.values())
+            assert len(ours) - near > 10 and (near > 20 if threshold >= 0 else near == 0)
+            by_key = {r["key"]: r for r in records}
+            for key, (ref_rank, ref, how, dist) in ours.items():  # the reference always ranks before
+                assert ref_rank == rank(by_key[ref], keep) < rank(by_key[key], keep)
+                assert (how == EXACT) == (by_key[key][Field.SHA256] == by_key[ref][Field.SHA256])
+            if threshold >= 0:  # a near copy with dHash distance 0 is still described as near
+                assert any(how != EXACT and d == 0 for _, _, how, d in ours.values())
 
 
 def test_negative_wave_samples_fail_fast(tmp_path: pathlib.Path, scenes_dir: pathlib.Path) -> None:

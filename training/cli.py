@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from core.cli_help import DefaultsHelpFormatter
 from training.config import ConfigError, add_override_args, build_config
 from training.named_configs import check_name, is_named
 
@@ -18,6 +19,9 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(formatter_class=DefaultsHelpFormatter, **kwargs)  # type: ignore[arg-type]
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see {self.prog} --help)")
 

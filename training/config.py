@@ -116,15 +116,53 @@ def load_config_file(path: str) -> dict[str, Any]:
     return data
 
 
+FIELD_HELP = {  # what each TrainConfig field sets, for its --flag's help
+    "lr": "peak learning rate (AdamW)", "weight_decay": "AdamW weight decay (not on biases and LayerNorms)",
+    "betas": "AdamW betas, two numbers", "eps": "AdamW epsilon", "warmup_steps": "linear warm-up steps",
+    "schedule": "learning-rate schedule after warm-up: cosine or constant",
+    "min_lr_ratio": "the cosine schedule ends at lr x this", "steps": "optimizer steps (0: --epochs passes)",
+    "epochs": "passes over the shards when --steps is 0", "batch_size": "images per device per step",
+    "image_size": "images resized (no crop) to this square side", "max_regions": "regions per image used",
+    "long_text_len": "tokens of the long caption", "short_text_len": "tokens of short captions and expressions",
+    "keep_len": "positions kept as they are when the 77 position embeddings are extended",
+    "shuffle_buffer": "samples in the shuffle buffer", "workers": "data-loader worker processes",
+    "precision": "auto (bf16 autocast + TF32 on cuda/npu, fp32 on cpu), fp32 or bf16",
+    "grad_clip": "gradient-norm clip (0: none)", "max_logit_scale": "cap of the temperatures' logit scale (0: none)",
+    "w_global": "weight of the global contrastive loss", "w_regional": "weight of the regional loss",
+    "w_hard": "weight of the hard-negative loss", "seed": "random seed", "log_every": "log every this many steps",
+    "save_every": "checkpoint every this many steps",
+}
+
+
+def _stage_defaults() -> dict[int, dict[str, Any]]:
+    """The bundled stage configs (what an override replaces), or {} when they cannot be read."""
+    try:
+        return {stage: load_config_file(default_config_path(stage)) for stage in (1, 2)}
+    except (ConfigError, OSError, ImportError, ValueError):
+        return {}
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def add_override_args(parser: argparse.ArgumentParser) -> None:
-    """One ``--field-name`` flag per TrainConfig field (default None = keep the file's value)."""
-    group = parser.add_argument_group("config overrides (default: value from --config)")
+    """One ``--field-name`` flag per TrainConfig field (default None = keep the config file's value);
+    its help says what it sets and the value of each bundled stage config."""
+    group = parser.add_argument_group("config overrides (each replaces the value of --config; default: "
+                                      "training/configs/stage<N>.yaml's, shown as stage 1 / stage 2)")
+    stages = _stage_defaults()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "stage":
             continue  # --stage is a main flag
+        values = [_shown(stages[s].get(f.name, getattr(TrainConfig(), f.name))) for s in (1, 2) if s in stages]
+        text = FIELD_HELP.get(f.name, f.name.replace("_", " "))
+        if values:
+            text += f" (default: stage 1 {values[0]}, stage 2 {values[1]})"
+        text = text.replace("%", "%%")
         if f.name == "betas":
-            group.add_argument(flag, type=float, nargs=2, default=None, help="AdamW betas, e.g. 0.9 0.98")
+            group.add_argument(flag, type=float, nargs=2, default=None, help=text + "; e.g. 0.9 0.98")
             continue
         if f.name == "recipe":
             group.add_argument(flag, choices=RECIPES, default=None,
@@ -139,7 +177,7 @@ def add_override_args(parser: argparse.ArgumentParser) -> None:
                                help="data-loader processes per rank (-1: from the cores, at most 8; 0: none)")
             continue
         ftype = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-        group.add_argument(flag, type=ftype, default=None, help=f"override {f.name}")
+        group.add_argument(flag, type=ftype, default=None, help=text)
 
 
 def build_config(stage: int, path: str | None, args: argparse.Namespace | None = None) -> TrainConfig:

@@ -19,6 +19,8 @@ import sys
 
 import torch
 
+from core.cli_help import DefaultsHelpFormatter
+
 COPY_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
               "preprocessor_config.json", "simple_word_tokenizer.json", "train_config.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,7 +57,7 @@ def convert(src: str, dst: str, to: str | None = None, dtype: str | None = None)
 
 def convert_main(argv: list[str]) -> int:
     """``finehard convert SRC DST [--to upstream|project] [--dtype ...]``."""
-    p = argparse.ArgumentParser(prog="finehard convert",
+    p = argparse.ArgumentParser(prog="finehard convert", formatter_class=DefaultsHelpFormatter,
                                 description="Convert FG-CLIP checkpoints between upstream FG-CLIP's layout and this "
                                             "project's (either way; a plain CLIP folder converts too).")
     p.add_argument("src", help="checkpoint folder: upstream FG-CLIP, finehard train final/, project layout or plain CLIP")

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -26,6 +27,7 @@ from core.record import METRICS_NAMESPACE, Field
 PROGRESS_LOG = logging.getLogger("finehard.progress")
 FLUSH_EVERY_S = 0.5
 FAILED_PREFIX = "failed:"
+STARTED_PREFIX = "started:"  # samples handed to a stage (its engine batches them): with its count, those in flight
 
 
 def format_rate(done: int, elapsed_s: float) -> str:
@@ -121,20 +123,42 @@ class LogProgress(beam.DoFn):
         self._clock = self.clock or time.monotonic
         self._counter = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "samples_done")
         self._done, self._start, self._last, self._flushed = 0, None, 0.0, 0.0
+        self._stop: Optional[threading.Event] = None
+        self._lock = threading.Lock()  # the bundle's thread and the flushing thread write the same files
         self.start_bundle()
 
     def start_bundle(self) -> None:
-        self._by_stage: dict[str, int] = {}
-        self._bundle: Optional[str] = None
+        with self._lock:
+            self._by_stage: dict[str, int] = {}
+            self._bundle: Optional[str] = None
 
     def _flush(self) -> None:
-        if self.progress_dir is None or self._bundle is None:
+        if self.progress_dir is None:
             return
         try:
-            for stage, n in self._by_stage.items():
-                write_count(self.progress_dir, stage, self._bundle, n)
+            with self._lock:
+                if self._bundle is None:
+                    return
+                for stage, n in list(self._by_stage.items()):
+                    write_count(self.progress_dir, stage, self._bundle, n)
         except OSError:
             pass  # progress is a display: never fail the bundle over it
+
+    def _flush_later(self) -> None:
+        """Write the counts every ``FLUSH_EVERY_S`` from a thread, also while no sample passes: the last
+        samples handed to a slow engine (a whole batch, in a few microseconds) show at once, not
+        when the batch is done."""
+        stop = self._stop = threading.Event()
+        shown: dict[Any, Any] = {}
+
+        def loop() -> None:
+            while not stop.wait(FLUSH_EVERY_S) and os.path.isdir(self.progress_dir):  # gone: the run is over
+                now = (self._bundle, dict(self._by_stage))
+                if shown.get("last") != now:
+                    shown["last"] = now
+                    self._flush()
+
+        threading.Thread(target=loop, name="finehard-progress-flush", daemon=True).start()
 
     def process(self, element: Any, total: Optional[int] = None) -> Iterator[Any]:
         total = total or self.total
@@ -149,6 +173,8 @@ class LogProgress(beam.DoFn):
         if self.stage == "done":
             self._counter.inc()
         if self.progress_dir is not None:
+            if self._stop is None:
+                self._flush_later()
             if now - self._flushed >= FLUSH_EVERY_S:
                 self._flushed = now
                 self._flush()
@@ -159,3 +185,7 @@ class LogProgress(beam.DoFn):
 
     def finish_bundle(self) -> None:
         self._flush()
+
+    def teardown(self) -> None:
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()

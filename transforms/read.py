@@ -24,10 +24,12 @@ need not travel with it (``transforms.spill``).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.client
 import io
+import itertools
 import json
 import os
 import posixpath
@@ -98,6 +100,10 @@ class ReadUnit:
     # A part of one manifest (see split_unit): parquet row groups [a, b) or jsonl bytes [a, b); () = all of it
     span: tuple[int, ...] = ()
     first_row: int = 0  # the part's first row in the whole manifest (names of bad rows, key clash hashes)
+    # caption files of the unit's images (``0001.txt``/``0001.json`` beside ``0001.jpg``): read with their
+    # image, never items of their own (:func:`sidecars_of`)
+    sidecars: tuple[str, ...] = ()
+    ordinal: int = 0  # the unit's place in the listing (list_units): its records' input order (Field.ORDER)
 
 
 def detect_kind(uri: str) -> str:
@@ -492,19 +498,22 @@ def _clashing(uris: list[str], root: str) -> tuple[str, ...]:
     return tuple(u for u in uris if stems[_relative_stem(u, root)] > 1)
 
 
-def _sorted_local_files(folder: str, select: Callable[[str], bool]) -> Iterator[tuple[str, bool, bool]]:
-    """``(path, selected, clashes)`` of every entry under the local ``folder`` that is not a folder,
-    in the order of ``sorted(LocalFileSystem().find(folder))``, holding one folder's names at a time.
+def _sorted_local_files(folder: str, select: Callable[[str], bool],
+                        sidecars: bool = False) -> Iterator[tuple[str, bool, bool, tuple[str, ...]]]:
+    """``(path, selected, clashes, its sidecars)`` of every entry under the local ``folder`` that is not
+    a folder, in the order of ``sorted(LocalFileSystem().find(folder))``, holding one folder's names at a time.
 
     What fsspec's ``find`` lists: links (not followed), FIFOs and the like are entries, a folder
     that cannot be listed is left out. Its order is that of the whole path strings; walking each
     folder in the order of its names, a sub-folder's name taken with its ``/``, gives the same
     (a folder's paths all start with ``name/``, and ``/`` sorts where it does in the full path).
     ``clashes``: another selected file of the same folder has the same name without extension
-    (what :func:`_clashing` finds: such keys only meet within one folder). The walk keeps its own
-    stack of open folders, so any depth is listed (no recursion limit).
+    (what :func:`_clashing` finds: such keys only meet within one folder). With ``sidecars`` (a
+    folder of images) the caption files of an image (:data:`SIDECAR_EXTS`) come with it and are
+    not entries of their own. The walk keeps its own stack of open folders, so any depth is
+    listed (no recursion limit).
     """
-    def entries_of(path: str) -> Iterator[tuple[str, str, bool, set[str]]]:
+    def entries_of(path: str) -> Iterator[tuple[str, str, bool, set[str], tuple[str, ...]]]:
         try:
             with os.scandir(path) as entries:
                 names = [e.name + "/" if e.is_dir(follow_symlinks=False) else e.name for e in entries]
@@ -512,9 +521,16 @@ def _sorted_local_files(folder: str, select: Callable[[str], bool]) -> Iterator[
             return
         names.sort()
         selected = bytearray(not n.endswith("/") and select(os.path.join(path, n)) for n in names)
-        clash = _repeated_stems(names, selected)
-        for name, chosen in zip(names, selected):
-            yield path, name, bool(chosen), clash
+        side = _sidecar_flags(names, selected) if sidecars else bytearray(len(names))
+        any_side = any(side)
+        clash = _repeated_stems(names, bytearray(c and not s for c, s in zip(selected, side)) if any_side
+                                else selected)
+        for i, (name, chosen) in enumerate(zip(names, selected)):
+            if side[i]:
+                continue
+            own = (tuple(os.path.join(path, n) for n in _same_stem(names, name, side))
+                   if any_side and chosen and has_image_ext(name) else ())
+            yield path, name, bool(chosen), clash, own
 
     stack = [entries_of(folder)]
     while stack:
@@ -522,12 +538,51 @@ def _sorted_local_files(folder: str, select: Callable[[str], bool]) -> Iterator[
         if entry is None:
             stack.pop()
             continue
-        path, name, chosen, clash = entry
+        path, name, chosen, clash, own = entry
         if name.endswith("/"):
             stack.append(entries_of(os.path.join(path, name[:-1])))
         else:
             clashes = bool(chosen and clash) and os.path.splitext(name)[0] in clash
-            yield os.path.join(path, name), chosen, clashes
+            yield os.path.join(path, name), chosen, clashes, own
+
+
+SIDECAR_EXTS = (".txt", ".json")  # what a tar sample's members add to its image (short caption, url, our record)
+
+
+def _same_stem(names: list[str], name: str, among: bytearray) -> Iterator[str]:
+    """The other names of the sorted ``names`` flagged in ``among`` whose name without extension is
+    ``name``'s; they all start with that stem and a dot, so they sit together in sorted order."""
+    import bisect
+
+    stem = os.path.splitext(name)[0]
+    i = bisect.bisect_left(names, stem + ".")
+    while i < len(names) and names[i].startswith(stem + "."):
+        if among[i] and names[i] != name and os.path.splitext(names[i])[0] == stem:
+            yield names[i]
+        i += 1
+
+
+def _sidecar_flags(names: list[str], selected: bytearray) -> bytearray:
+    """1 for each of one folder's sorted ``names`` that is a sidecar: a ``.txt``/``.json`` file whose name
+    without extension is that of a selected image of the folder (``0001.txt`` beside ``0001.jpg``)."""
+    images = bytearray(bool(chosen) and has_image_ext(n) for n, chosen in zip(names, selected))
+    flags = bytearray(len(names))
+    for i, n in enumerate(names):
+        if not n.endswith("/") and not images[i] and os.path.splitext(n)[1].lower() in SIDECAR_EXTS:
+            flags[i] = any(True for _ in _same_stem(names, n, images))
+    return flags
+
+
+def sidecars_of(paths: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """image path -> its sidecars, among ``paths`` (a whole listing: a glob's, a remote folder's)."""
+    by_stem: dict[str, list[str]] = {}
+    images: list[str] = []
+    for p in sorted(paths):
+        if has_image_ext(p):
+            images.append(p)
+        elif posixpath.splitext(p)[1].lower() in SIDECAR_EXTS:
+            by_stem.setdefault(posixpath.splitext(p)[0], []).append(p)
+    return {p: tuple(by_stem[posixpath.splitext(p)[0]]) for p in images if posixpath.splitext(p)[0] in by_stem}
 
 
 def _repeated_stems(names: list[str], selected: bytearray) -> set[str]:
@@ -575,20 +630,23 @@ def _folder_kinds(folder: str) -> tuple[bool, bool, set[str]]:
     return False, others, kinds
 
 
-def _file_units(root: str, files: Iterable[tuple[str, bool]], files_per_unit: int,
+def _file_units(root: str, files: Iterable[tuple[Any, ...]], files_per_unit: int,
                 kind: str = "files") -> Iterator[ReadUnit]:
-    """``files`` (``(uri, its key keeps the extension)``, in listing order) in units of ``files_per_unit``."""
+    """``files`` (``(uri, its key keeps the extension[, its sidecars])``, in listing order) in units of
+    ``files_per_unit`` files; an image's sidecars go in its unit and are not counted as files."""
     chunk: list[str] = []
     ext_keys: list[str] = []
-    for uri, keep_ext in files:
+    side: dict[str, None] = {}  # in order, once each (b.jpg and b.png share b.txt)
+    for uri, keep_ext, *more in files:
         chunk.append(uri)
         if keep_ext:
             ext_keys.append(uri)
+        side.update(dict.fromkeys(more[0] if more else ()))
         if len(chunk) == files_per_unit:
-            yield ReadUnit(kind, root, tuple(chunk), tuple(ext_keys))
-            chunk, ext_keys = [], []
+            yield ReadUnit(kind, root, tuple(chunk), tuple(ext_keys), sidecars=tuple(side))
+            chunk, ext_keys, side = [], [], {}
     if chunk:
-        yield ReadUnit(kind, root, tuple(chunk), tuple(ext_keys))
+        yield ReadUnit(kind, root, tuple(chunk), tuple(ext_keys), sidecars=tuple(side))
 
 
 def _local_folder_units(input_uri: str, path: str, files_per_unit: int) -> Iterator[ReadUnit]:
@@ -614,23 +672,24 @@ def _local_folder_units(input_uri: str, path: str, files_per_unit: int) -> Itera
             return detect_kind(p) == kind  # the tars' sidecars are skipped files
     skipped: list[str] = []
 
-    def chosen() -> Iterator[tuple[str, bool]]:
-        for p, selected, clashes in _sorted_local_files(path, select):
+    def chosen() -> Iterator[tuple[str, bool, tuple[str, ...]]]:
+        for p, selected, clashes, sidecars in _sorted_local_files(path, select, sidecars=kind == "files"):
             if selected:
-                yield p, clashes
+                yield p, clashes, sidecars
             else:
                 skipped.append(p)
 
     if kind == "files":
         yield from _file_units(path, chosen(), files_per_unit)
     else:
-        yield from (ReadUnit(kind, path, (p,)) for p, _ in chosen())
+        yield from (ReadUnit(kind, path, (p,)) for p, _, _ in chosen())
     yield from _file_units(path, ((p, False) for p in skipped), files_per_unit, kind="skipped")
 
 
 def list_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> list[ReadUnit]:
-    """Expand ``input_uri`` into read units (:func:`iter_units`, all of them); :class:`InputError` when nothing is there."""
-    return list(iter_units(input_uri, files_per_unit))
+    """Expand ``input_uri`` into read units (:func:`iter_units`, all of them, numbered in listing order);
+    :class:`InputError` when nothing is there."""
+    return [dataclasses.replace(u, ordinal=i) for i, u in enumerate(iter_units(input_uri, files_per_unit))]
 
 
 def iter_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> Iterator[ReadUnit]:
@@ -642,6 +701,9 @@ def iter_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> Iterator
     tars inside a folder of images (and stray files in a folder of manifests or tars) are
     filtered as ``skipped_file``. The files of a folder are listed in the order of their sorted
     paths; a local folder is walked without holding the whole listing (a remote one is listed whole).
+    An image's ``.txt``/``.json`` of the same name in the same folder (the img2dataset/WebDataset
+    layout ``0001.jpg`` + ``0001.txt`` + ``0001.json``; for a glob, matched or not) is its sidecar:
+    read with it as a tar sample's members are, never an item of its own.
     """
     if input_uri is None or not str(input_uri).strip():
         raise InputError("--input is empty; give a folder, glob, manifest or tar")
@@ -657,6 +719,7 @@ def iter_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> Iterator
     fs, path = _input_fs(input_uri)
     prefix = protocol_prefix(fs)
     skipped: list[str] = []
+    side: dict[str, tuple[str, ...]] = {}  # image -> its sidecars (globs and remote folders)
     has_glob = any(ch in path for ch in "*?[{")
     if has_glob and not fs.exists(path):
         def glob(pattern: str) -> list[str]:  # folders a pattern matches are not items
@@ -670,6 +733,8 @@ def iter_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> Iterator
             matched = sorted(glob(path))
         root = path.split("*")[0].split("?")[0].split("[")[0].split("{")[0]
         root = root if root.endswith("/") else posixpath.dirname(root)
+        side = _glob_sidecars(fs, matched)
+        matched = _without_sidecars(matched, side)
     elif fs.isdir(path) and fs.exists(posixpath.join(path, "summary.json")) and fs.glob(posixpath.join(path, "shard-*.tar")):
         matched, root = sorted(fs.glob(posixpath.join(path, "shard-*.tar"))), path  # our own output: its shards
     elif fs.isdir(path) and isinstance(fs, LocalFileSystem):
@@ -678,6 +743,8 @@ def iter_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> Iterator
     elif fs.isdir(path):
         found = sorted(fs.find(path))
         root = path
+        side = sidecars_of(found)
+        found = _without_sidecars(found, side)
         inputs = [p for p in found if detect_kind(p) != "files"]
         images = [p for p in found if detect_kind(p) == "files" and has_image_ext(p)]
         others = [p for p in found if detect_kind(p) == "files" and not has_image_ext(p)]
@@ -704,10 +771,29 @@ def iter_units(input_uri: str, files_per_unit: int = FILES_PER_UNIT) -> Iterator
     root = prefix + root
     if kind == "files":
         clash = set(_clashing(uris, root))
-        yield from _file_units(root, ((u, u in clash) for u in uris), files_per_unit)
+        side = {prefix + p: tuple(prefix + s for s in sc) for p, sc in side.items()}
+        yield from _file_units(root, ((u, u in clash, side.get(u, ())) for u in uris), files_per_unit)
     else:
         yield from (ReadUnit(kind, root, (u,)) for u in uris)
     yield from _file_units(root, ((prefix + p, False) for p in skipped), files_per_unit, kind="skipped")
+
+
+def _glob_sidecars(fs: fsspec.AbstractFileSystem, matched: list[str]) -> dict[str, tuple[str, ...]]:
+    """The sidecars of a glob's images: matched too (``dir/*``) or only beside them (``dir/*.jpg``)."""
+    matched_images = [p for p in matched if has_image_ext(p)]
+    near = set(matched)
+    for folder in sorted({posixpath.dirname(p) for p in matched_images}):
+        try:
+            near.update(p for p in fs.ls(folder, detail=False) if posixpath.splitext(p)[1].lower() in SIDECAR_EXTS)
+        except OSError:
+            continue
+    found = sidecars_of(near)
+    return {p: found[p] for p in matched_images if p in found}
+
+
+def _without_sidecars(paths: list[str], side: dict[str, tuple[str, ...]]) -> list[str]:
+    taken = {s for sc in side.values() for s in sc}
+    return [p for p in paths if p not in taken]
 
 
 def _relative_name(uri: str, root: str) -> str:
@@ -787,11 +873,59 @@ def _sniff_image(uri: str, limit: int, allowed: tuple[str, ...] = ()) -> Optiona
     return data
 
 
+def _read_sidecars(rec: dict[str, Any], paths: Iterable[str], max_bytes: int, allowed: tuple[str, ...]) -> None:
+    """Fill ``rec`` from its image's sidecars as ``_records_from_tar`` does from a sample's ``.txt`` and
+    ``.json`` members: the ``.txt`` is the short caption, else the ``.json``'s ``caption``; its ``url``
+    is ``source_url``; a ``.json`` of our own shards brings its record (captions, regions, provenance).
+    A sidecar that cannot be read, or a ``.json`` that is not a JSON object, dead-letters the sample."""
+    by_ext: dict[str, str] = {}
+    for p in paths:  # in sorted order: of 0001.txt and 0001.TXT the first is read
+        by_ext.setdefault(posixpath.splitext(p)[1].lower().lstrip("."), p)
+
+    def read(path: str) -> bytes:
+        try:
+            return read_limited(path, max_bytes, allowed)
+        except SampleError as e:
+            raise SampleError(e.reason, f"sidecar {path}: {e.detail}") from None
+        except OSError as e:
+            raise SampleError("unreadable", f"sidecar {path}: {type(e).__name__}: {e}") from None
+
+    txt = read(by_ext["txt"]).decode("utf-8-sig", "replace") if "txt" in by_ext else ""
+    meta: Any = {}
+    if "json" in by_ext:
+        try:
+            meta = json.loads(read(by_ext["json"]))
+        except (ValueError, RecursionError) as e:
+            mark_dead(rec, STAGE, "bad_member_json", f"{by_ext['json']}: not JSON: {e}")
+            return
+        if not isinstance(meta, dict):
+            mark_dead(rec, STAGE, "bad_member_json", f"{by_ext['json']}: {_not_object(meta)}")
+            return
+    if is_finehard_record(meta):  # one of our own shards, unpacked: its record, under the file's key
+        problem = shard_record_problem(meta)
+        if problem:
+            mark_dead(rec, STAGE, "bad_shard_record", f"{by_ext['json']}: {problem}")
+            return
+        rec["f_path"] = str(meta.get("f_path") or rec["f_path"])
+        rec["short_caption"] = str(meta.get("short_caption") or "")
+        rec[Field.INPUT_RECORD] = {f: meta[f] for f in ("caption", "bbox_info", "provenance") if f in meta}
+        if meta.get("caption"):
+            rec[Field.INPUT_CAPTION] = str(meta["caption"])
+    else:
+        caption = meta.get("caption")
+        rec["short_caption"] = txt or (caption if isinstance(caption, str) else "")
+    if meta.get("url"):
+        rec["source_url"] = str(meta["url"])
+
+
 def _records_from_files(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
                         want: Optional[Callable[[str], bool]] = None) -> Iterator[dict[str, Any]]:
     ext_keys = set(unit.ext_keys)
     own = protocol_of(unit.root)
     allowed = (own,) if own else ()  # the filesystem the input was listed on
+    sidecars: dict[str, list[str]] = {}
+    for s in unit.sidecars:
+        sidecars.setdefault(posixpath.splitext(s)[0], []).append(s)
     for uri in unit.uris:
         name = _relative_name(uri, unit.root)
         stem = name if uri in ext_keys else os.path.splitext(name)[0]
@@ -799,6 +933,14 @@ def _records_from_files(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
         if want is not None and not want(rec["key"]):
             yield rec  # another wave's: counted, not read
             continue
+        if sidecars and has_image_ext(uri) and posixpath.splitext(uri)[0] in sidecars:
+            try:
+                _read_sidecars(rec, sidecars[posixpath.splitext(uri)[0]], max_bytes, allowed)
+            except Exception as e:  # noqa: BLE001 - one unreadable sidecar is that sample's reason
+                _read_error(rec, e)
+            if Field.DEAD in rec:
+                yield rec
+                continue
         if has_image_ext(uri):
             yield _read_into(rec, uri, max_bytes, allowed)
             continue
@@ -964,7 +1106,7 @@ def split_unit(unit: ReadUnit, rows_per_unit: int = ROWS_PER_UNIT) -> Iterator[R
         yield unit
         return
     for span, first in parts:
-        yield ReadUnit(unit.kind, unit.root, unit.uris, unit.ext_keys, span=span, first_row=first)
+        yield dataclasses.replace(unit, span=span, first_row=first)
 
 
 def _manifest_rows(uri: str, span: tuple[int, ...] = ()) -> Iterator[tuple[str, Any]]:
@@ -1389,7 +1531,7 @@ def read_unit(unit: ReadUnit, max_image_bytes: int = MAX_IMAGE_BYTES,
     Returns (as the generator's value) the items the reader counted apart from its records (a
     tar's members, :func:`_records_from_tar`), or None when the records are the count."""
     records = READERS[unit.kind](unit, max_image_bytes, want)
-    while True:
+    for n in itertools.count():
         try:
             rec = next(records)
         except StopIteration as stop:
@@ -1399,7 +1541,22 @@ def read_unit(unit: ReadUnit, max_image_bytes: int = MAX_IMAGE_BYTES,
             rec = new_record(make_key(posixpath.basename(where) + "_read_error", where), where)
             yield valid_record(mark_dead(rec, STAGE, "unreadable_input", f"{type(e).__name__}: {e}"))
             return None
+        rec[Field.ORDER] = input_order(unit, n)
         yield valid_record(rec)
+
+
+def input_order(unit: ReadUnit, n: int) -> tuple[int, int, str]:
+    """Where the ``n``-th record of ``unit`` stands in the input (``Field.ORDER``), comparable across units.
+
+    A manifest's rows and a tar's samples: the unit's place in the listing, then the row (of the
+    whole manifest) or sample. A folder's or glob's files: by path, the extension set aside, so
+    ``photo.jpg`` comes before ``photo (copy).jpg``, ``photo-2.jpg`` and ``photo.png`` (sorted
+    paths put ``photo (copy).jpg`` first: a space sorts before the dot).
+    """
+    if unit.kind == "files" and n < len(unit.uris):
+        stem, ext = posixpath.splitext(_relative_name(unit.uris[n], unit.root))
+        return 0, 0, valid_text(f"{stem}\0{ext}", escape=True)
+    return unit.ordinal, unit.first_row + n, ""
 
 
 def unit_id(unit: ReadUnit) -> str:
