@@ -1,10 +1,11 @@
-"""Pipeline options: one definition used by Beam (``FineHardOptions``) and by the CLI's --help."""
+"""Pipeline options: one definition used by the CLI (and its --help) and by Beam (``pipeline.run.FineHardOptions``).
+
+Imports nothing heavy: ``finehard shards --help`` and flag errors answer before Beam is imported.
+"""
 from __future__ import annotations
 
 import argparse
 from typing import Any
-
-from apache_beam.options.pipeline_options import PipelineOptions
 
 WAVE_SAMPLES = 5_000  # pipeline.waves: a local run's memory grows with a wave, not with the input
 
@@ -131,14 +132,6 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                              "1 = never")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
                         help="largest batch handed to a model engine (RunInference batching)")
-
-
-class FineHardOptions(PipelineOptions):
-    """FineHARD curation options, visible to Beam runners and templates."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        add_curation_args(parser, required=False)
 
 
 def check_positive(args: argparse.Namespace) -> None:
