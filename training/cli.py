@@ -83,6 +83,7 @@ def train_main(argv: list[str]) -> int:
         args = train_parser().parse_args(argv)
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
         cfg = build_config(args.stage, args.config, args)
+        check_shards(args.shards)
         if args.model is None and args.model_config is None:
             raise UsageError("pass --model PATH (a local CLIP folder) or --model-config JSON (random init)")
         for flag, path in (("--model", args.model), ("--tokenizer", args.tokenizer)):
@@ -90,11 +91,10 @@ def train_main(argv: list[str]) -> int:
                 raise UsageError(f"{flag} {path!r} is not a folder; pass a local HF-format folder")
         if args.model_config and not os.path.isfile(args.model_config):
             raise UsageError(f"--model-config {args.model_config!r} not found; pass a CLIPConfig json file")
-        check_shards(args.shards)
-        if args.deepspeed:
-            import importlib.util
-
-            if importlib.util.find_spec("deepspeed") is None:
+        if args.deepspeed:  # the last check: deepspeed imports torch
+            try:
+                import deepspeed  # noqa: F401
+            except ImportError:
                 raise UsageError("--deepspeed needs the deepspeed package (pip install deepspeed); or drop --deepspeed")
         from training.data import expand_shards
         from training.train import RunOptions, run_training
