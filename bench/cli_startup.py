@@ -72,8 +72,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bare = timed([py, "-c", "pass"], args.repeat)
         beam = timed([py, "-c", "import apache_beam"], args.repeat)
         torch = timed([py, "-c", "import torch"], args.repeat)
+        chain = timed([py, "-c", "import pipeline.run"], args.repeat)
         rows = [["python -c pass (baseline)", bare, "", ""], ["python -c 'import apache_beam'", beam, "", ""],
-                ["python -c 'import torch'", torch, "", ""]]
+                ["python -c 'import torch'", torch, "", ""],
+                ["python -c 'import pipeline.run' (what a no-op re-run imports)", chain, "", ""]]
         light = []
         for name, cli_args, code in cases(manifest, out):
             t = timed([py, "-m", "pipeline", *cli_args], args.repeat, expect=code)

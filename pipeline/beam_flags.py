@@ -298,5 +298,4 @@ def write_table(path: str = __file__) -> None:
 
 if __name__ == "__main__":
     write_table()
-    print(f"wrote {len(FLAGS)} -> {len(live_table())} Beam flags of apache-beam {installed_beam()} to {__file__}",
-          file=sys.stderr)
+    print(f"wrote {len(live_table())} Beam flags of apache-beam {installed_beam()} to {__file__}", file=sys.stderr)
