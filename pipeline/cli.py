@@ -24,74 +24,84 @@ Beam flags (passed to Beam; any other Beam pipeline option works too, e.g. --pro
 """
 
 
+INTERRUPTED = ("finehard shards: interrupted ({signal}); completed shards are kept: run the same command again "
+               "to resume")
+
+
 class _OneLineErrors(argparse.ArgumentParser):
-    """argparse that raises instead of printing Beam's whole usage (130 lines) for a flag without its value."""
+    """argparse that says what is wrong in one line, not after the whole usage (60 lines of flags)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(message)
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
-def _all_beam_flags() -> argparse.ArgumentParser:
-    """A parser that knows every Beam pipeline option, to reject misspelt flags at once."""
-    from apache_beam.options.pipeline_options import PipelineOptions  # not needed by the other commands
-
-    parser = _OneLineErrors(add_help=False)
-    seen, todo = set(), [PipelineOptions]
-    while todo:
-        cls = todo.pop()
-        for sub in cls.__subclasses__():
-            if sub not in seen:
-                seen.add(sub)
-                todo.append(sub)
-                if sub.__module__.startswith("pipeline."):
-                    continue  # our own flags were parsed already
-                try:
-                    sub._add_argparse_args(parser)
-                except argparse.ArgumentError:
-                    pass  # an option two classes both declare
-    return parser
-
-
-def check_beam_args(beam_args: list[str]) -> None:
-    _, unknown = _all_beam_flags().parse_known_args(beam_args)
-    flags = [a for a in unknown if a.startswith("-")]
-    if flags or unknown:
-        raise ValueError(f"unknown flag {(flags or unknown)[0]!r}; see `finehard shards --help`")
-
-
-def shards_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+def shards_parser() -> argparse.ArgumentParser:
+    parser = _OneLineErrors(
         prog="finehard shards", formatter_class=RawDescriptionDefaultsHelpFormatter,
         description="Curate images into FineHARD WebDataset shards: recaption -> referring expressions -> "
                     "boxes -> hard negatives -> shards.", epilog=BEAM_FLAGS_HELP)
     add_curation_args(parser)
-    if any(a in ("-h", "--help") for a in argv):
-        parser.print_help()
-        return 0
-    _, beam_args = parser.parse_known_args(argv)  # argparse exits 2 with one line on a missing/bad value
-    from pipeline.outdir import OutputInUse
-    from pipeline.run import UsageError, run
+    return parser
 
-    try:
-        check_beam_args(beam_args)
-        summary = run(argv)
-    except (UsageError, ValueError, OutputInUse) as e:
-        print(f"finehard shards: error: {printable(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("finehard shards: interrupted; completed shards are kept: run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    except ImportError as e:  # fsspec without the filesystem of a gs://, s3://, http(s):// path
-        if "install" not in str(e).lower():
-            raise
-        print(f"finehard shards: error: {printable(e)} (pip install 'finehard[gcp]' for gs://, 'finehard[aws]' for s3://; "
-              "aiohttp for http(s)://)", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - one line, not a traceback; the log above has the details
-        print(f"finehard shards: error: the run failed: {_first_line(e)}; completed shards are kept: fix the "
-              "cause and run the same command again to resume", file=sys.stderr)
-        return 1
+
+def check_flags(argv: list[str]) -> argparse.Namespace:
+    """Every check of the flags alone, before anything heavy is imported (ValueError: one line, exit 2):
+    values, stages, Beam flags, and cloud paths without their filesystem, network or credentials.
+
+    argparse itself exits 2 with one line on a missing flag or a bad value.
+    """
+    from pipeline.beam_flags import check_beam_args
+    from pipeline.cloud import beam_paths, check_cloud_paths
+    from pipeline.options import check_positive
+    from pipeline.stages import selected_stages
+
+    args, beam_args = shards_parser().parse_known_args(argv)
+    check_positive(args)
+    selected_stages(args.stages)
+    check_beam_args(beam_args)
+    check_cloud_paths({"--input": args.input, "--output": args.output, "--spill-dir": args.spill_dir,
+                       "--model-cache": args.model_cache, **beam_paths(beam_args)})
+    return args
+
+
+def shards_main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        shards_parser().print_help()
+        return 0
+    from pipeline.interrupt import StopOnSignals
+
+    with StopOnSignals(INTERRUPTED) as stop:
+        try:
+            try:
+                args = check_flags(argv)
+            except ValueError as e:
+                print(f"finehard shards: error: {printable(e)}", file=sys.stderr)
+                return 2
+            from pipeline.outdir import OutputInUse
+            from pipeline.run import UsageError, run
+
+            try:
+                summary = run(argv)
+            except (UsageError, ValueError, OutputInUse) as e:
+                if stop.signum is not None:
+                    raise
+                print(f"finehard shards: error: {printable(e)}", file=sys.stderr)
+                return 2
+            except ImportError as e:  # fsspec without the filesystem of a gs://, s3://, http(s):// path
+                if "install" not in str(e).lower() or stop.signum is not None:
+                    raise
+                print(f"finehard shards: error: {printable(e)} (from the checkout: pip install -e '.[gcp]' for gs://, "
+                      "-e '.[aws]' for s3://, aiohttp for http(s)://)", file=sys.stderr)
+                return 2
+        except KeyboardInterrupt:
+            return stop.report()
+        except Exception as e:  # noqa: BLE001 - one line, not a traceback; the log above has the details
+            if stop.signum is not None:  # Beam re-raises the interrupt as RuntimeError("KeyboardInterrupt [...]")
+                return stop.report()
+            print(f"finehard shards: error: the run failed: {_first_line(e)}; completed shards are kept: fix the "
+                  "cause and run the same command again to resume", file=sys.stderr)
+            return 1
     print(json.dumps({k: summary[k] for k in ("read", "written", "dead_lettered", "filtered", "shards",
                                                "reconciled", "retryable", "negatives_valid_rate")}))
     from pipeline.output import failure_reason, reconcile_problem
@@ -100,9 +110,7 @@ def shards_main(argv: list[str]) -> int:
         problem = reconcile_problem(summary["read"], summary["accounted"]) or "no read counts were left"
         print(f"finehard shards: error: NOT RECONCILED: {problem}", file=sys.stderr)
         return 1
-    from pipeline.run import parse_args
 
-    args, _ = parse_args(argv)
     reason = failure_reason(summary, args.max_failure_rate, args.output)
     if reason:
         print(f"finehard shards: failed: {printable(reason)}", file=sys.stderr)

@@ -8,6 +8,7 @@ runs the same harness.
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import Any
 
@@ -15,7 +16,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms import environments
 
 BEAM_WORKER_MAIN = "apache_beam.runners.worker.sdk_worker_main"
-WORKER_COMMAND = f"{sys.executable} -m pipeline.worker"
+# Beam starts the command with a shell: ``exec`` makes the worker that shell's process, so a signal to the
+# process group (Ctrl-C, Slurm) reaches the worker, not a shell whose death Beam would take for the worker's.
+WORKER_COMMAND = f"exec {shlex.quote(sys.executable)} -m pipeline.worker"
 
 
 class LocalRunner(FnApiRunner):

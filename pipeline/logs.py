@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import IO, Optional
 
 from core.terminal import printable
@@ -31,6 +32,40 @@ KNOWN_NOISE = ("apitools not found", "Resource module is not available", "No sem
                "sdk harness", "SDK Harness")
 
 
+_silenced = False
+_silence_lock = threading.Lock()
+
+
+def silence() -> None:
+    """From now on print nothing more: no log record, no thread traceback, no "Exception ignored".
+
+    Called when a run is interrupted (``pipeline.interrupt``): Beam logs the interrupt as an error
+    with a traceback in every step it unwinds through, and its runner threads print theirs when
+    worker processes end; the CLI says in one line what happened.
+    """
+    global _silenced
+    with _silence_lock:
+        if _silenced:
+            return
+        _silenced = True
+    logging.disable(logging.CRITICAL)
+    threading.excepthook = lambda args: None
+    sys.unraisablehook = lambda unraisable: None
+    # gRPC's C core writes to file descriptor 2 itself: that goes to /dev/null, while sys.stderr (the
+    # CLI's last line) keeps writing to where stderr went.
+    try:
+        if sys.stderr is not None and sys.stderr.fileno() == 2:
+            sys.stderr.flush()
+            kept = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+            sys.stderr = os.fdopen(kept, "w", buffering=1, encoding=sys.stderr.encoding,
+                                   errors=sys.stderr.errors)
+    except (OSError, ValueError, AttributeError):  # no real stderr (captured by a test, say): leave it
+        pass
+
+
 def is_project_logger(name: str) -> bool:
     return any(name == p or name.startswith(p + ".") for p in PROJECT_LOGGERS)
 
@@ -44,6 +79,8 @@ class NoiseFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _silenced:
+            return False
         if is_project_logger(record.name):
             return True
         try:

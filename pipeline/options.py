@@ -1,10 +1,11 @@
-"""Pipeline options: one definition used by Beam (``FineHardOptions``) and by the CLI's --help."""
+"""Pipeline options: one definition used by the CLI (and its --help) and by Beam (``pipeline.run.FineHardOptions``).
+
+Imports nothing heavy: ``finehard shards --help`` and flag errors answer before Beam is imported.
+"""
 from __future__ import annotations
 
 import argparse
 from typing import Any
-
-from apache_beam.options.pipeline_options import PipelineOptions
 
 WAVE_SAMPLES = 5_000  # pipeline.waves: a local run's memory grows with a wave, not with the input
 
@@ -145,14 +146,6 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                         help="largest batch handed to a model engine (RunInference batching)")
 
 
-class FineHardOptions(PipelineOptions):
-    """FineHARD curation options, visible to Beam runners and templates."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        add_curation_args(parser, required=False)
-
-
 NEAR_DUP_MAX_BITS = 128  # of a 256-bit dHash: two unrelated images differ in about this many bits
 
 
@@ -187,7 +180,7 @@ def check_positive(args: argparse.Namespace) -> None:
 
 def check_beam_options(beam_args: list[str]) -> None:
     """The Beam flags this project reads itself: ``--runner`` names a runner, ``--direct_num_workers`` >= 0."""
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
     from pipeline.runner_names import RUNNERS, canonical_runner
 

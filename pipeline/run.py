@@ -14,7 +14,10 @@ import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from core.engines import EngineSpecError, parse_spec
+from pipeline.cloud import CloudPathError, beam_paths, check_cloud_paths
+from pipeline.interrupt import Interrupted, on_stop
 from pipeline.options import add_curation_args, check_beam_options, check_positive
+from pipeline.stages import STAGE_PRESETS, STAGES, UsageError, selected_stages  # noqa: F401 - also imported from here
 from pipeline.outdir import (RUN_FILE, InputFingerprint, OutputLock, prepare_output, read_run_file,
                              remove_run_outputs, remove_stale_temp_files, same_input, write_run_file)
 from core.record import PROJECT_VERSION, Field, text_hash, valid_text
@@ -39,8 +42,13 @@ from transforms.write import (READ_COUNTS_DIR, AssignShards, ShardRange, SkipCom
 LOG = logging.getLogger("finehard")
 
 
-class UsageError(ValueError):
-    """Bad flags or paths: the CLI prints the message on one line and exits 2."""
+class FineHardOptions(PipelineOptions):
+    """FineHARD curation options, visible to Beam runners and templates (defined here: pipeline.options
+    stays free of Beam so that the CLI checks flags before importing it)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        add_curation_args(parser, required=False)
 
 
 def run_info(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,31 +86,7 @@ def detector_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"text_encoder": args.detector_text_encoder, "imgsz": args.detector_imgsz}
 
 
-STAGES = ("recaption", "expressions", "detect", "negatives")
 STAGE_FIELDS = {"recaption": "caption", "expressions": "expressions", "detect": "bbox_info", "negatives": "negatives"}
-# ``ingest``: no model stage (read, check, normalise, dedup, shard), the img2dataset-like first step
-STAGE_PRESETS = {"all": STAGES, "ingest": ()}  # every other value is a stage name or a comma list of them
-
-
-def selected_stages(raw: str) -> tuple[str, ...]:
-    """``all``, ``ingest`` or a comma list of stage names (``recaption``, ``negatives`` ...); detect implies expressions."""
-    names: list[str] = []
-    parts = [p.strip() for p in raw.split(",") if p.strip()]
-    if parts == ["ingest"]:
-        return ()
-    for part in parts:
-        if part in STAGE_PRESETS and part != "ingest":
-            names += STAGE_PRESETS[part]
-        elif part in STAGES:
-            names.append(part)
-        else:
-            raise UsageError(f"--stages: unknown stage {part!r}; give all, ingest (alone) or a comma list of "
-                             f"{', '.join(STAGES)}")
-    if "detect" in names:
-        names.append("expressions")
-    if not names:
-        raise UsageError("--stages is empty; give e.g. all, recaption or negatives")
-    return tuple(n for n in STAGES if n in names)
 
 
 def carry_input_fields(rec: dict[str, Any], stages: tuple[str, ...], config_hash: str,
@@ -424,13 +408,14 @@ def find_duplicates(args: argparse.Namespace, options: PipelineOptions,
     remove_waves_dir(args.output)
     LOG.info("waves: hashing all %s images first (no progress shown meanwhile), so each wave drops the "
              "duplicates one pass would; --no-dedup skips this", f"{size:,}" if size is not None else "the")
-    p = beam.Pipeline(runner=make_runner(options), options=options)
-    build_hash_pipeline(p, args)
-    p.run().wait_until_finish()
-    try:
-        return duplicates_of(lambda: read_hash_rows(waves_root(args.output)), args.near_dup_threshold)
-    finally:
-        remove_waves_dir(args.output)
+    with on_stop(lambda: remove_waves_dir(args.output)):
+        try:
+            p = beam.Pipeline(runner=make_runner(options), options=options)
+            build_hash_pipeline(p, args)
+            p.run().wait_until_finish()
+            return duplicates_of(lambda: read_hash_rows(waves_root(args.output)), args.near_dup_threshold)
+        finally:
+            remove_waves_dir(args.output)
 
 
 def run_passes(args: argparse.Namespace, options: PipelineOptions, waves: list[Optional[ShardRange]],
@@ -443,6 +428,7 @@ def run_passes(args: argparse.Namespace, options: PipelineOptions, waves: list[O
     duplicates = find_duplicates(args, options, size) if in_waves and args.dedup and todo else None
     metrics = []
     with SpillDir(args.spill_dir, local_runner=local, output=args.output) as spill, \
+            on_stop(lambda: spill.__exit__(Interrupted, None, None)), \
             progress_for_run(args, size, done, local, progress_stages(args)) as view:
         for i, wave in enumerate(waves, 1):
             if wave is not None and wave not in todo:
@@ -457,6 +443,17 @@ def run_passes(args: argparse.Namespace, options: PipelineOptions, waves: list[O
             result.wait_until_finish()
             metrics.append(stage_metrics(result))
     return merge_stage_metrics(metrics)
+
+
+def previous_run_figures(output: str) -> dict[str, Any]:
+    """``wall_seconds`` and ``stage_metrics`` of the summary.json a run left in ``output`` ({} if none)."""
+    fs, root = fsspec.core.url_to_fs(output)
+    try:
+        with fs.open(posixpath.join(root, "summary.json"), "rt", encoding="utf-8") as f:
+            found = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {k: found[k] for k in ("wall_seconds", "stage_metrics") if isinstance(found, dict) and k in found}
 
 
 def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
@@ -478,6 +475,11 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     args, beam_args = parse_args(argv)
     if not args.output.strip():
         raise UsageError("--output is empty; give the folder the shards go to")
+    try:  # a cloud path without network, credentials or its filesystem package: one line, in seconds
+        check_cloud_paths({"--input": args.input, "--output": args.output, "--spill-dir": args.spill_dir,
+                           "--model-cache": args.model_cache, **beam_paths(beam_args)})
+    except CloudPathError as e:
+        raise UsageError(str(e)) from e
     plan = plan_input(args.input)  # fail fast on a missing or empty input, before any worker starts
     try:
         for reg, raw in ((CAPTIONERS, args.captioner), (DETECTORS, args.detector), (NEGATIVE_ENGINES, args.negatives)):
@@ -498,10 +500,8 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     selected_stages(args.stages)
     options = PipelineOptions(beam_args)
     local = is_local_runner(options)
-    if local:
-        probe_servers(args)
     info = run_info(args)
-    with OutputLock(args.output):
+    with OutputLock(args.output) as lock, on_stop(lock.release):
         if args.overwrite:
             LOG.info("--overwrite: removed %d earlier output path(s) from %s", remove_run_outputs(args.output),
                      args.output)
@@ -510,6 +510,16 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         if done:
             LOG.info("resuming: %d shard(s) already complete in %s are skipped", len(done), args.output)
         args.num_shards = decide_num_shards(args, plan.size, read_run_file(args.output) if done else None)
+        if args.num_shards and done >= set(range(args.num_shards)):
+            # nothing to do: no engine loaded, no hashing pass; the summary keeps the figures of the run that worked
+            LOG.info("nothing to do: all %d shard(s) in %s are complete (--overwrite starts over)", args.num_shards,
+                     args.output)
+            summary = write_summary(args.output, **previous_run_figures(args.output))
+            LOG.info("read %(read)s, written %(written)d, dead-lettered %(dead_lettered)d, filtered %(filtered)d",
+                     summary)
+            return summary
+        if local:
+            probe_servers(args)
         write_run_file(args.output, {**info, "input_fingerprint": plan.fingerprint, "num_shards": args.num_shards})
         args.model_cache = model_cache_root(args, local)
         waves = plan_waves(args.num_shards, plan.size, args.wave_samples) if local and not test_pipeline else []

@@ -169,4 +169,4 @@ def test_a_cloud_path_without_its_filesystem_says_what_to_install(tmp_path: path
 
         pytest.skip("gcsfs is installed here")
     line = _one_line_error(finehard("shards", "--input", "gs://finehard-test-bucket/in/", "--output", str(tmp_path / "o")))
-    assert "gcsfs" in line and "finehard[gcp]" in line
+    assert "gcsfs" in line and "pip install -e '.[gcp]'" in line and "gs://finehard-test-bucket/in/" in line

@@ -471,7 +471,7 @@ def _model_cache(root: pathlib.Path, retried: bool) -> None:
 def _hash_rows(root: pathlib.Path, retried: bool) -> None:
     import pipeline.waves as waves
 
-    lines = [json.dumps([f"k{i}", f"{i:064x}", i, None]) for i in range(5)]
+    lines = [json.dumps([f"k{i}", f"{i:064x}", i, None, [0, i, ""]]) for i in range(5)]  # key, sha, dHash, thumb, input order
     saved = waves.ROWS_PER_FILE
     waves.ROWS_PER_FILE = 2
     try:

@@ -58,16 +58,41 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def train_main(argv: list[str]) -> int:
-    """Entry point of ``finehard train``; returns the exit code."""
-    from training.data import expand_shards
-    from training.train import RunOptions, run_training
+def check_shards(uri: str) -> None:
+    """The argument check of ``--shards`` (without webdataset, which imports torch): local paths, globs,
+    folders and brace lists must match something; URIs (s3://, pipe:) are checked when opened."""
+    import glob as globlib
 
+    from braceexpand import braceexpand  # webdataset's own brace expansion (a webdataset dependency)
+
+    for part in uri.split("::"):
+        for u in braceexpand(part):
+            if "://" in u or u.startswith("pipe:"):
+                return
+            if os.path.isdir(u):
+                if globlib.glob(os.path.join(globlib.escape(u), "*.tar")):
+                    return
+            elif any(c in u for c in "*?["):
+                if globlib.glob(u):
+                    return
+            elif os.path.exists(u):
+                return
+            else:
+                raise UsageError(f"shard {u!r} does not exist; pass --shards an existing .tar, folder, glob or URI")
+    raise UsageError(f"no shards match {uri!r}; pass --shards a .tar path, glob, folder or brace list")
+
+
+def train_main(argv: list[str]) -> int:
+    """Entry point of ``finehard train``; returns the exit code.
+
+    Every argument is checked before torch, torchvision and transformers are imported (seconds to
+    a minute on a busy machine): ``--help`` and a wrong flag answer at once.
+    """
     try:
         args = train_parser().parse_args(argv)
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
         cfg = build_config(args.stage, args.config, args)
-        expand_shards(args.shards)
+        check_shards(args.shards)
         if args.model is None and args.model_config is None:
             raise UsageError("pass --model PATH (a local CLIP folder), --model config:vit-b-16 (random init; also "
                              "config:tiny, config:vit-l-14-336) or --model-config JSON")
@@ -78,11 +103,15 @@ def train_main(argv: list[str]) -> int:
                 raise UsageError(f"{flag} {path!r} is not a folder; pass a local HF-format folder")
         if args.model_config and not os.path.isfile(args.model_config):
             raise UsageError(f"--model-config {args.model_config!r} not found; pass a CLIPConfig json file")
-        if args.deepspeed:
+        if args.deepspeed:  # the last check: deepspeed imports torch
             try:
                 import deepspeed  # noqa: F401
             except ImportError:
                 raise UsageError("--deepspeed needs the deepspeed package (pip install deepspeed); or drop --deepspeed")
+        from training.data import expand_shards
+        from training.train import RunOptions, run_training
+
+        expand_shards(args.shards)
         opts = RunOptions(shards=args.shards, output=args.output, model=args.model, model_config=args.model_config,
                           tokenizer=args.tokenizer, device=args.device, resume=args.resume, deepspeed=args.deepspeed,
                           grad_checkpointing=args.grad_checkpointing, reset_temperatures=args.reset_temperatures)
@@ -153,11 +182,36 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
-def convert_main(argv: list[str]) -> int:
-    """Entry point of ``finehard convert`` (see :mod:`training.convert`)."""
-    from training.convert import convert_main as run
+DTYPE_NAMES = ("bfloat16", "float16", "float32")  # training.convert.DTYPES (that module imports torch)
 
-    return run(argv)
+
+def convert_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="finehard convert",
+                                description="Convert FG-CLIP checkpoints between upstream FG-CLIP's layout and this "
+                                            "project's (either way; a plain CLIP folder converts too).")
+    p.add_argument("src", help="checkpoint folder: upstream FG-CLIP, finehard train final/, project layout or plain CLIP")
+    p.add_argument("dst", help="folder to write")
+    p.add_argument("--to", choices=("upstream", "project"), default=None,
+                   help="layout to write (default: project for an upstream SRC, upstream otherwise)")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="weights dtype (default: SRC's)")
+    return p
+
+
+def convert_main(argv: list[str]) -> int:
+    """``finehard convert SRC DST [--to upstream|project] [--dtype ...]`` (see :mod:`training.convert`)."""
+    args = convert_parser().parse_args(argv)
+    try:
+        if not os.path.isdir(args.src):  # the checks of training.convert.convert, before torch is imported
+            raise FileNotFoundError(f"SRC {args.src!r} is not a folder; pass a local HF-format checkpoint folder")
+        if os.path.abspath(args.src) == os.path.abspath(args.dst):
+            raise ValueError("DST must differ from SRC")
+        from training.convert import convert
+
+        summary = convert(args.src, args.dst, args.to, args.dtype)
+    except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
+        return _fail("finehard convert", exc)
+    print(json.dumps(summary))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,15 +7,13 @@ Layouts (see :mod:`training.model`):
   * ``project``: a plain ``CLIPModel`` folder (no extra keys) plus ``fgclip_extras.safetensors``.
 SRC may also be a plain CLIP folder (e.g. OpenAI CLIP): the long-text path is then built from its
 77 positions, as upstream's ``--from_openai True`` does. Tokenizer and image-processor files are
-copied along. Floating-point weights keep SRC's dtype unless ``--dtype`` says otherwise.
+copied along. Floating-point weights keep SRC's dtype unless ``--dtype`` says otherwise. The command
+line is ``training.cli.convert_main`` (it checks its arguments before this module imports torch).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import sys
 
 import torch
 
@@ -53,24 +51,3 @@ def convert(src: str, dst: str, to: str | None = None, dtype: str | None = None)
         if os.path.isfile(os.path.join(src, name)):
             shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
     return {"src": src, "from": source, "dst": dst, "to": to, "dtype": str(out_dtype).replace("torch.", "")}
-
-
-def convert_main(argv: list[str]) -> int:
-    """``finehard convert SRC DST [--to upstream|project] [--dtype ...]``."""
-    p = argparse.ArgumentParser(prog="finehard convert", formatter_class=DefaultsHelpFormatter,
-                                description="Convert FG-CLIP checkpoints between upstream FG-CLIP's layout and this "
-                                            "project's (either way; a plain CLIP folder converts too).")
-    p.add_argument("src", help="checkpoint folder: upstream FG-CLIP, finehard train final/, project layout or plain CLIP")
-    p.add_argument("dst", help="folder to write")
-    p.add_argument("--to", choices=("upstream", "project"), default=None,
-                   help="layout to write (default: project for an upstream SRC, upstream otherwise)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="weights dtype (default: SRC's)")
-    args = p.parse_args(argv)
-    try:
-        summary = convert(args.src, args.dst, args.to, args.dtype)
-    except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
-        print(f"finehard convert: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-              file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
