@@ -187,6 +187,9 @@ def _head_token(doc: Any) -> tuple[int, int]:
             head, prev_noun = k, True
             continue
         if tok.tag_ in ("VBG", "VBN", "VBD") or low.endswith("ing"):
+            if k > 0 and toks[k - 1].tag_ == "HYPH" and not toks[k - 1].whitespace_ and nxt is not None:
+                prev_noun = False  # "a half-eaten sandwich": the participle ends a hyphenated modifier
+                continue
             if prev_noun or nxt is None:
                 break  # "a dog sleeping", "a man dressed in black"
             prev_noun = False
