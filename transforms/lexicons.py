@@ -87,11 +87,14 @@ class Lexicons:
         for a, b in data["conflicts"]:
             self.conflicts[a] = self.conflicts.get(a, frozenset()) | {b}
             self.conflicts[b] = self.conflicts.get(b, frozenset()) | {a}
-        self.relation_groups: list[tuple[str, ...]] = [tuple(g) for g in data["relation_objects"]]
+        self.relation_groups: list[tuple[str, ...]] = [tuple(g["words"]) for g in data["relation_objects"]]
+        self.relation_after: list[frozenset[str]] = [frozenset(g["after"]) for g in data["relation_objects"]]
+        self.relation_the_only: list[bool] = [bool(g.get("the_only")) for g in data["relation_objects"]]
         self.relation_of: dict[str, list[int]] = {}
         for g, nouns in enumerate(self.relation_groups):
             for n in nouns:
                 self.relation_of.setdefault(n, []).append(g)
+        self.materials_for: dict[str, frozenset[str]] = {n: frozenset(v) for n, v in data["materials_for"].items()}
         self.action_swaps: dict[str, dict[str, list[str]]] = data["action_swaps"]
         self.preposition_swaps: dict[str, str] = data["preposition_swaps"]
         self.under_kinds = frozenset(data["under_kinds"])
@@ -101,7 +104,6 @@ class Lexicons:
         self.part_words = frozenset(data["part_words"])
         self.contrast_only = frozenset(data["contrast_only"])
         self.explicit_only = frozenset(data["explicit_only"])
-        self.ride_group: int = data["ride_objects"]
 
     # -- word order -------------------------------------------------------------------------------
     def rank(self, category: str) -> int:
@@ -139,6 +141,8 @@ class Lexicons:
         horses", never "striped horses").
         """
         allowed = self.allowed(kind, category)
+        if allowed is not None and category == "material" and noun in self.materials_for:
+            return tuple(w for g in self.categories["material"] for w in g if w in self.materials_for[noun]) or None
         if allowed is not None and kind in self.living and category == "pattern":
             allowed = tuple(w for w in allowed if noun in self.pattern_nouns.get(w, ()))  # type: ignore[union-attr]
             return allowed or None

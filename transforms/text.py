@@ -183,7 +183,9 @@ def _head_token(doc: Any) -> tuple[int, int]:
         if low == "of" and head == k - 1 and toks[head].text.lower() in quantifiers:
             head, prev_noun = -1, False  # "dozens of birds", "a couple of dogs": the head comes after "of"
             continue
-        if _is_noun(tok) and not (prev_noun and low.endswith("ing") and low not in ING_NOUNS):
+        verb_ing = prev_noun and low.endswith("ing") and (
+            low not in ING_NOUNS or (nxt is not None and nxt.tag_ in ("DT", "PRP$", "CD")))  # "a train crossing a bridge"
+        if _is_noun(tok) and not verb_ing:
             head, prev_noun = k, True
             continue
         if tok.tag_ in ("VBG", "VBN", "VBD") or low.endswith("ing"):

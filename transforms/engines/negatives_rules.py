@@ -31,6 +31,8 @@ from transforms.text import (PLURAL_TAGS, Phrase, analyse, analyse_many, indefin
 
 NUM = 10
 _RELATIVE = ("that", "which", "who")
+_COUNT_CAP = 3  # count changes taken before every other category has given its edits
+_INSERT_CAP = 2  # marked states ("a broken chair") likewise
 _DET_RANK = -1  # a determiner inserted by a count change goes before everything
 
 
@@ -176,6 +178,8 @@ class RulesNegatives(NegativesEngine):
                 new = self._written(allowed, cat, g2, mass) if g2 != g else None
                 if not new or any(w in present for w in lex.categories[cat][g2]):
                     continue
+                if lex.conflicts.get(new, frozenset()) & (present - {low}):
+                    continue  # "a ripe yellow banana" never becomes "a ripe green banana"
                 if not lex.contrasts(low, new):
                     continue  # "a half-eaten sandwich" may be hot: only "a whole sandwich" contradicts it
                 if new in lex.rank_overrides and lex.word_rank(new) != slot:
@@ -304,9 +308,18 @@ class RulesNegatives(NegativesEngine):
             return []  # "a hot dog" is no dog
         if sing not in lex.relation_of:
             sing, name_start = words[root].lemma if plural else words[root].low, root
-        riding = start > 0 and words[start - 1].low in ("riding", "rides", "ride", "rode")
-        groups = [g for g in lex.relation_of.get(sing, []) if (g == lex.ride_group) == riding]
+            if name_start > start and words[name_start - 1].tag.startswith("NN"):
+                return []
+        gov = words[start - 1].low if start > 0 else ""
+        if gov == "of" and start > 1 and words[start - 2].low == "front":
+            gov = "in front of"
+        elif gov == "to" and start > 1 and words[start - 2].low == "next":
+            gov = "next"
         det = next((words[i].low for i in range(start, name_start) if self._is_det(phrase, i)), "")
+        groups = [g for g in lex.relation_of.get(sing, []) if gov in lex.relation_after[g]
+                  and (det == "the" or not lex.relation_the_only[g])]
+        if name_start > start and words[name_start - 1].tag.startswith("NN"):
+            return []  # "a black cowboy hat": never "a black cowboy hood"
         present = {w.low for w in words} | {lex.canonical(w.low) for w in words}
         out, seen = [], set()
         for g in groups:
@@ -315,7 +328,7 @@ class RulesNegatives(NegativesEngine):
                     continue
                 seen.add(new)
                 mass_new = new in lex.mass
-                if (mass_new and (plural or det in ("a", "an", "one"))) or (sing in lex.mass and not det):
+                if (mass_new and (plural or det in ("a", "an", "one"))) or (sing in lex.mass and not det and not mass_new):
                     continue  # "a sand", "on beach"
                 text = plural_noun(new) if plural and not mass_new else new
                 text = _match_case(text, words[name_start].text) + words[root].text[len(words[root].text.rstrip(".,;:!?")):]
@@ -422,10 +435,11 @@ class RulesNegatives(NegativesEngine):
                 by_cat.setdefault(e.category, []).append(e)
         for cands in by_cat.values():
             rng.shuffle(cands)
-        swapped = sorted(c for c, es in by_cat.items() if any(e.swap for e in es))
-        inserted = sorted(c for c in by_cat if c not in swapped)
+        swapped = sorted(c for c, es in by_cat.items() if any(e.swap for e in es) and c != "count")
+        inserted = sorted(c for c in by_cat if c not in swapped and c != "count")
         rng.shuffle(swapped)
         rng.shuffle(inserted)
+        swapped += ["count"] if "count" in by_cat else []
         seen, out = {norm(expression)}, []
 
         def take(edit: Edit) -> None:
@@ -434,12 +448,17 @@ class RulesNegatives(NegativesEngine):
                 seen.add(norm(text))
                 out.append(text)
 
-        # Round robin over categories (swaps, the harder negatives, first) so the ten vary.
+        # Round robin over categories so the ten vary: swaps of what the expression states first, a few
+        # count changes and marked states (each a whole category of its own) after them, then any left.
         cats = swapped + inserted
-        while len(out) < NUM and any(by_cat[c] for c in cats):
-            for cat in cats:
-                if by_cat[cat] and len(out) < NUM:
-                    take(by_cat[cat].pop())
+        cap = {c: (_COUNT_CAP if c == "count" else _INSERT_CAP if c in inserted else NUM) for c in cats}
+        for capped in (True, False):
+            taken = dict.fromkeys(cats, 0)
+            while len(out) < NUM and any(by_cat[c] and (not capped or taken[c] < cap[c]) for c in cats):
+                for cat in cats:
+                    if by_cat[cat] and len(out) < NUM and (not capped or taken[cat] < cap[cat]):
+                        taken[cat] += 1
+                        take(by_cat[cat].pop())
         if len(out) < NUM:  # few single edits: an honest edit with another one ("three gray dogs")
             pairs = [a.merged(b) for i, a in enumerate(edits) for b in edits[i + 1:]
                      if (a.honest or b.honest) and not a.conflicts(b) and not self._clash(a, b)]
