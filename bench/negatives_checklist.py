@@ -91,6 +91,7 @@ PEOPLE = {"man", "woman", "boy", "girl", "child", "children", "person", "people"
           "surfer", "waiter", "policeman", "cyclist", "girls", "boys"}
 BODY_PARTS = {"hand", "hands", "foot", "feet", "eye", "eyes", "ear", "ears", "lips", "head", "tail", "beard", "hair"}
 PAIRED_PARTS = {"hand", "hands", "foot", "feet", "eye", "eyes", "ear", "ears"}
+EYE_COLOURS = {"blue", "brown", "green", "gray", "grey", "black", "hazel"}
 HAIR_COLOURS = {"black", "brown", "blonde", "blond", "red", "gray", "grey", "white", "auburn"}
 IRREGULAR = {"bookshelf": "bookshelves", "man": "men", "woman": "women", "child": "children", "person": "people", "foot": "feet",
              "tooth": "teeth", "mouse": "mice", "sheep": "sheep", "fish": "fish", "goose": "geese", "leaf": "leaves",
@@ -149,7 +150,7 @@ def _head_forms(head: str) -> tuple[set[str], set[str]]:
     if last.endswith("ies"):
         return {last[:-3] + "y"}, {last}
     if re.search(r"(s|x|z|ch|sh)es$", last):
-        return {last[:-2]}, {last}
+        return {last[:-2], last[:-1]}, {last}  # "buses", "horses"
     if last.endswith("ves"):
         return {last[:-1], last[:-3] + "f", last[:-3] + "fe"}, {last}
     if last.endswith("s") and not last.endswith(("ss", "us", "is")) and len(last) > 3:
@@ -184,6 +185,14 @@ def _count_differs(a: object, b: object) -> bool:
         return True
     pair = {a, b}
     return 1 in pair  # one against any plural; "plural" or "several" against a number may be the same
+
+
+STATED = COLOURS | MATERIALS | PATTERNS | SHAPES | MARKED | POSES | {w for x, y in OPPOSITES for w in x | y}
+
+
+def states_an_attribute(positive: str) -> bool:
+    """The expression states a colour, material, pattern, shape, size, state or pose (something to swap)."""
+    return any(w.lower() in STATED for w in words(positive))
 
 
 def judge(positive: str, negative: str, head: str) -> tuple[Optional[str], str]:
@@ -273,8 +282,9 @@ def judge(positive: str, negative: str, head: str) -> tuple[Optional[str], str]:
     if head_last in BODY_PARTS:
         if head_last in ("hair", "beard") and any(w in COLOURS and w not in HAIR_COLOURS for w in nl[:at_n]):
             return "implausible_colour", "none"
-        if head_last not in ("hair", "beard", "lips") and any(w in COLOURS and w not in pl and w != "blue"
-                                                             for w in nl[:at_n]):
+        fits = EYE_COLOURS if head_last in ("eye", "eyes") else {"red", "pink"} if head_last == "lips" else set()
+        if head_last not in ("hair", "beard") and any(w in COLOURS and w not in pl and w not in fits
+                                                     for w in nl[:at_n]):
             return "implausible_colour", "none"
         if head_last in PAIRED_PARTS and (isinstance(count_n, int) and count_n > 2 or
                                           (neg_plural and ("left" in nl or "right" in nl))):
@@ -338,7 +348,8 @@ def _replacement(old: list[str], new: list[str], sing: set[str], plur: set[str])
             out.append("" if _same(VERB_SAME, a, b) else "relation")
         elif a in MARKED or b in MARKED:
             out.append("swap" if b in MARKED or _opposite(a, b) else "")
-        elif a.isalpha() and b.isalpha() and a not in COLOURS | MATERIALS and b not in COLOURS | MATERIALS:
+        elif a.replace("-", "").isalpha() and b.replace("-", "").isalpha() and a not in COLOURS | MATERIALS and \
+                b not in COLOURS | MATERIALS:
             sa, sb = a.rstrip("s"), b.rstrip("s")
             out.append("" if sa == sb or _same(NOUN_SAME, a, b) or _same(NOUN_SAME, sa, sb) else "relation")
     return out

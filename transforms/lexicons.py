@@ -95,6 +95,7 @@ class Lexicons:
             for n in nouns:
                 self.relation_of.setdefault(n, []).append(g)
         self.materials_for: dict[str, frozenset[str]] = {n: frozenset(v) for n, v in data["materials_for"].items()}
+        self.colours_for: dict[str, frozenset[str]] = {n: frozenset(v) for n, v in data["colours_for"].items()}
         self.action_swaps: dict[str, dict[str, list[str]]] = data["action_swaps"]
         self.preposition_swaps: dict[str, str] = data["preposition_swaps"]
         self.under_kinds = frozenset(data["under_kinds"])
@@ -141,8 +142,9 @@ class Lexicons:
         horses", never "striped horses").
         """
         allowed = self.allowed(kind, category)
-        if allowed is not None and category == "material" and noun in self.materials_for:
-            return tuple(w for g in self.categories["material"] for w in g if w in self.materials_for[noun]) or None
+        only = (self.materials_for if category == "material" else self.colours_for if category == "colour" else {})
+        if allowed is not None and noun in only:
+            return tuple(w for g in self.categories[category] for w in g if w in only[noun]) or None
         if allowed is not None and kind in self.living and category == "pattern":
             allowed = tuple(w for w in allowed if noun in self.pattern_nouns.get(w, ()))  # type: ignore[union-attr]
             return allowed or None

@@ -324,7 +324,8 @@ class RulesNegatives(NegativesEngine):
         out, seen = [], set()
         for g in groups:
             for new in lex.relation_groups[g]:
-                if new == sing or new in seen or lex.canonical(new) in present or new in present:
+                if new == sing or new in seen or lex.canonical(new) in present or new in present or \
+                        new.split()[-1] == sing.split()[-1]:  # "a ball" may be a soccer ball
                     continue
                 seen.add(new)
                 mass_new = new in lex.mass
@@ -354,6 +355,8 @@ class RulesNegatives(NegativesEngine):
                     out.append(Edit("action", True, replace=((j, new),)))
             elif low == "front" and 0 < j < len(words) - 1 and words[j - 1].low == "in" and words[j + 1].low == "of":
                 out.append(Edit("relation", True, replace=((j - 1, "behind"), (j, ""), (j + 1, ""))))
+            elif low == "top" and 0 < j < len(words) - 1 and words[j - 1].low == "on" and words[j + 1].low == "of":
+                out.append(Edit("relation", True, replace=((j - 1, "under"), (j, ""), (j + 1, ""))))
             elif low in lex.preposition_swaps and words[j].tag in ("IN", "RB", "JJ", "NN", "RP"):
                 new = lex.preposition_swaps[low]
                 if low in ("on", "atop") and (obj is None or kind not in lex.under_kinds or obj[0] != j + 1
