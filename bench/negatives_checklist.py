@@ -271,7 +271,7 @@ def judge(positive: str, negative: str, head: str) -> tuple[Optional[str], str]:
         return "bad_plural", "none"
     head_last = head_words[-1]
     if head_last in ANIMALS or nl[at_n] in {_plural(a) for a in ANIMALS}:
-        allowed = BIRD_COLOURS if head_last in {"bird", "duck", "goose", "chicken"} else ANIMAL_COLOURS
+        allowed = BIRD_COLOURS if (sing | {head_last}) & {"bird", "duck", "goose", "chicken"} else ANIMAL_COLOURS
         if any(w in COLOURS and w not in allowed and w not in pl for w in nl[:at_n]):
             return "implausible_colour", "none"
         if any(w in MATERIALS and w not in pl for w in nl[:at_n]):

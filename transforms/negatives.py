@@ -246,12 +246,20 @@ def negative_reason(positive: str, negative: str, min_chars: int = MIN_CHARS, ma
     normed = norm(negative)
     if normed == norm(positive):
         return "equals_positive"
-    if _STRAY.search(negative) or any(unicodedata.category(c)[0] in "SC" and c not in "'-&+" for c in negative):
+    if _STRAY.search(negative) or (not negative.isascii() and any(
+            unicodedata.category(c)[0] in "SC" and c not in "'-&+" for c in negative)):
         return "stray_symbols"  # "a red chair #2", "a red chair \U0001FA91", "a chair (wooden)"
-    head = head_noun(positive).replace("-", " ")
-    if head and not any(f" {f} " in f" {normed} " for f in noun_forms(head)):
+    forms = _head_forms(positive)
+    if forms and not any(f" {f} " in f" {normed} " for f in forms):
         return "head_noun_changed"
     return _item_reason(positive, negative) or implausible(positive, negative)
+
+
+@functools.lru_cache(maxsize=65536)
+def _head_forms(positive: str) -> tuple[str, ...]:
+    """The forms of the positive's head noun a negative must keep (none for an expression without a noun)."""
+    head = head_noun(positive).replace("-", " ")
+    return tuple(noun_forms(head)) if head else ()
 
 
 def _item_reason(positive: str, negative: str) -> Optional[str]:
@@ -266,7 +274,7 @@ def _item_reason(positive: str, negative: str) -> Optional[str]:
         if nxt != info.after_head and nxt not in lex.word and (nxt in lex.part_words or nxt in singular
                                                                 or nxt in plural):
             return "part_of_object"  # "a red wooden chair leg", "a dog bed"
-    if _canonical(toks) == info.canonical:
+    if len(toks) >= len(info.canonical) and _canonical(toks) == info.canonical:
         return "synonym_only"  # "a big couch" for "a large sofa", "one red chair" for "a red chair"
     return None
 
@@ -407,7 +415,7 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
                     raise raw
                 items = parse_answer(raw)
                 res.negatives = merge_answers(expr, res.negatives, items)  # keeps the valid items of every answer
-                res.reason = validate_negatives(expr, res.negatives)
+                res.reason = None if len(res.negatives) == NUM_NEGATIVES else "wrong_count"  # each one checked
                 if res.reason == "wrong_count":  # why short: a faulty item's reason, or the engine's
                     res.reason = first_reason(negative_reasons(expr, items)) or "wrong_count"
                     res.detail = f"{len(res.negatives)} of {NUM_NEGATIVES} usable"

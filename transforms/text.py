@@ -44,6 +44,7 @@ PLURAL_TAGS = ("NNS", "NNPS")
 _PUNCT = re.compile(r"[.,;:!?\"]+")
 
 
+@functools.lru_cache(maxsize=262144)
 def norm(text: str) -> str:
     """Comparison form: lower case, single spaces, hyphens as spaces, no punctuation or leading article."""
     return _ARTICLE.sub("", " ".join(_PUNCT.sub(" ", text.lower().replace("-", " ")).split()))

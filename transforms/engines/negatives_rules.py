@@ -81,9 +81,13 @@ def apply_edit(phrase: Phrase, edit: Edit) -> str:
     """The expression with ``edit`` applied (articles fixed, a leading capital kept)."""
     words = [w.text for w in phrase.words]
     replaced = dict(edit.replace)
+    before: dict[int, list[tuple[float, str]]] = {}
+    for at, rank, text in edit.insert:
+        before.setdefault(at, []).append((rank, text))
     out: list[str] = []
     for i in range(len(words) + 1):
-        out += [text for _, _, text in sorted((e for e in edit.insert if e[0] == i), key=lambda e: e[1])]
+        if i in before:
+            out += [text for _, text in sorted(before[i], key=lambda e: e[0])]
         if i < len(words):
             text = replaced.get(i, words[i])
             if text:
@@ -463,13 +467,13 @@ class RulesNegatives(NegativesEngine):
                         taken[cat] += 1
                         take(by_cat[cat].pop())
         if len(out) < NUM:  # few single edits: an honest edit with another one ("three gray dogs")
-            pairs = [a.merged(b) for i, a in enumerate(edits) for b in edits[i + 1:]
-                     if (a.honest or b.honest) and not a.conflicts(b) and not self._clash(a, b)]
+            pairs = [(a, b) for i, a in enumerate(edits) for b in edits[i + 1:] if a.honest or b.honest]
             rng.shuffle(pairs)
-            for edit in pairs:
+            for a, b in pairs:
                 if len(out) >= NUM:
                     break
-                take(edit)
+                if not a.conflicts(b) and not self._clash(a, b):
+                    take(a.merged(b))
         return out
 
 
