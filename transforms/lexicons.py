@@ -144,7 +144,8 @@ class Lexicons:
         allowed = self.allowed(kind, category)
         only = (self.materials_for if category == "material" else self.colours_for if category == "colour" else {})
         if allowed is not None and noun in only:
-            return tuple(w for g in self.categories[category] for w in g if w in only[noun]) or None
+            return tuple(w for g in self.categories[category] for w in g if w in only[noun]
+                         and (allowed == ALL or w in allowed)) or None  # type: ignore[operator]
         if allowed is not None and kind in self.living and category == "pattern":
             allowed = tuple(w for w in allowed if noun in self.pattern_nouns.get(w, ()))  # type: ignore[union-attr]
             return allowed or None
@@ -217,8 +218,8 @@ class Lexicons:
         if h < 0:
             return True
         w = phrase.words[h]
-        if w.low in self.plural_only or w.tag in ("NNP", "NNPS"):
-            return True
+        if w.low in self.plural_only or (w.tag in ("NNP", "NNPS") and w.text[:1].isupper()):
+            return True  # a name ("Big Ben"); a lower-case word tagged NNP is the tagger's slip ("a teddy bear")
         sing = singular_noun(w.low, w.lemma).lower() if w.tag in PLURAL_TAGS else w.low
         if sing in self.mass or w.lemma in self.mass:
             return w.tag not in PLURAL_TAGS

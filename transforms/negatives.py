@@ -225,16 +225,16 @@ def _implausible(info: _Positive, negative: str) -> Optional[str]:
     for i, t in enumerate(toks):
         if t in info.other_plurals and _last_determiner(_np_zone(toks, i)[0]) in lex.singular_determiners:
             return "plural_after_article"
-    if info.allowed_colours is not None:
-        odd = [t for t in zone if t in lex.colours and lex.canonical(t) not in info.allowed_colours
-               and t not in info.allowed_colours]
-        if odd:
-            return "implausible_colour"  # "a purple dog", "a blue man", "green rice"
     if info.kind in lex.living:
         if not info.material_ok and any(t in lex.materials for t in zone):
             return "material_on_living"
         if not info.pattern_ok and any(t in lex.patterns and t not in info.allowed_patterns for t in zone):
             return "pattern_on_living"
+    if info.allowed_colours is not None:
+        odd = [t for t in zone if t in lex.colours and lex.canonical(t) not in info.allowed_colours
+               and t not in info.allowed_colours]
+        if odd:
+            return "implausible_colour"  # "a purple dog", "a blue man", "green rice"
     return None
 
 

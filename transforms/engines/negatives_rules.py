@@ -411,10 +411,18 @@ class RulesNegatives(NegativesEngine):
             out += self._objects(phrase, start, root)
         return out
 
-    def _clash(self, a: Edit, b: Edit) -> bool:
-        """Two edits that contradict each other or write the same word ("a dead green tree")."""
+    def _clash(self, phrase: Phrase, a: Edit, b: Edit) -> bool:
+        """Two edits that contradict each other or write the same word ("a dead green tree"), or an insertion
+        placed by a word's slot that the other edit moves ("plain horses": "spotted golden horses")."""
         wa, wb = _words_of(a), _words_of(b)
-        return any(self.lex.clashes(w, frozenset(wb)) for w in wa)
+        if any(self.lex.clashes(w, frozenset(wb)) for w in wa):
+            return True
+        return bool((a.insert and self._reranks(phrase, b)) or (b.insert and self._reranks(phrase, a)))
+
+    def _reranks(self, phrase: Phrase, edit: Edit) -> bool:
+        rank = self.lex.word_rank
+        return any(t and rank(t) is not None and rank(phrase.words[i].low) is not None
+                   and rank(t) != rank(phrase.words[i].low) for i, t in edit.replace)
 
     def shortfall(self, expression: str) -> str:
         """Why the expression gets fewer than ten negatives ("" when it gets ten)."""
@@ -472,7 +480,7 @@ class RulesNegatives(NegativesEngine):
             for a, b in pairs:
                 if len(out) >= NUM:
                     break
-                if not a.conflicts(b) and not self._clash(a, b):
+                if not a.conflicts(b) and not self._clash(phrase, a, b):
                     take(a.merged(b))
         return out
 
