@@ -90,6 +90,8 @@ class Lexicons:
         self.relation_groups: list[tuple[str, ...]] = [tuple(g["words"]) for g in data["relation_objects"]]
         self.relation_after: list[frozenset[str]] = [frozenset(g["after"]) for g in data["relation_objects"]]
         self.relation_the_only: list[bool] = [bool(g.get("the_only")) for g in data["relation_objects"]]
+        self.relation_heads: list[Optional[frozenset[str]]] = [
+            frozenset(g["head_kinds"]) if "head_kinds" in g else None for g in data["relation_objects"]]
         self.relation_of: dict[str, list[int]] = {}
         for g, nouns in enumerate(self.relation_groups):
             for n in nouns:

@@ -320,8 +320,10 @@ class RulesNegatives(NegativesEngine):
         elif gov == "to" and start > 1 and words[start - 2].low == "next":
             gov = "next"
         det = next((words[i].low for i in range(start, name_start) if self._is_det(phrase, i)), "")
+        head_kind = lex.kind_of(phrase).kind
         groups = [g for g in lex.relation_of.get(sing, []) if gov in lex.relation_after[g]
-                  and (det == "the" or not lex.relation_the_only[g])]
+                  and (det == "the" or not lex.relation_the_only[g])
+                  and (lex.relation_heads[g] is None or head_kind in lex.relation_heads[g])]
         if name_start > start and words[name_start - 1].tag.startswith("NN"):
             return []  # "a black cowboy hat": never "a black cowboy hood"
         present = {w.low for w in words} | {lex.canonical(w.low) for w in words}
