@@ -71,7 +71,7 @@ class Word:
     lemma: str
     head: int  # word index of the syntactic head (its own index for the root)
 
-    @property
+    @functools.cached_property
     def low(self) -> str:
         """Lower case, without punctuation at either end ("cat," -> "cat")."""
         return self.text.lower().strip(_EDGE) or self.text.lower()
