@@ -417,7 +417,8 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
                 res.negatives = merge_answers(expr, res.negatives, items)  # keeps the valid items of every answer
                 res.reason = None if len(res.negatives) == NUM_NEGATIVES else "wrong_count"  # each one checked
                 if res.reason == "wrong_count":  # why short: a faulty item's reason, or the engine's
-                    res.reason = first_reason(negative_reasons(expr, items)) or "wrong_count"
+                    short = ["wrong_count"] if len(items) != NUM_NEGATIVES else []  # an answer of 9 says so first
+                    res.reason = first_reason(negative_reasons(expr, items) + short) or "wrong_count"
                     res.detail = f"{len(res.negatives)} of {NUM_NEGATIVES} usable"
                     if hasattr(engine, "shortfall"):
                         res.detail += f"; {engine.shortfall(expr)}"
