@@ -23,7 +23,7 @@ from bench.common import append_section, spacy_version  # noqa: E402
 
 from core.engines import parse_spec  # noqa: E402
 from transforms.expressions import extract_expressions  # noqa: E402
-from transforms.negatives import NEGATIVE_ENGINES, negatives_for  # noqa: E402
+from transforms.negatives import NEGATIVE_ENGINES, negatives_for, parse_answer  # noqa: E402
 
 
 def smollm_gguf() -> str:
@@ -33,12 +33,22 @@ def smollm_gguf() -> str:
     return sorted(glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "*.gguf")))[0]
 
 
+def _written(res) -> int:
+    """Negatives the engine wrote for one expression, usable or not (the stage keeps only the usable ones)."""
+    if res.valid:
+        return len(res.negatives)
+    try:
+        return len(parse_answer(res.raw)) if res.raw is not None else 0
+    except Exception:  # noqa: BLE001 - an unparseable answer wrote none
+        return 0
+
+
 def measure(spec: str, expressions: list[str]) -> dict[str, float]:
     engine = NEGATIVE_ENGINES.build(parse_spec(spec))
     t = time.perf_counter()
     results = [negatives_for(engine, [e], retries=0)[0] for e in expressions]  # each one asked, repeats too
     seconds = time.perf_counter() - t
-    produced = sum(len(r.negatives) for r in results)
+    produced = sum(_written(r) for r in results)
     reasons: dict[str, int] = {}
     for r in results:
         if r.reason:

@@ -81,7 +81,9 @@ EXPRESSIONS = ["a man", "a blue striped shirt", "a small yellow dotted square", 
 def test_rules_engine_gives_ten_valid_negatives_deterministically() -> None:
     engine = NEGATIVE_ENGINES.build(parse_spec("rules"))
     results = negatives_for(engine, EXPRESSIONS, retries=0)
-    assert all(r.valid and len(r.negatives) == 10 for r in results), [r for r in results if not r.valid]
+    # "glasses" states nothing to swap and is never counted: no honest edit, so none (issue 26)
+    assert all(r.valid and len(r.negatives) == 10 for r in results[:-1]), [r for r in results if not r.valid]
+    assert results[-1].negatives == [] and results[-1].reason == "wrong_count"
     again = negatives_for(NEGATIVE_ENGINES.build(parse_spec("rules")), EXPRESSIONS, retries=0)
     assert [r.negatives for r in results] == [r.negatives for r in again]
     assert engine.generate(["a blue striped shirt"], seed=1) != engine.generate(["a blue striped shirt"], seed=0)
@@ -244,7 +246,8 @@ def _all_negatives(engine, expression: str, seeds: int = 4) -> list[str]:
     ("a knife on a cutting board", "knives on a cutting board"),
 ])
 def test_a_count_pluralises_the_head_noun_never_the_last_word(rules, positive: str, plural_phrase: str) -> None:
-    counted = [n for n in _all_negatives(rules, positive) if set(tokens(n)) & COUNT_WORDS]
+    counted = [n for n in _all_negatives(rules, positive) if set(tokens(n)) & COUNT_WORDS  # a count change alone
+               and set(tokens(n)) - COUNT_WORDS <= set(tokens(positive)) | set(tokens(plural_phrase))]
     assert counted, f"no count change for {positive!r}"
     for n in counted:
         assert n.endswith(plural_phrase), (positive, n)  # head plural, rest of the phrase untouched
@@ -272,16 +275,15 @@ def test_count_changes_agree_with_determiners_and_verbs(rules) -> None:
     assert "two women who are talking on the phone" in _all_negatives(rules, "a woman who is talking on the phone",
                                                                        seeds=8)
     his = [n for n in _all_negatives(rules, "his dog", seeds=8) if set(tokens(n)) & COUNT_WORDS]
-    assert his and all(n.startswith("his ") and n.endswith(" dogs") and "several" not in n for n in his)
-    assert any(n.startswith("an old ") for n in _all_negatives(rules, "a man", seeds=8))  # a -> an
+    assert his and all(n.startswith("his ") and " dogs" in n and "several" not in n for n in his)
+    assert any(re.match(r"(two|three|four|five|several) old men", n) for n in _all_negatives(rules, "a man", seeds=8))
 
 
 @pytest.mark.parametrize("positive", ["the grass", "the water", "green grass", "some rice", "the sky", "glasses",
                                       "blue jeans", "the ground"])
 def test_mass_and_plural_only_nouns_are_never_counted(rules, positive: str) -> None:
     negs = _all_negatives(rules, positive)
-    assert len(set(negs)) >= 10
-    assert not [n for n in negs if set(tokens(n)) & COUNT_WORDS], negs
+    assert not [n for n in negs if set(tokens(n)) & COUNT_WORDS], negs  # fewer than ten where nothing else is honest
 
 
 PEOPLE_AND_ANIMALS = ["a man", "two children", "children playing soccer", "a woman carrying a basket",
@@ -322,7 +324,8 @@ def test_synthetic_scene_expressions_get_valid_negatives_from_rules_and_stub(rul
 def test_poses_change_only_where_a_pose_fits(rules) -> None:
     poses = {w for g in lexicons().categories["pose"] for w in g}
     walk = _all_negatives(rules, "a woman walking her dog in the park", seeds=8)
-    assert all(" walking her dog" in n for n in walk), walk  # a verb with an object is no pose to swap
+    # a verb with an object is no pose to swap ("sitting her dog"); it is an action ("chasing her dog", issue 26)
+    assert walk and not [n for n in walk if any(f" {p} her " in n for p in poses - {"walking"})], walk
     fox = _all_negatives(rules, "a fox running through the snow", seeds=8)
     assert {n.split(" through")[0].split()[-1] for n in fox} <= {"running", "walking", "jumping", "crawling"}, fox
     assert not [n for n in _all_negatives(rules, "the policemen on horses", seeds=8) if set(tokens(n)) & poses]
@@ -332,17 +335,17 @@ def test_poses_change_only_where_a_pose_fits(rules) -> None:
 
 def test_determiners_and_quantifiers_that_take_no_other_count(rules) -> None:
     both = _all_negatives(rules, "both children", seeds=6)  # never "five both children"
-    assert len(both) >= 10 and all(n.startswith("both ") and not set(tokens(n)) & COUNT_WORDS for n in both)
+    assert all(n.startswith("both ") and not set(tokens(n)) & COUNT_WORDS for n in both)
     few = _all_negatives(rules, "a few apples", seeds=6)  # "a few" is the count: never "four few apples"
     counted = [n for n in few if set(tokens(n)) & COUNT_WORDS - {"few"}]
-    assert counted and all(re.fullmatch(r"(two|three|four|five|several) apples", n) for n in counted), counted
+    assert not counted, counted  # "a few" may be three: only one apple surely contradicts it (issue 26)
     assert "an apple" in few
     dozens = _all_negatives(rules, "dozens of birds", seeds=6)  # the head is "birds"
-    assert len(dozens) >= 10 and all(n.startswith("dozens of ") for n in dozens)
+    assert all(n.startswith("dozens of ") for n in dozens)  # nothing stated to swap: none (issue 26)
     cat = _all_negatives(rules, "The cat, sleeping on the couch", seeds=6)  # the head keeps its comma
     assert any(re.match(r"(Two|Three|Four|Five|Several) cats, sleeping", n) for n in cat), cat
     assert all(validate_negatives(p, rules.negatives(p)) is None
-               for p in ("both children", "a few apples", "dozens of birds", "The cat, sleeping on the couch"))
+               for p in ("a few apples", "The cat, sleeping on the couch"))
 
 
 def test_a_possessive_noun_is_no_article_before_a_plural() -> None:
@@ -373,7 +376,7 @@ def test_an_unknown_noun_only_changes_colour_size_or_count(rules) -> None:
     allowed = {w for c in ("colour", "size", "count") for g in lex.categories[c] for w in g} | {"a", "an", "gizmos"}
     assert lex.kind_of(analyse("a gizmo")).kind == "unknown"
     negs = _all_negatives(rules, "a gizmo", seeds=8)
-    assert len(negs) >= 10 and all(set(tokens(n)) - {"gizmo"} <= allowed for n in negs), negs
+    assert len(negs) >= 5 and all(set(tokens(n)) - {"gizmo"} <= allowed for n in negs), negs
 
 
 @pytest.mark.parametrize("phrase, kind", [
@@ -411,11 +414,19 @@ def test_inserted_adjectives_follow_english_order(rules, positive: str) -> None:
     for n in _all_negatives(rules, positive, seeds=6):
         ranks = _ranks(n)
         assert ranks == sorted(ranks), (n, ranks)  # opinion, size, age, shape, colour, origin, material, purpose
-    table = _all_negatives(rules, "an old wooden table", seeds=8)
-    assert any(n.startswith("a small old wooden") for n in table)
-    assert not any("wooden old" in n for n in table)
-    shirt = [n for n in _all_negatives(rules, "a plain shirt", seeds=8) if set(tokens(n)) & {"red", "blue", "white"}]
+    # inserts alone are no negatives since issue 26 (a picture may match them); they go with an honest edit
+    table = _inserted(rules, "an old wooden table")
+    assert "a small old wooden table" in table and not any("wooden old" in n for n in table)
+    shirt = [n for n in _inserted(rules, "a plain shirt") if set(tokens(n)) & {"red", "blue", "white"}]
     assert shirt and all(n.startswith("a plain ") for n in shirt)  # "a plain white shirt", not "a white plain shirt"
+
+
+def _inserted(rules, positive: str) -> list[str]:
+    """The expression with each single insertion the rules engine may pair with an honest edit."""
+    from transforms.engines.negatives_rules import apply_edit
+
+    ph = analyse(positive)
+    return [apply_edit(ph, e) for e in rules.edits(ph) if e.insert and not e.honest]
 
 
 def test_a_swap_keeps_the_slot(rules) -> None:

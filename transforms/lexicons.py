@@ -81,6 +81,32 @@ class Lexicons:
         self.patterns = frozenset(w for g in self.categories["pattern"] for w in g)
         self.count_words = frozenset(w for g in self.categories["count"] for w in g)
         self.pose_words = frozenset(w for g in self.categories["pose"] for w in g)
+        self.colours = frozenset(w for g in self.categories["colour"] for w in g)
+        self.marked: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in data["marked"].items()}
+        self.conflicts: dict[str, frozenset[str]] = {}
+        for a, b in data["conflicts"]:
+            self.conflicts[a] = self.conflicts.get(a, frozenset()) | {b}
+            self.conflicts[b] = self.conflicts.get(b, frozenset()) | {a}
+        self.relation_groups: list[tuple[str, ...]] = [tuple(g["words"]) for g in data["relation_objects"]]
+        self.relation_after: list[frozenset[str]] = [frozenset(g["after"]) for g in data["relation_objects"]]
+        self.relation_the_only: list[bool] = [bool(g.get("the_only")) for g in data["relation_objects"]]
+        self.relation_heads: list[Optional[frozenset[str]]] = [
+            frozenset(g["head_kinds"]) if "head_kinds" in g else None for g in data["relation_objects"]]
+        self.relation_of: dict[str, list[int]] = {}
+        for g, nouns in enumerate(self.relation_groups):
+            for n in nouns:
+                self.relation_of.setdefault(n, []).append(g)
+        self.materials_for: dict[str, frozenset[str]] = {n: frozenset(v) for n, v in data["materials_for"].items()}
+        self.colours_for: dict[str, frozenset[str]] = {n: frozenset(v) for n, v in data["colours_for"].items()}
+        self.action_swaps: dict[str, dict[str, list[str]]] = data["action_swaps"]
+        self.preposition_swaps: dict[str, str] = data["preposition_swaps"]
+        self.under_kinds = frozenset(data["under_kinds"])
+        self.negation_words = frozenset(data["negation_words"])
+        self.intensifiers = frozenset(data["intensifiers"])
+        self.synonym: dict[str, str] = {w: g[0] for g in data["synonyms"] for w in g}
+        self.part_words = frozenset(data["part_words"])
+        self.contrast_only = frozenset(data["contrast_only"])
+        self.explicit_only = frozenset(data["explicit_only"])
 
     # -- word order -------------------------------------------------------------------------------
     def rank(self, category: str) -> int:
@@ -118,10 +144,37 @@ class Lexicons:
         horses", never "striped horses").
         """
         allowed = self.allowed(kind, category)
+        only = (self.materials_for if category == "material" else self.colours_for if category == "colour" else {})
+        if allowed is not None and noun in only:
+            return tuple(w for g in self.categories[category] for w in g if w in only[noun]
+                         and (allowed == ALL or w in allowed)) or None  # type: ignore[operator]
         if allowed is not None and kind in self.living and category == "pattern":
             allowed = tuple(w for w in allowed if noun in self.pattern_nouns.get(w, ()))  # type: ignore[union-attr]
             return allowed or None
         return allowed
+
+    def canonical(self, word: str) -> str:
+        """The word a synonym stands for ("big" -> "large", "grey" -> "gray", "couch" -> "sofa")."""
+        low = word.lower()
+        if low in self.synonym:
+            return self.synonym[low]
+        found = self.word.get(low)
+        return self.categories[found[0]][found[1]][0] if found else low
+
+    def clashes(self, word: str, words: "set[str] | frozenset[str]") -> bool:
+        """``word`` contradicts or repeats one of ``words`` ("dead" and "green"; "sandy" and "sand")."""
+        low = word.lower()
+        if low in words or self.conflicts.get(low, frozenset()) & words:
+            return True
+        stem = low.split("-")[0].removesuffix("y")  # "sandy" -> "sand", "snowy" -> "snow", "icy" -> "ic"
+        return len(stem) >= 2 and any(w.startswith(stem) and len(w) <= len(stem) + 2 for w in words if w != low)
+
+    def contrasts(self, old: str, new: str) -> bool:
+        """``new`` contradicts ``old`` (other colours do; "hot" and "half-eaten" do not: see conflicts)."""
+        found = self.word.get(old.lower())
+        if found is None or found[0] not in self.contrast_only:
+            return True
+        return self.canonical(new) in self.conflicts.get(self.canonical(old), frozenset())
 
     def allows(self, kind: str, category: str, word: str) -> bool:
         allowed = self.allowed(kind, category)
@@ -130,7 +183,8 @@ class Lexicons:
     def written(self, kind: str, category: str, group: int, mass: bool = False) -> Optional[str]:
         """The word written for synonym group ``group`` on a noun of ``kind`` (None: none fits)."""
         for w in self.categories[category][group]:
-            if self.allows(kind, category, w) and not (mass and w in self.not_on_mass):
+            if self.allows(kind, category, w) and not (mass and w in self.not_on_mass) and not (
+                    w in self.explicit_only and self.allowed(kind, category) == ALL):
                 return w
         return None
 
@@ -145,7 +199,7 @@ class Lexicons:
             forms.append(singular_noun(words[h].low, words[h].lemma).lower())
         forms.append(words[h].lemma)
         kind, name_start = UNKNOWN, h
-        for n in (2, 1):
+        for n in (3, 2, 1):
             if h - n < phrase.start:
                 continue
             mods = [w.low for w in words[h - n:h]]
@@ -166,8 +220,8 @@ class Lexicons:
         if h < 0:
             return True
         w = phrase.words[h]
-        if w.low in self.plural_only or w.tag in ("NNP", "NNPS"):
-            return True
+        if w.low in self.plural_only or (w.tag in ("NNP", "NNPS") and w.text[:1].isupper()):
+            return True  # a name ("Big Ben"); a lower-case word tagged NNP is the tagger's slip ("a teddy bear")
         sing = singular_noun(w.low, w.lemma).lower() if w.tag in PLURAL_TAGS else w.low
         if sing in self.mass or w.lemma in self.mass:
             return w.tag not in PLURAL_TAGS

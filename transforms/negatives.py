@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -22,11 +23,11 @@ from core.engines import EngineEntry, EngineRegistry, EngineSpec, NegativesEngin
 from core.record import Field, NUM_NEGATIVES, is_valid_text, negatives_mapping, valid_text
 from transforms.cache import ModelCache, digest, model_cache
 from transforms.common import SampleError, bump
-from transforms.lexicons import LEXICONS_FILE, lexicons  # noqa: F401 - LEXICONS_FILE re-exported
+from transforms.lexicons import ALL, LEXICONS_FILE, UNKNOWN, lexicons  # noqa: F401 - LEXICONS_FILE re-exported
 from transforms.negatives_prompt import (GRAMMAR_FILE, PROMPT_FILE, SCHEMA_FILE,  # noqa: F401 - re-exported
                                          NegativesPrompt, load_negatives_prompt, request_seed)
-from transforms.text import (ING_NOUNS, PLURAL_TAGS, analyse, analyse_many, head_noun, norm, plural_noun, singular_noun,  # noqa: F401
-                             tokens)
+from transforms.text import (ING_NOUNS, PLURAL_TAGS, analyse, analyse_many, head_noun, known_nouns, norm, plural_noun,  # noqa: F401
+                             singular_noun, tokens)
 
 STAGE = "negatives"
 MIN_CHARS, MAX_CHARS = 3, 120
@@ -45,18 +46,24 @@ NEGATIVE_ENGINES = EngineRegistry(STAGE, "negatives", NegativesEngine, {
                         "in-process vllm.LLM with JSON-schema structured outputs, e.g. vllm:/models/llama"),
 })
 
-_NUMBERING = re.compile(r"^\s*(?:(?:negative|option|answer)\s*\d{0,2}\s*[:.)\]-]|\(?\d{1,2}\s*[.):\]-]|[-*\u2022])\s*",
-                        re.IGNORECASE)
+_NUMBERING = re.compile(r"^\s*(?:(?:negative|option|answer)\s*\d{0,2}\s*[:.)\]-]|\(?\d{1,2}\s*[.):\]-]|#\d{1,2}\b[.):]?"
+                        r"|\(?(?:[a-j]|[ivx]{1,4})[.)](?=\s)|[-*+\u2022\u2013\u2014])\s*", re.IGNORECASE)
+_MARKDOWN = re.compile(r"(\*\*|__|\*|~~)")
 _SYMBOLS = re.compile(r"[;,\n\r\t\"\u201c\u201d\u2018\u2019`\[\]{}]+")
 PLAUSIBILITY_REASONS = ("plural_verb", "bad_plural", "count_without_plural", "plural_after_article", "material_on_living",
-                        "pattern_on_living")
+                        "pattern_on_living", "implausible_colour")
+# what an annotator rejects besides: a list marker or an emoji left in, a negation, only synonyms changed, a part
+ITEM_REASONS = ("stray_symbols", "negation", "part_of_object", "synonym_only")
 VALIDATION_REASONS = ("wrong_count", "bad_length", "duplicates", "equals_positive", "head_noun_changed",
-                      *PLAUSIBILITY_REASONS)
+                      *ITEM_REASONS, *PLAUSIBILITY_REASONS)
+_STRAY = re.compile(r"[#()\[\]{}<>*_|~^@$%=\\/]")
 
 
 def clean_negative(text: str) -> str:
     """Drop the symbols the paper names (';' ',' newline), numbering, quotes and extra spaces."""
-    text = _NUMBERING.sub("", str(text))
+    text = str(text).strip()
+    for _ in range(2):  # "**1.** a red chair", "1. **a red chair**"
+        text = _MARKDOWN.sub("", _NUMBERING.sub("", text, count=1))
     text = _SYMBOLS.sub(" ", text)
     text = text.strip(" '.:!?")
     return " ".join(text.split())
@@ -95,6 +102,10 @@ class _Positive:
     verb_plurals: frozenset[str]  # a non-noun word given a plural ending ("lyings")
     other_plurals: frozenset[str]  # plurals of the positive's other singular nouns ("carts")
     allowed_patterns: frozenset[str]
+    allowed_colours: Optional[frozenset[str]]  # None: any colour fits the kind
+    words: frozenset[str]  # every word of the positive
+    canonical: tuple[str, ...]  # its words as synonyms stand for them, sorted, without articles
+    after_head: str  # the word after the head ("" at the end)
     material_ok: bool  # the positive has a material before its head ("a wooden horse")
     pattern_ok: bool
     mass: bool  # "the grass", "some rice": "a pile of rice" needs no plural
@@ -132,12 +143,24 @@ def _positive(positive: str) -> _Positive:
             other_plurals.add(plural_noun(low).lower())
     verb_plurals.update(p + "s" for p in lex.pose_words)
     allowed = lex.allowed(kind, "pattern")
+    colours = lex.allowed(kind, "colour")
+    allowed_colours = (None if colours == ALL or kind == UNKNOWN  # a colour the positive has licenses itself
+                       else frozenset(colours or ()) | (zone & lex.colours))  # type: ignore[arg-type]
     return _Positive(head, frozenset(sing), frozenset(plur), kind, zone,
                      frozenset(verb_plurals - set(toks) - plur - sing), frozenset(other_plurals - set(toks)),
                      frozenset(allowed) if isinstance(allowed, tuple) else frozenset(),
+                     allowed_colours, frozenset(toks), _canonical(toks),
+                     toks[head_at + 1] if head_at + 1 < len(toks) else "",
                      material_ok=bool(zone & lex.materials), pattern_ok=bool(zone & lex.patterns),
                      mass=lex.is_mass(ph) and plural_noun(head).lower() != head and w is not None
                      and w.tag not in PLURAL_TAGS)
+
+
+def _canonical(toks: Sequence[str]) -> tuple[str, ...]:
+    """Words as their synonym group's first word, sorted, without articles and intensifiers ("a big couch"
+    and "the large sofa" read the same)."""
+    lex = lexicons()
+    return tuple(sorted(lex.canonical(t) for t in toks if t not in ("a", "an", "the") and t not in lex.intensifiers))
 
 
 def _np_zone(toks: list[str], end: int) -> tuple[list[str], bool]:
@@ -207,6 +230,11 @@ def _implausible(info: _Positive, negative: str) -> Optional[str]:
             return "material_on_living"
         if not info.pattern_ok and any(t in lex.patterns and t not in info.allowed_patterns for t in zone):
             return "pattern_on_living"
+    if info.allowed_colours is not None:
+        odd = [t for t in zone if t in lex.colours and lex.canonical(t) not in info.allowed_colours
+               and t not in info.allowed_colours]
+        if odd:
+            return "implausible_colour"  # "a purple dog", "a blue man", "green rice"
     return None
 
 
@@ -218,10 +246,65 @@ def negative_reason(positive: str, negative: str, min_chars: int = MIN_CHARS, ma
     normed = norm(negative)
     if normed == norm(positive):
         return "equals_positive"
-    head = head_noun(positive).replace("-", " ")
-    if head and not any(f" {f} " in f" {normed} " for f in noun_forms(head)):
+    if _STRAY.search(negative) or (not negative.isascii() and any(
+            unicodedata.category(c)[0] in "SC" and c not in "'-&+" for c in negative)):
+        return "stray_symbols"  # "a red chair #2", "a red chair \U0001FA91", "a chair (wooden)"
+    forms = _head_forms(positive)
+    if forms and not any(f" {f} " in f" {normed} " for f in forms):
         return "head_noun_changed"
-    return implausible(positive, negative)
+    return _item_reason(positive, negative) or implausible(positive, negative)
+
+
+@functools.lru_cache(maxsize=65536)
+def _head_forms(positive: str) -> tuple[str, ...]:
+    """The forms of the positive's head noun a negative must keep (none for an expression without a noun)."""
+    head = head_noun(positive).replace("-", " ")
+    return tuple(noun_forms(head)) if head else ()
+
+
+def _item_reason(positive: str, negative: str) -> Optional[str]:
+    """Negation, a part of the object instead of it, or only synonyms changed (see ``ITEM_REASONS``)."""
+    lex, info, toks = lexicons(), _positive(positive), tokens(negative)
+    if any(t in lex.negation_words and t not in info.words for t in toks):
+        return "negation"  # "not a red wooden chair", "zero red chairs", "a chair without legs"
+    at = next((i for i, t in enumerate(toks) if t in info.singular or t in info.plural), None)
+    if at is not None and at + 1 < len(toks):
+        nxt = toks[at + 1]
+        singular, plural = known_nouns()
+        if nxt != info.after_head and nxt not in lex.word and (nxt in lex.part_words or nxt in singular
+                                                                or nxt in plural):
+            return "part_of_object"  # "a red wooden chair leg", "a dog bed"
+    if len(toks) >= len(info.canonical) and _canonical(toks) == info.canonical:
+        return "synonym_only"  # "a big couch" for "a large sofa", "one red chair" for "a red chair"
+    return None
+
+
+def negative_reasons(positive: str, negatives: Sequence[str]) -> list[Optional[str]]:
+    """The reason of each negative (None: usable); a repeat of an earlier one is ``duplicates``."""
+    seen = {norm(positive)}
+    out: list[Optional[str]] = []
+    for n in negatives:
+        normed = norm(n)
+        out.append("duplicates" if normed in seen and normed != norm(positive) else negative_reason(positive, n))
+        seen.add(normed)
+    return out
+
+
+def merge_answers(positive: str, kept: Sequence[str], new_items: Sequence[str], want: int = NUM_NEGATIVES) -> list[str]:
+    """``kept`` (usable negatives from earlier answers) topped up with the usable new ones, at most ``want``.
+
+    A partly valid answer loses only its faulty items; a retry only has to give the missing ones.
+    """
+    out = list(kept)[:want]
+    seen = {norm(n) for n in out} | {norm(positive)}
+    for item in new_items:
+        if len(out) >= want:
+            break
+        normed = norm(item)
+        if normed not in seen and negative_reason(positive, item) is None:
+            out.append(item)
+            seen.add(normed)
+    return out
 
 
 def validate_negatives(positive: str, negatives: Sequence[str], min_chars: int = MIN_CHARS,
@@ -238,18 +321,13 @@ def validate_negatives(positive: str, negatives: Sequence[str], min_chars: int =
     max_words = len(positive.split()) + extra_words
     if any(not (min_chars <= len(n) <= max_chars) or len(n.split()) > max_words for n in negatives):
         return "bad_length"
-    normed = [norm(n) for n in negatives]
-    if len(set(normed)) != len(normed):
-        return "duplicates"
-    if norm(positive) in normed:
-        return "equals_positive"
-    head = head_noun(positive).replace("-", " ")
-    if head:
-        forms = noun_forms(head)
-        if any(not any(f" {f} " in f" {n} " for f in forms) for n in normed):
-            return "head_noun_changed"
-    found = {implausible(positive, n) for n in negatives} - {None}
-    return next((r for r in PLAUSIBILITY_REASONS if r in found), None)
+    return first_reason(negative_reasons(positive, negatives))
+
+
+def first_reason(reasons: Sequence[Optional[str]]) -> Optional[str]:
+    """The first of ``VALIDATION_REASONS`` among ``reasons`` (None if there is none)."""
+    found = set(reasons) - {None}
+    return next((r for r in VALIDATION_REASONS if r in found), None)
 
 
 def parse_answer(raw: Any) -> list[str]:
@@ -313,15 +391,27 @@ def cached_negatives(engine: Any, unique: Sequence[str], cache: Optional[ModelCa
     return results, keys
 
 
-def judge_answer(res: NegativesResult, raw: Any, attempt: int) -> bool:
-    """Take the engine's answer (or its exception) to attempt ``attempt`` of ``res``; True when valid."""
+def judge_answer(res: NegativesResult, raw: Any, attempt: int, engine: Any = None) -> bool:
+    """Take the engine's answer (or its exception) to attempt ``attempt`` of ``res``; True when valid.
+
+    The valid items of every answer are kept (:func:`merge_answers`), so a later attempt only has to
+    fill what is missing; a result short of ten says why (a faulty item's reason, or the engine's
+    ``shortfall`` where it has one: the rules engine gives fewer than ten where no honest edit is left).
+    """
     res.attempts = attempt + 1
     res.raw, res.detail = (None if isinstance(raw, BaseException) else raw), ""
     try:
         if isinstance(raw, BaseException):
             raise raw
-        res.negatives = parse_answer(raw)
-        res.reason = validate_negatives(res.expression, res.negatives)
+        items = parse_answer(raw)
+        res.negatives = merge_answers(res.expression, res.negatives, items)
+        res.reason = None if len(res.negatives) == NUM_NEGATIVES else "wrong_count"  # each item checked
+        if res.reason == "wrong_count":
+            short = ["wrong_count"] if len(items) != NUM_NEGATIVES else []  # an answer of 9 says so first
+            res.reason = first_reason(negative_reasons(res.expression, items) + short) or "wrong_count"
+            res.detail = f"{len(res.negatives)} of {NUM_NEGATIVES} usable"
+            if hasattr(engine, "shortfall"):
+                res.detail += f"; {engine.shortfall(res.expression)}"
     except SampleError as e:
         res.reason, res.detail = e.reason, e.detail
     except Exception as e:  # noqa: BLE001 - any engine failure is a counted per-region reason
@@ -351,7 +441,7 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
                 raise RuntimeError(f"engine gave {len(answers)} answers for {len(pending)} expressions")
         except Exception as e:  # noqa: BLE001 - the engine failing is a per-region reason, not a lost image
             answers = [SampleError("engine_error", f"{type(e).__name__}: {e}")] * len(pending)
-        pending = [expr for expr, raw in zip(pending, answers) if not judge_answer(results[expr], raw, attempt)]
+        pending = [expr for expr, raw in zip(pending, answers) if not judge_answer(results[expr], raw, attempt, engine)]
     if cache is not None:
         cache.put_many(STAGE, {keys[e]: results[e].negatives for e in asked if results[e].valid})
     return [results[e] for e in expressions]
@@ -417,7 +507,7 @@ class NegativesJob:
 
     def answer(self, key: Any, result: Any) -> list[tuple[Any, Any]]:
         expression, attempt = key
-        if judge_answer(self._results[expression], result, attempt) or attempt >= self.retries:
+        if judge_answer(self._results[expression], result, attempt, self.engine) or attempt >= self.retries:
             self._open.discard(expression)
             return []
         return [((expression, attempt + 1), (expression, attempt + 1))]

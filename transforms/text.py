@@ -44,6 +44,7 @@ PLURAL_TAGS = ("NNS", "NNPS")
 _PUNCT = re.compile(r"[.,;:!?\"]+")
 
 
+@functools.lru_cache(maxsize=262144)
 def norm(text: str) -> str:
     """Comparison form: lower case, single spaces, hyphens as spaces, no punctuation or leading article."""
     return _ARTICLE.sub("", " ".join(_PUNCT.sub(" ", text.lower().replace("-", " ")).split()))
@@ -70,7 +71,7 @@ class Word:
     lemma: str
     head: int  # word index of the syntactic head (its own index for the root)
 
-    @property
+    @functools.cached_property
     def low(self) -> str:
         """Lower case, without punctuation at either end ("cat," -> "cat")."""
         return self.text.lower().strip(_EDGE) or self.text.lower()
@@ -183,10 +184,15 @@ def _head_token(doc: Any) -> tuple[int, int]:
         if low == "of" and head == k - 1 and toks[head].text.lower() in quantifiers:
             head, prev_noun = -1, False  # "dozens of birds", "a couple of dogs": the head comes after "of"
             continue
-        if _is_noun(tok) and not (prev_noun and low.endswith("ing") and low not in ING_NOUNS):
+        verb_ing = prev_noun and low.endswith("ing") and (
+            low not in ING_NOUNS or (nxt is not None and nxt.tag_ in ("DT", "PRP$", "CD")))  # "a train crossing a bridge"
+        if _is_noun(tok) and not verb_ing:
             head, prev_noun = k, True
             continue
         if tok.tag_ in ("VBG", "VBN", "VBD") or low.endswith("ing"):
+            if k > 0 and toks[k - 1].tag_ == "HYPH" and not toks[k - 1].whitespace_ and nxt is not None:
+                prev_noun = False  # "a half-eaten sandwich": the participle ends a hyphenated modifier
+                continue
             if prev_noun or nxt is None:
                 break  # "a dog sleeping", "a man dressed in black"
             prev_noun = False

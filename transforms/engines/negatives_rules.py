@@ -31,6 +31,8 @@ from transforms.text import (PLURAL_TAGS, Phrase, analyse, analyse_many, indefin
 
 NUM = 10
 _RELATIVE = ("that", "which", "who")
+_COUNT_CAP = 3  # count changes taken before every other category has given its edits
+_INSERT_CAP = 2  # marked states ("a broken chair") likewise
 _DET_RANK = -1  # a determiner inserted by a count change goes before everything
 
 
@@ -42,6 +44,7 @@ class Edit:
     swap: bool  # changes something the expression has (a harder negative than an insertion)
     replace: tuple[tuple[int, str], ...] = ()  # (word index, new text)
     insert: tuple[tuple[int, float, str], ...] = ()  # (before word index, adjective rank, text)
+    honest: bool = True  # false for any picture of the expression (False: a picture may still match it)
 
     def conflicts(self, other: "Edit") -> bool:
         if self.category.split("@")[0] == other.category.split("@")[0]:
@@ -51,7 +54,7 @@ class Edit:
 
     def merged(self, other: "Edit") -> "Edit":
         return Edit(f"{self.category}+{other.category}", self.swap or other.swap,
-                    self.replace + other.replace, self.insert + other.insert)
+                    self.replace + other.replace, self.insert + other.insert, self.honest or other.honest)
 
 
 def _fix_articles(words: list[str]) -> list[str]:
@@ -78,9 +81,13 @@ def apply_edit(phrase: Phrase, edit: Edit) -> str:
     """The expression with ``edit`` applied (articles fixed, a leading capital kept)."""
     words = [w.text for w in phrase.words]
     replaced = dict(edit.replace)
+    before: dict[int, list[tuple[float, str]]] = {}
+    for at, rank, text in edit.insert:
+        before.setdefault(at, []).append((rank, text))
     out: list[str] = []
     for i in range(len(words) + 1):
-        out += [text for _, _, text in sorted((e for e in edit.insert if e[0] == i), key=lambda e: e[1])]
+        if i in before:
+            out += [text for _, text in sorted(before[i], key=lambda e: e[0])]
         if i < len(words):
             text = replaced.get(i, words[i])
             if text:
@@ -109,6 +116,8 @@ class RulesNegatives(NegativesEngine):
         known = lex.word_rank(w.low)
         if known is not None:
             return known
+        if w.text[:1].isupper() and (i > 0 or w.tag in ("NNP", "NNPS")):  # "a Coca-Cola bottle": a name
+            return lex.rank("origin")
         if "-" in w.low:  # "red-winged", "long-sleeved", "two-story": a classifier, close to the noun
             return lex.rank("age") + 0.5
         if w.tag == "RB" and i + 1 < len(phrase.words):  # "very small": the adverb goes with its word
@@ -119,11 +128,18 @@ class RulesNegatives(NegativesEngine):
             return lex.rank("purpose")
         return lex.rank("state") + 0.5  # unknown adjective or participle: a physical quality
 
+    @staticmethod
+    def _names(phrase: Phrase) -> frozenset[int]:
+        """Words of proper names ("Big Ben", "the Black Gate Bridge", "a Coca-Cola bottle"): never edited."""
+        return frozenset(i for i, w in enumerate(phrase.words)
+                         if w.text[:1].isupper() and (i > 0 or w.tag in ("NNP", "NNPS")) and w.low != "i")
+
     def _is_det(self, phrase: Phrase, i: int) -> bool:
         """A determiner, count or possessive ("the", "two", "his", "the man's")."""
         w = phrase.words[i]
         return (w.low in self.lex.determiners or w.low in self.lex.count_words or w.dep in ("det", "predet", "poss")
                 or w.tag in ("CD", "POS", "PRP$") or w.low.endswith("'s") or w.low in self.lex.quantifier_nouns
+                or w.low in ("dozen", "dozens", "pair", "couple")
                 or (w.low == "of" and i > 0 and phrase.words[i - 1].low in self.lex.quantifier_nouns))
 
     def _is_object(self, phrase: Phrase, i: int) -> bool:
@@ -138,7 +154,8 @@ class RulesNegatives(NegativesEngine):
 
     def _written(self, allowed: object, category: str, group: int, mass: bool) -> Optional[str]:
         for w in self.lex.categories[category][group]:
-            if (allowed == ALL or w in allowed) and not (mass and w in self.lex.not_on_mass):  # type: ignore[operator]
+            if (allowed == ALL or w in allowed) and not (mass and w in self.lex.not_on_mass) and not (  # type: ignore[operator]
+                    allowed == ALL and w in self.lex.explicit_only):
                 return w
         return None
 
@@ -147,12 +164,15 @@ class RulesNegatives(NegativesEngine):
         """Each attribute word at ``indices`` swapped for a word of another group that fits ``kind``."""
         lex, out = self.lex, []
         present = {phrase.words[i].low for i in range(len(phrase.words))}
+        names = self._names(phrase)
         for i in indices:
             low = phrase.words[i].low
             if low not in lex.word or lex.word[low][0] not in lex.attribute_categories or lex.word[low][0] == "count":
                 continue
+            if i in names:
+                continue  # "the Black Gate Bridge", "Big Ben"
             cat, g = lex.word[low]
-            allowed = lex.swappable(kind, cat, noun)
+            allowed = ALL if cat == "side" else lex.swappable(kind, cat, noun)
             if allowed is None:
                 if kind != UNKNOWN or cat == "pose":
                     continue  # "a black man": a category the kind does not take is left alone
@@ -162,6 +182,10 @@ class RulesNegatives(NegativesEngine):
                 new = self._written(allowed, cat, g2, mass) if g2 != g else None
                 if not new or any(w in present for w in lex.categories[cat][g2]):
                     continue
+                if lex.conflicts.get(new, frozenset()) & (present - {low}):
+                    continue  # "a ripe yellow banana" never becomes "a ripe green banana"
+                if not lex.contrasts(low, new):
+                    continue  # "a half-eaten sandwich" may be hot: only "a whole sandwich" contradicts it
                 if new in lex.rank_overrides and lex.word_rank(new) != slot:
                     continue  # "a yellow dotted square" never becomes "a yellow plain square"
                 out.append(Edit(cat + key, True, replace=((i, _match_case(new, phrase.words[i].text)),)))
@@ -175,6 +199,12 @@ class RulesNegatives(NegativesEngine):
         sitting sheep", nor "the sleeping policemen on horses").
         """
         lex, out = self.lex, []
+        if kind == UNKNOWN:
+            return []  # "purple fog", "three left hands": nothing is known of what the noun looks like
+        words_now = frozenset(w.low for w in phrase.words) | {
+            p for w in phrase.words for p in w.low.split("-")}
+        names = self._names(phrase)
+        marked = lex.marked.get(kind, frozenset())
         # "a cup of coffee" is not empty; "a vase with roses" is not full either (it says what is in it)
         contents = any(w.low in ("of", "with") for w in phrase.words[phrase.head + 1:phrase.head + 2])
         present = {lex.word[part][0] for i in mods for part in {phrase.words[i].low, *phrase.words[i].low.split("-")}
@@ -187,14 +217,17 @@ class RulesNegatives(NegativesEngine):
                 continue
             for g in range(len(lex.categories[cat])):
                 new = self._written(allowed, cat, g, mass)
-                if not new or (contents and new in ("empty", "full")):
-                    continue
+                if not new or (contents and new in ("empty", "full")) or lex.clashes(new, words_now):
+                    continue  # "a hot hot dog", "sandy sand", "dead green grass", "a parked motorcycle parked"
+                honest = new in marked  # "a broken chair"; "a gray dog" may be a picture of "a dog"
                 if cat == "pose":  # "a man sitting", never "the sleeping policemen on horses"
-                    out.append(Edit(cat, False, insert=((len(phrase.words), 0, new),)))
+                    out.append(Edit(cat, False, insert=((len(phrase.words), 0, new),), honest=honest))
                     continue
                 rank = lex.word_rank(new)
                 at = max([i + 1 for i in mods if ranks[i] <= rank], default=first)
-                out.append(Edit(cat, False, insert=((at, rank, new),)))
+                while at in names and at - 1 in names:
+                    at -= 1  # never inside a name: "a pink Coca-Cola bottle"
+                out.append(Edit(cat, False, insert=((at, rank, new),), honest=honest))
         return out
 
     def _agreement(self, phrase: Phrase, to_plural: bool) -> tuple[tuple[int, str], ...]:
@@ -222,10 +255,12 @@ class RulesNegatives(NegativesEngine):
         leading = list(range(phrase.start, lead))
         poss_at = max((i for i in leading if self._is_poss(phrase, i)), default=None)
         after = [i for i in leading if poss_at is None or i > poss_at]
-        if any(not (words[i].low in lex.count_replaces or words[i].low in lex.count_words or words[i].tag == "CD")
-               for i in after):
+        def counting(i: int) -> bool:
+            return words[i].low in lex.count_words or words[i].tag == "CD" or words[i].low == "dozen"
+
+        if any(not (words[i].low in lex.count_replaces or counting(i)) for i in after):
             return []  # "both children", "all the dogs", "dozens of birds": no count to change
-        count_at = next((i for i in after if words[i].low in lex.count_words or words[i].tag == "CD"), None)
+        count_at = next((i for i in after if counting(i)), None)
         det_at = next((i for i in after if words[i].low in lex.count_replaces), None)
         also: tuple[tuple[int, str], ...] = ()
         if count_at is not None and det_at is not None and det_at < count_at:
@@ -236,9 +271,12 @@ class RulesNegatives(NegativesEngine):
         plur = head.text if plural else _inflected(head.text, plural_noun)
         out = []
         current = lex.word[words[count_at].low][1] if count_at is not None and words[count_at].low in lex.word else None
+        vague = len(lex.categories["count"]) - 1  # "several", "many", "few"
+        # "dogs", "the dogs", "several apples" may be three of them: only one of them is surely another count
+        exact = not plural or (count_at is not None and current != vague and words[count_at].low not in ("dozens",))
         to_plural = ((h, plur),) + self._agreement(phrase, True) if not plural else ()
         for g, group in enumerate(lex.categories["count"]):
-            if g == current:
+            if g == current or not exact or (plural and g == vague):
                 continue
             word = group[0]
             at = count_at if count_at is not None else det_at
@@ -260,6 +298,81 @@ class RulesNegatives(NegativesEngine):
                 out.append(Edit("count", True, replace=to_sing, insert=((phrase.start, _DET_RANK, "a"),)))
         return out
 
+    def _objects(self, phrase: Phrase, start: int, root: int) -> list[Edit]:
+        """The object of a relation swapped for another of its group ("holding a balloon" -> "holding a kite")."""
+        lex, words = self.lex, phrase.words
+        if root in self._names(phrase):
+            return []
+        other = dataclasses.replace(phrase, head=root, start=start)
+        name_start = lex.kind_of(other).name_start
+        name = " ".join(w.low for w in words[name_start:root + 1])
+        plural = words[root].tag in PLURAL_TAGS
+        sing = singular_noun(name, words[root].lemma if name_start == root else None).lower() if plural else name
+        if sing not in lex.relation_of and words[root].low in lex.relation_of and name_start != root:
+            return []  # "a hot dog" is no dog
+        if sing not in lex.relation_of:
+            sing, name_start = words[root].lemma if plural else words[root].low, root
+            if name_start > start and words[name_start - 1].tag.startswith("NN"):
+                return []
+        gov = words[start - 1].low if start > 0 else ""
+        if gov == "of" and start > 1 and words[start - 2].low == "front":
+            gov = "in front of"
+        elif gov == "to" and start > 1 and words[start - 2].low == "next":
+            gov = "next"
+        det = next((words[i].low for i in range(start, name_start) if self._is_det(phrase, i)), "")
+        head_kind = lex.kind_of(phrase).kind
+        groups = [g for g in lex.relation_of.get(sing, []) if gov in lex.relation_after[g]
+                  and (det == "the" or not lex.relation_the_only[g])
+                  and (lex.relation_heads[g] is None or head_kind in lex.relation_heads[g])]
+        if name_start > start and words[name_start - 1].tag.startswith("NN"):
+            return []  # "a black cowboy hat": never "a black cowboy hood"
+        present = {w.low for w in words} | {lex.canonical(w.low) for w in words}
+        out, seen = [], set()
+        for g in groups:
+            for new in lex.relation_groups[g]:
+                if new == sing or new in seen or lex.canonical(new) in present or new in present or \
+                        new.split()[-1] == sing.split()[-1]:  # "a ball" may be a soccer ball
+                    continue
+                seen.add(new)
+                mass_new = new in lex.mass
+                if (mass_new and (plural or det in ("a", "an", "one"))) or (sing in lex.mass and not det and not mass_new):
+                    continue  # "a sand", "on beach"
+                text = plural_noun(new) if plural and not mass_new else new
+                text = _match_case(text, words[name_start].text) + words[root].text[len(words[root].text.rstrip(".,;:!?")):]
+                rep = ((name_start, text),) + tuple((i, "") for i in range(name_start + 1, root + 1))
+                out.append(Edit(f"object@{root}", True, replace=rep))
+        return out
+
+    def _relations(self, phrase: Phrase) -> list[Edit]:
+        """Actions and spatial relations after the head swapped for contradicting ones.
+
+        "a man riding a horse" -> "a man leading a horse", "a cat on a car" -> "a cat under a car",
+        "a man in front of a bus" -> "a man behind a bus", "to the left of" -> "to the right of".
+        """
+        lex, words, h, out = self.lex, phrase.words, phrase.head, []
+        chunks = sorted(c for c in phrase.chunks if c[0] > h)
+        for j in range(h + 1, len(words)):
+            low = words[j].low
+            obj = next((c for c in chunks if c[0] > j), None)
+            kind = lex.kind_of(dataclasses.replace(phrase, head=obj[2], start=obj[0])).kind if obj else None
+            if low in lex.action_swaps and low.endswith("ing") and obj is not None and obj[0] == j + 1:
+                table = lex.action_swaps[low]
+                for new in table.get(kind, table.get("*", [])):  # type: ignore[arg-type]
+                    out.append(Edit("action", True, replace=((j, new),)))
+            elif low == "front" and 0 < j < len(words) - 1 and words[j - 1].low == "in" and words[j + 1].low == "of":
+                out.append(Edit("relation", True, replace=((j - 1, "behind"), (j, ""), (j + 1, ""))))
+            elif low == "top" and 0 < j < len(words) - 1 and words[j - 1].low == "on" and words[j + 1].low == "of":
+                out.append(Edit("relation", True, replace=((j - 1, "under"), (j, ""), (j + 1, ""))))
+            elif low in lex.preposition_swaps and words[j].tag in ("IN", "RB", "JJ", "NN", "RP"):
+                new = lex.preposition_swaps[low]
+                if low in ("on", "atop") and (obj is None or kind not in lex.under_kinds or obj[0] != j + 1
+                                              or (j + 1 < len(words) and words[j + 1].low == "top")):
+                    continue  # "on the water", "on a horse", "on top of": no "under"
+                if low in ("left", "right") and not (j > 0 and words[j - 1].low in ("the", "its", "his", "her", "their")):
+                    continue
+                out.append(Edit("relation", True, replace=((j, _match_case(new, words[j].text)),)))
+        return out
+
     @staticmethod
     def _noun(phrase: Phrase) -> str:
         """The head noun, singular, lower case ("horses" -> "horse")."""
@@ -271,6 +384,7 @@ class RulesNegatives(NegativesEngine):
         lex, h, words = self.lex, phrase.head, phrase.words
         kind = lex.kind_of(phrase)
         mass = lex.is_mass(phrase)
+        named = h in self._names(phrase)  # "Big Ben", "the Great Wall of China": the name is the object
         lead = phrase.start
         while lead < kind.name_start and self._is_det(phrase, lead):
             lead += 1
@@ -284,17 +398,47 @@ class RulesNegatives(NegativesEngine):
         out = self._swaps(phrase, mods, kind.kind, noun, mass)
         out += [e for e in self._swaps(phrase, after, kind.kind, noun, mass)
                 if not any(i in moving and text not in lex.moving_poses for i, text in e.replace)]
-        out += self._inserts(phrase, mods, lead, kind.kind, noun, mass, has_pose)
-        if not mass and lex.allowed(kind.kind, "count") is not None:
-            out += self._counts(phrase, lead)
+        if not named:
+            out += self._inserts(phrase, mods, lead, kind.kind, noun, mass, has_pose)
+            if not mass and lex.allowed(kind.kind, "count") is not None:
+                out += self._counts(phrase, lead)
+        out += self._relations(phrase)
         for start, _end, root in phrase.chunks:  # attributes of the other nouns: "a man in a blue shirt"
-            if root == h or root < 0:
+            if root <= h or root < 0:
                 continue
             other = dataclasses.replace(phrase, head=root, start=start)
             other_kind = lex.kind_of(other)
             span = [i for i in range(start, other_kind.name_start) if not self._is_det(other, i)]
             out += self._swaps(other, span, other_kind.kind, self._noun(other), lex.is_mass(other), key=f"@{root}")
+            out += self._objects(phrase, start, root)
         return out
+
+    def _clash(self, phrase: Phrase, a: Edit, b: Edit) -> bool:
+        """Two edits that contradict each other or write the same word ("a dead green tree"), or an insertion
+        placed by a word's slot that the other edit moves ("plain horses": "spotted golden horses")."""
+        wa, wb = _words_of(a), _words_of(b)
+        if any(self.lex.clashes(w, frozenset(wb)) for w in wa):
+            return True
+        return bool((a.insert and self._reranks(phrase, b)) or (b.insert and self._reranks(phrase, a)))
+
+    def _reranks(self, phrase: Phrase, edit: Edit) -> bool:
+        rank = self.lex.word_rank
+        return any(t and rank(t) is not None and rank(phrase.words[i].low) is not None
+                   and rank(t) != rank(phrase.words[i].low) for i, t in edit.replace)
+
+    def shortfall(self, expression: str) -> str:
+        """Why the expression gets fewer than ten negatives ("" when it gets ten)."""
+        phrase = analyse(expression)
+        if phrase.head < 0:
+            return "no head noun"
+        got = len(self.negatives(expression))
+        if got >= NUM:
+            return ""
+        if phrase.head in self._names(phrase):
+            return f"{got} honest edits: a proper name is not edited"
+        if self.lex.kind_of(phrase).kind == UNKNOWN:
+            return f"{got} honest edits: the noun's kind is unknown, nothing states what to swap"
+        return f"{got} honest edits: the expression states little to swap and nothing countable"
 
     def negatives(self, expression: str, seed: int = 0) -> list[str]:
         phrase = analyse(expression)
@@ -304,13 +448,15 @@ class RulesNegatives(NegativesEngine):
         rng = random.Random(f"rules:{seed}:{expression}")
         by_cat: dict[str, list[Edit]] = {}
         for e in edits:
-            by_cat.setdefault(e.category, []).append(e)
+            if e.honest:  # alone, only an edit no picture of the expression matches
+                by_cat.setdefault(e.category, []).append(e)
         for cands in by_cat.values():
             rng.shuffle(cands)
-        swapped = sorted(c for c, es in by_cat.items() if any(e.swap for e in es))
-        inserted = sorted(c for c in by_cat if c not in swapped)
+        swapped = sorted(c for c, es in by_cat.items() if any(e.swap for e in es) and c != "count")
+        inserted = sorted(c for c in by_cat if c not in swapped and c != "count")
         rng.shuffle(swapped)
         rng.shuffle(inserted)
+        swapped += ["count"] if "count" in by_cat else []
         seen, out = {norm(expression)}, []
 
         def take(edit: Edit) -> None:
@@ -319,20 +465,30 @@ class RulesNegatives(NegativesEngine):
                 seen.add(norm(text))
                 out.append(text)
 
-        # Round robin over categories (swaps, the harder negatives, first) so the ten vary.
+        # Round robin over categories so the ten vary: swaps of what the expression states first, a few
+        # count changes and marked states (each a whole category of its own) after them, then any left.
         cats = swapped + inserted
-        while len(out) < NUM and any(by_cat[c] for c in cats):
-            for cat in cats:
-                if by_cat[cat] and len(out) < NUM:
-                    take(by_cat[cat].pop())
-        if len(out) < NUM:  # few single edits fit (a mass noun, a group): two edits at once
-            pairs = [a.merged(b) for i, a in enumerate(edits) for b in edits[i + 1:] if not a.conflicts(b)]
+        cap = {c: (_COUNT_CAP if c == "count" else _INSERT_CAP if c in inserted else NUM) for c in cats}
+        for capped in (True, False):
+            taken = dict.fromkeys(cats, 0)
+            while len(out) < NUM and any(by_cat[c] and (not capped or taken[c] < cap[c]) for c in cats):
+                for cat in cats:
+                    if by_cat[cat] and len(out) < NUM and (not capped or taken[cat] < cap[cat]):
+                        taken[cat] += 1
+                        take(by_cat[cat].pop())
+        if len(out) < NUM:  # few single edits: an honest edit with another one ("three gray dogs")
+            pairs = [(a, b) for i, a in enumerate(edits) for b in edits[i + 1:] if a.honest or b.honest]
             rng.shuffle(pairs)
-            for edit in pairs:
+            for a, b in pairs:
                 if len(out) >= NUM:
                     break
-                take(edit)
+                if not a.conflicts(b) and not self._clash(phrase, a, b):
+                    take(a.merged(b))
         return out
+
+
+def _words_of(edit: Edit) -> set[str]:
+    return {t.lower() for _, t in edit.replace if t} | {t.lower() for _, _, t in edit.insert}
 
 
 def build(spec: EngineSpec, **options: Any) -> RulesNegatives:
