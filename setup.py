@@ -23,12 +23,10 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # llama-cpp-python compiles from source here (~10 min); `make test` builds the wheel once
-    # into .cache/wheels and installs it from there.
-    "llama": ["llama-cpp-python==0.3.36"],
-    # what `llama_cpp.server` needs; the OpenAI-compatible engine tests start a real one on 127.0.0.1
-    "llama-server": ["uvicorn==0.54.0", "fastapi==0.165.0", "sse-starlette==3.7.0", "starlette-context==0.5.1",
-                     "pydantic-settings==2.16.3"],
+    # llama.cpp's C++ server (CPU build) as a prebuilt manylinux wheel, MIT: the llama-cpp: engine
+    # runs it in-process and it answers OpenAI-style HTTP on 127.0.0.1 (tests talk to it that way).
+    # No compiler, no build step (llama-cpp-python compiled from source for ~10+ min here).
+    "llama": ["xllamacpp==2026.10.11549"],
     "test": ["pytest==9.2.0", "PyYAML==6.0.3"],
     # fsspec reads gs:// only with gcsfs and s3:// only with s3fs (apache-beam[gcp] brings neither);
     # aiohttp also serves http(s)://. Versions resolve with fsspec==2026.9.0 (tests/test_extras.py).

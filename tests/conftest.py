@@ -20,6 +20,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: takes a minute or more on 2 cores (pip's resolver, whole runs in subprocesses, real "
+                   "models); `make test` and CI run it, `make test-quick` (pytest -m 'not slow') leaves it out")
+
+
 @pytest.fixture(scope="session")
 def scenes_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """12 synthetic scenes plus a jsonl manifest, shared read-only by tests."""

@@ -64,18 +64,21 @@ def test_append_benchmark_appends_a_dated_section(tmp_path: Path) -> None:
     assert "Machine: " in text and "Setup: n=3" in text and text.rstrip().endswith("thing: ratio=1.00")
 
 
+@pytest.mark.slow  # a whole benchmark in subprocesses
 def test_pipeline_overhead_runs_and_prints_its_ratio() -> None:
     lines = run_bench("pipeline_overhead", "--n", "24")
     assert re.fullmatch(r"pipeline_overhead: " + RATIO, lines[-1])
     assert any("byte-identical shards from both: True" in line for line in lines)  # same work both ways
 
 
+@pytest.mark.slow  # a whole benchmark in subprocesses
 def test_scaling_runs_every_size() -> None:
     lines = run_bench("scaling", "--n", "32")
     assert re.fullmatch(r"scaling: " + RATIO, lines[-1])
     assert [int(line.split("|")[1]) for line in lines if re.match(r"\| \d+ \|", line)] == [4, 8, 16, 32]
 
 
+@pytest.mark.slow  # a whole benchmark in subprocesses
 def test_scaling_on_the_portable_runner_reports_the_sdk_worker() -> None:
     lines = run_bench("scaling", "--n", "8", "--portable", "--pipeline-args=--no-dedup")
     assert re.fullmatch(r"scaling: " + RATIO, lines[-1])
@@ -87,6 +90,7 @@ def test_scaling_on_the_portable_runner_reports_the_sdk_worker() -> None:
     assert all(float(r[column]) > 250 for r in rows)  # the worker itself, spaCy loaded (an idle pool is < 100)
 
 
+@pytest.mark.slow  # a whole benchmark in subprocesses
 def test_workers_runs_one_and_two_workers() -> None:
     lines = run_bench("workers", "--n", "16", "--repeats", "1")
     assert re.fullmatch(r"workers: " + RATIO, lines[-1])
@@ -128,6 +132,7 @@ class LLM:
 '''
 
 
+@pytest.mark.slow  # a whole benchmark in subprocesses
 def test_gpu_engines_measures_both_sides_with_a_stand_in_vllm(tmp_path: Path) -> None:
     pkg = tmp_path / "site" / "vllm"
     pkg.mkdir(parents=True)
@@ -144,6 +149,7 @@ def test_gpu_engines_measures_both_sides_with_a_stand_in_vllm(tmp_path: Path) ->
     assert pipe == direct and int(pipe[0]) > 0 and int(pipe[1]) == 25 * int(pipe[0])
 
 
+@pytest.mark.slow  # a whole benchmark in subprocesses
 def test_negatives_quality_judges_every_local_engine_and_rules_meets_its_goal() -> None:
     lines = run_bench("negatives_quality", "--n-llm", "0")  # SmolLM2 is skipped here: minutes on two cores
     assert re.fullmatch(r"negatives_quality: " + RATIO, lines[-1])
@@ -154,6 +160,7 @@ def test_negatives_quality_judges_every_local_engine_and_rules_meets_its_goal() 
     assert share >= 0.98, "\n".join(lines)
 
 
+@pytest.mark.slow  # a whole benchmark in subprocesses
 def test_peers_times_every_contender_and_says_when_img2dataset_is_left_out() -> None:
     lines = run_bench("peers", "--n", "12", "--rounds", "1", "--no-img2dataset")
     assert lines[0] == "peers: skipped img2dataset: img2dataset not asked for (--no-img2dataset)"
@@ -163,6 +170,7 @@ def test_peers_times_every_contender_and_says_when_img2dataset_is_left_out() -> 
     assert re.fullmatch(r"peers: " + RATIO, lines[-1])
 
 
+@pytest.mark.slow  # a whole benchmark in subprocesses
 def test_shuffle_bytes_measures_every_boundary_with_the_bytes_riding_and_re_read() -> None:
     from bench.shuffle_bytes import BOUNDARIES, RUNS
 
@@ -181,6 +189,7 @@ def test_shuffle_bytes_measures_every_boundary_with_the_bytes_riding_and_re_read
     assert float(lines[-1].split("=")[1]) > 10
 
 
+@pytest.mark.slow  # a whole benchmark in subprocesses
 def test_launcher_measures_every_input_kind_against_a_bare_baseline() -> None:
     lines = run_bench("launcher", "--sizes", "20,200")
     assert re.fullmatch(r"launcher: " + RATIO, lines[-1]) and "n/a" not in lines[-1]

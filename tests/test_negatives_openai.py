@@ -1,77 +1,60 @@
-"""The OpenAI-compatible engine: a real llama_cpp.server on 127.0.0.1, and a scripted fake server
+"""The OpenAI-compatible engine: llama.cpp's real C++ server on 127.0.0.1, and a scripted fake server
 for the answers a real one rarely gives (malformed JSON, silence, errors)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
 from core.engines import parse_spec
-from test_negatives_llama_cpp import VALIDATION_REASONS, smollm_gguf
+from test_negatives_llama_cpp import VALIDATION_REASONS, Recording, smollm_gguf
+from transforms.engines.negatives_llama_cpp import start_server
 from fake_openai_server import FakeOpenAIServer, completion
-from transforms.negatives import NEGATIVE_ENGINES, apply_negatives, load_negatives_prompt, negatives_for, parse_answer
+from transforms.negatives import (NEGATIVE_ENGINES, apply_negatives, clean_negative, load_negatives_prompt, negatives_for,
+                                  parse_answer)
 
 GOOD = ["a blue wooden chair", "a red metal chair", "a green plastic chair", "a small red wooden chair",
         "a striped red wooden chair", "a broken red wooden chair", "two red wooden chairs",
         "a white wicker chair", "a round black chair", "a folded yellow chair"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory):
-    """``python -m llama_cpp.server`` with SmolLM2-135M on 127.0.0.1; its base URL."""
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("llama_server") / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", smollm_gguf(), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--verbose", "False"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}/v1"
+def llama_server():
+    """llama.cpp's C++ server (the prebuilt wheel the llama-cpp engine runs) with SmolLM2-135M on
+    127.0.0.1; its base URL. The engines below reach it over HTTP only."""
+    server = start_server(smollm_gguf(), n_ctx=2048, n_threads=2)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not start; see {log.name}")
-            time.sleep(0.5)
-        yield url
+        yield server.base_url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.close()
 
 
-def test_real_llama_cpp_server_rejects_json_schema_and_the_engine_falls_back_to_grammar(llama_server: str) -> None:
-    from test_negatives_llama_cpp import Recording
-
+@pytest.mark.slow  # a real model on the CPU
+def test_real_llama_cpp_server_takes_the_json_schema_and_its_answers_parse(llama_server: str) -> None:
     engine = NEGATIVE_ENGINES.build(parse_spec(f"openai:{llama_server}?timeout=120&concurrency=2#smollm2"))
     recording = Recording(engine)
     results = negatives_for(recording, ["a blue striped shirt", "an old wooden table"], retries=0)
-    assert engine.mode == "grammar"  # json_schema was refused, the GBNF grammar field is accepted
+    assert engine.mode == "json_schema"  # auto tries json_schema first; llama.cpp's server accepts it
     for answer, res in zip(recording.raw, results):
         assert isinstance(answer, str), answer
-        assert len(parse_answer(answer)) == 10  # the grammar held on the server too
+        assert len(parse_answer(answer)) == 10  # the schema held on the server
         assert res.reason in VALIDATION_REASONS and len(res.negatives) <= 10  # the usable items it keeps
         assert res.valid == (len(res.negatives) == 10)
+
+
+@pytest.mark.slow  # a real model on the CPU
+def test_real_llama_cpp_server_takes_the_gbnf_grammar_field(llama_server: str) -> None:
+    engine = NEGATIVE_ENGINES.build(parse_spec(f"openai:{llama_server}?structured=grammar&timeout=120#smollm2"))
+    recording = Recording(engine)
+    [res] = negatives_for(recording, ["a small brown dog"], retries=0)
+    assert engine.mode == "grammar"
+    [answer] = recording.raw
+    assert isinstance(answer, str), answer
+    negatives = parse_answer(answer)
+    assert len(negatives) == 10 and all(n == clean_negative(n) for n in negatives)  # the grammar held on the server
+    assert res.reason in VALIDATION_REASONS and len(res.negatives) == 10
 
 
 def _prompted_expression(body: dict) -> str:

@@ -1,6 +1,7 @@
 """2-process DDP on CPU (gloo, torch.multiprocessing.spawn) matches one process on the same global batch."""
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -31,6 +32,7 @@ def _run_ddp(tmp_path, batch, stage):
     return [torch.load(str(tmp_path / f"rank{r}.pt"), weights_only=False) for r in range(2)]
 
 
+@pytest.mark.slow  # two training processes
 def test_ddp_stage1_loss_and_update_equal_single_process(tmp_path):
     batch = fixed_batch(make_shards(str(tmp_path / "shards"), n=8), 8)
     ref_losses, ref_params = _single_process(batch, 1)
@@ -47,6 +49,7 @@ def test_ddp_stage1_loss_and_update_equal_single_process(tmp_path):
         assert torch.allclose(ranks[0]["params"][k], v, atol=1e-5), k
 
 
+@pytest.mark.slow  # two training processes
 def test_ddp_stage2_runs_with_a_rank_without_regions_or_negatives(tmp_path):
     batch = fixed_batch(make_shards(str(tmp_path / "shards"), n=8), 8, drop_regions=(4, 5, 6, 7))
     ranks = _run_ddp(tmp_path, batch, 2)
@@ -57,6 +60,7 @@ def test_ddp_stage2_runs_with_a_rank_without_regions_or_negatives(tmp_path):
         assert torch.equal(v, ranks[1]["params"][k]), k
 
 
+@pytest.mark.slow  # two training processes
 def test_torchrun_two_cpu_processes_end_to_end(tmp_path):
     import json
     import os

@@ -38,7 +38,7 @@ NEGATIVE_ENGINES = EngineRegistry(STAGE, "negatives", NegativesEngine, {
     "rules": EngineEntry("transforms.engines.negatives_rules:build", False, False,
                          "deterministic attribute swaps from prompts/negatives_lexicons.json; no model"),
     "llama-cpp": EngineEntry("transforms.engines.negatives_llama_cpp:build", True, False,
-                             "in-process llama-cpp-python on a GGUF with the GBNF grammar, "
+                             "llama.cpp's server in-process (xllamacpp wheel) on a GGUF with the GBNF grammar, "
                              "e.g. llama-cpp:/models/m.gguf?n_ctx=2048&n_threads=4"),
     "openai": EngineEntry("transforms.engines.negatives_openai:build", True, False,
                           "OpenAI-compatible server, e.g. openai:http://127.0.0.1:8000/v1?structured=auto#MODEL"),
