@@ -150,7 +150,7 @@ def add_override_args(parser: argparse.ArgumentParser) -> None:
     """One ``--field-name`` flag per TrainConfig field (default None = keep the config file's value);
     its help says what it sets and the value of each bundled stage config."""
     group = parser.add_argument_group("config overrides (each replaces the value of --config; default: "
-                                      "training/configs/stage<N>.yaml's, shown as stage 1 / stage 2)")
+                                      "training/configs/stage<N>-upstream.yaml's, the default recipe, shown as stage 1 / stage 2)")
     stages = _stage_defaults()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -170,11 +170,12 @@ def add_override_args(parser: argparse.ArgumentParser) -> None:
                                     "or paper (the FG-CLIP paper's); each value's source is in configs/stage<N>-<recipe>.yaml")
             continue
         if f.name in CHOICES:
-            group.add_argument(flag, choices=CHOICES[f.name], default=None, help=f"override {f.name}")
+            group.add_argument(flag, choices=CHOICES[f.name], default=None, help=text)
             continue
         if f.name == "workers":
             group.add_argument(flag, type=int, default=None,
-                               help="data-loader processes per rank (-1: from the cores, at most 8; 0: none)")
+                               help="data-loader processes per rank (-1: from the cores, at most 8; 0: none)"
+                                    + text[len(FIELD_HELP.get(f.name, "")):])
             continue
         ftype = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
         group.add_argument(flag, type=ftype, default=None, help=text)
