@@ -144,12 +144,20 @@ def apply_image_engine(stage: str, engine: Engine, records: list[dict], cache: O
             mark_dead(rec, stage, "engine_error", f"{type(e).__name__}: {e}")
         return records
     for rec, hit, answer in zip(alive, cached, answers):
-        if hit:
-            bump(rec, f"cache_hits:{stage}")
-        if isinstance(answer, SampleError):
-            mark_dead(rec, stage, answer.reason, answer.detail)
-        elif isinstance(answer, Exception):
-            mark_dead(rec, stage, "engine_error", f"{type(answer).__name__}: {answer}")
-        else:  # an answer the stage cannot use fails that sample only, never the bundle
-            per_sample(stage, lambda r, a=answer: accept(r, a, provenance), rec)
+        settle_answer(stage, rec, answer, lambda r, a: accept(r, a, provenance), cached=hit)
     return records
+
+
+def settle_answer(stage: str, rec: dict, answer: Any, accept: Callable[[dict, Any], None],
+                  cached: bool = False) -> None:
+    """Hand one record the engine's answer: an exception dead-letters it (a :class:`SampleError`
+    with its reason, anything else as ``engine_error``); any other answer goes to ``accept(record,
+    answer)``, where a failure fails that sample only, never the bundle."""
+    if cached:
+        bump(rec, f"cache_hits:{stage}")
+    if isinstance(answer, SampleError):
+        mark_dead(rec, stage, answer.reason, answer.detail)
+    elif isinstance(answer, BaseException):
+        mark_dead(rec, stage, "engine_error", f"{type(answer).__name__}: {answer}")
+    else:
+        per_sample(stage, lambda r: accept(r, answer), rec)

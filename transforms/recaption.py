@@ -10,8 +10,8 @@ from apache_beam.ml.inference.base import RunInference
 from core.engines import Captioner, EngineEntry, EngineRegistry, EngineSpec
 from core.record import is_valid_text, valid_text
 from transforms.cache import ModelCache, model_cache, to_json
-from transforms.common import (EngineModelHandler, SampleError, apply_image_engine, bump, gpu_resource_hints,
-                               mark_dead, open_image, per_sample)
+from transforms.common import (EngineModelHandler, apply_image_engine, bump, gpu_resource_hints, mark_dead,
+                               open_image, per_sample, settle_answer)
 from transforms.spill import image_sha256
 from transforms.window import Job, WindowedStage, windowed
 
@@ -103,15 +103,8 @@ class CaptionJob(Job):
 
     def _settle(self, answer: Any, cached: bool = False) -> None:
         self._done = True
-        rec = self.record
-        if cached:
-            bump(rec, f"cache_hits:{STAGE}")
-        if isinstance(answer, SampleError):
-            mark_dead(rec, STAGE, answer.reason, answer.detail)
-        elif isinstance(answer, BaseException):
-            mark_dead(rec, STAGE, "engine_error", f"{type(answer).__name__}: {answer}")
-        else:
-            per_sample(STAGE, lambda r: accept_caption(r, answer, self.provenance, self.max_chars), rec)
+        settle_answer(STAGE, self.record, answer,
+                      lambda r, a: accept_caption(r, a, self.provenance, self.max_chars), cached=cached)
 
     def done(self) -> bool:
         return self._done
