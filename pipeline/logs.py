@@ -114,6 +114,9 @@ class PrintableFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+LIBRARY_LOGGERS = ("httpx", "httpcore")  # shown like Beam's own lines: -vv
+
+
 def _install(project_level: int, beam_level: int, stream: Optional[IO[str]]) -> logging.Handler:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(PrintableFormatter(FORMAT, DATE_FORMAT))
@@ -126,6 +129,8 @@ def _install(project_level: int, beam_level: int, stream: Optional[IO[str]]) -> 
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(project_level)
     logging.getLogger("apache_beam").setLevel(beam_level)
+    for name in LIBRARY_LOGGERS:  # httpx logs every request at INFO: a line per caption otherwise
+        logging.getLogger(name).setLevel(beam_level)
     for name in REMOTE_JOB_LOGGERS:  # the job's id, console URL and state on Dataflow/Flink
         logging.getLogger(name).setLevel(min(beam_level, logging.INFO) if project_level <= logging.INFO else beam_level)
     return handler

@@ -80,9 +80,9 @@ def _regions_table(record: dict[str, Any], diagnostics: Optional[dict[tuple[str,
         why = (diagnostics or {}).get((record.get("key", ""), region.get("short_expr", "")))
         if why and region.get("flag_short_neg") != 1:
             ok += f": {why.get('reason')}"
-            said = why.get("detail") or (f"answer: {why['raw_answer']}" if why.get("raw_answer") else "")
-            if said:
-                neg_items += f'<li class="why-invalid">{_esc(str(said)[:300])}</li>'
+            for said in (why.get("detail"), f"answer: {why['raw_answer']}" if why.get("raw_answer") else ""):
+                if said:  # why (e.g. "0 of 10 usable"), then what the model said
+                    neg_items += f'<li class="why-invalid">{_esc(str(said)[:300])}</li>'
         rows.append(
             f'<tr class="region-row"><td style="color:{colour}">{i + 1}</td>'
             f'<td><b class="short-expr">{_esc(region.get("short_expr", ""))}</b><br>'

@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 
 from core.engines import EngineSpec  # noqa: E402
 from transforms.detect import DETECTORS, apply_detector  # noqa: E402
-from transforms.engines.yolo_world import NO_TEXT_ENCODER, YoloWorldDetector  # noqa: E402
+from transforms.engines.yolo_world import NO_TEXT_ENCODER, YoloWorldDetector, undo_pil_patch  # noqa: E402
 
 
 class HashTextEncoder:
@@ -47,6 +47,7 @@ class HashTextEncoder:
 def world_weights(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     from ultralytics import YOLOWorld
 
+    undo_pil_patch()  # as the engine does (test_loading_the_detector_leaves_pillow_telling_non_images)
     torch.manual_seed(0)
     model = YOLOWorld("yolov8s-worldv2.yaml")
     path = tmp_path_factory.mktemp("yw") / "yolov8s-worldv2-random.pt"
@@ -209,3 +210,24 @@ def test_validate_checks_a_spec_at_launch_without_loading_anything(world_weights
         validate(DETECTORS.resolve(f"yolo-world:{world_weights}"), text_encoder=str(tmp_path / "nope"))
     validate(DETECTORS.resolve(f"yolo-world:{world_weights}"), text_encoder=str(tmp_path))  # flag form
     validate(DETECTORS.resolve(f"yolo-world:{world_weights}#text={tmp_path}"))  # spec form
+
+
+def test_loading_the_detector_leaves_pillow_telling_non_images(world_weights: pathlib.Path) -> None:
+    """ultralytics patches PIL.Image.open to pip-install pi-heif on the first non-image and then raise
+    ModuleNotFoundError; after the engine loads, a text file is still an UnidentifiedImageError (the
+    readers filter it as unsupported_format) and nothing is installed."""
+    import ultralytics.utils.checks as checks
+    from ultralytics.utils import patches
+
+    Image.open = patches.image_open  # as importing ultralytics leaves it
+    patches._pil_plugins_registered = False
+    YoloWorldDetector(EngineSpec("yolo-world", str(world_weights)), text_encoder=HashTextEncoder(), imgsz=160)
+    installs: list[object] = []
+    saved = checks.check_requirements
+    checks.check_requirements = lambda *a, **k: installs.append(a)
+    try:
+        with pytest.raises(Image.UnidentifiedImageError):
+            Image.open(io.BytesIO(b"not a caption: no image is called notes"))
+    finally:
+        checks.check_requirements = saved
+    assert installs == []

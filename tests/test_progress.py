@@ -83,7 +83,8 @@ def test_logging_is_set_up_whatever_beam_did_at_import() -> None:
     from pipeline.logs import configure
 
     root = logging.getLogger()
-    saved = (list(root.handlers), root.level, {n: logging.getLogger(n).level for n in ("finehard", "apache_beam")})
+    saved = (list(root.handlers), root.level,
+             {n: logging.getLogger(n).level for n in ("finehard", "apache_beam", "httpx", "httpcore")})
     logging.warning("apitools not found, and bigquery client libraries are not available")  # what Beam does
     stream = io.StringIO()
     try:
@@ -91,6 +92,7 @@ def test_logging_is_set_up_whatever_beam_did_at_import() -> None:
         logging.getLogger("finehard").info("an info line")
         logging.getLogger("apache_beam.transforms.util").info("BatchElements statistics: noise")
         logging.getLogger("apache_beam.runners").warning("a Beam warning")
+        logging.getLogger("httpx").info('HTTP Request: POST http://127.0.0.1:1/v1/chat/completions "200 OK"')
         configure(-1, stream=stream)
         logging.getLogger("finehard").info("quiet now")
     finally:  # give pytest its handlers back
@@ -101,6 +103,7 @@ def test_logging_is_set_up_whatever_beam_did_at_import() -> None:
     text = stream.getvalue()
     assert "INFO finehard: an info line" in text and "a Beam warning" in text
     assert "BatchElements" not in text and "apitools" not in text and "quiet now" not in text
+    assert "HTTP Request" not in text  # a line per model request otherwise (shown with -vv, as Beam's own)
 
 
 def test_a_run_prints_info_and_progress_lines_with_counts_and_eta(scenes_dir: pathlib.Path,

@@ -178,7 +178,8 @@ def test_other_runners_write_the_same_shards(beam_args: list[str], reference: pa
     ("flink", "FlinkRunner"), ("DataflowRunner", "DataflowRunner"), ("dataflow", "DataflowRunner"),
     ("dataflowrunner", "DataflowRunner"), ("PortableRunner", "PortableRunner"), ("portable", "PortableRunner"),
     ("DirectRunner", "DirectRunner"), ("direct", "DirectRunner"), ("Direct", "DirectRunner"),
-    ("my.pkg.CustomRunner", "my.pkg.CustomRunner"),
+    ("apache_beam.runners.render.RenderRunner", "apache_beam.runners.render.RenderRunner"),  # a module.Class path
+    # that imports (one that does not is refused before anything is written: tests/test_nothing_lost_outputs.py)
 ])
 def test_runner_short_names_are_normalised_once(typed: str, name: str) -> None:
     from pipeline.run import is_local_runner

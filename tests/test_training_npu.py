@@ -31,13 +31,17 @@ def test_npu_without_torch_npu_fails_with_the_install_hint(monkeypatch):
         resolve_device("npu")
 
 
-def test_cuda_gets_tf32_and_cpu_nothing(monkeypatch):
+def test_cuda_gets_tf32_and_cpu_nothing():
     import torch
 
     from training.distributed import enable_fast_matmul
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    assert enable_fast_matmul(torch.device("cpu")) == "fp32" and not torch.backends.cuda.matmul.allow_tf32
-    assert enable_fast_matmul(torch.device("cuda", 0)) == "tf32"
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    # torch's cuBLAS flags are properties of a module object that pytest's monkeypatch cannot restore
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        assert enable_fast_matmul(torch.device("cpu")) == "fp32" and not torch.backends.cuda.matmul.allow_tf32
+        assert enable_fast_matmul(torch.device("cuda", 0)) == "tf32"
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

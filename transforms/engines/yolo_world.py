@@ -35,6 +35,25 @@ NO_TEXT_ENCODER = ("YOLO-World needs a local CLIP text encoder for its class nam
                    "or --detector-text-encoder /path/to/clip")
 
 
+def undo_pil_patch() -> None:
+    """Put Pillow's own ``Image.open`` back after ultralytics is imported.
+
+    ultralytics replaces ``PIL.Image.open`` with a wrapper that, the first time a file is not an
+    image, tries to pip-install pi-heif (a download at run time) and then raises
+    ``ModuleNotFoundError`` instead of ``UnidentifiedImageError``. The readers tell a file that is
+    not an image by that error, and the worker must never install anything: in a process where the
+    detector was loaded, a ``notes.txt`` would otherwise be taken for a broken image."""
+    try:
+        from ultralytics.utils import patches
+    except ImportError:
+        return
+    original = getattr(patches, "_image_open", None)
+    if original is not None:
+        Image.open = original
+    if hasattr(patches, "_pil_plugins_registered"):
+        patches._pil_plugins_registered = True  # the wrapper, if someone kept it, then just opens
+
+
 def prepare_ultralytics_env() -> None:
     """Offline ultralytics with a writable settings folder; call before importing ultralytics."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -150,6 +169,7 @@ class YoloWorldDetector(Detector):
         import torch
         from ultralytics import YOLOWorld
 
+        undo_pil_patch()
         self.torch = torch
         self.device = str(opts.get("device") or ("cuda:0" if torch.cuda.is_available() else "cpu"))
         self.half = bool(opts.get("half", self.device.startswith("cuda")))
