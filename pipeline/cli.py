@@ -127,10 +127,15 @@ def _first_line(e: BaseException) -> str:
     return printable(lines[-1][:300] if lines else type(e).__name__)
 
 
-def _lazy(module: str, func: str) -> Callable[[list[str]], int]:
+def _lazy(module: str, func: str, parser: Optional[str] = None) -> Callable[[list[str]], int]:
+    """A command whose module is imported only when it runs. With ``parser`` (the name of a parser builder in
+    :mod:`pipeline.read_back_cli`) the arguments are parsed first: ``--help`` and flag errors answer
+    before the module (and Beam) is imported."""
     def call(argv: list[str]) -> int:
         import importlib
 
+        if parser is not None:
+            getattr(importlib.import_module("pipeline.read_back_cli"), parser)().parse_args(argv)
         return getattr(importlib.import_module(module), func)(argv)
     return call
 
@@ -141,11 +146,11 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
                     "captions on stdin -> referring expressions (JSON lines)"),
     "negatives": (_lazy("pipeline.stage_cli", "negatives_main"),
                   "expressions on stdin -> 10 hard negatives each (JSON lines)"),
-    "stats": (_lazy("pipeline.stats", "stats_main"),
+    "stats": (_lazy("pipeline.stats", "stats_main", "stats_parser"),
               "counts per stage/reason, regions, negatives valid rate (--write: stats_report.json)"),
-    "preview": (_lazy("pipeline.preview", "preview_main"), "self-contained HTML page of samples with boxes"),
-    "export-fgclip": (_lazy("pipeline.export", "export_fgclip_main"), "FG-CLIP training json list + images"),
-    "export-fgovd": (_lazy("pipeline.export", "export_fgovd_main"), "FG-OVD eval jsonl from held-out shards"),
+    "preview": (_lazy("pipeline.preview", "preview_main", "preview_parser"), "self-contained HTML page of samples with boxes"),
+    "export-fgclip": (_lazy("pipeline.export", "export_fgclip_main", "export_fgclip_parser"), "FG-CLIP training json list + images"),
+    "export-fgovd": (_lazy("pipeline.export", "export_fgovd_main", "export_fgovd_parser"), "FG-OVD eval jsonl from held-out shards"),
     "train": (_lazy("training.cli", "train_main"), "train FG-CLIP stage 1 or 2 on shards (see training/README.md)"),
     "eval": (_lazy("training.cli", "eval_main"), "FG-OVD accuracy and retrieval R@1 of a trained model"),
     "convert": (_lazy("training.cli", "convert_main"), "FG-CLIP checkpoints: upstream layout <-> this project's"),

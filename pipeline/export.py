@@ -24,7 +24,6 @@ read), one per region that has 10 valid negatives: ``img_path`` (relative to the
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import posixpath
@@ -33,14 +32,14 @@ from typing import Any, Iterator, Optional
 
 import fsspec
 
-from core.cli_help import DefaultsHelpFormatter
 from core.record import NUM_NEGATIVES
 from core.terminal import printable
+from pipeline.read_back_cli import EXPORT_IMAGES_DIR, export_fgclip_parser, export_fgovd_parser
 from pipeline.output import iter_samples, report_skipped, run_output_clash, shard_paths
 
 JSON_DIR = "jsonfiles"
 FGCLIP_LIST = "finehard_files.txt"  # the .txt form of --data_path: one json file path a line
-IMAGES_DIR = "images"
+IMAGES_DIR = EXPORT_IMAGES_DIR
 FGOVD_TEST_TYPE = "finehard_short_expr_negs"
 
 
@@ -151,16 +150,6 @@ def export_fgovd(output: str, to: str, shards: Optional[list[str]] = None,
     return {"images": images, "regions": n_lines}
 
 
-def _parser(prog: str, description: str, to_help: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("output", help="a `finehard shards` --output folder (any fsspec URI)")
-    parser.add_argument("--to", required=True, help=to_help)
-    parser.add_argument("--shards", nargs="+", default=None,
-                        help="only these shards (shard-00007 or shard-00007.tar); default: all")
-    parser.add_argument("--json", action="store_true", help="print the counts as one json line instead of a sentence")
-    return parser
-
-
 def _refuse_output_files(output: str, to: str, flag: str) -> None:
     """An export never writes over what a run wrote (a shard, a marker, the lists)."""
     problem = run_output_clash(output, to)
@@ -180,13 +169,7 @@ def _finish(command: str, skipped: list[str], sentence: str, counts: dict[str, A
 
 def export_fgclip_main(argv: list[str]) -> int:
     """``finehard export-fgclip OUTPUT --to DIR [--shards ...] [--relative-paths] [--json]``."""
-    parser = _parser("finehard export-fgclip", "Write upstream FG-CLIP's stage-2 training layout: one JSON array per "
-                                               "shard in DIR/jsonfiles/ (--data_path), DIR/finehard_files.txt, "
-                                               "DIR/images/.", "destination folder")
-    parser.add_argument("--relative-paths", action="store_true",
-                        help="write f_path relative to DIR (then upstream's --image_folder must be DIR) instead of "
-                             "absolute paths (the default for a local DIR)")
-    args = parser.parse_args(argv)
+    args = export_fgclip_parser().parse_args(argv)
     skipped: list[str] = []
     to = args.to.rstrip("/")
     try:
@@ -204,11 +187,7 @@ def export_fgclip_main(argv: list[str]) -> int:
 
 def export_fgovd_main(argv: list[str]) -> int:
     """``finehard export-fgovd OUTPUT --to FILE.jsonl [--shards ...] [--json]``."""
-    parser = _parser("finehard export-fgovd", "Write FG-OVD-style eval lines (one per region with 10 negatives) "
-                                              "from held-out shards.", "the .jsonl file to write")
-    parser.add_argument("--images-dir", default=None,
-                        help=f"folder for the images, relative to the jsonl's folder (default {IMAGES_DIR})")
-    args = parser.parse_args(argv)
+    args = export_fgovd_parser().parse_args(argv)
     skipped: list[str] = []
     try:
         _refuse_output_files(args.output, args.to, "--to")

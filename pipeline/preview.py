@@ -4,7 +4,6 @@ Images are inline data URIs, boxes an SVG overlay; no script, no network.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -14,8 +13,8 @@ from typing import Any, Optional
 import fsspec
 from PIL import Image
 
-from core.cli_help import DefaultsHelpFormatter
 from core.terminal import printable
+from pipeline.read_back_cli import preview_parser
 from pipeline.output import (SHARD_GLOB, is_stub, iter_samples, read_lines, read_listed, read_shard_stats,
                              report_skipped, run_output_clash, shard_paths, summarise)
 from transforms.read import read_limited
@@ -188,16 +187,7 @@ def render_preview(samples: list[dict[str, Any]], title: str, stats: Optional[di
 
 def preview_main(argv: list[str]) -> int:
     """``finehard preview OUTPUT --out preview.html [--n 24]``."""
-    parser = argparse.ArgumentParser(prog="finehard preview", formatter_class=DefaultsHelpFormatter,
-                                     description="Write a self-contained HTML page of samples with their boxes, "
-                                                 "captions, expressions and hard negatives.")
-    parser.add_argument("output", help="a `finehard shards` --output folder (any fsspec URI)")
-    parser.add_argument("--out", required=True, help="the HTML file to write")
-    parser.add_argument("--n", type=int, default=24, help="how many samples (the first ones, in shard order)")
-    parser.add_argument("--shards", nargs="*", default=None, help="only these shards (e.g. shard-00003)")
-    parser.add_argument("--n-failed", type=int, default=24,
-                        help="how many dead-lettered and filtered samples to show (each list, 0 = none)")
-    args = parser.parse_args(argv)
+    args = preview_parser().parse_args(argv)
     clash = run_output_clash(args.output, args.out)
     if clash:
         print(f"finehard preview: error: --out {printable(args.out)} {printable(clash)}; write the page elsewhere "

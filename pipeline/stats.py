@@ -1,7 +1,6 @@
 """``finehard stats OUTPUT``: counts per stage and reason, regions per image, negatives valid rate."""
 from __future__ import annotations
 
-import argparse
 import json
 import posixpath
 import sys
@@ -10,13 +9,12 @@ from typing import Any, Optional
 
 import fsspec
 
-from core.cli_help import DefaultsHelpFormatter
 from core.record import NUM_NEGATIVES
 from core.terminal import printable
+from pipeline.read_back_cli import REPORT_NAME, stats_parser
 from pipeline.output import (STATS_GLOB, _read_json, in_chain_order, is_stub, iter_samples, read_listed,
                              read_shard_stats, reconcile_problem, report_skipped, shard_paths, summarise)
 
-REPORT_NAME = "stats_report.json"
 RECONCILED = {True: "reconciled", None: "no read counts: not checked"}
 
 
@@ -129,13 +127,7 @@ def _num(v: Any) -> str:
 
 def stats_main(argv: list[str]) -> int:
     """``finehard stats OUTPUT``: print the report (``--write``: also OUTPUT/stats_report.json)."""
-    parser = argparse.ArgumentParser(prog="finehard stats", formatter_class=DefaultsHelpFormatter,
-                                     description="Counts per stage and reason, regions per image, negatives "
-                                                 "valid rate. Reads OUTPUT only; --write also saves the report.")
-    parser.add_argument("output", help="a `finehard shards` --output folder (any fsspec URI)")
-    parser.add_argument("--json", action="store_true", help="print the report as json instead of text")
-    parser.add_argument("--write", action="store_true", help=f"also write OUTPUT/{REPORT_NAME}")
-    args = parser.parse_args(argv)
+    args = stats_parser().parse_args(argv)
     skipped: list[str] = []
     try:
         report = build_stats(args.output, skipped)

@@ -35,10 +35,19 @@ def finehard_imports(*argv: str) -> tuple[int, list[str], str]:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["shards", "--help"], ["train", "--help"],
-                                  ["eval", "--help"], ["convert", "--help"]], ids=" ".join)
+                                  ["eval", "--help"], ["convert", "--help"], ["stats", "--help"], ["preview", "--help"],
+                                  ["export-fgclip", "--help"], ["export-fgovd", "--help"]], ids=" ".join)
 def test_help_imports_neither_beam_nor_torch(argv: list[str]) -> None:
     code, heavy, _ = finehard_imports(*argv)
     assert code == 0 and heavy == []
+
+
+@pytest.mark.parametrize("argv", [["stats"], ["preview", "out"], ["export-fgclip", "out"], ["export-fgovd", "out"],
+                                  ["stats", "out", "--nope"]], ids=" ".join)
+def test_a_wrong_flag_of_a_read_back_command_is_refused_before_the_heavy_imports(argv: list[str]) -> None:
+    code, heavy, stderr = finehard_imports(*argv)
+    assert code == 2 and heavy == [], stderr
+    assert "error:" in stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("case", ["misspelt flag", "misspelt Beam flag", "Beam flag without its value",
