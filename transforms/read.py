@@ -281,7 +281,9 @@ def _watched(conn_class: type, deadline: _Deadline) -> type:
     return Watched
 
 
-class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+class _DeadlineOpen:
+    """Mixed into urllib's HTTP and HTTPS handlers: every connection they open is watched by ``deadline``."""
+
     def __init__(self, deadline: _Deadline):
         super().__init__()
         self.deadline = deadline
@@ -290,13 +292,12 @@ class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
         return super().do_open(_watched(http_class, self.deadline), req, **kw)
 
 
-class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline):
-        super().__init__()
-        self.deadline = deadline
+class _DeadlineHTTPHandler(_DeadlineOpen, urllib.request.HTTPHandler):
+    pass
 
-    def do_open(self, http_class, req, **kw):  # noqa: ANN001 - urllib's signature
-        return super().do_open(_watched(http_class, self.deadline), req, **kw)
+
+class _DeadlineHTTPSHandler(_DeadlineOpen, urllib.request.HTTPSHandler):
+    pass
 
 
 def _http_open(uri: str, timeout: float, deadline: _Deadline) -> http.client.HTTPResponse:
