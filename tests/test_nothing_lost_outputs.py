@@ -424,13 +424,23 @@ def _progress(root: pathlib.Path, retried: bool) -> None:
     recs = _records(root)
     ticks = iter(range(1000))
 
-    def attempt(fail: bool) -> None:
+    def make() -> LogProgress:
         fn = LogProgress(stage="recaption", progress_dir=str(root), clock=lambda: float(next(ticks)))
         fn.setup()
+        return fn
+
+    _bundle_twice(make, recs, fail_after=2, retried=retried)  # at 2 its count was flushed (a tick > FLUSH_EVERY_S)
+
+
+def _bundle_twice(make_fn, elements: list, fail_after: int, retried: bool) -> None:
+    """One bundle of the DoFn ``make_fn()`` gives over ``elements``; with ``retried`` a first attempt
+    fails after element ``fail_after`` (its side effects done), as a runner's retried bundle."""
+    def attempt(fail: bool) -> None:
+        fn = make_fn()
         fn.start_bundle()
-        for i, rec in enumerate(recs):
-            list(fn.process(rec))
-            if fail and i == 2:  # its count was flushed (a clock tick is past FLUSH_EVERY_S)
+        for i, element in enumerate(elements):
+            list(fn.process(element))
+            if fail and i == fail_after:
                 raise FailedAttempt
         fn.finish_bundle()
 
@@ -475,19 +485,7 @@ def _hash_rows(root: pathlib.Path, retried: bool) -> None:
     saved = waves.ROWS_PER_FILE
     waves.ROWS_PER_FILE = 2
     try:
-        def attempt(fail: bool) -> None:
-            fn = waves.WriteHashRows(str(root))
-            fn.start_bundle()
-            for i, line in enumerate(lines):
-                list(fn.process(line))
-                if fail and i == 3:  # two files of rows written
-                    raise FailedAttempt
-            fn.finish_bundle()
-
-        if retried:
-            with pytest.raises(FailedAttempt):
-                attempt(fail=True)
-        attempt(fail=False)
+        _bundle_twice(lambda: waves.WriteHashRows(str(root)), lines, fail_after=3, retried=retried)  # 2 files written
     finally:
         waves.ROWS_PER_FILE = saved
     assert len(list(waves.read_hash_rows(str(root)))) == 5
