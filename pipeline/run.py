@@ -97,11 +97,11 @@ def carry_input_fields(rec: dict[str, Any], stages: tuple[str, ...], config_hash
     by that is no caption."""
     old = rec.pop(Field.INPUT_RECORD, {})
     caption = rec.pop(Field.INPUT_CAPTION, None)
-    if caption and ("recaption" not in stages or reuse_captions):
-        caption = clean_caption(rec, str(caption), max_caption_chars)
+    keep_caption = bool(caption) and ("recaption" not in stages or reuse_captions)
+    caption = clean_caption(rec, str(caption), max_caption_chars) if keep_caption else None
     provenance = dict(old.get("provenance", {}))
     provenance.pop("version", None)
-    if caption and ("recaption" not in stages or reuse_captions):
+    if caption:
         rec["caption"] = caption
         provenance.setdefault("caption", {"engine": "input", "stub": False, "run": config_hash})
     else:
