@@ -43,7 +43,7 @@ setup(
     version="0.1.0",
     description="Beam pipeline that curates FineHARD-style data (FG-CLIP) and trains FG-CLIP on it",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["core*", "pipeline*", "transforms*", "model_stubs*", "training*", "prompts*"]),
+    packages=find_packages(include=["core*", "inputs*", "stages*", "shards*", "pipeline*", "transforms*", "model_stubs*", "training*", "prompts*"]),
     package_data={"prompts": ["*.txt", "*.json", "*.gbnf", "*.md"], "training": ["configs/*"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,

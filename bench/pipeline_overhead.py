@@ -57,12 +57,12 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     """The pipeline's per-sample work as plain Python; returns counts like the pipeline's summary."""
     from core.engines import parse_spec
     from core.record import Field
-    from transforms.common import bump
+    from core.outcomes import bump
     from pipeline.run import STAGE_FIELDS, carry_input_fields, parse_args, run_info, selected_stages, stamp_run
     from transforms.detect import DETECTORS, apply_detector
     from transforms.expressions import expressions_from_doc, expressions_provenance, load_nlp
     from transforms.negatives import NEGATIVE_ENGINES, apply_negatives
-    from transforms.check import check_image
+    from inputs.check import check_image
     from transforms.read import list_units, read_unit
     from transforms.recaption import CAPTIONERS, apply_captioner
     from transforms.write import num_shards_for, shard_of, write_shard

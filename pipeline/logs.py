@@ -20,7 +20,8 @@ from typing import IO, Optional
 
 from core.terminal import printable
 
-PROJECT_LOGGERS = ("finehard", "pipeline", "transforms", "training", "core", "model_stubs", "bench")
+PROJECT_LOGGERS = ("finehard", "pipeline", "transforms", "inputs", "stages", "shards", "training", "core", "model_stubs",
+                   "bench")
 REMOTE_JOB_LOGGERS = ("apache_beam.runners.dataflow", "apache_beam.runners.portability.portable_runner")
 LEVEL_ENV = "FINEHARD_LOG_LEVEL"
 BEAM_LEVEL_ENV = "FINEHARD_BEAM_LOG_LEVEL"

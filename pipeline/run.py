@@ -27,7 +27,8 @@ from pipeline.progress_view import SampleCount, progress_for_run
 from pipeline.waves import (WriteHashRows, hash_line, merge_stage_metrics, plan_waves, read_hash_rows,
                             remove_waves_dir, waves_root)
 from pipeline.submit import validate_runner_options
-from transforms.common import mark_dead, split_outcomes
+from core.outcomes import mark_dead
+from transforms.common import split_outcomes
 from transforms.dedup import DropDuplicates, Ref, duplicates_of
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
@@ -35,7 +36,7 @@ from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
 from transforms.read import MAX_IMAGE_BYTES, ROWS_PER_UNIT, InputError, ReadImages, ReadUnit, iter_units
 from transforms.recaption import CAPTIONERS, Recaption, clean_caption
 from transforms.progress import STARTED_PREFIX, LogProgress
-from transforms.spill import SpillDir, check_spill_dir, spill_image
+from core.spill import SpillDir, check_spill_dir, spill_image
 from transforms.write import (READ_COUNTS_DIR, AssignShards, ShardRange, SkipCompleted, WriteShards,
                               completed_shards, num_shards_for)
 
@@ -165,7 +166,7 @@ def build_pipeline(p: beam.Pipeline, args: argparse.Namespace, done: set[int],
     """Add the whole chain to ``p``; returns the PCollection of per-shard stats.
 
     Right after reading, records whose source can be read again drop their image bytes and the
-    others spill them to ``spill_root`` (``transforms.spill``): always on distributed runners
+    others spill them to ``spill_root`` (``core.spill``): always on distributed runners
     (``local_runner=False``: every stage boundary is a network shuffle there), on local runners
     only with a ``spill_root``. Without one, bytes that cannot be read again ride in the records.
     With ``progress_dir`` (local runners) every stage counts its samples there for

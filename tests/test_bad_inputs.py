@@ -13,7 +13,7 @@ from bad_inputs import (BLUE, HEIC_HEAD, LONG_CAPTION_CHARS, RED, FifoGuard, Ima
                         write_tar)
 from conftest import dead_letters, read_shards, run_pipeline
 from core.record import make_key, validate_record
-from transforms.check import MAX_SHORT_CAPTION_CHARS
+from inputs.check import MAX_SHORT_CAPTION_CHARS
 
 
 def _key(case) -> str:

@@ -11,7 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from core.engines import Detector, EngineEntry, EngineSpec, stub_provenance
-from transforms.common import SampleError
+from core.record import SampleError
 from transforms.detect import DETECTORS, DetectBoxes
 
 EXPRS = [{"short_expr": "a dog", "long_expr": "a dog on the left"},

@@ -145,7 +145,7 @@ def test_a_server_that_trickles_bytes_is_cut_off_at_the_deadline_of_the_whole_tr
     import tarfile
 
     from bad_inputs import ImageServer
-    from transforms.common import SampleError
+    from core.record import SampleError
     import transforms.read as read
 
     monkeypatch.setenv("no_proxy", "127.0.0.1")
@@ -257,7 +257,7 @@ def test_reused_captions_are_cleaned_and_limited_like_the_captioners(scenes_dir:
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/x.jpg"])
 def test_a_redirect_to_another_scheme_is_an_unsafe_redirect(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from bad_inputs import ImageServer, redirect
-    from transforms.common import SampleError
+    from core.record import SampleError
     import transforms.read as read
 
     monkeypatch.setenv("no_proxy", "127.0.0.1")
@@ -276,7 +276,7 @@ def test_float_and_32_bit_images_are_scaled_to_8_bits_and_counted(mode: str, val
     import numpy as np
     from PIL import Image
 
-    from transforms.check import check_image
+    from inputs.check import check_image
 
     lo, hi = values
     arr = np.linspace(lo, hi, 32 * 24).reshape(24, 32).astype(np.float32 if mode == "F" else np.int32)

@@ -11,14 +11,17 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-OURS = ("core", "prompts", "transforms", "model_stubs", "training", "pipeline", "bench")
+OURS = ("core", "prompts", "inputs", "stages", "shards", "transforms", "model_stubs", "training", "pipeline", "bench")
 ALLOWED = {
     "core": {"core"},
     "prompts": {"prompts"},
-    "transforms": {"core", "prompts", "transforms"},
+    "inputs": {"core", "inputs"},
+    "stages": {"core", "prompts", "stages"},
+    "shards": {"core", "inputs", "shards"},
+    "transforms": {"core", "prompts", "inputs", "stages", "shards", "transforms"},
     "model_stubs": {"core", "model_stubs"},
     "training": {"core", "training"},
-    "pipeline": {"core", "prompts", "transforms", "model_stubs", "training", "pipeline"},
+    "pipeline": {"core", "prompts", "inputs", "stages", "shards", "transforms", "model_stubs", "training", "pipeline"},
     "bench": set(OURS),
 }
 

@@ -1,4 +1,4 @@
-"""--model-cache: a re-run reads model answers instead of paying for them again (transforms/cache.py)."""
+"""--model-cache: a re-run reads model answers instead of paying for them again (stages/cache.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import pickle
 
 from conftest import run_pipeline, shard_hashes
 from fake_openai_server import FakeOpenAIServer, completion
-from transforms.cache import ModelCache, cached_answers, digest
+from stages.cache import ModelCache, cached_answers, digest
 
 
 def test_a_rerun_with_the_cache_asks_the_captioning_server_nothing(scenes_dir: pathlib.Path,

@@ -451,7 +451,7 @@ def _bundle_twice(make_fn, elements: list, fail_after: int, retried: bool) -> No
 
 
 def _spill(root: pathlib.Path, retried: bool) -> None:
-    from transforms.spill import spill_image
+    from core.spill import spill_image
 
     recs = _records(root)
     if retried:
@@ -462,7 +462,7 @@ def _spill(root: pathlib.Path, retried: bool) -> None:
 
 
 def _model_cache(root: pathlib.Path, retried: bool) -> None:
-    from transforms.cache import ModelCache, cached_answers, digest
+    from stages.cache import ModelCache, cached_answers, digest
 
     prov = {"engine": "e", "model": "m"}
     digests = [digest(f"img{i}") for i in range(4)]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from bad_inputs import bomb_png
-from transforms.check import check_image, clip_short_caption
+from inputs.check import check_image, clip_short_caption
 from transforms.read import unsafe_member_problem
 
 
@@ -116,7 +116,7 @@ def test_protocols_are_read_without_url_chaining(uri: str, proto, local) -> None
 
 
 def test_unsupported_schemes_are_refused_without_a_connection() -> None:
-    from transforms.common import SampleError
+    from core.record import SampleError
     from transforms.read import read_limited
 
     for uri in ("ftp://127.0.0.1/x.jpg", "data://image/png;base64,AAAA", "nosuch://h/x.jpg"):
@@ -143,7 +143,7 @@ def test_oversized_and_non_regular_files_are_never_read_whole(tmp_path) -> None:
     import os
 
     from bad_inputs import FifoGuard
-    from transforms.common import SampleError
+    from core.record import SampleError
     from transforms.read import read_limited
 
     (tmp_path / "f").write_bytes(b"x" * 11)
@@ -165,7 +165,7 @@ def test_a_local_read_sizes_its_buffer_from_fstat_and_still_sees_a_file_that_gre
     import io as _io
 
     import transforms.read as read_mod
-    from transforms.common import SampleError
+    from core.record import SampleError
 
     asked: list[int] = []
 

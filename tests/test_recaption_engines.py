@@ -13,7 +13,7 @@ from PIL import Image
 from fake_openai_server import FakeOpenAIServer, completion, scripted, slow
 from core.engines import EngineSpec
 from prompts import load_prompt
-from transforms.common import SampleError
+from core.record import SampleError
 from transforms.engines.captioner_base import clean_caption, fit_max_side
 from transforms.engines.captioner_openai import OpenAICaptioner
 from transforms.engines.captioner_transformers import TransformersCaptioner

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import run_pipeline
 from fake_openai_server import FakeOpenAIServer, completion
 from core.engines import Captioner, EngineEntry, EngineSpec, stub_provenance
-from transforms.common import SampleError
+from core.record import SampleError
 from transforms.recaption import CAPTIONERS, Recaption
 
 

@@ -1,4 +1,4 @@
-"""Image bytes parked in a spill folder between reading and writing (transforms/spill.py)."""
+"""Image bytes parked in a spill folder between reading and writing (core/spill.py)."""
 from __future__ import annotations
 
 import pathlib
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import read_shards, run_pipeline, shard_hashes
 from core.record import Field, SampleError
-from transforms.spill import SpillDir, image_bytes, spill_image
+from core.spill import SpillDir, image_bytes, spill_image
 
 SPILL = Field.SPILL
 

@@ -113,7 +113,7 @@ def test_nearly_blank_pictures_with_different_objects_are_not_duplicates(tmp_pat
     """dHash puts such pairs a few bits apart; the colour thumbnail check keeps them both."""
     from PIL import ImageDraw
 
-    from transforms.dedup import dhash
+    from core.images import dhash
 
     src = tmp_path / "in"
     src.mkdir()

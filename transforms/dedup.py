@@ -19,59 +19,25 @@ from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
-import numpy as np
 from PIL import Image
 
+from core.images import HASH_BITS, dhash, thumbnail, thumbnails_close
 from core.record import Field
-from transforms.common import mark_filtered
-from transforms.spill import image_bytes, image_sha256
+from core.outcomes import mark_filtered
+from core.spill import image_bytes, image_sha256
 
 STAGE = "dedup"
-HASH_SIDE = 16  # 16x16 gradient bits = 256-bit hash
-HASH_BITS = HASH_SIDE * HASH_SIDE
-THUMB_SIDE = 16  # colour thumbnail that confirms a near-duplicate pair
-THUMB_MAX_DIFF = 32
 KEEP_POLICIES = ("first", "largest")  # --dedup-keep
 EXACT, NEAR = 0, 1  # how a duplicate matched its reference (an exact match is preferred over a near one)
 # key -> (reference's rank, reference key, EXACT|NEAR, dHash distance): the decisions, min over every match
 Ref = tuple[tuple[Any, ...], str, int, int]
 
 
-def dhash(image: Image.Image, side: int = HASH_SIDE) -> int:
-    """Difference hash: one bit per horizontally adjacent pixel pair of a (side+1) x side thumbnail."""
-    gray = image.convert("L").resize((side + 1, side), Image.Resampling.LANCZOS)
-    px = gray.tobytes()
-    bits = 0
-    for r in range(side):
-        row = px[r * (side + 1):(r + 1) * (side + 1)]
-        for c in range(side):
-            bits = (bits << 1) | (row[c] > row[c + 1])
-    return bits
-
-
-def thumbnail(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
-    """A ``side`` x ``side`` RGB thumbnail (box filter): the colour check of a near-duplicate pair."""
-    return image.convert("RGB").resize((side, side), Image.Resampling.BOX).tobytes()
-
-
-def thumbnails_close(a: bytes, b: bytes, limit: int = THUMB_MAX_DIFF) -> bool:
-    """Whether no value of two thumbnails differs by more than ``limit`` (0-255, any channel).
-
-    dHash is grey and gradient-only: two nearly blank pictures with a different small object
-    (or background colour) can be a few bits apart. Re-encoded (JPEG q40-90) and resized (to a
-    quarter) copies stayed within 21 on the bundled photos and scenes; such distinct pairs
-    differed by 43 or more (docs/data_quality.md). The maximum, not a mean or percentile, so a
-    small object still counts.
-    """
-    diff = np.abs(np.frombuffer(a, np.uint8).astype(np.int16) - np.frombuffer(b, np.uint8).astype(np.int16))
-    return bool(diff.max() <= limit)
-
-
 def add_hashes(rec: dict[str, Any], near: bool = True) -> dict[str, Any]:
     """The content hash, and for the near check the dHash and colour thumbnail (one decode)."""
     image_sha256(rec)
     if near and Field.DHASH in rec and Field.THUMB in rec:
-        return rec  # taken from the one full decode, when the image was checked (transforms.check)
+        return rec  # taken from the one full decode, when the image was checked (inputs.check)
     if near:
         with Image.open(io.BytesIO(image_bytes(rec))) as im:
             rec[Field.DHASH] = dhash(im)

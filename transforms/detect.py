@@ -14,9 +14,12 @@ from apache_beam.ml.inference.base import RunInference
 
 from core.engines import Detection, Detector, EngineEntry, EngineRegistry, EngineSpec
 from core.record import Field
-from transforms.cache import ModelCache, digest, model_cache
-from transforms.common import EngineModelHandler, apply_image_engine, bump, gpu_resource_hints
-from transforms.spill import image_sha256
+from stages.cache import ModelCache, digest, model_cache
+from core.outcomes import bump
+from stages.common import apply_image_engine
+from transforms.common import gpu_resource_hints
+from transforms.inference import EngineModelHandler
+from core.spill import image_sha256
 
 STAGE = "detect"
 
@@ -89,7 +92,7 @@ def apply_detector(engine: Detector, records: list[dict], conf: float, iou: floa
                    cache: Optional[ModelCache] = None) -> list[dict]:
     """Box every live record of the batch; per-sample engine failures mark the record dead.
 
-    ``cache`` keeps the engine's raw detections (before conf/NMS/max_regions): see transforms.cache.
+    ``cache`` keeps the engine's raw detections (before conf/NMS/max_regions): see stages.cache.
     """
     def accept(rec: dict, dets: Any, provenance: dict[str, Any]) -> None:
         rec["bbox_info"] = select_regions(dets, rec.get(Field.EXPRESSIONS, []), rec["width"], rec["height"],

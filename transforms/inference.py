@@ -12,7 +12,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from core.engines import EngineRegistry, EngineSpec
 from core.record import Field, METRICS_NAMESPACE
-from transforms.common import bump, mark_dead
+from core.outcomes import bump, mark_dead
 from transforms.expressions import SPACY_MODEL, STAGE as EXPRESSIONS_STAGE, expressions_from_doc, \
     expressions_provenance, load_nlp
 

@@ -21,8 +21,9 @@ import apache_beam as beam
 
 from core.engines import EngineEntry, EngineRegistry, EngineSpec, NegativesEngine
 from core.record import Field, NUM_NEGATIVES, is_valid_text, negatives_mapping, valid_text
-from transforms.cache import ModelCache, digest, model_cache
-from transforms.common import SampleError, bump
+from stages.cache import ModelCache, digest, model_cache
+from core.outcomes import bump
+from core.record import SampleError
 from transforms.lexicons import ALL, LEXICONS_FILE, UNKNOWN, lexicons  # noqa: F401 - LEXICONS_FILE re-exported
 from transforms.negatives_prompt import (GRAMMAR_FILE, PROMPT_FILE, SCHEMA_FILE,  # noqa: F401 - re-exported
                                          NegativesPrompt, load_negatives_prompt, request_seed)
@@ -424,7 +425,7 @@ def negatives_for(engine: Any, expressions: Sequence[str], retries: int = 2,
                   cache: Optional[ModelCache] = None) -> list[NegativesResult]:
     """Ask ``engine`` for each distinct expression, retrying invalid answers with a new seed.
 
-    With a ``cache`` (transforms.cache), valid negatives kept from an earlier run are used (after
+    With a ``cache`` (stages.cache), valid negatives kept from an earlier run are used (after
     validating them again) and new valid ones are kept.
     """
     unique = list(dict.fromkeys(expressions))

@@ -20,7 +20,7 @@ How a path is opened (``open_input`` / ``read_limited``):
 At most ``max_image_bytes + 1`` bytes of an image are ever read (``file_too_large``). A record
 whose bytes can be read again exactly and cheaply (a local or fsspec file; a member of an
 uncompressed tar, by byte range) says where in ``Field.SOURCE`` (:func:`source_of`), so the bytes
-need not travel with it (``transforms.spill``).
+need not travel with it (``core.spill``).
 """
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ from fsspec.implementations.local import LocalFileSystem
 from core.files import LOCAL_PROTOCOLS, atomic_write, local_path, protocol_of, protocol_prefix, unsafe_member_problem
 from core.record import (Field, IMAGE_EXTS, NUM_NEGATIVES, PROJECT_VERSION, REGION_FIELDS, is_valid_text,
                          make_key, valid_text)
-from transforms.check import MAX_SHORT_CAPTION_CHARS, check_image
-from transforms.common import SampleError, bump, mark_dead, mark_filtered
+from inputs.check import MAX_SHORT_CAPTION_CHARS, check_image
+from core.outcomes import bump, mark_dead, mark_filtered
+from core.record import SampleError
 
 IMAGE_SUFFIXES = tuple("." + e for e in IMAGE_EXTS)
 MANIFEST_EXTS = (".jsonl", ".json", ".parquet")
@@ -460,7 +461,7 @@ def _read_into(rec: dict[str, Any], uri: str, limit: Optional[int], allowed: tup
 
 
 def source_of(uri: str) -> Optional[str]:
-    """How ``Field.SOURCE`` names ``uri`` so a later stage reads the same bytes again (``transforms.spill``):
+    """How ``Field.SOURCE`` names ``uri`` so a later stage reads the same bytes again (``core.spill``):
     its local path, or the URI on an fsspec filesystem (``gs://``, ``s3://``, ``memory://``).
 
     None for http(s) (a second download costs as much as carrying the bytes, and may differ) and

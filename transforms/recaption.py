@@ -9,10 +9,13 @@ from apache_beam.ml.inference.base import RunInference
 
 from core.engines import Captioner, EngineEntry, EngineRegistry, EngineSpec
 from core.record import is_valid_text, valid_text
-from transforms.cache import ModelCache, model_cache, to_json
-from transforms.common import (EngineModelHandler, apply_image_engine, bump, gpu_resource_hints, mark_dead,
-                               open_image, per_sample, settle_answer)
-from transforms.spill import image_sha256
+from stages.cache import ModelCache, model_cache, to_json
+from core.images import open_image
+from core.outcomes import bump, mark_dead, per_sample, settle_answer
+from stages.common import apply_image_engine
+from transforms.common import gpu_resource_hints
+from transforms.inference import EngineModelHandler
+from core.spill import image_sha256
 from transforms.window import Job, WindowedStage, windowed
 
 STAGE = "recaption"
@@ -59,7 +62,7 @@ def keep_caption(answer: Any) -> bool:
 
 def apply_captioner(engine: Captioner, records: list[dict], max_chars: int = 4000,
                     cache: Optional[ModelCache] = None) -> list[dict]:
-    """Caption every live record of the batch; failures mark the record dead. ``cache``: see transforms.cache."""
+    """Caption every live record of the batch; failures mark the record dead. ``cache``: see stages.cache."""
     return apply_image_engine(STAGE, engine, records, cache, image_sha256,
                               lambda images, _: engine.caption(images), keep=keep_caption,
                               accept=functools.partial(accept_caption, max_chars=max_chars))

@@ -29,7 +29,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from core.files import atomic_open, atomic_write, fsync_dir, read_bounded
 from core.record import PROJECT_VERSION, RETRYABLE_REASONS, Field, SampleError, public_fields
-from transforms.spill import image_bytes
+from core.spill import image_bytes
 
 LOG = logging.getLogger("finehard")
 SHARD_PREFIX = "shard"

@@ -20,7 +20,7 @@ from PIL import Image
 
 from core.engines import Captioner, EngineSpec
 from prompts import load_prompt
-from transforms.common import SampleError
+from core.record import SampleError
 from transforms.engines import ENGINE_OPTION_KEYS, engine_options
 
 DEFAULT_PROMPT = "recaption.txt"

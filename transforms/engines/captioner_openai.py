@@ -7,7 +7,7 @@ from typing import Any, Optional
 from PIL import Image
 
 from core.engines import EngineSpec
-from transforms.common import SampleError
+from core.record import SampleError
 from transforms.engines.captioner_base import CaptionerBase, caption_messages, image_data_uri, resolve_options
 
 

@@ -18,7 +18,7 @@ import os
 from typing import Any, Optional
 
 from core.engines import EngineSpec, NegativesEngine
-from transforms.common import SampleError
+from core.record import SampleError
 from transforms.engines import engine_options
 from transforms.negatives_prompt import load_negatives_prompt, request_seed
 

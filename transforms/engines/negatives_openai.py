@@ -17,7 +17,7 @@ import threading
 from typing import Any, Optional
 
 from core.engines import EngineSpec, NegativesEngine
-from transforms.common import SampleError
+from core.record import SampleError
 from transforms.engines import engine_options
 from transforms.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout, default_warmup_s
 from transforms.negatives_prompt import load_negatives_prompt, request_seed

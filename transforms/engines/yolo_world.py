@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from core.engines import Detector, EngineSpec
-from transforms.common import SampleError
+from core.record import SampleError
 from transforms.engines import engine_options
 
 DETECTOR_OPTION_KEYS = frozenset({"text_encoder", "imgsz", "device", "half", "min_conf", "pre_nms_iou",

@@ -14,8 +14,9 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from core.record import Field
-from transforms.dedup import dhash, thumbnail
-from transforms.common import SampleError, bump, mark_dead, mark_filtered
+from core.images import dhash, thumbnail
+from core.outcomes import bump, mark_dead, mark_filtered
+from core.record import SampleError
 
 STAGE = "read"
 MAX_SHORT_CAPTION_CHARS = 2000  # alt-text longer than this is cut at a word boundary

@@ -1,0 +1,1 @@
+"""Stage logic and the engines, in plain Python: recaption, expressions, detect, negatives, dedup (no Beam here)."""
