@@ -26,7 +26,8 @@ from bench.common import append_section, torch_version  # noqa: E402
 from core.synthetic import COLOURS, SHAPES, long_caption, make_scene, short_caption  # noqa: E402
 from training.cli import train_main  # noqa: E402
 from training.evaluate import image_tensor, region_accuracy, retrieval_r1  # noqa: E402
-from training.model import load_fgclip, tiny_clip_config  # noqa: E402
+from training.model import tiny_clip_config  # noqa: E402
+from training.weights import load_fgclip  # noqa: E402
 from training.synthetic_shards import attribute_negatives, write_synthetic_shards  # noqa: E402
 from training.tokenizer import load_tokenizer  # noqa: E402
 

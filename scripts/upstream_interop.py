@@ -56,7 +56,7 @@ def inputs() -> dict:
 
 def ours_features(path: str) -> dict:
     sys.path.insert(0, ROOT)
-    from training.model import load_fgclip
+    from training.weights import load_fgclip
 
     m, x = load_fgclip(path).eval(), inputs()
     with torch.no_grad():
@@ -139,7 +139,8 @@ def main(argv: list[str]) -> int:
         sys.path.insert(0, ROOT)
         from transformers import CLIPConfig, CLIPModel
 
-        from training.model import FGCLIP, save_fgclip
+        from training.model import FGCLIP
+        from training.weights import save_fgclip
 
         torch.manual_seed(0)
         m = FGCLIP(CLIPModel(CLIPConfig(**tiny_config())))

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel
 
-from training.model import FGCLIP, extend_positions, load_fgclip, save_fgclip
+from training.model import FGCLIP, extend_positions
+from training.weights import load_fgclip, save_fgclip
 from training_fixtures import tiny_model
 
 

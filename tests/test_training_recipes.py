@@ -96,7 +96,7 @@ def test_gradients_are_clipped_only_when_the_recipe_says_so(shards, monkeypatch,
 
 
 def _saved_model_with_logit_scale(path, value):
-    from training.model import save_fgclip
+    from training.weights import save_fgclip
 
     m = tiny_model()
     with torch.no_grad():
@@ -107,7 +107,7 @@ def _saved_model_with_logit_scale(path, value):
 
 @pytest.mark.parametrize("recipe, expected", [("paper", math.log(1 / 0.07)), ("upstream", 4.6052)])
 def test_the_paper_recipe_starts_stage_1_at_tau_0_07_and_upstream_keeps_the_models(tmp_path, shards, recipe, expected):
-    from training.model import load_fgclip
+    from training.weights import load_fgclip
 
     start = _saved_model_with_logit_scale(str(tmp_path / "start"), 4.6052)
     out = str(tmp_path / recipe)
@@ -159,7 +159,7 @@ def test_deepspeed_gets_the_filled_config_from_train_main(tmp_path, shards, monk
 def test_named_architectures_build_random_init_models_and_unknown_names_fail_fast(tmp_path, shards, capsys):
     from transformers import CLIPConfig
 
-    from training.model import build_model
+    from training.weights import build_model
     from training.named_configs import clip_config_dict
 
     b16 = CLIPConfig(**clip_config_dict("config:vit-b-16"))

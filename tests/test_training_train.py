@@ -9,7 +9,7 @@ from transformers import CLIPModel
 from training.cli import eval_main, main, train_main
 from training.config import build_config
 from training.losses import LossWeights, fgclip_loss
-from training.model import load_fgclip
+from training.weights import load_fgclip
 from training.train import build_optimizer, load_checkpoint, lr_factor, save_checkpoint, train_step
 from training_fixtures import IMAGE_SIZE, fixed_batch, make_shards, tiny_model, tiny_train_config, write_model_config
 

@@ -17,7 +17,8 @@ from transformers import CLIPModel
 
 import upstream_reference as ref
 from pipeline.cli import main as finehard
-from training.model import extend_positions, load_fgclip, read_weights, tiny_clip_config
+from training.model import extend_positions, tiny_clip_config
+from training.weights import load_fgclip, read_weights
 from training.tokenizer import SimpleWordTokenizer
 from training_fixtures import IMAGE_SIZE, UPSTREAM_TEMPS, make_shards, write_upstream_checkpoint
 

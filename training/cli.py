@@ -150,7 +150,7 @@ def eval_main(argv: list[str]) -> int:
         from training.distributed import resolve_device
         from training.evaluate import (hard_negative_entries, load_fgovd, region_accuracy, retrieval_r1,
                                        shard_examples)
-        from training.model import load_fgclip
+        from training.weights import load_fgclip
         from training.tokenizer import load_tokenizer
         import torch
 

@@ -1,6 +1,6 @@
 """``finehard convert SRC DST``: FG-CLIP checkpoints between upstream's layout and this project's.
 
-Layouts (see :mod:`training.model`):
+Layouts (see :mod:`training.weights`):
   * ``upstream``: what 360CVGroup/FG-CLIP's ``FGCLIPModel`` saves and loads (the CLIPModel weights plus
     ``position_embedding_ori``/``_res`` (248 rows), ``text_filip_projection``, ``logit_scale_finegraind``,
     ``logit_scale_hardneg`` in the same weights file). ``finehard train`` writes ``final/`` this way.
@@ -26,7 +26,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def source_dtype(path: str) -> torch.dtype:
     """The dtype of SRC's visual projection (its weights' dtype)."""
-    from training.model import read_weights
+    from training.weights import read_weights
 
     t = read_weights(path, ["visual_projection.weight"]).get("visual_projection.weight")
     return t.dtype if t is not None else torch.float32
@@ -34,7 +34,7 @@ def source_dtype(path: str) -> torch.dtype:
 
 def convert(src: str, dst: str, to: str | None = None, dtype: str | None = None) -> dict[str, str]:
     """Convert the checkpoint folder ``src`` into ``dst`` in layout ``to`` (default: the other one)."""
-    from training.model import LAYOUTS, load_fgclip, save_fgclip
+    from training.weights import LAYOUTS, load_fgclip, save_fgclip
 
     if not os.path.isdir(src):
         raise FileNotFoundError(f"SRC {src!r} is not a folder; pass a local HF-format checkpoint folder")

@@ -20,7 +20,8 @@ from training.config import CONFIG_DIR, ConfigError, TrainConfig, auto_workers
 from training.data import count_samples, epoch_steps, make_loader, move_batch
 from training.distributed import DistInfo, cleanup_distributed, enable_fast_matmul, init_distributed
 from training.losses import LossWeights, fgclip_loss, mean_over_ranks
-from training.model import build_model, save_fgclip, unwrap
+from training.model import unwrap
+from training.weights import build_model, save_fgclip
 from training.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,47 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
     torch.manual_seed(cfg.seed)
     random.seed(seed)
     enable_fast_matmul(info.device)  # TF32 on CUDA, HF32 on NPU
+    model, tokenizer, short_len = _prepared_model(cfg, opts, info)
+    samples = None
+    if cfg.steps == 0:  # one (or `epochs`) pass over the shards at the global batch size
+        samples = count_samples(opts.shards)
+        cfg = replace(cfg, steps=epoch_steps(samples, cfg.batch_size * info.world_size, cfg.epochs))
+    workers = loader_workers(cfg)
+    if info.is_main:
+        print(start_line(cfg, info, samples), flush=True)
+        log.info("recipe %s; RoIAlign: %s; %d loader worker(s) per process; %s shuffling", cfg.recipe,
+                 model.roi_impl, workers, cfg.shuffle)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    start, engine, wrapped = _resumed_and_wrapped(model, optimizer, scheduler, cfg, opts, info)
+    loader = make_loader(opts.shards, tokenizer, cfg.batch_size, cfg.image_size, cfg.max_regions, cfg.long_text_len,
+                         short_len, cfg.shuffle_buffer, workers, seed + 7919 * start,
+                         region_texts=cfg.stage == 2, shuffle=cfg.shuffle,
+                         order_seed=cfg.seed + 7919 * start)  # the same shard/sample order on every rank
+    os.makedirs(opts.output, exist_ok=True)
+    metrics_file = open(os.path.join(opts.output, "metrics.jsonl"), "a", encoding="utf-8") if info.is_main else None
+    try:
+        step, last, skipped = _steps(wrapped, loader, optimizer, scheduler, start, cfg, info, engine, metrics_file,
+                                     lambda done: _save(engine, model, optimizer, scheduler, done, cfg, opts, info))
+        _save(engine, model, optimizer, scheduler, step, cfg, opts, info)
+        final = os.path.join(opts.output, "final")
+        if skipped:
+            log.warning("skipped %d regions with a degenerate box or no expression (this rank)", skipped)
+        if info.is_main:
+            if cfg.stage == 1:
+                model.tie_temperatures()
+            save_fgclip(model, final, tokenizer)
+            with open(os.path.join(final, "train_config.json"), "w", encoding="utf-8") as f:
+                json.dump(asdict(cfg), f, indent=2)
+    finally:
+        if metrics_file:
+            metrics_file.close()
+    return {"steps": step, "start": start, "final": os.path.join(opts.output, "final"), "last": last,
+            "skipped_regions": skipped}
+
+
+def _prepared_model(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> tuple[Any, Any, int]:
+    """The model (built, stage set, on its device, in train mode), its tokenizer and the short text length."""
     model = build_model(opts.model, opts.model_config, cfg.keep_len)
     if cfg.init_temperature > 0:
         apply_init_temperature(model, cfg.init_temperature)
@@ -250,17 +292,13 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
     tok_size = len(tokenizer) if hasattr(tokenizer, "__len__") else getattr(tokenizer, "vocab_size", vocab)
     if tok_size > vocab:
         raise ValueError(f"tokenizer has {tok_size} tokens but the model only {vocab}; pass the model's own --tokenizer")
-    samples = None
-    if cfg.steps == 0:  # one (or `epochs`) pass over the shards at the global batch size
-        samples = count_samples(opts.shards)
-        cfg = replace(cfg, steps=epoch_steps(samples, cfg.batch_size * info.world_size, cfg.epochs))
-    workers = loader_workers(cfg)
-    if info.is_main:
-        print(start_line(cfg, info, samples), flush=True)
-        log.info("recipe %s; RoIAlign: %s; %d loader worker(s) per process; %s shuffling", cfg.recipe,
-                 model.roi_impl, workers, cfg.shuffle)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    return model, tokenizer, short_len
+
+
+def _resumed_and_wrapped(model: Any, optimizer: Any, scheduler: Any, cfg: TrainConfig, opts: RunOptions,
+                         info: DistInfo) -> tuple[int, Any, Any]:
+    """``(start step, DeepSpeed engine or None, the module train_step calls)``: resumed from the output's
+    latest checkpoint with ``--resume``, wrapped in DeepSpeed or DDP when the run asks for it."""
     start = 0
     if opts.resume and not opts.deepspeed:
         ckpt = latest_checkpoint(opts.output)
@@ -279,46 +317,30 @@ def _train(cfg: TrainConfig, opts: RunOptions, info: DistInfo) -> dict[str, Any]
     elif info.world_size > 1:
         ids = [info.device.index] if info.device.type != "cpu" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    loader = make_loader(opts.shards, tokenizer, cfg.batch_size, cfg.image_size, cfg.max_regions, cfg.long_text_len,
-                         short_len, cfg.shuffle_buffer, workers, seed + 7919 * start,
-                         region_texts=cfg.stage == 2, shuffle=cfg.shuffle,
-                         order_seed=cfg.seed + 7919 * start)  # the same shard/sample order on every rank
-    os.makedirs(opts.output, exist_ok=True)
-    metrics_file = open(os.path.join(opts.output, "metrics.jsonl"), "a", encoding="utf-8") if info.is_main else None
+    return start, engine, wrapped
+
+
+def _steps(wrapped: Any, loader: Any, optimizer: Any, scheduler: Any, start: int, cfg: TrainConfig, info: DistInfo,
+           engine: Any, metrics_file: Any, save: Any) -> tuple[int, dict[str, float], int]:
+    """Steps ``start`` to ``cfg.steps``: a metrics row every ``log_every`` steps (main rank), a checkpoint
+    (``save(step)``) every ``save_every``; returns ``(last step, last step's losses, regions skipped)``."""
     last: dict[str, float] = {}
     skipped = 0
     t0 = time.time()
-    step = start
-    try:
-        it = iter(loader)
-        for step in range(start, cfg.steps):
-            last = train_step(wrapped, next(it), optimizer, scheduler, cfg, info.device, engine)
-            skipped += last.pop("skipped_regions", 0)
-            done = step + 1
-            if metrics_file and (done % cfg.log_every == 0 or done == cfg.steps):
-                row = {"step": done, "lr": optimizer.param_groups[0]["lr"], **last, "skipped_regions": skipped,
-                       "elapsed_s": round(time.time() - t0, 2)}
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                log.info("step %d %s", done, json.dumps(last))
-            if cfg.save_every > 0 and done % cfg.save_every == 0 and done < cfg.steps:
-                _save(engine, model, optimizer, scheduler, done, cfg, opts, info)
-        step = cfg.steps
-        _save(engine, model, optimizer, scheduler, step, cfg, opts, info)
-        final = os.path.join(opts.output, "final")
-        if skipped:
-            log.warning("skipped %d regions with a degenerate box or no expression (this rank)", skipped)
-        if info.is_main:
-            if cfg.stage == 1:
-                model.tie_temperatures()
-            save_fgclip(model, final, tokenizer)
-            with open(os.path.join(final, "train_config.json"), "w", encoding="utf-8") as f:
-                json.dump(asdict(cfg), f, indent=2)
-    finally:
-        if metrics_file:
-            metrics_file.close()
-    return {"steps": step, "start": start, "final": os.path.join(opts.output, "final"), "last": last,
-            "skipped_regions": skipped}
+    it = iter(loader)
+    for step in range(start, cfg.steps):
+        last = train_step(wrapped, next(it), optimizer, scheduler, cfg, info.device, engine)
+        skipped += last.pop("skipped_regions", 0)
+        done = step + 1
+        if metrics_file and (done % cfg.log_every == 0 or done == cfg.steps):
+            row = {"step": done, "lr": optimizer.param_groups[0]["lr"], **last, "skipped_regions": skipped,
+                   "elapsed_s": round(time.time() - t0, 2)}
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+            log.info("step %d %s", done, json.dumps(last))
+        if cfg.save_every > 0 and done % cfg.save_every == 0 and done < cfg.steps:
+            save(done)
+    return cfg.steps, last, skipped
 
 
 def resolve_roi(impl: str, device_type: str) -> str:
