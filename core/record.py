@@ -17,6 +17,8 @@ RETRYABLE_REASONS = frozenset({"caption_request_failed", "caption_timeout", "eng
 # Image file extensions (lower case, no dot) the readers accept and the shard readers recognise.
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "jfif", "jpe", "avif")
 METRICS_NAMESPACE = "finehard"  # Beam metrics; RunInference stages use "finehard_<stage>"
+# Counter keys (core.outcomes.bump) that other modules read back: the prefix, then the reason.
+NEGATIVES_INVALID = "negatives_invalid:"  # a region left without negatives (transforms.negatives)
 
 # Fields of the emitted .json member (FineHARD layout plus key/provenance).
 RECORD_FIELDS = ("key", "f_path", "caption", "short_caption", "width", "height", "bbox_info", "provenance")
@@ -52,7 +54,7 @@ class Field:
     # path or fsspec URI) holding just them, or (uri, offset, size) of a member of an uncompressed tar
     SOURCE = "_source"
     # where the sample stands in the input: (read unit's place in the listing, item's place in it, file name);
-    # duplicate removal keeps the first (transforms.dedup.rank)
+    # duplicate removal keeps the first (stages.dedup.rank)
     ORDER = "_order"
     SHA256 = "_image_sha256"          # sha256 of the stored image bytes, computed once (spill name, dedup, cache)
     DHASH = "_dhash"                  # perceptual hash for near-duplicate removal

@@ -21,7 +21,7 @@ from core.files import atomic_write, open_regular, protocol_prefix, read_bounded
 from core.record import IMAGE_EXTS, METRICS_NAMESPACE, SampleError
 from core.terminal import printable
 from transforms.read import open_input, shard_record_problem
-from transforms.write import READ_COUNTS_DIR, SHARD_PREFIX, STATS_SUFFIX, read_marker
+from shards.markers import READ_COUNTS_DIR, SHARD_PREFIX, STATS_SUFFIX, read_marker
 
 LOG = logging.getLogger("finehard")
 MAX_RECORD_BYTES = 64 << 20  # a shard's .json member: a caption and regions, far below this
@@ -283,7 +283,7 @@ def summarise(stats: list[dict[str, Any]], listed: Optional[int] = None) -> dict
 def run_output_clash(output: str, target: str) -> Optional[str]:
     """Why writing ``target`` would overwrite what a run wrote into ``output`` (a shard, a marker, the lists,
     the summary, the lock), or None. ``target`` a file or a folder to write into."""
-    from pipeline.outdir import LOCK_NAME, RUN_OUTPUTS  # outdir imports the readers; only this needs it
+    from shards.outdir import LOCK_NAME, RUN_OUTPUTS  # outdir imports the readers; only this needs it
 
     out_fs, out_root = fsspec.core.url_to_fs(output)
     to_fs, to_path = fsspec.core.url_to_fs(target)

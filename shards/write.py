@@ -1,45 +1,42 @@
-"""WriteShards: deterministic WebDataset shards, per-shard stats, dead-letter and filtered lists.
+"""Writing one shard: deterministic WebDataset tars, per-shard stats, dead-letter and filtered lists.
 
 Membership comes from the key (``sha1(key) mod num_shards``, with ``num_shards`` from the number
 of samples read), never from bundling. Each shard's samples are sorted by key and written with
 fixed tar metadata to ``NAME.tar.inprogress``, renamed to ``NAME.tar`` when complete; the
 dead-letter and filtered lists follow, and ``NAME_stats.json`` is written last: it is the
-completion marker a re-run uses to skip the shard. On a local disk each file is flushed to the
-device before its rename and its folder after it (``core.files.atomic_open(durable=True)``), so
-the marker is never durable before the data it vouches for (a power cut leaves no marker beside a
-torn tar). Every file's name and bytes follow from the shard's records alone: a retried bundle
-(Dataflow retries failed bundles, Flink restarts tasks) leaves the same files as one attempt.
+completion marker a re-run uses to skip the shard (``shards.markers``). On a local disk each file
+is flushed to the device before its rename and its folder after it
+(``core.files.atomic_open(durable=True)``), so the marker is never durable before the data it
+vouches for (a power cut leaves no marker beside a torn tar). Every file's name and bytes follow
+from the shard's records alone: a retried bundle (Dataflow retries failed bundles, Flink restarts
+tasks) leaves the same files as one attempt. The Beam transforms that group records by shard and
+call :func:`write_shard` are in ``transforms.write``.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import logging
 import math
 import posixpath
 import tarfile
 from collections import Counter
 from dataclasses import dataclass
-from typing import IO, Any, Iterable, Optional
+from typing import IO, Any, Iterable
 
-import apache_beam as beam
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from core.files import atomic_open, atomic_write, fsync_dir, read_bounded
-from core.record import PROJECT_VERSION, RETRYABLE_REASONS, Field, SampleError, public_fields
+from core.files import atomic_open, atomic_write, fsync_dir
+from core.outcomes import mark_dead
+from core.record import NEGATIVES_INVALID, PROJECT_VERSION, RETRYABLE_REASONS, Field, SampleError, public_fields
 from core.spill import image_bytes
+from shards.markers import DEADLETTER_DIR, DIAGNOSTICS_DIR, FILTERED_DIR, STATS_SUFFIX, shard_name
 
-LOG = logging.getLogger("finehard")
-SHARD_PREFIX = "shard"
-STATS_SUFFIX = "_stats.json"
-DEADLETTER_DIR = "deadletter"
-READ_COUNTS_DIR = "read_counts"  # per read unit: how many input items it held (the independent count)
-FILTERED_DIR = "filtered"
-DIAGNOSTICS_DIR = "diagnostics"
-MAX_MARKER_BYTES = 1 << 20  # a stats marker is a few KiB: a larger file is not one
+STAGE = "write"  # the stage a sample dead-lettered here is listed under
 TAR_MTIME = 0.0  # fixed metadata: same input + engines => byte-identical tars
+
+Records = list[dict[str, Any]]
 
 
 class ShardTarWriter:
@@ -68,10 +65,6 @@ class ShardTarWriter:
         self.tar.close()
 
 
-def shard_name(shard_id: int) -> str:
-    return f"{SHARD_PREFIX}-{shard_id:05d}"
-
-
 def num_shards_for(count: int, samples_per_shard: int) -> int:
     return max(1, math.ceil(count / samples_per_shard))
 
@@ -93,40 +86,6 @@ class ShardRange:
 
     def shards(self) -> range:
         return range(self.lo, self.hi)
-
-
-def read_marker(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
-    """A shard's stats marker, or None when it is missing, empty or not a complete stats object."""
-    try:
-        stats = json.loads(read_bounded(fs, path, MAX_MARKER_BYTES))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(stats, dict) or not all(isinstance(stats.get(k), int) for k in ("written", "dead_lettered",
-                                                                                       "filtered", "shard_id")):
-        return None
-    return stats
-
-
-def completed_shards(output: str, retry_failed: bool = False) -> set[int]:
-    """Shard ids whose stats marker is complete under ``output``.
-
-    A corrupt or empty marker (a run killed or a disk filled while writing it) is an unfinished
-    shard. With ``retry_failed`` a shard holding retryable failures (an engine was down) is
-    unfinished too, so a re-run asks again.
-    """
-    fs, path = fsspec.core.url_to_fs(output)
-    if not fs.exists(path):
-        return set()
-    done = set()
-    for p in fs.glob(posixpath.join(path, f"{SHARD_PREFIX}-*{STATS_SUFFIX}")):
-        stats = read_marker(fs, p)
-        if stats is None:
-            LOG.warning("%s is not a complete stats marker: its shard is redone", p)
-            continue
-        if retry_failed and stats.get("retryable", 0):
-            continue
-        done.add(stats["shard_id"])
-    return done
 
 
 def is_retryable(rec: dict[str, Any]) -> bool:
@@ -154,26 +113,34 @@ def letter(rec: dict[str, Any], kind: str) -> dict[str, Any]:
     return line
 
 
-def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dict[str, Any]],
-                run_info: dict[str, Any]) -> dict[str, Any]:
-    """Write one shard and its lists; returns the shard's stats."""
-    fs, root = fsspec.core.url_to_fs(output)
-    name = shard_name(shard_id)
-    ok, dead, filtered = [], [], []
+def sort_outcomes(items: Iterable[dict[str, Any]]) -> tuple[Records, Records, Records]:
+    """``(to write, dead-lettered, filtered)`` of a shard's records; those to write sorted by key.
+
+    A second sample with a key already taken is dead-lettered (``duplicate_key``): a tar holds each
+    key once.
+    """
+    ok: Records = []
+    dead: Records = []
+    filtered: Records = []
     for rec in items:
         (dead if Field.DEAD in rec else filtered if Field.FILTERED in rec else ok).append(rec)
     ok.sort(key=lambda r: (r["key"], r["f_path"]))
     written, seen = [], set()
     for rec in ok:
         if rec["key"] in seen:
-            rec[Field.DEAD] = {"stage": "write", "reason": "duplicate_key", "detail": "an earlier sample has this key"}
-            dead.append(rec)
+            dead.append(mark_dead(rec, STAGE, "duplicate_key", "an earlier sample has this key"))
         else:
             seen.add(rec["key"])
             written.append(rec)
+    return written, dead, filtered
 
-    fs.makedirs(root, exist_ok=True)
-    tar_path = posixpath.join(root, f"{name}.tar")
+
+def write_tar(fs: fsspec.AbstractFileSystem, tar_path: str, written: Records, dead: Records) -> Counter[str]:
+    """Write ``written`` to ``tar_path``; returns the sum of their counters.
+
+    A sample whose bytes cannot be read again (its source file changed since it was checked) is
+    moved from ``written`` to ``dead`` and the tar is written again without it.
+    """
     local = isinstance(fs, LocalFileSystem)
     while True:
         stats: Counter[str] = Counter()
@@ -189,14 +156,18 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
                         "txt": record_json["caption"].encode("utf-8"),
                     })
                     stats.update(current.get(Field.STATS, {}))
-            break
+            return stats
         except SampleError as e:  # a source file changed since it was checked: that sample is dead-lettered
             if current is None:
                 raise
             written.remove(current)
-            current[Field.DEAD] = {"stage": "write", "reason": e.reason, "detail": e.detail[:500]}
-            dead.append(current)  # and the shard is written again without it
+            dead.append(mark_dead(current, STAGE, e.reason, e.detail))  # and the shard is written again without it
 
+
+def write_lists(fs: fsspec.AbstractFileSystem, root: str, name: str, written: Records, dead: Records,
+                filtered: Records) -> None:
+    """The shard's dead-letter, filtered and diagnostics lists (a list left by an earlier attempt and
+    empty now is removed)."""
     lists = [(folder, sorted((letter(r, kind) for r in recs), key=lambda x: (x["key"] or "", x["f_path"] or "")))
              for kind, recs, folder in ((Field.DEAD, dead, DEADLETTER_DIR), (Field.FILTERED, filtered, FILTERED_DIR))]
     lists.append((DIAGNOSTICS_DIR, sorted(({"key": r["key"], **d} for r in written + dead + filtered
@@ -210,89 +181,40 @@ def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dic
                                            for x in lines).encode("utf-8"), durable=True)
         elif fs.exists(path):
             fs.rm(path)
-            if local:
+            if isinstance(fs, LocalFileSystem):
                 fsync_dir(posixpath.join(root, folder))
+
+
+def shard_stats(shard_id: int, num_shards: int, written: Records, dead: Records, filtered: Records,
+                counters: Counter[str], run_info: dict[str, Any]) -> dict[str, Any]:
+    """The shard's stats marker (``NAME_stats.json``)."""
     dead_by: Counter[str] = Counter(f"{r[Field.DEAD]['stage']}:{r[Field.DEAD]['reason']}" for r in dead)
     filtered_by: Counter[str] = Counter(f"{r[Field.FILTERED]['stage']}:{r[Field.FILTERED]['reason']}" for r in filtered)
-    shard_stats = {
-        "shard": name, "shard_id": shard_id, "num_shards": num_shards,
+    return {
+        "shard": shard_name(shard_id), "shard_id": shard_id, "num_shards": num_shards,
         # read = every input sample of this shard; a duplicate key is a read sample dead-lettered here.
         "read": len(written) + len(dead) + len(filtered),
         "written": len(written), "dead_lettered": len(dead), "filtered": len(filtered),
         "dead_lettered_by_reason": dict(sorted(dead_by.items())),
         "filtered_by_reason": dict(sorted(filtered_by.items())),
-        "counters": dict(sorted(stats.items())),
+        "counters": dict(sorted(counters.items())),
         # engine failures (dead letters and regions without negatives): a re-run retries this shard
         "retryable": sum(1 for r in dead if is_retryable(r))
-        + sum(stats.get(f"negatives_invalid:{reason}", 0) for reason in sorted(RETRYABLE_REASONS)),
+        + sum(counters.get(f"{NEGATIVES_INVALID}{reason}", 0) for reason in sorted(RETRYABLE_REASONS)),
         "run": run_info,
     }
+
+
+def write_shard(output: str, shard_id: int, num_shards: int, items: Iterable[dict[str, Any]],
+                run_info: dict[str, Any]) -> dict[str, Any]:
+    """Write one shard and its lists; returns the shard's stats."""
+    fs, root = fsspec.core.url_to_fs(output)
+    name = shard_name(shard_id)
+    written, dead, filtered = sort_outcomes(items)
+    fs.makedirs(root, exist_ok=True)
+    counters = write_tar(fs, posixpath.join(root, f"{name}.tar"), written, dead)
+    write_lists(fs, root, name, written, dead, filtered)
+    stats = shard_stats(shard_id, num_shards, written, dead, filtered, counters, run_info)
     atomic_write(fs, posixpath.join(root, name + STATS_SUFFIX),
-                 json.dumps(shard_stats, sort_keys=True, indent=1).encode("utf-8"), durable=True)
-    return shard_stats
-
-
-class _WriteShardFn(beam.DoFn):
-    def __init__(self, output: str, run_info: dict[str, Any]):
-        self.output, self.run_info = output, run_info
-
-    def process(self, element: tuple[tuple[int, int], Iterable[dict[str, Any]]]) -> Iterable[dict[str, Any]]:
-        (shard_id, num_shards), items = element
-        yield write_shard(self.output, shard_id, num_shards, items, self.run_info)
-
-
-class AssignShards(beam.PTransform):
-    """Tag each record with ``Field.SHARD = (shard_id, num_shards)``.
-
-    With ``num_shards`` decided up front (from the listing, or ``--num-shards``) this is a plain
-    Map: records go on to the model stages as they are read. Without it the count of everything
-    read decides (a global barrier: no record reaches a model stage before the whole input is read).
-    """
-
-    def __init__(self, samples_per_shard: int, num_shards: Optional[int] = None):
-        super().__init__()
-        self.samples_per_shard = samples_per_shard
-        self.num_shards = num_shards
-
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        sps, fixed = self.samples_per_shard, self.num_shards
-        if fixed:
-            def assign_fixed(rec: dict[str, Any]) -> dict[str, Any]:
-                rec[Field.SHARD] = (shard_of(rec["key"], fixed), fixed)
-                return rec
-
-            return records | "Assign" >> beam.Map(assign_fixed)
-        count = records | "Count" >> beam.combiners.Count.Globally()
-
-        def assign(rec: dict[str, Any], n: int) -> dict[str, Any]:
-            shards = num_shards_for(n, sps)
-            rec[Field.SHARD] = (shard_of(rec["key"], shards), shards)
-            return rec
-
-        return records | "Assign" >> beam.Map(assign, n=beam.pvalue.AsSingleton(count))
-
-
-class SkipCompleted(beam.PTransform):
-    """Drop records whose shard already has its stats marker (resume)."""
-
-    def __init__(self, done: set[int]):
-        super().__init__()
-        self.done = frozenset(done)
-
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        done = self.done
-        return records | "SkipDone" >> beam.Filter(lambda r: r[Field.SHARD][0] not in done)
-
-
-class WriteShards(beam.PTransform):
-    """All outcomes (written, dead, filtered), grouped by shard -> shard files; emits shard stats."""
-
-    def __init__(self, output: str, run_info: dict[str, Any]):
-        super().__init__()
-        self.output, self.run_info = output, run_info
-
-    def expand(self, outcomes: beam.PCollection) -> beam.PCollection:
-        return (outcomes
-                | "ByShard" >> beam.Map(lambda r: (r[Field.SHARD], r))
-                | "Group" >> beam.GroupByKey()
-                | "Write" >> beam.ParDo(_WriteShardFn(self.output, self.run_info)))
+                 json.dumps(stats, sort_keys=True, indent=1).encode("utf-8"), durable=True)
+    return stats

@@ -1,4 +1,7 @@
-"""DropDuplicates: exact (content sha256) and near (perceptual dHash) duplicate images, before the models.
+"""Duplicate removal, the plain part: exact (content sha256) and near (perceptual dHash) duplicate images.
+
+The Beam transform that takes these decisions with its groupings before the models is
+``transforms.dedup.DropDuplicates``; :func:`duplicates_of` takes the same ones in one process.
 
 Of each group of duplicates the first in input order is kept (``--dedup-keep first``: a manifest's
 row order, a tar's member order, a folder's file names; :func:`rank`), or the one with the most
@@ -18,7 +21,6 @@ import io
 from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
-import apache_beam as beam
 from PIL import Image
 
 from core.images import HASH_BITS, dhash, thumbnail, thumbnails_close
@@ -67,7 +69,7 @@ def bands(h: int, threshold: int) -> Iterator[tuple[int, int]]:
 def rank(rec: dict[str, Any], keep: str = "first") -> tuple[Any, ...]:
     """What decides which of a group of duplicates is kept: the smallest rank.
 
-    ``first``: the record's place in the input (``Field.ORDER``, set by ``transforms.read``), then its
+    ``first``: the record's place in the input (``Field.ORDER``, set by the readers), then its
     key; ``largest``: the most pixels first, then the same. A record without a place (built by
     hand) ranks by its key alone.
     """
@@ -77,14 +79,14 @@ def rank(rec: dict[str, Any], keep: str = "first") -> tuple[Any, ...]:
     return (*order, rec["key"])
 
 
-def _exact_pairs(group: tuple[str, Iterable[tuple[tuple[Any, ...], str]]]) -> Iterator[tuple[str, Ref]]:
+def exact_pairs(group: tuple[str, Iterable[tuple[tuple[Any, ...], str]]]) -> Iterator[tuple[str, Ref]]:
     members = sorted(set(group[1]))
     first_rank, first_key = members[0]
     for _, k in members[1:]:
         yield k, (first_rank, first_key, EXACT, 0)
 
 
-def _near_pairs(group: tuple[Any, Iterable[tuple[tuple[Any, ...], str, int, bytes]]],
+def near_pairs(group: tuple[Any, Iterable[tuple[tuple[Any, ...], str, int, bytes]]],
                 threshold: int) -> Iterator[tuple[str, Ref]]:
     members = sorted(set(group[1]))
     for i, (ra, ka, ha, ta) in enumerate(members):
@@ -107,7 +109,7 @@ def duplicate_detail(key: str, duplicates: dict[str, Ref]) -> str:
     return text if kept == ref else f"{text}, itself a duplicate of {kept} (kept)"
 
 
-def _mark(rec: dict[str, Any], duplicates: dict[str, Ref]) -> dict[str, Any]:
+def mark_duplicate(rec: dict[str, Any], duplicates: dict[str, Ref]) -> dict[str, Any]:
     rec.pop(Field.DHASH, None)
     rec.pop(Field.THUMB, None)
     if rec["key"] in duplicates:
@@ -129,7 +131,7 @@ def duplicates_of(rows: Callable[[], Iterable[Sequence[Any]]], threshold: int) -
     """key -> (reference's rank, the key it duplicates, EXACT|NEAR, dHash distance) over the rows
     (:func:`hash_row`) that ``rows()`` yields afresh on every call, in one process.
 
-    The decisions :class:`DropDuplicates` takes with its groupings, taken with dicts: the same pair
+    The decisions ``transforms.dedup.DropDuplicates`` takes with its groupings, taken with dicts: the same pair
     functions on the same groups, then the smallest (reference rank and key, exact first, distance) per key. A local run
     in waves (``pipeline.waves``) takes them over the whole input before its first wave. Memory is
     a few small entries per row: one pass for the exact groups, then per band one pass that counts
@@ -161,44 +163,5 @@ def duplicates_of(rows: Callable[[], Iterable[Sequence[Any]]], threshold: int) -
             v = band_value(dh, threshold, i) if dh is not None else None
             if v in shared:
                 groups[v].append((tuple(r), key, dh, thumb))
-        offer(p for group in groups.items() for p in _near_pairs(group, threshold))
+        offer(p for group in groups.items() for p in near_pairs(group, threshold))
     return found
-
-
-class DropDuplicates(beam.PTransform):
-    """Mark exact and near duplicates filtered; ``near_threshold < 0`` keeps only the exact check.
-
-    ``known`` (from :func:`duplicates_of`) marks those decisions instead of taking them here: a wave
-    of a local run sees only part of the input. ``keep``: which of a group is kept (:func:`rank`).
-    """
-
-    def __init__(self, near_threshold: int = 6, known: Optional[dict[str, Ref]] = None, keep: str = "first"):
-        super().__init__()
-        if keep not in KEEP_POLICIES:
-            raise ValueError(f"--dedup-keep {keep!r}: give one of {', '.join(KEEP_POLICIES)}")
-        self.near_threshold = near_threshold
-        self.known = known
-        self.keep = keep
-
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        t, keep = self.near_threshold, self.keep
-        if self.known is not None:
-            return (records | "Hash" >> beam.Map(add_hashes, near=False)
-                    | "MarkDuplicates" >> beam.Map(_mark, duplicates=self.known))
-        hashed = records | "Hash" >> beam.Map(add_hashes, near=t >= 0)
-        exact = (hashed
-                 | "BySha" >> beam.Map(lambda r: (r[Field.SHA256], (rank(r, keep), r["key"])))
-                 | "GroupSha" >> beam.GroupByKey()
-                 | "ExactPairs" >> beam.FlatMap(_exact_pairs))
-        found = [exact]
-        if t >= 0:
-            found.append(hashed
-                         | "Bands" >> beam.FlatMap(lambda r: [(b, (rank(r, keep), r["key"], r[Field.DHASH],
-                                                                   r[Field.THUMB]))
-                                                             for b in bands(r[Field.DHASH], t)])
-                         | "GroupBand" >> beam.GroupByKey()
-                         | "NearPairs" >> beam.FlatMap(_near_pairs, threshold=t))
-        # per key: the earliest-ranked reference, an exact match before a near one, then the smallest distance
-        duplicates = (found | "AllPairs" >> beam.Flatten()
-                      | "Closest" >> beam.CombinePerKey(min))
-        return hashed | "MarkDuplicates" >> beam.Map(_mark, duplicates=beam.pvalue.AsDict(duplicates))
