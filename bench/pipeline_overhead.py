@@ -3,7 +3,7 @@
 Both run in a fresh process on the same synthetic scenes with the stub engines: read + decode
 check, stub caption, spaCy expressions (the loop: one ``nlp.pipe`` over all captions), stub boxes
 + ``select_regions``, stub negatives + cleanup/validation, JSON and WebDataset tar writing (both
-through ``transforms.write.write_shard``). Prints samples/s of each and ends with
+through ``shards.write.write_shard``). Prints samples/s of each and ends with
 ``pipeline_overhead: ratio=X.XX`` (pipeline samples/s / loop samples/s; goal >= 0.7).
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     from inputs.check import check_image
     from transforms.read import list_units, read_unit
     from transforms.recaption import CAPTIONERS, apply_captioner
-    from transforms.write import num_shards_for, shard_of, write_shard
+    from shards.write import num_shards_for, shard_of, write_shard
 
     args, _ = parse_args(["--input", manifest, "--output", output, "--samples-per-shard", str(samples_per_shard),
                           "--batch-size", str(batch_size), *SAME_WORK])

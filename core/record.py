@@ -17,6 +17,11 @@ RETRYABLE_REASONS = frozenset({"caption_request_failed", "caption_timeout", "eng
 # Image file extensions (lower case, no dot) the readers accept and the shard readers recognise.
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "jfif", "jpe", "avif")
 METRICS_NAMESPACE = "finehard"  # Beam metrics; RunInference stages use "finehard_<stage>"
+# Counter keys (core.outcomes.bump) that other modules read back: the prefix, then the reason.
+NEGATIVES_INVALID = "negatives_invalid:"  # a region left without negatives (transforms.negatives)
+# Not a field: appended to a tar's file name, it makes the key of the record that stands for a tar
+# that could not be read to its end (that record is dead-lettered under this key).
+TAR_ERROR_KEY_SUFFIX = "_tar_error"
 
 # Fields of the emitted .json member (FineHARD layout plus key/provenance).
 RECORD_FIELDS = ("key", "f_path", "caption", "short_caption", "width", "height", "bbox_info", "provenance")
@@ -52,12 +57,11 @@ class Field:
     # path or fsspec URI) holding just them, or (uri, offset, size) of a member of an uncompressed tar
     SOURCE = "_source"
     # where the sample stands in the input: (read unit's place in the listing, item's place in it, file name);
-    # duplicate removal keeps the first (transforms.dedup.rank)
+    # duplicate removal keeps the first (stages.dedup.rank)
     ORDER = "_order"
     SHA256 = "_image_sha256"          # sha256 of the stored image bytes, computed once (spill name, dedup, cache)
     DHASH = "_dhash"                  # perceptual hash for near-duplicate removal
     THUMB = "_thumb"                  # tiny thumbnail that confirms a near-duplicate
-    TAR_ERROR = "_tar_error"          # why a tar member could not be read
     DIAGNOSTICS = "_diagnostics"      # [{"stage", "reason", "detail", "raw_answer", ...}]: OUTPUT/diagnostics/
     IMAGE_BYTES = "image_bytes"       # the (checked, normalised) image file
     EXT = "ext"                       # its file extension in the shard (jpg, png, webp)

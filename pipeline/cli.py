@@ -78,7 +78,7 @@ def shards_main(argv: list[str]) -> int:
             except ValueError as e:
                 print(f"finehard shards: error: {printable(e)}", file=sys.stderr)
                 return 2
-            from pipeline.outdir import OutputInUse
+            from shards.outdir import OutputInUse
             from pipeline.run import UsageError, run
 
             try:
@@ -104,7 +104,7 @@ def shards_main(argv: list[str]) -> int:
             return 1
     print(json.dumps({k: summary[k] for k in ("read", "written", "dead_lettered", "filtered", "shards",
                                                "reconciled", "retryable", "negatives_valid_rate")}))
-    from pipeline.output import failure_reason, reconcile_problem
+    from shards.output import failure_reason, reconcile_problem
 
     if summary["reconciled"] is not True:
         problem = reconcile_problem(summary["read"], summary["accounted"]) or "no read counts were left"
@@ -129,13 +129,13 @@ def _first_line(e: BaseException) -> str:
 
 def _lazy(module: str, func: str, parser: Optional[str] = None) -> Callable[[list[str]], int]:
     """A command whose module is imported only when it runs. With ``parser`` (the name of a parser builder in
-    :mod:`pipeline.read_back_cli`) the arguments are parsed first: ``--help`` and flag errors answer
+    :mod:`shards.read_back_cli`) the arguments are parsed first: ``--help`` and flag errors answer
     before the module (and Beam) is imported."""
     def call(argv: list[str]) -> int:
         import importlib
 
         if parser is not None:
-            getattr(importlib.import_module("pipeline.read_back_cli"), parser)().parse_args(argv)
+            getattr(importlib.import_module("shards.read_back_cli"), parser)().parse_args(argv)
         return getattr(importlib.import_module(module), func)(argv)
     return call
 
@@ -146,11 +146,11 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
                     "captions on stdin -> referring expressions (JSON lines)"),
     "negatives": (_lazy("pipeline.stage_cli", "negatives_main"),
                   "expressions on stdin -> 10 hard negatives each (JSON lines)"),
-    "stats": (_lazy("pipeline.stats", "stats_main", "stats_parser"),
+    "stats": (_lazy("shards.stats", "stats_main", "stats_parser"),
               "counts per stage/reason, regions, negatives valid rate (--write: stats_report.json)"),
-    "preview": (_lazy("pipeline.preview", "preview_main", "preview_parser"), "self-contained HTML page of samples with boxes"),
-    "export-fgclip": (_lazy("pipeline.export", "export_fgclip_main", "export_fgclip_parser"), "FG-CLIP training json list + images"),
-    "export-fgovd": (_lazy("pipeline.export", "export_fgovd_main", "export_fgovd_parser"), "FG-OVD eval jsonl from held-out shards"),
+    "preview": (_lazy("shards.preview", "preview_main", "preview_parser"), "self-contained HTML page of samples with boxes"),
+    "export-fgclip": (_lazy("shards.export", "export_fgclip_main", "export_fgclip_parser"), "FG-CLIP training json list + images"),
+    "export-fgovd": (_lazy("shards.export", "export_fgovd_main", "export_fgovd_parser"), "FG-OVD eval jsonl from held-out shards"),
     "train": (_lazy("training.cli", "train_main"), "train FG-CLIP stage 1 or 2 on shards (see training/README.md)"),
     "eval": (_lazy("training.cli", "eval_main"), "FG-OVD accuracy and retrieval R@1 of a trained model"),
     "convert": (_lazy("training.cli", "convert_main"), "FG-CLIP checkpoints: upstream layout <-> this project's"),

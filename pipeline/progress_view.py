@@ -25,7 +25,7 @@ from typing import IO, Any, Iterable, Iterator, Optional, Sequence
 import fsspec
 
 from pipeline.logs import LEVEL_ENV
-from transforms.progress import FAILED_PREFIX, PROGRESS_LOG, STARTED_PREFIX, format_eta, format_rate, read_counts
+from shards.progress import FAILED_PREFIX, PROGRESS_LOG, STARTED_PREFIX, format_eta, format_rate, read_counts
 
 POLL_S = 0.5
 
@@ -323,7 +323,7 @@ def progress_for_run(args: Any, total: Optional[int], done: set[int], local: boo
     if not local or args.progress_every_s <= 0:
         return contextlib.nullcontext(None)
     if total is not None and done:  # resuming: the completed shards' samples are not read again
-        from pipeline.output import read_shard_stats
+        from shards.output import read_shard_stats
 
         total = max(0, total - sum(s["read"] for s in read_shard_stats(args.output) if s.get("shard_id") in done))
     return ProgressView(stages, total, every_s=args.progress_every_s)

@@ -18,10 +18,10 @@ from pipeline.cloud import CloudPathError, beam_paths, check_cloud_paths
 from pipeline.interrupt import Interrupted, on_stop
 from pipeline.options import add_curation_args, check_beam_options, check_positive
 from pipeline.stages import STAGE_PRESETS, STAGES, UsageError, selected_stages  # noqa: F401 - also imported from here
-from pipeline.outdir import (RUN_FILE, InputFingerprint, OutputLock, prepare_output, read_run_file,
-                             remove_run_outputs, remove_stale_temp_files, same_input, write_run_file)
+from shards.outdir import (RUN_FILE, InputFingerprint, OutputLock, prepare_output, read_run_file,
+                           remove_run_outputs, remove_stale_temp_files, same_input, write_run_file)
 from core.record import PROJECT_VERSION, Field, text_hash, valid_text
-from pipeline.output import read_shard_stats, stage_metrics, write_summary
+from shards.output import read_shard_stats, stage_metrics, write_summary
 from pipeline.runner_names import LOCAL_RUNNERS, canonical_runner, normalise_runner_args
 from pipeline.progress_view import SampleCount, progress_for_run
 from pipeline.waves import (WriteHashRows, hash_line, merge_stage_metrics, plan_waves, read_hash_rows,
@@ -29,16 +29,19 @@ from pipeline.waves import (WriteHashRows, hash_line, merge_stage_metrics, plan_
 from pipeline.submit import validate_runner_options
 from core.outcomes import mark_dead
 from transforms.common import split_outcomes
-from transforms.dedup import DropDuplicates, Ref, duplicates_of
+from stages.dedup import Ref, duplicates_of
+from transforms.dedup import DropDuplicates
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
 from transforms.read import MAX_IMAGE_BYTES, ROWS_PER_UNIT, InputError, ReadImages, ReadUnit, iter_units
 from transforms.recaption import CAPTIONERS, Recaption, clean_caption
-from transforms.progress import STARTED_PREFIX, LogProgress
+from shards.progress import STARTED_PREFIX
+from transforms.progress import LogProgress
 from core.spill import SpillDir, check_spill_dir, spill_image
-from transforms.write import (READ_COUNTS_DIR, AssignShards, ShardRange, SkipCompleted, WriteShards,
-                              completed_shards, num_shards_for)
+from shards.markers import READ_COUNTS_DIR, completed_shards
+from shards.write import ShardRange, num_shards_for
+from transforms.write import AssignShards, SkipCompleted, WriteShards
 
 LOG = logging.getLogger("finehard")
 

@@ -36,9 +36,9 @@ import apache_beam as beam
 import fsspec
 
 from core.files import atomic_write
-from pipeline.output import DERIVED_METRICS, MAX_METRICS, finish_stage_metrics
-from transforms.dedup import hash_row
-from transforms.write import ShardRange
+from shards.output import DERIVED_METRICS, MAX_METRICS, finish_stage_metrics
+from stages.dedup import hash_row
+from shards.write import ShardRange
 
 LOG = logging.getLogger("finehard")
 WAVES_DIR = ".waves"  # under OUTPUT: the hash rows of the duplicate pass, removed when the run ends

@@ -87,7 +87,7 @@ def test_waves_keep_the_same_copies_as_one_pass(scenes_dir: pathlib.Path, tmp_pa
 
 
 def test_the_detail_of_a_near_copy_with_the_same_dhash_says_near() -> None:
-    from transforms.dedup import EXACT, NEAR, duplicate_detail
+    from stages.dedup import EXACT, NEAR, duplicate_detail
 
     decisions = {"b": ((1,), "a", NEAR, 0), "c": ((2,), "b", EXACT, 0)}
     assert duplicate_detail("b", decisions) == "near duplicate (dHash distance 0) of a"

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import read_shards, run_pipeline
-from pipeline.export import export_fgclip_main, export_fgovd_main
+from shards.export import export_fgclip_main, export_fgovd_main
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_fgclip_export_streams_one_record_at_a_time(run_out: pathlib.Path, tmp_p
     """Each record is serialised into its file before the next sample is read: nothing accumulates."""
     import types
 
-    import pipeline.export as export
+    import shards.export as export
 
     events: list[str] = []
     real_iter = export.iter_samples

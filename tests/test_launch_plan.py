@@ -71,7 +71,7 @@ LISTED_BY_3 = [
 
 
 def fingerprint_as_of_58af404(units: Iterable[Any]) -> dict[str, Any]:
-    """``pipeline.outdir.input_fingerprint`` as it was (what earlier outputs' run.json hold)."""
+    """``shards.outdir.input_fingerprint`` as it was (what earlier outputs' run.json hold)."""
     import fsspec
 
     h = hashlib.sha256()
@@ -146,7 +146,7 @@ def test_a_folder_of_manifests_and_a_folder_without_images_are_listed_as_before(
 
 
 def test_the_launcher_fingerprints_and_counts_a_folder_as_before(tree: Path) -> None:
-    from pipeline.outdir import input_fingerprint
+    from shards.outdir import input_fingerprint
     from pipeline.run import plan_input
     from transforms.read import list_units
 

@@ -10,7 +10,7 @@ import sys
 import webdataset as wds
 
 from conftest import ROOT
-from transforms.write import TAR_MTIME, ShardTarWriter
+from shards.write import TAR_MTIME, ShardTarWriter
 
 
 def test_the_shard_writer_writes_the_bytes_webdatasets_tarwriter_writes() -> None:

@@ -133,7 +133,7 @@ def test_a_lock_left_by_a_dead_run_is_taken_over(scenes_dir: pathlib.Path, tmp_p
 
 
 def test_a_lock_held_by_a_live_process_refuses_the_run(scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    from pipeline.outdir import OutputInUse
+    from shards.outdir import OutputInUse
 
     out = tmp_path / "o"
     out.mkdir()
@@ -303,7 +303,7 @@ def test_two_clean_runs_write_identical_dead_letters(tmp_path: pathlib.Path) -> 
 
 
 def test_a_resumed_run_makes_the_same_duplicate_decisions(scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    from transforms.write import num_shards_for, shard_of
+    from shards.write import num_shards_for, shard_of
 
     folder = tmp_path / "in"
     shutil.copytree(scenes_dir, folder, ignore=shutil.ignore_patterns("*.jsonl"))

@@ -181,7 +181,7 @@ def test_preview_does_not_open_a_dead_lettered_fifo_or_device(run_out: pathlib.P
 
 def test_shard_data_and_lists_are_flushed_and_their_folder_synced_before_the_marker(tmp_path: pathlib.Path,
                                                                                    monkeypatch) -> None:
-    from transforms.write import write_shard
+    from shards.write import write_shard
 
     synced: list[str] = []
     real_fsync = os.fsync
@@ -207,7 +207,7 @@ def test_shard_data_and_lists_are_flushed_and_their_folder_synced_before_the_mar
 
 @pytest.mark.parametrize("pid", [10 ** 30, 2 ** 40, -1, 0, "dead-as-string"])
 def test_a_lock_whose_pid_cannot_be_running_is_taken_over(tmp_path: pathlib.Path, pid) -> None:
-    from pipeline.outdir import LOCK_NAME, OutputLock
+    from shards.outdir import LOCK_NAME, OutputLock
 
     if pid == "dead-as-string":
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -221,12 +221,12 @@ def test_a_lock_whose_pid_cannot_be_running_is_taken_over(tmp_path: pathlib.Path
 
 
 def test_a_huge_or_malformed_lock_is_refused_clearly_and_read_only_in_part(tmp_path: pathlib.Path) -> None:
-    from pipeline.outdir import LOCK_NAME, OutputInUse, OutputLock
+    from shards.outdir import LOCK_NAME, OutputInUse, OutputLock
 
     lock = tmp_path / LOCK_NAME
     with open(lock, "wb") as f:
         f.truncate(1 << 30)  # 1 GiB (sparse)
-    probe = ("import resource, sys\nfrom pipeline.outdir import OutputLock, OutputInUse\n"
+    probe = ("import resource, sys\nfrom shards.outdir import OutputLock, OutputInUse\n"
              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
              "try:\n    OutputLock(sys.argv[1]).acquire()\nexcept OutputInUse as e:\n    print(e)\n"
              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
@@ -242,7 +242,7 @@ def test_a_huge_or_malformed_lock_is_refused_clearly_and_read_only_in_part(tmp_p
 
 
 def test_an_interrupt_while_the_lock_is_written_leaves_no_lock_behind(tmp_path: pathlib.Path, monkeypatch) -> None:
-    import pipeline.outdir as outdir
+    import shards.outdir as outdir
 
     def interrupted(fd, *a, **k):
         os.close(fd)
@@ -296,7 +296,7 @@ def test_logs_and_pages_show_control_characters_written_out() -> None:
     import logging
 
     from pipeline.logs import configure
-    from pipeline.preview import sample_card
+    from shards.preview import sample_card
 
     stream = io.StringIO()
     configure(0, stream)
@@ -492,7 +492,7 @@ def _hash_rows(root: pathlib.Path, retried: bool) -> None:
 
 
 def _shards(root: pathlib.Path, retried: bool) -> None:
-    import transforms.write as write
+    import shards.write as write
 
     recs = _records(root)
     recs[3][Field.DEAD] = {"stage": "read", "reason": "unreadable", "detail": "x"}

@@ -6,7 +6,7 @@ import shutil
 
 from conftest import run_pipeline
 from fake_openai_server import FakeOpenAIServer, completion
-from pipeline.preview import preview_main
+from shards.preview import preview_main
 
 
 def test_preview_shows_failed_samples_and_invalid_negatives_reasons(scenes_dir: pathlib.Path,

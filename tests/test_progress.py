@@ -19,7 +19,7 @@ def finehard(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_rates_of_slow_stages_are_seconds_per_sample() -> None:
-    from transforms.progress import format_eta, format_rate, progress_line
+    from shards.progress import format_eta, format_rate, progress_line
 
     assert format_rate(3, 12.0) == "4.0s/sample"  # not "0.2/s", never "0.0/s"
     assert format_rate(30, 12.0) == "2.5/s"
@@ -139,7 +139,7 @@ def test_multi_process_runs_show_progress_not_beam_chatter(scenes_dir: pathlib.P
 
 def test_terminal_bars_show_every_stage_with_its_total(capsys) -> None:
     from pipeline.progress_view import ProgressView
-    from transforms.progress import write_count
+    from shards.progress import write_count
 
     with ProgressView(["read", "recaption", "done"], total=5, tty=True) as view:
         write_count(view.dir, "read", "w1", 3)
@@ -171,7 +171,7 @@ def test_a_resumed_run_expects_only_the_samples_of_unfinished_shards(scenes_dir:
 def test_terminal_bars_leave_a_log_handler_with_a_closed_stream_alone(capsys, tmp_path: pathlib.Path) -> None:
     """A root handler whose stream was closed (left by the program embedding the run) must not stop the display."""
     from pipeline.progress_view import ProgressView
-    from transforms.progress import write_count
+    from shards.progress import write_count
 
     closed = open(tmp_path / "log.txt", "w")  # noqa: SIM115 - closed on purpose below
     handler = logging.StreamHandler(closed)

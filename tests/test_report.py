@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import read_shards, run_pipeline
-from pipeline.preview import preview_main
-from pipeline.stats import stats_main
+from shards.preview import preview_main
+from shards.stats import stats_main
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_preview_page_shows_boxes_captions_and_negatives(run_out: pathlib.Path, 
 
 
 def test_preview_without_stub_has_no_badge() -> None:
-    from pipeline.preview import sample_card
+    from shards.preview import sample_card
 
     rec = {"key": "k", "caption": "c", "short_caption": "s", "width": 10, "height": 10, "bbox_info": [],
            "provenance": {"caption": {"engine": "vllm", "stub": False}}}
@@ -142,7 +142,8 @@ def test_progress_line_and_logger(caplog: pytest.LogCaptureFixture) -> None:
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.testing.util import assert_that, equal_to
 
-    from transforms.progress import LogProgress, progress_line
+    from shards.progress import progress_line
+    from transforms.progress import LogProgress
 
     assert progress_line(120, 40.0, 500) == "120/500 samples (24.0%), 3.0/s, ETA 2m07s"
     assert progress_line(7, 2.0) == "7 samples, 3.5/s"
@@ -162,7 +163,7 @@ def test_progress_line_and_logger(caplog: pytest.LogCaptureFixture) -> None:
 def test_throughput_when_the_run_recorded_its_wall_time(run_out: pathlib.Path, tmp_path: pathlib.Path) -> None:
     import shutil
 
-    from pipeline.stats import build_stats
+    from shards.stats import build_stats
 
     out = tmp_path / "out"
     shutil.copytree(run_out, out)
@@ -179,7 +180,7 @@ def test_throughput_when_the_run_recorded_its_wall_time(run_out: pathlib.Path, t
 
 def test_per_stage_throughput_comes_from_the_runners_metrics(run_out: pathlib.Path,
                                                              capsys: pytest.CaptureFixture) -> None:
-    from pipeline.stats import build_stats
+    from shards.stats import build_stats
 
     stages = build_stats(str(run_out))["stages"]
     assert list(stages) == ["recaption", "expressions", "detect", "negatives"]  # the chain's order

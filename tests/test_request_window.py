@@ -161,7 +161,7 @@ def test_a_window_never_has_more_than_its_concurrency_in_flight_and_loses_no_ans
 def test_summary_and_stats_show_requests_in_flight_against_the_concurrency(scenes_dir: Any, tmp_path: Any,
                                                                          capsys: Any) -> None:
     from conftest import run_pipeline
-    from pipeline.stats import stats_main
+    from shards.stats import stats_main
 
     def reply(body: dict[str, Any]) -> tuple[int, Any]:
         time.sleep(0.05)

@@ -120,7 +120,7 @@ def test_a_broken_json_sidecar_dead_letters_its_image_with_the_file_named(tmp_pa
 
 
 def test_a_caption_file_added_beside_an_image_changes_the_input_fingerprint(tmp_path: pathlib.Path) -> None:
-    from pipeline.outdir import input_fingerprint
+    from shards.outdir import input_fingerprint
     from transforms.read import list_units
 
     d = _folder(tmp_path)

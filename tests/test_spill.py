@@ -127,7 +127,7 @@ def test_a_source_that_changed_before_the_write_is_dead_lettered_and_the_shard_w
         tmp_path: pathlib.Path) -> None:
     import json
 
-    from transforms.write import write_shard
+    from shards.write import write_shard
 
     records = []
     for key in ("k1", "k2", "k3"):
@@ -143,6 +143,30 @@ def test_a_source_that_changed_before_the_write_is_dead_lettered_and_the_shard_w
     assert [x["key"] for x in letters] == ["k2"]
     assert [s["__key__"] for s in read_shards(out)] == ["k1", "k3"]
     assert not list(out.glob("*.inprogress"))
+
+
+def test_a_changed_source_with_an_undecodable_name_is_dead_lettered_with_the_name_escaped(
+        tmp_path: pathlib.Path) -> None:
+    """The writer marks it dead as every stage does (``core.outcomes.mark_dead``): the detail names the
+    file with its undecodable byte written out, so the dead-letter list can be written (was: the shard failed)."""
+    import json
+
+    from core.record import valid_text
+    from shards.write import write_shard
+
+    records = []
+    for key in ("k1", "k\udcff"):  # the second file's name holds the byte 0xff, which is not UTF-8
+        src = tmp_path / f"{key}.jpg"
+        src.write_bytes(b"\xff\xd8 " + key.encode("utf-8", "surrogateescape"))
+        records.append(spill_image({"key": valid_text(key, escape=True).replace("\\", "_"),
+                                    "f_path": valid_text(str(src), escape=True), "image_bytes": src.read_bytes(),
+                                    Field.SOURCE: str(src), "caption": "c", Field.SHARD: (0, 1)}, str(tmp_path)))
+    (tmp_path / "k\udcff.jpg").write_bytes(b"replaced meanwhile")
+    out = tmp_path / "out"
+    stats = write_shard(str(out), 0, 1, records, {"config_hash": "x"})
+    assert stats["written"] == 1 and stats["dead_lettered_by_reason"] == {"write:source_changed": 1}
+    [letter] = [json.loads(line) for line in (out / "deadletter" / "shard-00000.jsonl").read_text().splitlines()]
+    assert letter["detail"] == f"{tmp_path}/k\\xff.jpg changed since it was read and checked"
 
 
 # ------------------------------------------------------------------ re-read from the source (issue #15: small shuffles)
@@ -256,7 +280,7 @@ def test_a_tar_rewritten_after_reading_dead_letters_its_changed_member_and_the_s
     import json
 
     from transforms.read import ReadUnit, read_unit
-    from transforms.write import write_shard
+    from shards.write import write_shard
 
     members = scene_members(scenes_dir, 3)
     tar = write_tar(tmp_path / "part.tar", members)

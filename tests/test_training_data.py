@@ -111,7 +111,7 @@ def test_invalid_boxes_are_skipped_and_counted(tmp_path):
 
 
 def test_sample_count_from_pipeline_stats_or_tar_headers(tmp_path):
-    from transforms.write import STATS_SUFFIX
+    from shards.markers import STATS_SUFFIX
 
     from training.data import SHARD_STATS_SUFFIX, count_samples, epoch_steps
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import read_shards, run_pipeline
 from pipeline.waves import merge_stage_metrics, plan_waves
-from transforms.write import ShardRange, shard_of
+from shards.write import ShardRange, shard_of
 
 PER_SHARD = 4
 WAVE = 8
@@ -180,7 +180,8 @@ def test_duplicates_of_takes_the_decisions_of_drop_duplicates() -> None:
     from apache_beam.testing.util import assert_that, equal_to
 
     from core.record import Field
-    from transforms.dedup import EXACT, DropDuplicates, duplicate_detail, duplicates_of, rank
+    from stages.dedup import EXACT, duplicate_detail, duplicates_of, rank
+    from transforms.dedup import DropDuplicates
 
     rnd = random.Random(7)
     rows = []

@@ -56,7 +56,7 @@ from core.record import (Field, IMAGE_EXTS, NUM_NEGATIVES, PROJECT_VERSION, REGI
                          make_key, valid_text)
 from inputs.check import MAX_SHORT_CAPTION_CHARS, check_image
 from core.outcomes import bump, mark_dead, mark_filtered
-from core.record import SampleError
+from core.record import TAR_ERROR_KEY_SUFFIX, SampleError
 
 IMAGE_SUFFIXES = tuple("." + e for e in IMAGE_EXTS)
 MANIFEST_EXTS = (".jsonl", ".json", ".parquet")
@@ -1512,7 +1512,7 @@ def _records_from_tar(unit: ReadUnit, max_bytes: int = MAX_IMAGE_BYTES,
                 members[ext] = member
     except (OSError, tarfile.TarError, EOFError, SampleError, ValueError) as e:
         held += 1
-        rec = new_record(make_key(posixpath.basename(uri) + Field.TAR_ERROR), uri)
+        rec = new_record(make_key(posixpath.basename(uri) + TAR_ERROR_KEY_SUFFIX), uri)
         reason = e.reason if isinstance(e, SampleError) else "unreadable_tar"
         yield mark_dead(rec, STAGE, reason, e.detail if isinstance(e, SampleError) else f"{type(e).__name__}: {e}")
     yield from flush(current, members)

@@ -8,7 +8,7 @@ import argparse
 from core.cli_help import DefaultsHelpFormatter
 
 REPORT_NAME = "stats_report.json"  # finehard stats --write
-EXPORT_IMAGES_DIR = "images"  # finehard export-fgovd: the images beside the jsonl (pipeline.export.IMAGES_DIR)
+EXPORT_IMAGES_DIR = "images"  # finehard export-fgovd: the images beside the jsonl (shards.export.IMAGES_DIR)
 
 OUTPUT_HELP = "a `finehard shards` --output folder (any fsspec URI)"
 

@@ -12,7 +12,7 @@ import os
 import posixpath
 import sys
 import tarfile
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -21,7 +21,7 @@ from core.files import atomic_write, open_regular, protocol_prefix, read_bounded
 from core.record import IMAGE_EXTS, METRICS_NAMESPACE, SampleError
 from core.terminal import printable
 from transforms.read import open_input, shard_record_problem
-from transforms.write import READ_COUNTS_DIR, SHARD_PREFIX, STATS_SUFFIX, read_marker
+from shards.markers import READ_COUNTS_DIR, SHARD_PREFIX, STATS_SUFFIX, read_marker
 
 LOG = logging.getLogger("finehard")
 MAX_RECORD_BYTES = 64 << 20  # a shard's .json member: a caption and regions, far below this
@@ -156,20 +156,6 @@ def iter_samples(shard_uris: list[str], with_images: bool = True,
     for uri in shard_uris:
         shard = posixpath.basename(uri)
         current: dict[str, Any] = {}
-
-        def finish(sample: dict[str, Any]) -> Iterator[dict[str, Any]]:
-            if not sample:
-                return
-            where = f"{shard}: sample {sample['key']!r}"
-            if "bad" in sample:
-                skip(f"{where}: {sample['bad']}")
-            elif "record" not in sample:
-                skip(f"{where}: has no .json member")
-            elif "ext" not in sample:
-                skip(f"{where}: has no image member")
-            else:
-                yield sample
-
         try:
             with open_input(uri) as f, tarfile.open(fileobj=f, mode="r|") as tar:
                 for ti in tar:
@@ -179,30 +165,51 @@ def iter_samples(shard_uris: list[str], with_images: bool = True,
                     if problem:
                         skip(f"{shard}: member {ti.name!r}: {problem}")
                         continue
-                    key, _, ext = ti.name.partition(".")
+                    key = ti.name.partition(".")[0]
                     if current and current["key"] != key:
-                        yield from finish(current)
+                        yield from _finished(shard, current, skip)
                         current = {}
                     current.setdefault("key", key)
-                    if ext == "json":
-                        try:
-                            record = json.loads(tar.extractfile(ti).read(MAX_RECORD_BYTES + 1))
-                        except (ValueError, RecursionError) as e:
-                            current["bad"] = f"its .json is not JSON ({type(e).__name__}: {str(e)[:100]})"
-                            continue
-                        problem = sample_problem(record)
-                        if problem:
-                            current["bad"] = problem
-                        else:
-                            current["record"] = record
-                    elif ext in IMAGE_EXTS:
-                        current["ext"] = ext
-                        if with_images:
-                            current["image"] = tar.extractfile(ti).read()
+                    _take_member(tar, ti, current, with_images)
         except (OSError, EOFError, tarfile.TarError, SampleError) as e:
             why = e.detail if isinstance(e, SampleError) else f"{type(e).__name__}: {e}"
             skip(f"{shard}: not a readable tar from here on ({why})")
-        yield from finish(current)
+        yield from _finished(shard, current, skip)
+
+
+def _finished(shard: str, sample: dict[str, Any], skip: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """``sample`` of :func:`iter_samples` once all its members were read, or why it is skipped."""
+    if not sample:
+        return
+    where = f"{shard}: sample {sample['key']!r}"
+    if "bad" in sample:
+        skip(f"{where}: {sample['bad']}")
+    elif "record" not in sample:
+        skip(f"{where}: has no .json member")
+    elif "ext" not in sample:
+        skip(f"{where}: has no image member")
+    else:
+        yield sample
+
+
+def _take_member(tar: tarfile.TarFile, ti: tarfile.TarInfo, sample: dict[str, Any], with_images: bool) -> None:
+    """Put member ``ti`` into ``sample``: its record (or why it is bad) or its image; other members are ignored."""
+    ext = ti.name.partition(".")[2]
+    if ext == "json":
+        try:
+            record = json.loads(tar.extractfile(ti).read(MAX_RECORD_BYTES + 1))
+        except (ValueError, RecursionError) as e:
+            sample["bad"] = f"its .json is not JSON ({type(e).__name__}: {str(e)[:100]})"
+            return
+        problem = sample_problem(record)
+        if problem:
+            sample["bad"] = problem
+        else:
+            sample["record"] = record
+    elif ext in IMAGE_EXTS:
+        sample["ext"] = ext
+        if with_images:
+            sample["image"] = tar.extractfile(ti).read()
 
 
 def report_skipped(command: str, skipped: list[str], limit: int = 20) -> None:
@@ -283,7 +290,7 @@ def summarise(stats: list[dict[str, Any]], listed: Optional[int] = None) -> dict
 def run_output_clash(output: str, target: str) -> Optional[str]:
     """Why writing ``target`` would overwrite what a run wrote into ``output`` (a shard, a marker, the lists,
     the summary, the lock), or None. ``target`` a file or a folder to write into."""
-    from pipeline.outdir import LOCK_NAME, RUN_OUTPUTS  # outdir imports the readers; only this needs it
+    from shards.outdir import LOCK_NAME, RUN_OUTPUTS  # outdir imports the readers; only this needs it
 
     out_fs, out_root = fsspec.core.url_to_fs(output)
     to_fs, to_path = fsspec.core.url_to_fs(target)

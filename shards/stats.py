@@ -11,9 +11,9 @@ import fsspec
 
 from core.record import NUM_NEGATIVES
 from core.terminal import printable
-from pipeline.read_back_cli import REPORT_NAME, stats_parser
-from pipeline.output import (STATS_GLOB, _read_json, in_chain_order, is_stub, iter_samples, read_listed,
-                             read_shard_stats, reconcile_problem, report_skipped, shard_paths, summarise)
+from shards.read_back_cli import REPORT_NAME, stats_parser
+from shards.output import (STATS_GLOB, _read_json, in_chain_order, is_stub, iter_samples, read_listed,
+    read_shard_stats, reconcile_problem, report_skipped, shard_paths, summarise)
 
 RECONCILED = {True: "reconciled", None: "no read counts: not checked"}
 
@@ -29,7 +29,7 @@ def _by_stage(by_reason: dict[str, int]) -> dict[str, dict[str, int]]:
 
 def build_stats(output: str, skipped: Optional[list[str]] = None) -> dict[str, Any]:
     """The stats report of a run's OUTPUT folder (see module docstring); what could not be read of the
-    shards is left out, one line each in ``skipped`` (``pipeline.output.iter_samples``)."""
+    shards is left out, one line each in ``skipped`` (``shards.output.iter_samples``)."""
     fs, root = fsspec.core.url_to_fs(output)
     stats = read_shard_stats(output)
     if not stats:

@@ -14,9 +14,9 @@ import fsspec
 from PIL import Image
 
 from core.terminal import printable
-from pipeline.read_back_cli import preview_parser
-from pipeline.output import (SHARD_GLOB, is_stub, iter_samples, read_lines, read_listed, read_shard_stats,
-                             report_skipped, run_output_clash, shard_paths, summarise)
+from shards.read_back_cli import preview_parser
+from shards.output import (SHARD_GLOB, is_stub, iter_samples, read_lines, read_listed, read_shard_stats,
+    report_skipped, run_output_clash, shard_paths, summarise)
 from transforms.read import read_limited
 
 PREVIEW_MAX_SIDE = 512

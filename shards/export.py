@@ -34,8 +34,8 @@ import fsspec
 
 from core.record import NUM_NEGATIVES
 from core.terminal import printable
-from pipeline.read_back_cli import EXPORT_IMAGES_DIR, export_fgclip_parser, export_fgovd_parser
-from pipeline.output import iter_samples, report_skipped, run_output_clash, shard_paths
+from shards.read_back_cli import EXPORT_IMAGES_DIR, export_fgclip_parser, export_fgovd_parser
+from shards.output import iter_samples, report_skipped, run_output_clash, shard_paths
 
 JSON_DIR = "jsonfiles"
 FGCLIP_LIST = "finehard_files.txt"  # the .txt form of --data_path: one json file path a line
@@ -81,7 +81,7 @@ def export_fgclip(output: str, to: str, shards: Optional[list[str]] = None,
                   relative_paths: bool = False, skipped: Optional[list[str]] = None) -> dict[str, int]:
     """Extract images and write one JSON array per shard under ``to/jsonfiles/``; returns counts.
 
-    Shards are untrusted input (``pipeline.output.iter_samples``): a member whose name is a path out
+    Shards are untrusted input (``shards.output.iter_samples``): a member whose name is a path out
     of ``to`` (absolute, ``..``) is never used; what is left out is listed in ``skipped``.
     """
     local = _is_local(to) and not relative_paths
