@@ -1,6 +1,6 @@
 """The image check: every image is fully decoded once and stored the way every reader sees it.
 
-Runs right after reading, in the read step's thread pool (``transforms.read.checked``): size
+Runs right after reading, in the read step's thread pool (``inputs.reader.checked``): size
 limits from the header (decompression bombs), a full decode (truncated or corrupt files are
 dead-lettered here, never later), EXIF orientation applied, CMYK/16-bit/32-bit/float/palette/alpha
 made RGB or 8-bit grey, first frame of animations; the short caption is clipped.

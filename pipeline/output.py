@@ -20,7 +20,8 @@ from fsspec.implementations.local import LocalFileSystem
 from core.files import atomic_write, open_regular, protocol_prefix, read_bounded, unsafe_member_problem
 from core.record import IMAGE_EXTS, METRICS_NAMESPACE, SampleError
 from core.terminal import printable
-from transforms.read import open_input, shard_record_problem
+from inputs.opening import open_input
+from inputs.records import shard_record_problem
 from transforms.write import READ_COUNTS_DIR, SHARD_PREFIX, STATS_SUFFIX, read_marker
 
 LOG = logging.getLogger("finehard")

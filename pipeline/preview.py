@@ -17,7 +17,7 @@ from core.terminal import printable
 from pipeline.read_back_cli import preview_parser
 from pipeline.output import (SHARD_GLOB, is_stub, iter_samples, read_lines, read_listed, read_shard_stats,
                              report_skipped, run_output_clash, shard_paths, summarise)
-from transforms.read import read_limited
+from inputs.opening import read_limited
 
 PREVIEW_MAX_SIDE = 512
 MAX_FAILED_IMAGE_BYTES = 20 << 20  # a dead-lettered image bigger than this is not inlined

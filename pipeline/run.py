@@ -33,7 +33,9 @@ from transforms.dedup import DropDuplicates, Ref, duplicates_of
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
-from transforms.read import MAX_IMAGE_BYTES, ROWS_PER_UNIT, InputError, ReadImages, ReadUnit, iter_units
+from core.record import MAX_IMAGE_BYTES
+from inputs.units import ROWS_PER_UNIT, InputError, ReadUnit, iter_units
+from transforms.read import ReadImages
 from transforms.recaption import CAPTIONERS, Recaption, clean_caption
 from transforms.progress import STARTED_PREFIX, LogProgress
 from core.spill import SpillDir, check_spill_dir, spill_image
