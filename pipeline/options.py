@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from core.record import MAX_IMAGE_BYTES
+
 WAVE_SAMPLES = 5_000  # pipeline.waves: a local run's memory grows with a wave, not with the input
 
 
@@ -74,7 +76,7 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                         help="a .jsonl/.parquet manifest is read in parts of about this many rows, so many "
                              "workers read one large manifest (parquet splits at row groups); 0: read each whole")
     parser.add_argument("--max-image-bytes", "--max_image_bytes", dest="max_image_bytes", type=int,
-                        default=64 * 1024 * 1024,
+                        default=MAX_IMAGE_BYTES,
                         help="an image file (or tar member, or download) larger than this is dead-lettered as "
                              "file_too_large; at most this many bytes + 1 are ever read (default: %(default)s = 64 MiB)")
     parser.add_argument("--min-side", "--min_side", dest="min_side", type=int, default=8,

@@ -251,3 +251,30 @@ def test_images_are_checked_on_several_threads_in_order_with_a_bounded_look_ahea
     assert [r["i"] for r in [first, *rest]] == list(range(40)) and all(r["checked"] for r in rest)
     assert [r["i"] for r in checked(source(), check=lambda r: r, threads=1)] == list(range(40))
 
+
+def test_the_image_byte_limit_is_written_once_and_the_flag_default_is_that_very_constant() -> None:
+    """``pipeline.run`` puts ``--max-image-bytes`` into the config hash only when it differs from the default:
+    a second copy of the 64 MiB value, changed without the first, would silently change every run's config
+    hash (and break resume). The flag's default must be ``core.record.MAX_IMAGE_BYTES`` itself, and no other
+    module may define a ``MAX_IMAGE_BYTES`` of its own."""
+    import argparse
+    import ast
+    import pathlib
+
+    from core.record import MAX_IMAGE_BYTES
+    from pipeline.options import add_curation_args
+
+    parser = argparse.ArgumentParser()
+    add_curation_args(parser)
+    assert parser.get_default("max_image_bytes") is MAX_IMAGE_BYTES
+    root = pathlib.Path(__file__).resolve().parents[1]
+    defined = []
+    for folder in ("core", "prompts", "inputs", "stages", "shards", "transforms", "model_stubs", "training",
+                   "pipeline", "bench", "tests"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                targets = (node.targets if isinstance(node, ast.Assign)
+                           else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+                if any(isinstance(t, ast.Name) and t.id == "MAX_IMAGE_BYTES" for t in targets):
+                    defined.append(str(path.relative_to(root)))
+    assert defined == ["core/record.py"], defined
