@@ -63,7 +63,8 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     from transforms.expressions import expressions_from_doc, expressions_provenance, load_nlp
     from transforms.negatives import NEGATIVE_ENGINES, apply_negatives
     from inputs.check import check_image
-    from transforms.read import list_units, read_unit
+    from inputs.reader import read_unit
+    from inputs.units import list_units
     from transforms.recaption import CAPTIONERS, apply_captioner
     from shards.write import num_shards_for, shard_of, write_shard
 

@@ -124,7 +124,7 @@ def measure(input_uri: str, distributed: bool, spill: bool) -> dict[str, float]:
     from pipeline.local_runner import LocalRunner
     from pipeline.progress_view import expected_samples
     from pipeline.run import build_pipeline, decide_num_shards, model_cache_root, parse_args
-    from transforms.read import list_units
+    from inputs.units import list_units
     from core.spill import SpillDir
 
     output = fresh_dir("shuffle")

@@ -16,6 +16,10 @@ NUM_NEGATIVES = 10
 RETRYABLE_REASONS = frozenset({"caption_request_failed", "caption_timeout", "engine_error", "timeout"})
 # Image file extensions (lower case, no dot) the readers accept and the shard readers recognise.
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "jfif", "jpe", "avif")
+# The largest image file (or tar member, or download) read: --max-image-bytes' default. Written here only:
+# pipeline.options gives it as the flag's default and pipeline.run compares the flag with it to decide
+# whether it enters the config hash (two copies could drift apart and silently break resume).
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
 METRICS_NAMESPACE = "finehard"  # Beam metrics; RunInference stages use "finehard_<stage>"
 # Counter keys (core.outcomes.bump) that other modules read back: the prefix, then the reason.
 NEGATIVES_INVALID = "negatives_invalid:"  # a region left without negatives (transforms.negatives)

@@ -82,7 +82,7 @@ def read_source(source: Source) -> bytes:
     """The bytes ``source`` names: a whole file, or ``size`` bytes from ``offset`` (one range read).
 
     A local path is opened literally; a URI goes to its fsspec filesystem without URL chaining
-    (``a::b`` is a name), as ``transforms.read`` read it.
+    (``a::b`` is a name), as ``inputs.opening`` reads it.
     """
     uri, offset, size = (source, 0, None) if isinstance(source, str) else source
     path = local_path(uri)

@@ -1,6 +1,6 @@
 """The image check: every image is fully decoded once and stored the way every reader sees it.
 
-Runs right after reading, in the read step's thread pool (``transforms.read.checked``): size
+Runs right after reading, in the read step's thread pool (``inputs.reader.checked``): size
 limits from the header (decompression bombs), a full decode (truncated or corrupt files are
 dead-lettered here, never later), EXIF orientation applied, CMYK/16-bit/32-bit/float/palette/alpha
 made RGB or 8-bit grey, first frame of animations; the short caption is clipped.
@@ -151,34 +151,7 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a library in the same process may have turned it on
     try:
         with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            if width * height > max_pixels:
-                return mark_dead(record, STAGE, "too_large", f"{width}x{height} exceeds --max-pixels {max_pixels}")
-            _verify_chunks(data)
-            fmt = im.format
-            conversions = []
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
-                conversions.append("first_frame")
-            im.load()
-            out = im
-            if out.mode not in _KEPT_MODES:
-                out, what = _to_rgb(out)
-                conversions.append(what)
-            transpose = _EXIF_TRANSPOSE.get(im.getexif().get(_EXIF_ORIENTATION, 1))
-            if transpose is not None:
-                out = out.transpose(transpose)
-                conversions.append("exif_orientation")
-            if fmt not in _FORMAT_EXT:
-                conversions.append(f"format_{str(fmt).lower()}")
-            if conversions:
-                record.pop(Field.SOURCE, None)  # the stored bytes are no longer the source file's
-                record[Field.IMAGE_BYTES], fmt = _encode(out, fmt)
-                width, height = out.size
-                for what in conversions:
-                    bump(record, f"converted:{what}")
-            if near_hashes:
-                record[Field.DHASH], record[Field.THUMB] = dhash(out), thumbnail(out)
+            width, height, fmt = _decode_and_store(record, im, data, max_pixels, near_hashes)
     except SampleError as e:
         return mark_dead(record, STAGE, e.reason, e.detail)
     except Image.UnidentifiedImageError as e:
@@ -195,3 +168,40 @@ def check_image(record: dict[str, Any], max_pixels: int, min_side: int,
     if min(width, height) < min_side:
         return mark_filtered(record, STAGE, "too_small", f"{width}x{height} below --min-side {min_side}")
     return record
+
+
+def _decode_and_store(record: dict[str, Any], im: Image.Image, data: bytes, max_pixels: int,
+                      near_hashes: bool) -> tuple[int, int, str]:
+    """The one full decode of an opened image (see :func:`check_image`): the size checked from the header
+    first (``too_large``, raised), chunk CRCs verified, then the first frame, RGB or 8-bit grey and EXIF
+    orientation; a converted image is re-encoded into the record, each conversion counted. Returns the
+    stored image's width, height and format."""
+    width, height = im.size
+    if width * height > max_pixels:
+        raise SampleError("too_large", f"{width}x{height} exceeds --max-pixels {max_pixels}")
+    _verify_chunks(data)
+    fmt = im.format
+    conversions = []
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)
+        conversions.append("first_frame")
+    im.load()
+    out = im
+    if out.mode not in _KEPT_MODES:
+        out, what = _to_rgb(out)
+        conversions.append(what)
+    transpose = _EXIF_TRANSPOSE.get(im.getexif().get(_EXIF_ORIENTATION, 1))
+    if transpose is not None:
+        out = out.transpose(transpose)
+        conversions.append("exif_orientation")
+    if fmt not in _FORMAT_EXT:
+        conversions.append(f"format_{str(fmt).lower()}")
+    if conversions:
+        record.pop(Field.SOURCE, None)  # the stored bytes are no longer the source file's
+        record[Field.IMAGE_BYTES], fmt = _encode(out, fmt)
+        width, height = out.size
+        for what in conversions:
+            bump(record, f"converted:{what}")
+    if near_hashes:
+        record[Field.DHASH], record[Field.THUMB] = dhash(out), thumbnail(out)
+    return width, height, fmt

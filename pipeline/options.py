@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from core.record import MAX_IMAGE_BYTES
+
 WAVE_SAMPLES = 5_000  # pipeline.waves: a local run's memory grows with a wave, not with the input
 
 
@@ -70,11 +72,11 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                              "start at once; only when the size cannot be had cheaply (tars without sizes.json, "
                              "manifests over 512 MiB) does the shard count wait for the whole read")
     parser.add_argument("--rows-per-read-unit", "--rows_per_read_unit", dest="rows_per_read_unit", type=int,
-                        default=5000,  # transforms.read.ROWS_PER_UNIT
+                        default=5000,  # inputs.units.ROWS_PER_UNIT
                         help="a .jsonl/.parquet manifest is read in parts of about this many rows, so many "
                              "workers read one large manifest (parquet splits at row groups); 0: read each whole")
     parser.add_argument("--max-image-bytes", "--max_image_bytes", dest="max_image_bytes", type=int,
-                        default=64 * 1024 * 1024,
+                        default=MAX_IMAGE_BYTES,
                         help="an image file (or tar member, or download) larger than this is dead-lettered as "
                              "file_too_large; at most this many bytes + 1 are ever read (default: %(default)s = 64 MiB)")
     parser.add_argument("--min-side", "--min_side", dest="min_side", type=int, default=8,

@@ -34,7 +34,9 @@ from transforms.dedup import DropDuplicates
 from transforms.detect import DETECTORS, DetectBoxes
 from transforms.expressions import ExtractExpressions
 from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
-from transforms.read import MAX_IMAGE_BYTES, ROWS_PER_UNIT, InputError, ReadImages, ReadUnit, iter_units
+from core.record import MAX_IMAGE_BYTES
+from inputs.units import ROWS_PER_UNIT, InputError, ReadUnit, iter_units
+from transforms.read import ReadImages
 from transforms.recaption import CAPTIONERS, Recaption, clean_caption
 from shards.progress import STARTED_PREFIX
 from transforms.progress import LogProgress

@@ -23,7 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from core.files import atomic_write, local_path, open_regular
 from core.terminal import printable
-from transforms.read import ReadUnit
+from inputs.units import ReadUnit
 from shards.markers import DEADLETTER_DIR, DIAGNOSTICS_DIR, FILTERED_DIR, READ_COUNTS_DIR, SHARD_PREFIX
 
 LOG = logging.getLogger("finehard")

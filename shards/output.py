@@ -20,7 +20,8 @@ from fsspec.implementations.local import LocalFileSystem
 from core.files import atomic_write, open_regular, protocol_prefix, read_bounded, unsafe_member_problem
 from core.record import IMAGE_EXTS, METRICS_NAMESPACE, SampleError
 from core.terminal import printable
-from transforms.read import open_input, shard_record_problem
+from inputs.opening import open_input
+from inputs.records import shard_record_problem
 from shards.markers import READ_COUNTS_DIR, SHARD_PREFIX, STATS_SUFFIX, read_marker
 
 LOG = logging.getLogger("finehard")
@@ -120,7 +121,7 @@ def shard_paths(output: str, names: Optional[list[str]] = None) -> list[str]:
 
 def sample_problem(record: Any) -> Optional[str]:
     """What makes a shard's ``.json`` member unusable by stats, preview and the exports, or None: the
-    curation reader's ``bad_shard_record`` rule (``transforms.read.shard_record_problem``), plus a
+    curation reader's ``bad_shard_record`` rule (``inputs.records.shard_record_problem``), plus a
     pixel size where the record has regions."""
     if not isinstance(record, dict):
         return f"its .json is {type(record).__name__}, not an object"
@@ -262,7 +263,7 @@ def summarise(stats: list[dict[str, Any]], listed: Optional[int] = None) -> dict
     """Totals over shard stats.
 
     ``read`` is ``listed``, the number of input items the read stage counted (kept apart from the
-    records, see ``transforms.read.read_and_count``); ``reconciled`` says it equals written +
+    records, see ``inputs.reader.read_and_count``); ``reconciled`` says it equals written +
     dead_lettered + filtered, the outcomes the shard writers counted. None when ``listed`` is not known.
     """
     total: dict[str, Any] = {"shards": len(stats), "read": listed, "written": 0, "dead_lettered": 0, "filtered": 0,

@@ -17,7 +17,7 @@ from core.terminal import printable
 from shards.read_back_cli import preview_parser
 from shards.output import (SHARD_GLOB, is_stub, iter_samples, read_lines, read_listed, read_shard_stats,
     report_skipped, run_output_clash, shard_paths, summarise)
-from transforms.read import read_limited
+from inputs.opening import read_limited
 
 PREVIEW_MAX_SIDE = 512
 MAX_FAILED_IMAGE_BYTES = 20 << 20  # a dead-lettered image bigger than this is not inlined
@@ -117,7 +117,7 @@ def sample_card(sample: dict[str, Any], diagnostics: Optional[dict[tuple[str, st
 def _failed_image(f_path: str) -> Optional[tuple[bytes, str]]:
     """The source image of a dead-lettered/filtered sample, when it can still be read as an image.
 
-    It is read as the curation reader reads input (``transforms.read.read_limited``): a regular file
+    It is read as the curation reader reads input (``inputs.opening.read_limited``): a regular file
     only (a FIFO or a device that was dead-lettered is not opened again), at most
     ``MAX_FAILED_IMAGE_BYTES``; http(s) sources are not fetched again (a preview needs no network).
     """

@@ -272,10 +272,10 @@ def test_http_manifests_are_fetched_or_dead_lettered_per_sample(tmp_path: pathli
     """Class 8: http(s) rows are fetched (retries, bounded redirects, byte limit, user agent); other schemes refused."""
     import socket
 
-    import transforms.read as read
+    import inputs.opening as opening
 
-    monkeypatch.setattr(read, "HTTP_BACKOFF_S", 0.01)
-    monkeypatch.setattr(read, "HTTP_TIMEOUT_S", 2.0)  # the slow route answers after 3 s
+    monkeypatch.setattr(opening, "HTTP_BACKOFF_S", 0.01)
+    monkeypatch.setattr(opening, "HTTP_TIMEOUT_S", 2.0)  # the slow route answers after 3 s
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     c = _colors(4)
     limit = 20_000

@@ -26,7 +26,7 @@ def test_a_folder_keeps_the_original_not_its_copy_whatever_their_keys(scenes_dir
 
     # a name whose key sorts after its copy's key ("holiday_photo_N_<hash>" > "holiday_photo_N_copy_<hash>"):
     # the smallest key kept the copy
-    def key(stem: str) -> str:  # transforms.read: a folder file's key hashes its path under the folder
+    def key(stem: str) -> str:  # inputs.folders: a folder file's key hashes its path under the folder
         return make_key(stem, f"/{stem}.jpg")
 
     name = next(f"holiday photo {i}" for i in range(100) if key(f"holiday photo {i}") > key(f"holiday photo {i} (copy)"))

@@ -51,19 +51,20 @@ def test_tar_members_named_with_a_leading_dot_are_samples_with_sane_keys_and_cou
 
 def test_a_tars_count_is_taken_from_its_members_not_from_the_records_the_grouping_made(
         tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import transforms.read as read
+    import inputs.reader as reader
+    from inputs.units import ReadUnit
 
     _hidden_and_scattered_tar(tmp_path / "in.tar")
-    real = read.READERS["tar"]
+    real = reader.READERS["tar"]
 
     def losing(*args):  # an injected bug: the grouping loses the tar's first sample
         records = real(*args)
         next(records)
         return (yield from records)
 
-    monkeypatch.setitem(read.READERS, "tar", losing)
-    unit = read.ReadUnit("tar", str(tmp_path), (str(tmp_path / "in.tar"),))
-    records = list(read.read_and_count(unit, counts_root=str(tmp_path / "counts")))
+    monkeypatch.setitem(reader.READERS, "tar", losing)
+    unit = ReadUnit("tar", str(tmp_path), (str(tmp_path / "in.tar"),))
+    records = list(reader.read_and_count(unit, counts_root=str(tmp_path / "counts")))
     counted = [json.loads(p.read_text())["items"] for p in (tmp_path / "counts").glob("*.json")]
     assert len(records) == 7 and counted == [8]  # the summary then says NOT RECONCILED
 
@@ -146,21 +147,23 @@ def test_a_server_that_trickles_bytes_is_cut_off_at_the_deadline_of_the_whole_tr
 
     from bad_inputs import ImageServer
     from core.record import SampleError
-    import transforms.read as read
+    import inputs.opening as opening
+    from inputs.reader import read_unit
+    from inputs.units import ReadUnit
 
     monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setattr(read, "HTTP_TOTAL_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(read, "HTTP_STREAM_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(opening, "HTTP_TOTAL_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(opening, "HTTP_STREAM_TIMEOUT_S", 0.5)
     write_tar(tmp_path / "t.tar", [("000001.jpg", jpeg((200, 10, 10)))])
     image, manifest = Trickle(jpeg((10, 200, 10)) * 2), Trickle(b"\n" * 200 + b'{"url": "x.jpg"}\n', chunk=2)
     tar = Trickle((tmp_path / "t.tar").read_bytes(), chunk=16, sized=False)
     assert tarfile.is_tarfile(tmp_path / "t.tar")
     with ImageServer({"/slow.jpg": image, "/slow.jsonl": manifest, "/slow.tar": tar}) as server:
         with pytest.raises(SampleError) as e:
-            read.fetch_http(f"{server.url}/slow.jpg", 1 << 20)
+            opening.fetch_http(f"{server.url}/slow.jpg", 1 << 20)
         assert e.value.reason == "http_timeout" and "took over 0.5 s" in e.value.detail
-        rows = list(read.read_unit(read.ReadUnit("manifest", server.url, (f"{server.url}/slow.jsonl",))))
-        samples = list(read.read_unit(read.ReadUnit("tar", server.url, (f"{server.url}/slow.tar",))))
+        rows = list(read_unit(ReadUnit("manifest", server.url, (f"{server.url}/slow.jsonl",))))
+        samples = list(read_unit(ReadUnit("tar", server.url, (f"{server.url}/slow.tar",))))
         for route in (image, manifest, tar):
             assert route.ended.wait(30)
     assert [r["_dead"]["reason"] for r in rows] == ["http_timeout"]  # the manifest, cut off: not its end
@@ -258,12 +261,12 @@ def test_reused_captions_are_cleaned_and_limited_like_the_captioners(scenes_dir:
 def test_a_redirect_to_another_scheme_is_an_unsafe_redirect(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from bad_inputs import ImageServer, redirect
     from core.record import SampleError
-    import transforms.read as read
+    from inputs.opening import fetch_http
 
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     with ImageServer({"/x.jpg": redirect(target)}) as server:
         with pytest.raises(SampleError) as e:
-            read.fetch_http(f"{server.url}/x.jpg", 1 << 20)
+            fetch_http(f"{server.url}/x.jpg", 1 << 20)
     assert e.value.reason == "unsafe_redirect" and target in e.value.detail
 
 

@@ -103,7 +103,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_a_folder_is_listed_in_the_same_order_and_units_as_before(tree: Path) -> None:
-    from transforms.read import list_units
+    from inputs.units import list_units
 
     expected = LISTED_BY_3
     assert relative(list_units(str(tree), files_per_unit=3), tree) == expected
@@ -114,14 +114,15 @@ def test_a_folder_is_listed_in_the_same_order_and_units_as_before(tree: Path) ->
 
 def test_key_clashes_are_decided_on_the_names_even_when_every_hash_collides(tree: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import transforms.read as read
+    import inputs.listing as listing
+    from inputs.units import list_units
 
-    monkeypatch.setattr(read, "hash", lambda s: 0, raising=False)  # every name's stem hashes alike
-    units = read.list_units(str(tree), files_per_unit=3)
+    monkeypatch.setattr(listing, "hash", lambda s: 0, raising=False)  # every name's stem hashes alike (_repeated_stems)
+    units = list_units(str(tree), files_per_unit=3)
     assert [keys for _, _, keys in relative(units, tree)] == [keys for _, _, keys in LISTED_BY_3]
 
 def test_a_folder_of_manifests_and_a_folder_without_images_are_listed_as_before(tmp_path: Path) -> None:
-    from transforms.read import InputError, list_units
+    from inputs.units import InputError, list_units
 
     def tree(name: str, files: list[str]) -> Path:
         for f in files:
@@ -148,7 +149,7 @@ def test_a_folder_of_manifests_and_a_folder_without_images_are_listed_as_before(
 def test_the_launcher_fingerprints_and_counts_a_folder_as_before(tree: Path) -> None:
     from shards.outdir import input_fingerprint
     from pipeline.run import plan_input
-    from transforms.read import list_units
+    from inputs.units import list_units
 
     units = list_units(str(tree))
     plan = plan_input(str(tree))
@@ -182,7 +183,7 @@ COUNTED_AS_OF_58AF404 = {
 @pytest.mark.parametrize("name", sorted(COUNTED_AS_OF_58AF404))
 def test_a_manifest_counts_the_rows_it_counted_before(tmp_path: Path, name: str) -> None:
     from pipeline.progress_view import expected_samples
-    from transforms.read import ReadUnit
+    from inputs.units import ReadUnit
 
     data, rows = COUNTED_AS_OF_58AF404[name]
     (tmp_path / name).write_bytes(data)
@@ -211,7 +212,7 @@ def test_a_large_jsonl_manifest_is_counted_in_chunks_never_read_whole(tmp_path: 
     import tracemalloc
 
     from pipeline.progress_view import COUNT_CHUNK_CHARS, count_manifest_rows, expected_samples
-    from transforms.read import ReadUnit
+    from inputs.units import ReadUnit
 
     row = '{"url": "images/%09d.jpg", "caption": "a photo of thing number %09d"}\n'
     block = "".join(row % (i, i) for i in range(10_000)) + "\r\n\n"  # crlf and blank lines here and there

@@ -113,7 +113,7 @@ def test_stats_preview_and_train_skip_unsafe_members_and_say_so(run_out: pathlib
 
 def test_one_rule_for_member_names() -> None:
     from core.files import member_name_problem
-    from transforms.read import unsafe_member_problem as reader_rule
+    from core.files import unsafe_member_problem as reader_rule
     from core.files import unsafe_member_problem
 
     assert reader_rule is unsafe_member_problem
@@ -403,7 +403,8 @@ def _records(tmp_path: pathlib.Path, n: int = 5) -> list[dict]:
 
 
 def _read_counts(root: pathlib.Path, retried: bool) -> None:
-    from transforms.read import ReadUnit, read_and_count
+    from inputs.reader import read_and_count
+    from inputs.units import ReadUnit
 
     images = root.parent.parent / "images"  # the same input for both runs
     images.mkdir(exist_ok=True)

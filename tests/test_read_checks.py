@@ -9,7 +9,7 @@ from PIL import Image
 
 from bad_inputs import bomb_png
 from inputs.check import check_image, clip_short_caption
-from transforms.read import unsafe_member_problem
+from core.files import unsafe_member_problem
 
 
 def _jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
@@ -90,14 +90,14 @@ def test_png_with_a_flipped_idat_crc_is_corrupt() -> None:
 
 @pytest.mark.parametrize("blank", ["", " ", "\t\n"])
 def test_an_empty_input_is_refused_before_listing(blank: str) -> None:
-    from transforms.read import InputError, list_units
+    from inputs.units import InputError, list_units
 
     with pytest.raises(InputError, match=r"^--input is empty; give a folder, glob, manifest or tar$"):
         list_units(blank)
 
 
 def test_manifest_lines_split_only_at_newline_and_long_lines_are_bounded() -> None:
-    from transforms.read import _lines
+    from inputs.lines import _lines
 
     data = '{"a": "x\u2028y\u2029z\x85w\x0cv"}\r\n\n'.encode("utf-8") + b"z" * 100 + b"\n{}"
     lines = list(_lines(io.BytesIO(data), limit=50))
@@ -110,14 +110,14 @@ def test_manifest_lines_split_only_at_newline_and_long_lines_are_bounded() -> No
     ("gs://b/x.jpg", "gs", None), ("HTTPS://h/x.jpg", "https", None), ("simplecache::gs://b/x", "simplecache::gs", None),
     ("dir/x://y.jpg", None, "dir/x://y.jpg")])
 def test_protocols_are_read_without_url_chaining(uri: str, proto, local) -> None:
-    from transforms.read import local_path, protocol_of
+    from core.files import local_path, protocol_of
 
     assert protocol_of(uri) == proto and local_path(uri) == local
 
 
 def test_unsupported_schemes_are_refused_without_a_connection() -> None:
     from core.record import SampleError
-    from transforms.read import read_limited
+    from inputs.opening import read_limited
 
     for uri in ("ftp://127.0.0.1/x.jpg", "data://image/png;base64,AAAA", "nosuch://h/x.jpg"):
         with pytest.raises(SampleError) as e:
@@ -127,7 +127,7 @@ def test_unsupported_schemes_are_refused_without_a_connection() -> None:
 
 def test_text_is_made_valid_and_keys_of_valid_names_do_not_change() -> None:
     from core.record import make_key, valid_text
-    from transforms.read import valid_record
+    from inputs.records import valid_record
 
     assert make_key("a b") == "a_b_" + __import__("hashlib").sha1(b"a b").hexdigest()[:10]
     assert make_key("x\udcff").isascii() and make_key("x\udcff") != make_key("x\udcfe")
@@ -144,7 +144,7 @@ def test_oversized_and_non_regular_files_are_never_read_whole(tmp_path) -> None:
 
     from bad_inputs import FifoGuard
     from core.record import SampleError
-    from transforms.read import read_limited
+    from inputs.opening import read_limited
 
     (tmp_path / "f").write_bytes(b"x" * 11)
     assert read_limited(str(tmp_path / "f"), 11) == b"x" * 11
@@ -164,7 +164,7 @@ def test_a_local_read_sizes_its_buffer_from_fstat_and_still_sees_a_file_that_gre
     a file that grew after its fstat (simulated: fstat reports fewer bytes) is read on, up to the limit."""
     import io as _io
 
-    import transforms.read as read_mod
+    import inputs.opening as read_mod
     from core.record import SampleError
 
     asked: list[int] = []
@@ -194,7 +194,7 @@ def test_a_local_read_sizes_its_buffer_from_fstat_and_still_sees_a_file_that_gre
 
 
 def test_key_clashes_are_found_across_read_units(tmp_path) -> None:
-    from transforms.read import list_units
+    from inputs.units import list_units
 
     for name in ("a.jpg", "b.jpg", "b.png", "c.jpg"):
         (tmp_path / name).write_bytes(b"x")
@@ -205,7 +205,8 @@ def test_key_clashes_are_found_across_read_units(tmp_path) -> None:
 
 def test_tar_names_with_dot_slash_and_globs_over_folders(tmp_path) -> None:
     from bad_inputs import jpeg, write_tar
-    from transforms.read import ReadUnit, list_units, read_unit
+    from inputs.reader import read_unit
+    from inputs.units import ReadUnit, list_units
 
     write_tar(tmp_path / "t.tar", [("./000001.jpg", jpeg()), ("000001.txt", b"one")])
     recs = list(read_unit(ReadUnit("tar", str(tmp_path), (str(tmp_path / "t.tar"),))))
@@ -228,7 +229,7 @@ def test_images_are_checked_on_several_threads_in_order_with_a_bounded_look_ahea
     input's order, and no more than ``2 * threads`` records are read ahead of the one yielded."""
     import threading
 
-    from transforms.read import checked
+    from inputs.reader import checked
 
     barrier = threading.Barrier(2, timeout=20)  # sequential checks would leave one waiting: BrokenBarrierError
     pulled: list[int] = []
@@ -249,3 +250,31 @@ def test_images_are_checked_on_several_threads_in_order_with_a_bounded_look_ahea
     rest = list(out)
     assert [r["i"] for r in [first, *rest]] == list(range(40)) and all(r["checked"] for r in rest)
     assert [r["i"] for r in checked(source(), check=lambda r: r, threads=1)] == list(range(40))
+
+
+def test_the_image_byte_limit_is_written_once_and_the_flag_default_is_that_very_constant() -> None:
+    """``pipeline.run`` puts ``--max-image-bytes`` into the config hash only when it differs from the default:
+    a second copy of the 64 MiB value, changed without the first, would silently change every run's config
+    hash (and break resume). The flag's default must be ``core.record.MAX_IMAGE_BYTES`` itself, and no other
+    module may define a ``MAX_IMAGE_BYTES`` of its own."""
+    import argparse
+    import ast
+    import pathlib
+
+    from core.record import MAX_IMAGE_BYTES
+    from pipeline.options import add_curation_args
+
+    parser = argparse.ArgumentParser()
+    add_curation_args(parser)
+    assert parser.get_default("max_image_bytes") is MAX_IMAGE_BYTES
+    root = pathlib.Path(__file__).resolve().parents[1]
+    defined = []
+    for folder in ("core", "prompts", "inputs", "stages", "shards", "transforms", "model_stubs", "training",
+                   "pipeline", "bench", "tests"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                targets = (node.targets if isinstance(node, ast.Assign)
+                           else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+                if any(isinstance(t, ast.Name) and t.id == "MAX_IMAGE_BYTES" for t in targets):
+                    defined.append(str(path.relative_to(root)))
+    assert defined == ["core/record.py"], defined

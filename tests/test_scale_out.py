@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, read_shards, run_pipeline, shard_hashes
-from transforms.read import ReadUnit, read_unit, split_unit
+from inputs.reader import read_unit
+from inputs.units import ReadUnit, split_unit
 
 CHILD = """
 import json, sys
@@ -135,7 +136,7 @@ def test_with_the_shard_count_known_up_front_nothing_waits_for_the_whole_read(sc
                                                                                tmp_path: pathlib.Path) -> None:
     from pipeline.progress_view import expected_samples
     from pipeline.run import decide_num_shards, parse_args
-    from transforms.read import list_units
+    from inputs.units import list_units
 
     common = ["--input", str(scenes_dir / "manifest.jsonl"), "--output", str(tmp_path / "o"), "--no-dedup",
               "--samples-per-shard", "4"]

@@ -49,7 +49,8 @@ EXPECTED = {"0001": ("a red card on a table\n", "http://example.com/1.jpg"),
 
 
 def _records(input_uri: str, files_per_unit: int = 256) -> dict[str, dict]:
-    from transforms.read import list_units, read_and_count
+    from inputs.reader import read_and_count
+    from inputs.units import list_units
 
     out = {}
     for unit in list_units(input_uri, files_per_unit=files_per_unit):
@@ -62,7 +63,7 @@ def _records(input_uri: str, files_per_unit: int = 256) -> dict[str, dict]:
 def test_a_folder_of_images_reads_its_sidecar_captions_and_never_counts_them(tmp_path: pathlib.Path) -> None:
     from core.record import Field
     from pipeline.progress_view import expected_samples
-    from transforms.read import list_units
+    from inputs.units import list_units
 
     d = _folder(tmp_path)
     for per_unit in (256, 1):  # an image's sidecars travel in its read unit, however the listing is cut
@@ -121,7 +122,7 @@ def test_a_broken_json_sidecar_dead_letters_its_image_with_the_file_named(tmp_pa
 
 def test_a_caption_file_added_beside_an_image_changes_the_input_fingerprint(tmp_path: pathlib.Path) -> None:
     from shards.outdir import input_fingerprint
-    from transforms.read import list_units
+    from inputs.units import list_units
 
     d = _folder(tmp_path)
     before = input_fingerprint(list_units(str(d)))

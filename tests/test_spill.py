@@ -196,7 +196,7 @@ def scene_members(scenes_dir: pathlib.Path, n: int) -> dict[str, bytes]:
 
 
 def test_what_names_a_source_that_can_be_read_again() -> None:
-    from transforms.read import source_of
+    from inputs.opening import source_of
 
     assert source_of("/data/a.jpg") == "/data/a.jpg" and source_of("rel/a::b.jpg") == "rel/a::b.jpg"
     assert source_of("file:///data/a.jpg") == "/data/a.jpg"
@@ -211,7 +211,8 @@ def test_files_given_by_fsspec_and_file_uris_are_read_again_from_there(tmp_path:
     import json
     import uuid
 
-    from transforms.read import list_units, read_unit
+    from inputs.reader import read_unit
+    from inputs.units import list_units
 
     fs = fsspec.filesystem("memory")
     folder = f"/reread-{uuid.uuid4().hex[:8]}"
@@ -245,7 +246,8 @@ def test_a_member_of_an_uncompressed_tar_is_read_again_by_its_byte_range(tmp_pat
                                                                           scenes_dir: pathlib.Path) -> None:
     import uuid
 
-    from transforms.read import ReadUnit, read_unit
+    from inputs.reader import read_unit
+    from inputs.units import ReadUnit
 
     members = scene_members(scenes_dir, 3)
     for ext in ("jpg", "txt"):  # a long name: an extra header block before the member's bytes
@@ -279,7 +281,8 @@ def test_a_tar_rewritten_after_reading_dead_letters_its_changed_member_and_the_s
         tmp_path: pathlib.Path, scenes_dir: pathlib.Path) -> None:
     import json
 
-    from transforms.read import ReadUnit, read_unit
+    from inputs.reader import read_unit
+    from inputs.units import ReadUnit
     from shards.write import write_shard
 
     members = scene_members(scenes_dir, 3)

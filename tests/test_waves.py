@@ -149,19 +149,24 @@ def test_a_killed_run_resumes_wave_by_wave(tmp_path: pathlib.Path, dup_folder: p
 def test_a_wave_reads_only_its_images(tmp_path: pathlib.Path, scenes_dir: pathlib.Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Other waves' images are counted but not read: time stays linear in the input, not in waves x input."""
-    import transforms.read as read
+    import inputs.folders as folders
+    import inputs.opening as opening
+    import inputs.records as records
+    from inputs.reader import read_and_count
+    from inputs.units import list_units
 
     reads = []
-    real = read.read_limited
-    monkeypatch.setattr(read, "read_limited", lambda uri, *a, **kw: reads.append(uri) or real(uri, *a, **kw))
+    real = opening.read_limited
+    for module in (records, folders):  # every reader that reads an image or its sidecar calls it there
+        monkeypatch.setattr(module, "read_limited", lambda uri, *a, **kw: reads.append(uri) or real(uri, *a, **kw))
     wave = ShardRange(0, 2, 6)
-    units = read.list_units(str(scenes_dir)) + read.list_units(str(scenes_dir / "manifest.jsonl"))
+    units = list_units(str(scenes_dir)) + list_units(str(scenes_dir / "manifest.jsonl"))
     units = [u for u in units if u.kind in ("files", "manifest")]
     assert [u.kind for u in units] == ["files", "manifest"]
     for unit in units:
         reads.clear()
         counts = tmp_path / unit.kind
-        got = list(read.read_and_count(unit, counts_root=str(counts), want=wave))
+        got = list(read_and_count(unit, counts_root=str(counts), want=wave))
         assert got and all(wave(r["key"]) for r in got)
         assert all(r.get("image_bytes") or r.get("_dead") for r in got)
         assert len(reads) == len(got) < 12  # only the wave's images were read
