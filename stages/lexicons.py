@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from prompts import load_prompt
-from transforms.text import PLURAL_TAGS, Phrase, plural_noun, singular_noun
+from stages.text import PLURAL_TAGS, Phrase, plural_noun, singular_noun
 
 LEXICONS_FILE = "negatives_lexicons.json"
 ALL = "*"

@@ -1,6 +1,6 @@
 """RulesNegatives: deterministic attribute edits from lexicons (no model; fast, free, the fallback).
 
-The expression is parsed by spaCy (``transforms.text.analyse``); its head noun is the root of its
+The expression is parsed by spaCy (``stages.text.analyse``); its head noun is the root of its
 first noun chunk, and the head's object kind (people, animals, plants, food, vehicles, furniture,
 clothing, buildings, objects ... or unknown) says which attribute categories and words fit it
 (``compatibility`` in ``prompts/negatives_lexicons.json``). One edit per negative:
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from core.engines import EngineSpec, NegativesEngine
-from transforms.lexicons import ALL, UNKNOWN, Lexicons, lexicons
-from transforms.text import (PLURAL_TAGS, Phrase, analyse, analyse_many, indefinite_article, norm, plural_noun,
-                             plural_verb, singular_noun, singular_verb)
+from stages.lexicons import ALL, UNKNOWN, Lexicons, lexicons
+from stages.text import (PLURAL_TAGS, Phrase, analyse, analyse_many, indefinite_article, norm, plural_noun,
+    plural_verb, singular_noun, singular_verb)
 
 NUM = 10
 _RELATIVE = ("that", "which", "who")
