@@ -426,7 +426,7 @@ def test_inserted_adjectives_follow_english_order(rules, positive: str) -> None:
 
 def _inserted(rules, positive: str) -> list[str]:
     """The expression with each single insertion the rules engine may pair with an honest edit."""
-    from stages.engines.negatives_rules import apply_edit
+    from stages.engines.negatives_edits import apply_edit
 
     ph = analyse(positive)
     return [apply_edit(ph, e) for e in rules.edits(ph) if e.insert and not e.honest]
