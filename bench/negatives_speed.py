@@ -22,8 +22,9 @@ from spacy_batching import captions  # noqa: E402
 from bench.common import append_section, spacy_version  # noqa: E402
 
 from core.engines import parse_spec  # noqa: E402
-from transforms.expressions import extract_expressions  # noqa: E402
-from transforms.negatives import NEGATIVE_ENGINES, negatives_for, parse_answer  # noqa: E402
+from stages.expressions import extract_expressions
+from stages.negatives import NEGATIVE_ENGINES, negatives_for
+from stages.negatives_validation import parse_answer
 
 
 def smollm_gguf() -> str:

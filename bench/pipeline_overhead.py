@@ -59,13 +59,13 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     from core.record import Field
     from core.outcomes import bump
     from pipeline.run import STAGE_FIELDS, carry_input_fields, parse_args, run_info, selected_stages, stamp_run
-    from transforms.detect import DETECTORS, apply_detector
-    from transforms.expressions import expressions_from_doc, expressions_provenance, load_nlp
-    from transforms.negatives import NEGATIVE_ENGINES, apply_negatives
+    from stages.detect import DETECTORS, apply_detector
+    from stages.expressions import expressions_from_doc, expressions_provenance, load_nlp
+    from stages.negatives import NEGATIVE_ENGINES, apply_negatives
     from inputs.check import check_image
     from inputs.reader import read_unit
     from inputs.units import list_units
-    from transforms.recaption import CAPTIONERS, apply_captioner
+    from stages.caption import CAPTIONERS, apply_captioner
     from shards.write import num_shards_for, shard_of, write_shard
 
     args, _ = parse_args(["--input", manifest, "--output", output, "--samples-per-shard", str(samples_per_shard),

@@ -160,7 +160,7 @@ DEVICE_CHILD = """
 import json, sys, time, logging
 logging.disable(logging.WARNING)
 from core.engines import Captioner, EngineEntry, stub_provenance
-from transforms.recaption import CAPTIONERS
+from stages.caption import CAPTIONERS
 B, L = int(sys.argv[2]), float(sys.argv[3])
 LOG = []
 

@@ -16,7 +16,7 @@ sys.path.insert(0, ROOT)
 
 from bench.common import append_section, spacy_version  # noqa: E402
 from core.synthetic import long_caption, make_scene  # noqa: E402
-from transforms.expressions import expressions_from_doc, load_nlp  # noqa: E402
+from stages.expressions import expressions_from_doc, load_nlp
 
 
 

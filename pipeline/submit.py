@@ -21,9 +21,9 @@ from apache_beam.options.pipeline_options import (DebugOptions, FlinkRunnerOptio
 
 from core.engines import EngineRegistry
 from pipeline.runner_names import canonical_runner
-from transforms.detect import DETECTORS
-from transforms.negatives import NEGATIVE_ENGINES
-from transforms.recaption import CAPTIONERS
+from stages.detect import DETECTORS
+from stages.negatives import NEGATIVE_ENGINES
+from stages.caption import CAPTIONERS
 
 # Each engine flag's registry; whether an engine needs the worker's accelerator is its
 # ``EngineEntry.gpu`` there (a client of a remote server is CPU: the GPU is the server's).

@@ -14,6 +14,9 @@ regular file (a folder, a FIFO, a link to a device), larger than ``MAX_ENTRY_BYT
 not ``{"answer": ...}``, or an answer of a type the stage cannot use (``cached_answers`` checks
 hits with the stage's ``keep``). An entry that cannot be written is logged and skipped: the cache
 never fails a sample.
+
+fsspec (and ``core.files``, which imports it) is imported on a cache's first use: half a second that
+what only needs a stage's registry (``finehard negatives --help``) does not pay.
 """
 from __future__ import annotations
 
@@ -23,14 +26,12 @@ import logging
 import os
 import posixpath
 import stat
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
+if TYPE_CHECKING:
+    import fsspec
 
-from core.files import atomic_write
-
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("transforms.cache")  # the name these lines always had
 MAX_ENTRY_BYTES = 16 * 1024 * 1024  # an answer is a caption, boxes or ten negatives: far below this
 
 
@@ -63,8 +64,15 @@ class ModelCache:
 
     def _fs_and_base(self) -> tuple[fsspec.AbstractFileSystem, str]:
         if self._resolved is None:
+            import fsspec  # on first use (see the module's docstring)
+
             self._resolved = fsspec.core.url_to_fs(self.root)
         return self._resolved
+
+    def _is_local(self) -> bool:
+        from fsspec.implementations.local import LocalFileSystem
+
+        return isinstance(self.fs, LocalFileSystem)
 
     def key(self, stage: str, provenance: dict[str, Any], input_digest: str) -> str:
         prov = {k: v for k, v in provenance.items() if k != "run"}
@@ -75,7 +83,7 @@ class ModelCache:
 
     def _read_entry(self, path: str) -> Optional[bytes]:
         """The entry's bytes; None when it is not a regular file or is too large (a miss)."""
-        if isinstance(self.fs, LocalFileSystem):
+        if self._is_local():
             # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then says what was opened.
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
             with os.fdopen(fd, "rb") as f:
@@ -110,7 +118,9 @@ class ModelCache:
             try:
                 data = json.dumps({"answer": answer}, ensure_ascii=False).encode("utf-8")
                 self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-                if isinstance(self.fs, LocalFileSystem):
+                if self._is_local():
+                    from core.files import atomic_write  # on first use (see the module's docstring)
+
                     atomic_write(self.fs, path, data)
                 else:
                     with self.fs.open(path, "wb") as f:  # object stores publish an object only when complete

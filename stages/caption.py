@@ -1,33 +1,29 @@
-"""Recaption: a VLM writes the long caption; the input's alt-text stays as ``short_caption``."""
+"""Recaption's logic: a VLM writes the long caption; the input's alt-text stays as ``short_caption``
+(the Beam transform: ``transforms.recaption.Recaption``)."""
 from __future__ import annotations
 
 import functools
 from typing import Any, Optional
 
-import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
-
-from core.engines import Captioner, EngineEntry, EngineRegistry, EngineSpec
+from core.engines import Captioner, EngineEntry, EngineRegistry
 from core.record import is_valid_text, valid_text
-from stages.cache import ModelCache, model_cache, to_json
 from core.images import open_image
 from core.outcomes import bump, mark_dead, per_sample, settle_answer
-from stages.common import apply_image_engine
-from transforms.common import gpu_resource_hints
-from transforms.inference import EngineModelHandler
 from core.spill import image_sha256
-from transforms.window import Job, WindowedStage, windowed
+from stages.cache import ModelCache, to_json
+from stages.common import apply_image_engine
+from stages.window import Job
 
 STAGE = "recaption"
 
 CAPTIONERS = EngineRegistry(STAGE, "captioner", Captioner, {
     "stub": EngineEntry("model_stubs.captioner:build", False, False,
                         "oracle on synthetic scenes, generic text otherwise; marked stub"),
-    "openai": EngineEntry("transforms.engines.captioner_openai:build", True, False,
+    "openai": EngineEntry("stages.engines.captioner_openai:build", True, False,
                           "OpenAI-compatible server, e.g. LMDeploy serving CogVLM2: openai:http://host:23333/v1#MODEL"),
-    "vllm": EngineEntry("transforms.engines.captioner_vllm:build", True, True,
+    "vllm": EngineEntry("stages.engines.captioner_vllm:build", True, True,
                         "in-process vLLM VLM (Qwen2-VL, InternVL...): vllm:/models/Qwen2-VL-7B-Instruct"),
-    "transformers": EngineEntry("transforms.engines.captioner_transformers:build", True, True,
+    "transformers": EngineEntry("stages.engines.captioner_transformers:build", True, True,
                                 "local HF VLM, bf16 on GPU; CogVLM2 needs ?trust_remote_code=true"),
 })
 
@@ -115,29 +111,3 @@ class CaptionJob(Job):
 
 def _keeps(answer: Any) -> bool:
     return keep_caption(answer)
-
-
-class Recaption(beam.PTransform):
-    """Long caption per record from the engine named by ``spec``; ``engine_options`` go to its factory."""
-
-    def __init__(self, spec: EngineSpec, batch_size: int = 8, max_chars: int = 4000,
-                 engine_options: Optional[dict[str, Any]] = None, accelerator: Optional[str] = None,
-                 cache_root: Optional[str] = None):
-        super().__init__()
-        self.spec, self.batch_size, self.max_chars = spec, batch_size, max_chars
-        self.cache_root = cache_root
-        self.engine_options = dict(engine_options or {})
-        self.accelerator = accelerator
-
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        hints = gpu_resource_hints(CAPTIONERS, self.spec, self.accelerator)
-        if windowed(self.spec):  # a server: requests in flight across records, no batches
-            job = functools.partial(CaptionJob, max_chars=self.max_chars, cache=model_cache(self.cache_root))
-            step = beam.ParDo(WindowedStage(CAPTIONERS, self.spec, job, self.engine_options))
-            return records | "Caption" >> (step.with_resource_hints(**hints) if hints else step)
-        handler = EngineModelHandler(CAPTIONERS, self.spec,
-                                     functools.partial(apply_captioner, max_chars=self.max_chars,
-                                                       cache=model_cache(self.cache_root)),
-                                     batch_size=self.batch_size, engine_options=self.engine_options)
-        infer = RunInference(handler)
-        return records | "Caption" >> (infer.with_resource_hints(**hints) if hints else infer)

@@ -1,4 +1,5 @@
-"""DetectBoxes: open-vocabulary boxes for the caption's expressions (YOLO-World in production).
+"""Detect's logic: open-vocabulary boxes for the caption's expressions (YOLO-World in production; the Beam
+transform: ``transforms.detect.DetectBoxes``).
 
 The engine returns raw detections ``((x1, y1, x2, y2) pixels, score, expression index)``; this
 module owns what the paper specifies on top: keep confidence >= 0.4, drop degenerate boxes, NMS
@@ -6,19 +7,13 @@ across all of the image's expressions, cap the regions per image, normalise to [
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional, Sequence
 
-import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
-
-from core.engines import Detection, Detector, EngineEntry, EngineRegistry, EngineSpec
+from core.engines import Detection, Detector, EngineEntry, EngineRegistry
 from core.record import Field
-from stages.cache import ModelCache, digest, model_cache
+from stages.cache import ModelCache, digest
 from core.outcomes import bump
 from stages.common import apply_image_engine
-from transforms.common import gpu_resource_hints
-from transforms.inference import EngineModelHandler
 from core.spill import image_sha256
 
 STAGE = "detect"
@@ -26,7 +21,7 @@ STAGE = "detect"
 DETECTORS = EngineRegistry(STAGE, "detector", Detector, {
     "stub": EngineEntry("model_stubs.detector:build", False, False,
                         "ground-truth boxes on synthetic scenes, one generic box otherwise; marked stub"),
-    "yolo-world": EngineEntry("transforms.engines.yolo_world:build", True, True,
+    "yolo-world": EngineEntry("stages.engines.yolo_world:build", True, True,
                               "ultralytics YOLO-World weights + a local CLIP text encoder: "
                               "yolo-world:/w/yolov8x-worldv2.pt#text=/w/clip-vit-base-patch32"),
 })
@@ -105,25 +100,3 @@ def apply_detector(engine: Detector, records: list[dict], conf: float, iou: floa
     return apply_image_engine(STAGE, engine, records, cache, lambda r: digest(image_sha256(r), *_expressions(r)),
                               lambda images, recs: engine.detect(images, [_expressions(r) for r in recs]),
                               keep=valid_detections, accept=accept)
-
-
-class DetectBoxes(beam.PTransform):
-    """Regions per record from the engine named by ``spec``; ``engine_options`` go to its factory."""
-
-    def __init__(self, spec: EngineSpec, batch_size: int = 8, conf: float = 0.4, iou: float = 0.5,
-                 max_regions: int = 8, engine_options: Optional[dict[str, Any]] = None,
-                 accelerator: Optional[str] = None, cache_root: Optional[str] = None):
-        super().__init__()
-        self.cache_root = cache_root
-        self.engine_options = dict(engine_options or {})
-        self.accelerator = accelerator
-        self.spec, self.batch_size = spec, batch_size
-        self.conf, self.iou, self.max_regions = conf, iou, max_regions
-
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        apply = functools.partial(apply_detector, conf=self.conf, iou=self.iou, max_regions=self.max_regions,
-                                  cache=model_cache(self.cache_root))
-        infer = RunInference(EngineModelHandler(DETECTORS, self.spec, apply, batch_size=self.batch_size,
-                                                engine_options=self.engine_options))
-        hints = gpu_resource_hints(DETECTORS, self.spec, self.accelerator)
-        return records | "Detect" >> (infer.with_resource_hints(**hints) if hints else infer)

@@ -1,4 +1,5 @@
-"""ExtractExpressions: GRIT-style referring expressions from the long caption with real spaCy.
+"""Expressions' logic: GRIT-style referring expressions from the long caption with real spaCy (the Beam
+transform: ``transforms.expressions.ExtractExpressions``).
 
 - ``short_expr`` is a noun chunk (``doc.noun_chunks``).
 - ``long_expr`` is that chunk grown to the right by its head's modifiers with their dependency
@@ -15,8 +16,6 @@ from __future__ import annotations
 import functools
 import sys
 from typing import Any, Sequence
-
-import apache_beam as beam
 
 from prompts import load_prompt, load_word_list
 
@@ -177,25 +176,3 @@ def extract_expressions(captions: Sequence[str], nlp: Any = None, batch_size: in
 def expressions_provenance(nlp: Any, model_name: str = SPACY_MODEL) -> dict[str, Any]:
     return {"engine": "spacy", "model": f"{model_name}-{nlp.meta.get('version', '')}", "stub": False,
             "abstract_nouns_sha": load_prompt(ABSTRACT_NOUNS_FILE)[1]}
-
-
-def __getattr__(name: str) -> Any:
-    """``SpacyExpressionHandler`` lives in ``transforms.inference`` (Beam's RunInference costs seconds to import)."""
-    if name == "SpacyExpressionHandler":
-        from transforms.inference import SpacyExpressionHandler
-
-        return SpacyExpressionHandler
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class ExtractExpressions(beam.PTransform):
-    def __init__(self, model_name: str = SPACY_MODEL, batch_size: int = 64):
-        super().__init__()
-        self.model_name, self.batch_size = model_name, batch_size
-
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        from apache_beam.ml.inference.base import RunInference
-
-        from transforms.inference import SpacyExpressionHandler
-
-        return records | "Parse" >> RunInference(SpacyExpressionHandler(self.model_name, self.batch_size))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from prompts import load_prompt
-from transforms.text import PLURAL_TAGS, Phrase, plural_noun, singular_noun
+from stages.text import PLURAL_TAGS, Phrase, plural_noun, singular_noun
 
 LEXICONS_FILE = "negatives_lexicons.json"
 ALL = "*"
@@ -72,6 +72,23 @@ class Lexicons:
         self.count_replaces = frozenset(data["count_replaces"])
         self.plural_counts = frozenset(data["plural_counts"])
         self.quantity_nouns = frozenset(data["quantity_nouns"])
+        self._index_words()
+        self.marked: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in data["marked"].items()}
+        self._read_relations(data)
+        self.materials_for: dict[str, frozenset[str]] = {n: frozenset(v) for n, v in data["materials_for"].items()}
+        self.colours_for: dict[str, frozenset[str]] = {n: frozenset(v) for n, v in data["colours_for"].items()}
+        self.action_swaps: dict[str, dict[str, list[str]]] = data["action_swaps"]
+        self.preposition_swaps: dict[str, str] = data["preposition_swaps"]
+        self.under_kinds = frozenset(data["under_kinds"])
+        self.negation_words = frozenset(data["negation_words"])
+        self.intensifiers = frozenset(data["intensifiers"])
+        self.synonym: dict[str, str] = {w: g[0] for g in data["synonyms"] for w in g}
+        self.part_words = frozenset(data["part_words"])
+        self.contrast_only = frozenset(data["contrast_only"])
+        self.explicit_only = frozenset(data["explicit_only"])
+
+    def _index_words(self) -> None:
+        """Each attribute word's category and synonym group, and the word sets the checks look in."""
         self.word: dict[str, tuple[str, int]] = {}
         for cat, groups in self.categories.items():
             for g, words in enumerate(groups):
@@ -82,7 +99,10 @@ class Lexicons:
         self.count_words = frozenset(w for g in self.categories["count"] for w in g)
         self.pose_words = frozenset(w for g in self.categories["pose"] for w in g)
         self.colours = frozenset(w for g in self.categories["colour"] for w in g)
-        self.marked: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in data["marked"].items()}
+
+    def _read_relations(self, data: dict) -> None:
+        """Words that never go together (both ways), and the relation objects a swap may exchange ("holding a
+        balloon" -> "holding a kite"): each group's words, the words they may follow, and by noun its groups."""
         self.conflicts: dict[str, frozenset[str]] = {}
         for a, b in data["conflicts"]:
             self.conflicts[a] = self.conflicts.get(a, frozenset()) | {b}
@@ -96,17 +116,6 @@ class Lexicons:
         for g, nouns in enumerate(self.relation_groups):
             for n in nouns:
                 self.relation_of.setdefault(n, []).append(g)
-        self.materials_for: dict[str, frozenset[str]] = {n: frozenset(v) for n, v in data["materials_for"].items()}
-        self.colours_for: dict[str, frozenset[str]] = {n: frozenset(v) for n, v in data["colours_for"].items()}
-        self.action_swaps: dict[str, dict[str, list[str]]] = data["action_swaps"]
-        self.preposition_swaps: dict[str, str] = data["preposition_swaps"]
-        self.under_kinds = frozenset(data["under_kinds"])
-        self.negation_words = frozenset(data["negation_words"])
-        self.intensifiers = frozenset(data["intensifiers"])
-        self.synonym: dict[str, str] = {w: g[0] for g in data["synonyms"] for w in g}
-        self.part_words = frozenset(data["part_words"])
-        self.contrast_only = frozenset(data["contrast_only"])
-        self.explicit_only = frozenset(data["explicit_only"])
 
     # -- word order -------------------------------------------------------------------------------
     def rank(self, category: str) -> int:

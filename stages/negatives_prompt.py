@@ -1,7 +1,7 @@
 """What every negatives engine asks with: the prompt, its output schema and grammar, and request seeds.
 
-Shared by the negatives stage (``transforms.negatives``) and the LLM engines under
-``transforms/engines/``, so an engine never imports its stage module.
+Shared by the negatives stage (``stages.negatives``) and the LLM engines under
+``stages/engines/``, so an engine never imports its stage module.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prompts import load_prompt
-from transforms.text import head_noun
+from stages.text import head_noun
 
 PROMPT_FILE = "negatives.txt"
 SCHEMA_FILE = "negatives.schema.json"

@@ -1,7 +1,7 @@
 """Text helpers the text stages share (hard negatives, their validation and every negatives engine).
 
 - :func:`norm`: the comparison form of an expression.
-- :func:`analyse`: an expression parsed by spaCy (the pipeline of ``transforms.expressions``) into
+- :func:`analyse`: an expression parsed by spaCy (the pipeline of ``stages.expressions``) into
   whitespace words with their tag, dependency and head, plus the head noun: the last noun of the
   noun phrase that opens the expression, which is spaCy's first noun chunk root where the small
   model parses the phrase right ("a man riding a horse" -> "man", "a black dog lying on the grass"
@@ -100,7 +100,7 @@ class Phrase:
 
 
 def _load_nlp() -> Any:
-    from transforms.expressions import load_nlp  # lazy: spaCy only where text is analysed
+    from stages.expressions import load_nlp
 
     return load_nlp()
 

@@ -25,9 +25,9 @@ print(json.dumps({"code": code, "heavy": [m for m in json.loads(sys.argv[2]) if 
 """
 
 
-def finehard_imports(*argv: str) -> tuple[int, list[str], str]:
-    """Exit code of `finehard ARGV` run in a fresh process, the heavy modules it imported, its stderr."""
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv), json.dumps(HEAVY)], cwd=ROOT,
+def finehard_imports(*argv: str, heavy: tuple[str, ...] = HEAVY) -> tuple[int, list[str], str]:
+    """Exit code of `finehard ARGV` run in a fresh process, the ``heavy`` modules it imported, its stderr."""
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv), json.dumps(heavy)], cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -36,9 +36,24 @@ def finehard_imports(*argv: str) -> tuple[int, list[str], str]:
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["shards", "--help"], ["train", "--help"],
                                   ["eval", "--help"], ["convert", "--help"], ["stats", "--help"], ["preview", "--help"],
-                                  ["export-fgclip", "--help"], ["export-fgovd", "--help"]], ids=" ".join)
+                                  ["export-fgclip", "--help"], ["export-fgovd", "--help"],
+                                  ["expressions", "--help"], ["negatives", "--help"]], ids=" ".join)
 def test_help_imports_neither_beam_nor_torch(argv: list[str]) -> None:
     code, heavy, _ = finehard_imports(*argv)
+    assert code == 0 and heavy == []
+
+
+@pytest.mark.parametrize("argv", [["negatives", "--negatives", "nope"], ["negatives", "--retries"],
+                                  ["expressions", "--nope"]], ids=" ".join)
+def test_a_wrong_flag_of_a_stage_command_is_refused_before_the_heavy_imports(argv: list[str]) -> None:
+    code, heavy, stderr = finehard_imports(*argv)
+    assert code == 2 and heavy == [], stderr
+    assert "error:" in stderr.strip().splitlines()[-1]
+
+
+def test_the_negatives_help_lists_the_engines_without_importing_fsspec() -> None:
+    """The engine list in its help comes from the stage's registry; fsspec (half a second) waits for a cache."""
+    code, heavy, _ = finehard_imports("negatives", "--help", heavy=(*HEAVY, "fsspec", "PIL"))
     assert code == 0 and heavy == []
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from core.engines import Detector, EngineEntry, EngineSpec, stub_provenance
 from core.record import SampleError
-from transforms.detect import DETECTORS, DetectBoxes
+from stages.detect import DETECTORS
+from transforms.detect import DetectBoxes
 
 EXPRS = [{"short_expr": "a dog", "long_expr": "a dog on the left"},
          {"short_expr": "a cat", "long_expr": "a cat on the right"}]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from transforms.detect import select_regions
+from stages.detect import select_regions
 
 EXPRS = [{"short_expr": "a red dog", "long_expr": "a red dog lying on the sofa"},
          {"short_expr": "a brown puppy", "long_expr": "a small brown puppy next to the cushion"}]

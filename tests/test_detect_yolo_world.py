@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch")
 from PIL import Image  # noqa: E402
 
 from core.engines import EngineSpec  # noqa: E402
-from transforms.detect import DETECTORS, apply_detector  # noqa: E402
-from transforms.engines.yolo_world import NO_TEXT_ENCODER, YoloWorldDetector, undo_pil_patch  # noqa: E402
+from stages.detect import DETECTORS, apply_detector
+from stages.engines.yolo_world import NO_TEXT_ENCODER, YoloWorldDetector, undo_pil_patch
 
 
 class HashTextEncoder:
@@ -200,7 +200,7 @@ def test_weights_on_an_fsspec_uri_are_fetched_to_a_local_file(world_weights: pat
 
 def test_validate_checks_a_spec_at_launch_without_loading_anything(world_weights: pathlib.Path,
                                                                    tmp_path: pathlib.Path) -> None:
-    from transforms.engines.yolo_world import validate
+    from stages.engines.yolo_world import validate
 
     with pytest.raises(ValueError, match="CLIP text encoder"):
         validate(DETECTORS.resolve(f"yolo-world:{world_weights}"))

@@ -11,7 +11,8 @@ from apache_beam.testing.util import assert_that
 
 from pipeline.stage_cli import expressions_main
 from core.synthetic import long_caption, make_scene
-from transforms.expressions import ExtractExpressions, abstract_nouns, extract_expressions, load_nlp
+from stages.expressions import abstract_nouns, extract_expressions, load_nlp
+from transforms.expressions import ExtractExpressions
 
 BLACKBIRD = "A red-winged blackbird perched on a tree branch next to a man in a blue striped shirt."
 
@@ -92,7 +93,7 @@ def test_abstract_noun_list_is_data_and_includes_the_picture_and_places() -> Non
 
 
 def test_the_abstract_noun_list_is_read_once_per_process_not_per_caption(monkeypatch) -> None:
-    import transforms.expressions as ex
+    import stages.expressions as ex
 
     reads: list[str] = []
     real = ex.load_word_list
@@ -109,9 +110,9 @@ def test_the_abstract_noun_list_is_read_once_per_process_not_per_caption(monkeyp
 def test_one_spacy_pipeline_per_process_whichever_way_it_is_asked_for() -> None:
     """The expressions stage's model handler asks by name, the negatives' phrase analysis by default:
     both must get the one pipeline (a second copy costs ~40 MiB and a load per worker)."""
-    from transforms.expressions import SPACY_MODEL
+    from stages.expressions import SPACY_MODEL
     from transforms.inference import SpacyExpressionHandler
-    from transforms.text import _load_nlp as phrase_nlp
+    from stages.text import _load_nlp as phrase_nlp
 
     assert load_nlp() is load_nlp(SPACY_MODEL) is SpacyExpressionHandler().load_model() is phrase_nlp()
 

@@ -35,12 +35,11 @@ def modules() -> dict[str, pathlib.Path]:
     return found
 
 
-def imports(path: pathlib.Path, top_level_only: bool = False) -> set[str]:
-    """The modules of ours that ``path`` imports (``from a.b import c`` gives ``a.b`` and ``a.b.c``)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
+def imports(path: pathlib.Path) -> set[str]:
+    """The modules of ours that ``path`` imports, inside functions too (``from a.b import c`` gives ``a.b``
+    and ``a.b.c``)."""
     names: set[str] = set()
-    for node in nodes:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -60,7 +59,8 @@ def test_a_module_imports_only_from_its_layer_or_below(module: str) -> None:
 
 
 def test_no_import_cycle_between_modules() -> None:
-    graph = {m: {n for n in imports(p, top_level_only=True) if n in MODULES and n != m} for m, p in MODULES.items()}
+    """Imports inside functions count: a lazy import that closes a circle is still a circle."""
+    graph = {m: {n for n in imports(p) if n in MODULES and n != m} for m, p in MODULES.items()}
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(m: str, path: list[str]) -> None:
@@ -77,6 +77,33 @@ def test_no_import_cycle_between_modules() -> None:
             visit(m, [m])
 
 
+BEAM_LAYERS = {"transforms", "pipeline", "bench"}  # the only packages that may import apache_beam (tests too)
+
+
+def all_imports(path: pathlib.Path) -> set[str]:
+    """Every module ``path`` imports, ours or not, inside functions too."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.split(".")[0] not in BEAM_LAYERS))
+def test_below_transforms_no_module_imports_beam_not_even_lazily(module: str) -> None:
+    beam = sorted(n for n in all_imports(MODULES[module]) if n.split(".")[0] == "apache_beam")
+    assert not beam, f"{module} imports {beam}: Beam lives in transforms/ and pipeline/ only"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_forwards_names_through_a_module_getattr(module: str) -> None:
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    shims = [n.lineno for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "__getattr__"]
+    assert not shims, f"{module}:{shims} has a module __getattr__: importers import a name from where it lives"
+
+
 def test_the_layer_check_sees_a_wrong_import(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from pipeline.run import run\n", encoding="utf-8")
@@ -84,10 +111,11 @@ def test_the_layer_check_sees_a_wrong_import(tmp_path: pathlib.Path) -> None:
     assert not {"pipeline"} <= ALLOWED["transforms"]
 
 
-STAGE_MODULES = {"transforms.recaption", "transforms.detect", "transforms.negatives", "transforms.expressions"}
+STAGE_MODULES = {"stages.caption", "stages.detect", "stages.negatives", "stages.expressions",
+                 "transforms.recaption", "transforms.detect", "transforms.negatives", "transforms.expressions"}
 
 
-@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(("transforms.engines", "model_stubs"))))
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(("stages.engines", "model_stubs"))))
 def test_an_engine_never_imports_its_stage_module(module: str) -> None:
     wrong = sorted(n for n in imports(MODULES[module]) if any(n == s or n.startswith(s + ".") for s in STAGE_MODULES))
     assert not wrong, f"{module} imports {wrong}: what an engine shares with its stage goes in a module both use"

@@ -60,7 +60,7 @@ def test_a_run_whose_stages_need_no_torch_never_imports_it(scenes_dir: pathlib.P
 
 
 def test_spacy_loaded_without_torch_leaves_torch_importable_and_parses_the_same() -> None:
-    code = ("import sys, json; from transforms.expressions import extract_expressions; "
+    code = ("import sys, json; from stages.expressions import extract_expressions; "
             "a = extract_expressions(['A man in a blue shirt rides a brown horse.']); t = 'torch' in sys.modules; "
             "import torch, thinc.compat; print(json.dumps({'torch_before': t, 'torch_after': torch.tensor([2]).item(), "
             "'thinc_torch': thinc.compat.has_torch, 'exprs': [e['long_expr'] for e in a[0]]}))")

@@ -15,11 +15,14 @@ from apache_beam.testing.util import assert_that
 from core.engines import EngineEntry, NegativesEngine, parse_spec
 from pipeline.stage_cli import negatives_main
 from prompts import load_prompt
-from transforms.lexicons import lexicons
-from transforms.negatives import (NEGATIVE_ENGINES, PLAUSIBILITY_REASONS, GenerateNegatives, apply_negatives,
-                                  clean_negative, head_noun, implausible, load_negatives_prompt, negative_reason,
-                                  negatives_for, parse_answer, validate_negatives)
-from transforms.text import analyse, tokens
+from stages.lexicons import lexicons
+from stages.negatives import NEGATIVE_ENGINES, apply_negatives, negatives_for
+from stages.negatives_prompt import load_negatives_prompt
+from stages.negatives_validation import (PLAUSIBILITY_REASONS, clean_negative, implausible, negative_reason,
+    parse_answer, validate_negatives)
+from stages.text import head_noun
+from transforms.negatives import GenerateNegatives
+from stages.text import analyse, tokens
 
 GOOD = ["a blue wooden chair", "a red metal chair", "a green plastic chair", "a small red wooden chair",
         "a striped red wooden chair", "a broken red wooden chair", "two red wooden chairs",
@@ -423,7 +426,7 @@ def test_inserted_adjectives_follow_english_order(rules, positive: str) -> None:
 
 def _inserted(rules, positive: str) -> list[str]:
     """The expression with each single insertion the rules engine may pair with an honest edit."""
-    from transforms.engines.negatives_rules import apply_edit
+    from stages.engines.negatives_edits import apply_edit
 
     ph = analyse(positive)
     return [apply_edit(ph, e) for e in rules.edits(ph) if e.insert and not e.honest]

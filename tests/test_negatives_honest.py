@@ -11,10 +11,11 @@ import pytest
 
 from core.engines import parse_spec
 from fake_openai_server import FakeOpenAIServer, completion
-from transforms.lexicons import lexicons
-from transforms.negatives import (NEGATIVE_ENGINES, apply_negatives, clean_negative, merge_answers, negative_reason,
-                                  negatives_for, parse_answer, validate_negatives)
-from transforms.text import analyse, tokens
+from stages.lexicons import lexicons
+from stages.negatives import NEGATIVE_ENGINES, apply_negatives, negatives_for
+from stages.negatives_validation import (clean_negative, merge_answers, negative_reason, parse_answer,
+    validate_negatives)
+from stages.text import analyse, tokens
 
 COUNTS = {"a", "an", "one", "two", "three", "four", "five", "several"}
 

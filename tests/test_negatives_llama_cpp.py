@@ -16,9 +16,9 @@ import urllib.request
 import pytest
 
 from core.engines import NegativesEngine, parse_spec
-from transforms.engines.negatives_llama_cpp import INSTALL_HINT
-from transforms.negatives import (ITEM_REASONS, NEGATIVE_ENGINES, PLAUSIBILITY_REASONS, apply_negatives,
-                                  clean_negative, negatives_for, parse_answer)
+from stages.engines.negatives_llama_cpp import INSTALL_HINT
+from stages.negatives import NEGATIVE_ENGINES, apply_negatives, negatives_for
+from stages.negatives_validation import ITEM_REASONS, PLAUSIBILITY_REASONS, clean_negative, parse_answer
 
 EXPRESSIONS = ["a blue striped shirt", "an old wooden table"]
 # What a grammar-forced answer can still get wrong: its content (validation), never its form; "wrong_count" when

@@ -10,10 +10,11 @@ import pytest
 
 from core.engines import parse_spec
 from test_negatives_llama_cpp import VALIDATION_REASONS, Recording, smollm_gguf
-from transforms.engines.negatives_llama_cpp import start_server
+from stages.engines.negatives_llama_cpp import start_server
 from fake_openai_server import FakeOpenAIServer, completion
-from transforms.negatives import (NEGATIVE_ENGINES, apply_negatives, clean_negative, load_negatives_prompt, negatives_for,
-                                  parse_answer)
+from stages.negatives import NEGATIVE_ENGINES, apply_negatives, negatives_for
+from stages.negatives_prompt import load_negatives_prompt
+from stages.negatives_validation import clean_negative, parse_answer
 
 GOOD = ["a blue wooden chair", "a red metal chair", "a green plastic chair", "a small red wooden chair",
         "a striped red wooden chair", "a broken red wooden chair", "two red wooden chairs",

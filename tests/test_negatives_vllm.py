@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from core.engines import parse_spec
-from transforms.negatives import NEGATIVE_ENGINES, load_negatives_prompt, negatives_for, request_seed
+from stages.negatives import NEGATIVE_ENGINES, negatives_for
+from stages.negatives_prompt import load_negatives_prompt, request_seed
 
 GOOD = ["a blue wooden chair", "a red metal chair", "a green plastic chair", "a small red wooden chair",
         "a striped red wooden chair", "a broken red wooden chair", "two red wooden chairs",
@@ -107,7 +108,7 @@ class _MethodsOnlyProxy:
 
 
 def test_negatives_stage_reads_provenance_through_the_shared_model_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    from transforms.negatives import apply_negatives
+    from stages.negatives import apply_negatives
 
     _install(monkeypatch, fake_vllm())
     engine = NEGATIVE_ENGINES.build(NEGATIVE_ENGINES.resolve("vllm:/models/m"))

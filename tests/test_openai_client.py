@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from fake_openai_server import FakeOpenAIServer, completion, scripted, slow
-from transforms.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout
+from stages.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout
 
 
 def test_chat_returns_the_first_choice_and_sends_model_and_extras() -> None:

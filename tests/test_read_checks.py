@@ -218,7 +218,7 @@ def test_tar_names_with_dot_slash_and_globs_over_folders(tmp_path) -> None:
 
 
 def test_model_text_with_lone_surrogates_is_made_valid() -> None:
-    from transforms.negatives import parse_answer
+    from stages.negatives_validation import parse_answer
 
     assert parse_answer('["a red \\ud83d cup", "a blue cup"]') == ["a red \ufffd cup", "a blue cup"]
 

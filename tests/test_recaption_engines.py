@@ -14,11 +14,11 @@ from fake_openai_server import FakeOpenAIServer, completion, scripted, slow
 from core.engines import EngineSpec
 from prompts import load_prompt
 from core.record import SampleError
-from transforms.engines.captioner_base import clean_caption, fit_max_side
-from transforms.engines.captioner_openai import OpenAICaptioner
-from transforms.engines.captioner_transformers import TransformersCaptioner
-from transforms.engines.captioner_vllm import VllmCaptioner
-from transforms.recaption import CAPTIONERS, apply_captioner
+from stages.engines.captioner_base import clean_caption, fit_max_side
+from stages.engines.captioner_openai import OpenAICaptioner
+from stages.engines.captioner_transformers import TransformersCaptioner
+from stages.engines.captioner_vllm import VllmCaptioner
+from stages.caption import CAPTIONERS, apply_captioner
 
 PROMPT, PROMPT_HASH = load_prompt("recaption.txt")
 

@@ -17,7 +17,8 @@ from conftest import run_pipeline
 from fake_openai_server import FakeOpenAIServer, completion
 from core.engines import Captioner, EngineEntry, EngineSpec, stub_provenance
 from core.record import SampleError
-from transforms.recaption import CAPTIONERS, Recaption
+from stages.caption import CAPTIONERS
+from transforms.recaption import Recaption
 
 
 class PickyCaptioner(Captioner):

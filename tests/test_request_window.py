@@ -15,9 +15,11 @@ from PIL import Image
 
 from core.engines import parse_spec
 from fake_openai_server import FakeOpenAIServer, FullBatches, completion
-from transforms.negatives import NEGATIVE_ENGINES, GenerateNegatives, apply_negatives
-from transforms.recaption import CAPTIONERS, Recaption
-from transforms.window import RequestWindow
+from stages.negatives import NEGATIVE_ENGINES, apply_negatives
+from transforms.negatives import GenerateNegatives
+from stages.caption import CAPTIONERS
+from transforms.recaption import Recaption
+from stages.window import RequestWindow
 
 
 def image_records(n: int, red: tuple[int, ...] = ()) -> list[dict[str, Any]]:
@@ -114,7 +116,7 @@ def test_the_window_gives_the_same_negatives_as_a_batch_including_re_asks() -> N
         first = body["seed"] == seed0[chair_of(body)]
         return 200, completion(json.dumps(GOOD[:9] if first else GOOD))
 
-    from transforms.negatives_prompt import request_seed
+    from stages.negatives_prompt import request_seed
 
     records = chair_records(6) + [{"key": "dup", "bbox_info": chair_records(2)[1]["bbox_info"] * 2}]
     seed0 = {i: request_seed(CHAIRS[i], 0) for i in range(6)}

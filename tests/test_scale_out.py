@@ -24,7 +24,7 @@ from inputs.units import ReadUnit, split_unit
 CHILD = """
 import json, sys
 from core.engines import EngineEntry
-from transforms.recaption import CAPTIONERS
+from stages.caption import CAPTIONERS
 CAPTIONERS.entries["pidlog"] = EngineEntry("pid_engine:build", False, False, "test: logs the worker pid")
 from pipeline.run import run
 s = run(json.loads(sys.argv[1]))

@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from fake_openai_server import FakeOpenAIServer, completion, scripted
-from transforms.engines import openai_client
-from transforms.engines.openai_client import OpenAIClient
+from stages.engines import openai_client
+from stages.engines.openai_client import OpenAIClient
 
 
 def _reserved_port() -> int:
@@ -69,7 +69,7 @@ def test_a_server_without_a_models_route_counts_as_up() -> None:
 
 def test_engines_wait_for_readiness_with_the_spec_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     from core.engines import parse_spec
-    from transforms.negatives import NEGATIVE_ENGINES
+    from stages.negatives import NEGATIVE_ENGINES
 
     monkeypatch.setattr(openai_client, "READY_POLL_S", 0.05)
     ready = [(503, {"error": "loading"})] * 3 + [(200, {"data": []})]

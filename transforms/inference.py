@@ -1,7 +1,8 @@
 """The Beam ModelHandlers of the model stages (importing Beam's RunInference pulls in torch: seconds).
 
-Kept apart from ``transforms.common`` and ``transforms.expressions`` so that what needs only the
-stage logic (the ``finehard expressions`` / ``negatives`` stage commands) starts in about a second.
+Kept apart from ``transforms.common``, and the stage logic they run lives in ``stages/``, so that
+what needs only the stage logic (the ``finehard expressions`` / ``negatives`` stage commands) never
+imports Beam.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from apache_beam.ml.inference.base import ModelHandler
 from core.engines import EngineRegistry, EngineSpec
 from core.record import Field, METRICS_NAMESPACE
 from core.outcomes import bump, mark_dead
-from transforms.expressions import SPACY_MODEL, STAGE as EXPRESSIONS_STAGE, expressions_from_doc, \
-    expressions_provenance, load_nlp
+from stages.expressions import (SPACY_MODEL, STAGE as EXPRESSIONS_STAGE, expressions_from_doc,
+    expressions_provenance, load_nlp)
 
 LOG = logging.getLogger("transforms.common")  # the name these lines always had
 

@@ -21,7 +21,7 @@ from PIL import Image
 from core.engines import Captioner, EngineSpec
 from prompts import load_prompt
 from core.record import SampleError
-from transforms.engines import ENGINE_OPTION_KEYS, engine_options
+from stages.engines import ENGINE_OPTION_KEYS, engine_options
 
 DEFAULT_PROMPT = "recaption.txt"
 DEFAULT_MAX_SIDE = 1024

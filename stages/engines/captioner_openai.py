@@ -8,7 +8,7 @@ from PIL import Image
 
 from core.engines import EngineSpec
 from core.record import SampleError
-from transforms.engines.captioner_base import CaptionerBase, caption_messages, image_data_uri, resolve_options
+from stages.engines.captioner_base import CaptionerBase, caption_messages, image_data_uri, resolve_options
 
 
 class OpenAICaptioner(CaptionerBase):
@@ -17,7 +17,7 @@ class OpenAICaptioner(CaptionerBase):
     engine = "openai"
 
     def __init__(self, spec: EngineSpec, client: Optional[Any] = None, **options: Any):
-        from transforms.engines.openai_client import OpenAIClient, default_warmup_s
+        from stages.engines.openai_client import OpenAIClient, default_warmup_s
 
         base_url, opts = resolve_options(spec, options)
         super().__init__(spec.model or "default", opts)
@@ -47,7 +47,7 @@ class OpenAICaptioner(CaptionerBase):
 
     def call(self, body: dict[str, Any]) -> str | Exception:
         """Send one request body made by :meth:`request` (I/O only: the request window's threads run this)."""
-        from transforms.engines.openai_client import OpenAIError, OpenAITimeout
+        from stages.engines.openai_client import OpenAIError, OpenAITimeout
 
         try:
             answer = self.client.post_json("chat/completions", body)

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 from PIL import Image
 
 from core.engines import EngineSpec
-from transforms.engines.captioner_base import CaptionerBase, per_item_fallback, resolve_options
+from stages.engines.captioner_base import CaptionerBase, per_item_fallback, resolve_options
 
 
 class TransformersCaptioner(CaptionerBase):

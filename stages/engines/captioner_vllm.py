@@ -6,8 +6,8 @@ from typing import Any, Optional, Sequence
 from PIL import Image
 
 from core.engines import EngineSpec
-from transforms.engines.captioner_base import (CaptionerBase, caption_messages, image_data_uri, per_item_fallback,
-                                               resolve_options)
+from stages.engines.captioner_base import (CaptionerBase, caption_messages, image_data_uri, per_item_fallback,
+    resolve_options)
 
 VLLM_LLM_KEYS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "load_format", "dtype",
                  "enforce_eager", "trust_remote_code", "max_num_seqs", "seed")

@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 from core.engines import EngineSpec, NegativesEngine
 from core.record import SampleError
-from transforms.engines import engine_options
-from transforms.negatives_prompt import load_negatives_prompt, request_seed
+from stages.engines import engine_options
+from stages.negatives_prompt import load_negatives_prompt, request_seed
 
 INSTALL_HINT = "the llama-cpp engine needs llama.cpp's prebuilt wheel: pip install -e '.[llama]' (from the checkout)"
 

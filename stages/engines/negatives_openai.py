@@ -18,9 +18,9 @@ from typing import Any, Optional
 
 from core.engines import EngineSpec, NegativesEngine
 from core.record import SampleError
-from transforms.engines import engine_options
-from transforms.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout, default_warmup_s
-from transforms.negatives_prompt import load_negatives_prompt, request_seed
+from stages.engines import engine_options
+from stages.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout, default_warmup_s
+from stages.negatives_prompt import load_negatives_prompt, request_seed
 
 MODES = ("json_schema", "grammar", "json_object", "none")
 REJECTED_STATUS = (400, 422)

@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 from core.engines import EngineSpec, NegativesEngine
 from core.record import SampleError
-from transforms.engines import engine_options
-from transforms.negatives_prompt import load_negatives_prompt, request_seed
+from stages.engines import engine_options
+from stages.negatives_prompt import load_negatives_prompt, request_seed
 
 LLM_OPTION_KEYS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "load_format", "dtype",
                    "enforce_eager", "trust_remote_code")

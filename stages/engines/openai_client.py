@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, T
 if TYPE_CHECKING:
     import httpx
 
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("transforms.engines.openai_client")  # the name these lines always had
 API_KEY_ENV_VARS = ("FINEHARD_OPENAI_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 NOT_READY_STATUS = frozenset({502, 503, 504})  # a proxy or a server still loading its model

@@ -10,7 +10,7 @@ feature as padding (repeats change neither the attention's max over classes nor 
 and its padded classes are cut off before NMS, so a batched result equals the one-image result.
 
 Output per image: ``[((x1, y1, x2, y2) pixels of the original image, score, expression index)]``
-after per-class NMS at ``min_conf``; :func:`transforms.detect.select_regions` then applies the
+after per-class NMS at ``min_conf``; :func:`stages.detect.select_regions` then applies the
 paper's confidence >= 0.4, class-agnostic NMS across expressions and the region cap.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from PIL import Image
 
 from core.engines import Detector, EngineSpec
 from core.record import SampleError
-from transforms.engines import engine_options
+from stages.engines import engine_options
 
 DETECTOR_OPTION_KEYS = frozenset({"text_encoder", "imgsz", "device", "half", "min_conf", "pre_nms_iou",
                                   "max_det", "text_cache_size", "fuse"})

@@ -1,0 +1,128 @@
+"""The Beam side of a request window: :class:`WindowedStage`, the DoFn a model stage runs over a server engine
+instead of RunInference (the window itself, its jobs and the process's shared engines: ``stages.window``)."""
+from __future__ import annotations
+
+import queue
+from typing import Any, Callable, Hashable, Iterable, Optional
+
+import apache_beam as beam
+from apache_beam.utils.windowed_value import WindowedValue
+
+from core.engines import EngineRegistry, EngineSpec
+from core.record import METRICS_NAMESPACE
+from stages.window import WAIT_S, Job, engine_key, engine_window, release_engine, shared_engine
+
+
+class WindowedStage(beam.DoFn):
+    """A model stage over a server engine: ``make_job(engine, record)`` says what each record asks.
+
+    The engine's ``call(argument)`` sends one request (on a window thread; I/O only). Requests with
+    the same key from records of one bundle are sent once and answer every record that asked.
+    """
+
+    def __init__(self, registry: EngineRegistry, spec: EngineSpec, make_job: Callable[[Any, dict], Job],
+                 engine_options: Optional[dict[str, Any]] = None):
+        self._registry = registry
+        self._spec = spec
+        self._make_job = make_job
+        self._options = dict(engine_options or {})
+
+    def setup(self) -> None:
+        self._key = engine_key(self._registry, self._spec, self._options)
+        self._engine = shared_engine(self._registry, self._spec, self._options)
+        self._window = engine_window(self._engine, f"{self._registry.stage} {self._spec.kind}")
+        ns = f"{METRICS_NAMESPACE}_{self._registry.stage}"
+        m = beam.metrics.Metrics
+        self._metrics = {"samples": m.counter(ns, "num_inferences"),
+                         "requests": m.counter(ns, "window_requests"),
+                         "failed": m.counter(ns, "window_failed_requests"),
+                         "answer_seconds": m.counter(ns, "window_answer_micros"),
+                         "busy_seconds": m.counter(ns, "window_busy_micros"),
+                         "in_flight_seconds": m.counter(ns, "window_in_flight_micros"),
+                         "in_flight_max": m.distribution(ns, "window_in_flight_max"),
+                         "concurrency": m.distribution(ns, "window_concurrency")}
+
+    def teardown(self) -> None:
+        if getattr(self, "_engine", None) is not None:
+            self._engine = None
+            release_engine(self._key)
+
+    def start_bundle(self) -> None:
+        self._done: "queue.Queue[tuple[Hashable, Any]]" = queue.Queue()
+        self._asked: dict[Hashable, list[Job]] = {}  # request key -> the jobs waiting for its answer
+        self._open = 0  # jobs of this bundle not finished
+
+    def _send(self, job: Job, requests: Iterable[tuple[Hashable, Any]]) -> None:
+        for key, arg in requests:
+            waiting = self._asked.get(key)
+            if waiting is not None:  # the same request is in flight for another record: share its answer
+                waiting.append(job)
+                continue
+            self._asked[key] = [job]
+            self._window.submit(self._engine.call, arg, self._done, key)
+
+    def _take(self, key: Hashable, result: Any) -> Iterable[Job]:
+        """Hand an answer to the jobs that asked; the jobs it finished."""
+        for job in self._asked.pop(key, []):
+            self._send(job, job.answer(key, result))
+            if job.done():
+                yield job
+
+    def _drain(self, block: bool) -> Iterable[Job]:
+        """Finished jobs from answers in: all that are there, then (``block``) until the window has room."""
+        while True:
+            try:
+                key, result = self._done.get_nowait()
+            except queue.Empty:
+                if not block or self._window.has_room():
+                    return
+                try:
+                    key, result = self._done.get(timeout=WAIT_S)
+                except queue.Empty:
+                    continue
+            yield from self._take(key, result)
+
+    def _finished(self, job: Job) -> dict:
+        self._open -= 1
+        self._metrics["samples"].inc()
+        return job.finish()
+
+    def process(self, record: dict, timestamp: Any = beam.DoFn.TimestampParam,
+                window: Any = beam.DoFn.WindowParam) -> Iterable[dict]:
+        job = self._make_job(self._engine, record)  # the CPU work, while the window's slots are busy
+        requests = job.start()
+        if not requests and job.done():
+            self._metrics["samples"].inc()
+            yield job.finish()
+            return
+        for finished in self._drain(block=True):  # wait for room: answers keep being judged meanwhile
+            yield self._finished(finished)
+        job._beam_where = (timestamp, (window,))  # finish_bundle emits it with its own window
+        self._open += 1
+        self._send(job, requests)
+        for finished in self._drain(block=False):
+            yield self._finished(finished)
+
+    def finish_bundle(self) -> Iterable[WindowedValue]:
+        while self._open:
+            key, result = self._done.get()
+            for job in self._take(key, result):
+                yield WindowedValue(self._finished(job), *job._beam_where)
+        self._report()
+
+    def _report(self) -> None:
+        stats = self._window.take_stats()
+        for name in ("requests", "failed"):
+            self._metrics[name].inc(int(stats[name]))
+        for name in ("answer_seconds", "busy_seconds", "in_flight_seconds"):
+            self._metrics[name].inc(int(stats[name] * 1e6))
+        self._metrics["in_flight_max"].update(int(stats["in_flight_max"]))
+        self._metrics["concurrency"].update(self._window.concurrency)
+
+
+SERVER_ENGINES = frozenset({"openai"})
+
+
+def windowed(spec: EngineSpec) -> bool:
+    """Whether a stage runs ``spec`` through a request window (a server engine) instead of RunInference."""
+    return spec.kind in SERVER_ENGINES
