@@ -164,19 +164,9 @@ def check_cloud_paths(paths: Mapping[str, Optional[str]], timeout: Optional[floa
     raise :class:`CloudPathError` with one line for the first that cannot be used. Returns in at most
     ``timeout`` seconds (default :data:`CHECK_S`). A Beam flag's path (:data:`BEAM_PATH_FLAGS`) is
     asked only when its fsspec filesystem is installed: Beam reads it with its own client."""
-    todo = []
-    for flag, uri in paths.items():
-        if not uri or _protocol(uri) not in STORES or uri in _answered:
-            continue
-        line = missing_filesystem(flag, uri)
-        if line and flag not in BEAM_PATH_FLAGS:
-            raise CloudPathError(line)
-        if not line:
-            todo.append((flag, uri))
+    todo = _paths_to_ask(paths)
     if not todo:
         return
-    import fsspec
-
     timeout = CHECK_S if timeout is None else timeout
     capture = _Capture()
     loggers = {name for _, uri in todo for name in STORES[_protocol(uri) or ""].loggers}
@@ -187,18 +177,7 @@ def check_cloud_paths(paths: Mapping[str, Optional[str]], timeout: Optional[floa
         lg.setLevel(logging.DEBUG)
         lg.propagate = False
     results: dict[str, Any] = {}
-
-    def ask(flag: str, uri: str) -> None:
-        try:
-            fs, path = fsspec.core.url_to_fs(_probe_path(uri))
-            fs.info(path)
-            results[flag] = None
-        except FileNotFoundError:
-            results[flag] = None  # the store answered
-        except BaseException as e:  # noqa: BLE001 - every failure is explained in one line
-            results[flag] = e
-
-    threads = [threading.Thread(target=ask, args=item, name=f"finehard-check-{item[0]}", daemon=True)
+    threads = [threading.Thread(target=_ask, args=(*item, results), name=f"finehard-check-{item[0]}", daemon=True)
                for item in todo]
     started = time.monotonic()
     for t in threads:
@@ -224,3 +203,33 @@ def check_cloud_paths(paths: Mapping[str, Optional[str]], timeout: Optional[floa
                 lg.removeHandler(capture)
                 lg.setLevel(level)
                 lg.propagate = propagate
+
+
+def _paths_to_ask(paths: Mapping[str, Optional[str]]) -> list[tuple[str, str]]:
+    """The ``(flag, uri)`` object-store paths not yet answered; raises for a store whose filesystem is missing
+    (a Beam flag's path is then left to Beam's own client)."""
+    todo = []
+    for flag, uri in paths.items():
+        if not uri or _protocol(uri) not in STORES or uri in _answered:
+            continue
+        line = missing_filesystem(flag, uri)
+        if line and flag not in BEAM_PATH_FLAGS:
+            raise CloudPathError(line)
+        if not line:
+            todo.append((flag, uri))
+    return todo
+
+
+def _ask(flag: str, uri: str, results: dict[str, Any]) -> None:
+    """One store's answer for ``uri`` into ``results[flag]``: None when it answered (a missing object is an
+    answer), else the exception."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(_probe_path(uri))
+        fs.info(path)
+        results[flag] = None
+    except FileNotFoundError:
+        results[flag] = None  # the store answered
+    except BaseException as e:  # noqa: BLE001 - every failure is explained in one line
+        results[flag] = e

@@ -21,7 +21,8 @@ from pipeline.stages import STAGE_PRESETS, STAGES, UsageError, selected_stages  
 from shards.outdir import (RUN_FILE, InputFingerprint, OutputLock, prepare_output, read_run_file,
                            remove_run_outputs, remove_stale_temp_files, same_input, write_run_file)
 from core.record import PROJECT_VERSION, Field, text_hash, valid_text
-from shards.output import read_shard_stats, stage_metrics, write_summary
+from shards.metrics import stage_metrics
+from shards.output import read_shard_stats, write_summary
 from pipeline.runner_names import LOCAL_RUNNERS, canonical_runner, normalise_runner_args
 from pipeline.progress_view import SampleCount, progress_for_run
 from pipeline.waves import (WriteHashRows, hash_line, merge_stage_metrics, plan_waves, read_hash_rows,

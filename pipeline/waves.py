@@ -36,7 +36,7 @@ import apache_beam as beam
 import fsspec
 
 from core.files import atomic_write
-from shards.output import DERIVED_METRICS, MAX_METRICS, finish_stage_metrics
+from shards.metrics import DERIVED_METRICS, MAX_METRICS, finish_stage_metrics
 from stages.dedup import hash_row
 from shards.write import ShardRange
 
@@ -114,7 +114,7 @@ def remove_waves_dir(output: str) -> None:
 
 
 def merge_stage_metrics(runs: Iterable[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """``pipeline.output.stage_metrics`` of several pipelines (the waves) as one run's."""
+    """``shards.metrics.stage_metrics`` of several pipelines (the waves) as one run's."""
     merged: dict[str, dict[str, Any]] = {}
     for metrics in runs:
         for stage, values in metrics.items():

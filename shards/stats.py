@@ -12,8 +12,9 @@ import fsspec
 from core.record import NUM_NEGATIVES
 from core.terminal import printable
 from shards.read_back_cli import REPORT_NAME, stats_parser
-from shards.output import (STATS_GLOB, _read_json, in_chain_order, is_stub, iter_samples, read_listed,
-    read_shard_stats, reconcile_problem, report_skipped, shard_paths, summarise)
+from shards.metrics import in_chain_order
+from shards.output import (STATS_GLOB, _read_json, is_stub, iter_samples, read_listed, read_shard_stats,
+    reconcile_problem, report_skipped, shard_paths, summarise)
 
 RECONCILED = {True: "reconciled", None: "no read counts: not checked"}
 
