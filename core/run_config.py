@@ -66,7 +66,7 @@ class RunConfig:
     spill_dir: str
     wave_samples: int
     progress_every_s: float
-    shared_mount: Optional[list[str]]
+    shared_mount: Optional[tuple[str, ...]]
     max_failure_rate: float
     batch_size: int
     # the Beam flags (runner name made canonical) and what is derived from the flags above

@@ -52,7 +52,8 @@ def build_config(args: argparse.Namespace, beam_args: list[str]) -> RunConfig:
     derived: dict[str, Any] = {"beam_args": tuple(beam_args), "runner": runner,
                                "local_runner": runner is None or runner in LOCAL_RUNNERS,
                                "stages_run": selected_stages(args.stages), "info": run_info(args)}
-    return RunConfig(**vars(args), **derived)
+    flags = {**vars(args), "shared_mount": tuple(args.shared_mount) if args.shared_mount else None}  # no lists
+    return RunConfig(**flags, **derived)
 
 
 def parse_config(argv: list[str]) -> RunConfig:
