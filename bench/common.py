@@ -209,7 +209,7 @@ def child_report(result: dict[str, Any]) -> None:
 
 
 def pipeline_argv(manifest: str, output: str, samples_per_shard: int = 1000, extra: Sequence[str] = ()) -> list[str]:
-    """Flags of ``pipeline.run.run`` for a stub-engine local run."""
+    """Flags of ``pipeline.run.run`` (through ``pipeline.config.parse_config``) for a stub-engine local run."""
     return ["--input", manifest, "--output", output, "--samples-per-shard", str(samples_per_shard),
             "--captioner", "stub", "--detector", "stub", "--negatives", "stub", *extra]
 
@@ -219,9 +219,10 @@ PIPELINE_CHILD = """
 import json, sys, time, logging
 logging.disable(logging.WARNING)
 t0 = time.perf_counter()
+from pipeline.config import parse_config
 from pipeline.run import run
 t1 = time.perf_counter()
-summary = run(json.loads(sys.argv[1]))
+summary = run(parse_config(json.loads(sys.argv[1])))
 t2 = time.perf_counter()
 from bench.common import child_report
 child_report({"import_s": t1 - t0, "run_s": t2 - t1, "read": summary["read"], "written": summary["written"],

@@ -115,9 +115,10 @@ from stages.negatives import NEGATIVE_ENGINES
 old = NEGATIVE_ENGINES.entries["vllm"]
 shared = sys.argv[2] == "shared"  # gpu=True: RunInference shares one model per machine (a proxy)
 NEGATIVE_ENGINES.entries["vllm"] = EngineEntry("bench.gpu_engines:build_counting", old.needs_target, shared, old.help)
+from pipeline.config import parse_config
 from pipeline.run import run
 t = time.perf_counter()
-summary = run(json.loads(sys.argv[1]))
+summary = run(parse_config(json.loads(sys.argv[1])))
 from bench.common import child_report
 child_report({"run_s": time.perf_counter() - t, "written": summary["written"], "regions": summary["regions"]})
 """

@@ -1,7 +1,7 @@
 """Launcher memory: peak RSS and time of what ``finehard shards`` does before the pipeline runs, as the input grows.
 
 Each case is a fresh process that does the launcher's input-dependent work with the real code:
-parse the flags, ``pipeline.run.plan_input`` (list the input once, as a stream: parquet footers
+parse the flags, ``pipeline.input_plan.plan_input`` (list the input once, as a stream: parquet footers
 checked, input fingerprint, expected size counted), the shard count, and the Beam graph built (not
 run). A baseline process imports the same modules and does nothing else. Inputs, N each:
 
@@ -42,7 +42,13 @@ import json, re, sys, time
 t0 = time.perf_counter()
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from pipeline.run import build_pipeline, decide_num_shards, make_runner, model_cache_root, parse_args, plan_input
+from core.run_config import LaunchPlan
+from pipeline.cache_policy import model_cache_root
+from pipeline.config import parse_config
+from pipeline.input_plan import plan_input
+from pipeline.resume import decide_num_shards
+from pipeline.runners import make_runner
+from transforms.graph import build_pipeline
 from bench.common import child_report
 t1 = time.perf_counter()
 
@@ -55,16 +61,15 @@ def peak_rss_mib():  # this process's own high-water mark since exec
 result = {"import_s": t1 - t0, "import_peak_mib": peak_rss_mib()}
 argv = json.loads(sys.argv[1])
 if argv:
-    args, beam_args = parse_args(argv)
-    plan = plan_input(args.input)
+    config = parse_config(argv)
+    plan = plan_input(config.input)
     t2 = time.perf_counter()
-    args.num_shards = decide_num_shards(args, plan.size)
-    args.model_cache = model_cache_root(args, True)
-    options = PipelineOptions(beam_args)
-    build_pipeline(beam.Pipeline(runner=make_runner(options), options=options), args, set())
+    launch = LaunchPlan(decide_num_shards(config, plan.size), frozenset(), model_cache_root(config))
+    options = PipelineOptions(list(config.beam_args))
+    build_pipeline(beam.Pipeline(runner=make_runner(config), options=options), config, launch)
     t3 = time.perf_counter()
     result.update(plan_s=t2 - t1, graph_s=t3 - t2, listed=plan.fingerprint["listed_uris"], size=plan.size,
-                  num_shards=args.num_shards)
+                  num_shards=launch.num_shards)
 child_report({**result, "peak_mib": peak_rss_mib()})
 """
 

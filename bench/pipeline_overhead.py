@@ -58,7 +58,8 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     from core.engines import parse_spec
     from core.record import Field
     from core.outcomes import bump
-    from pipeline.run import STAGE_FIELDS, carry_input_fields, parse_args, run_info, selected_stages, stamp_run
+    from pipeline.config import parse_config
+    from stages.run_stamp import STAGE_FIELDS, carry_input_fields, stamp_run
     from stages.detect import DETECTORS, apply_detector
     from stages.expressions import expressions_from_doc, expressions_provenance, load_nlp
     from stages.negatives import NEGATIVE_ENGINES, apply_negatives
@@ -68,8 +69,8 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     from stages.caption import CAPTIONERS, apply_captioner
     from shards.write import num_shards_for, shard_of, write_shard
 
-    args, _ = parse_args(["--input", manifest, "--output", output, "--samples-per-shard", str(samples_per_shard),
-                          "--batch-size", str(batch_size), *SAME_WORK])
+    config = parse_config(["--input", manifest, "--output", output, "--samples-per-shard", str(samples_per_shard),
+                            "--batch-size", str(batch_size), *SAME_WORK])
     captioner = CAPTIONERS.build(parse_spec("stub"))
     detector = DETECTORS.build(parse_spec("stub"))
     negatives = NEGATIVE_ENGINES.build(parse_spec("stub"))
@@ -79,9 +80,9 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     def live(rec: dict[str, Any]) -> bool:
         return Field.DEAD not in rec and Field.FILTERED not in rec
 
-    info = run_info(args)
-    config_hash, stages = info["config_hash"], selected_stages(args.stages)
-    units = list_units(args.input)
+    info = config.info
+    config_hash, stages = config.config_hash, config.stages_run
+    units = list_units(config.input)
     # The loop knows the count up front (the pipeline counts in a side input); shards as in the pipeline.
     records = [r for u in units for r in read_unit(u)]
     num_shards = num_shards_for(len(records), samples_per_shard)
@@ -90,12 +91,13 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
     def checked() -> Any:
         for rec in records:
             rec[Field.SHARD] = (shard_of(rec["key"], num_shards), num_shards)
-            rec = check_image(rec, args.max_pixels, args.min_side)
-            yield carry_input_fields(rec, stages, config_hash, args.reuse_captions) if live(rec) else rec
+            rec = check_image(rec, config.max_pixels, config.min_side)
+            yield (carry_input_fields(rec, stages, config_hash, config.reuse_captions)
+                   if live(rec) else rec)
 
     def captioned() -> Any:
         for batch in _batches(checked(), batch_size):
-            apply_captioner(captioner, [r for r in batch if live(r)], max_chars=args.max_caption_chars)
+            apply_captioner(captioner, [r for r in batch if live(r)], max_chars=config.max_caption_chars)
             yield from batch
 
     def with_expressions() -> Any:
@@ -109,11 +111,11 @@ def plain_loop(manifest: str, output: str, samples_per_shard: int = SAMPLES_PER_
 
     def detected() -> Any:
         for batch in _batches(with_expressions(), batch_size):
-            apply_detector(detector, [r for r in batch if live(r)], args.box_conf, args.nms_iou, args.max_regions)
+            apply_detector(detector, [r for r in batch if live(r)], config.box_conf, config.nms_iou, config.max_regions)
             yield from batch
 
     for batch in _batches(detected(), batch_size * 2):
-        apply_negatives(negatives, batch, retries=args.negatives_retries)
+        apply_negatives(negatives, batch, retries=config.negatives_retries)
         for rec in batch:
             for name in stages:  # the pipeline stamps each stage's field with the run that made it
                 stamp_run(rec, STAGE_FIELDS[name], config_hash)

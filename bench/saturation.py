@@ -176,8 +176,9 @@ class SimDevice(Captioner):
 sys.modules["sim_device"] = sys.modules[__name__]
 CAPTIONERS.entries["simdevice"] = EngineEntry("sim_device:SimDevice", False, False, "bench: a sleeping device")
 t0 = time.perf_counter()
+from pipeline.config import parse_config
 from pipeline.run import run
-summary = run(json.loads(sys.argv[1]))
+summary = run(parse_config(json.loads(sys.argv[1])))
 from bench.common import child_report
 child_report({"run_s": time.perf_counter() - t0, "read": summary["read"], "written": summary["written"],
               "reconciled": summary["reconciled"], "device_log": LOG})
@@ -258,8 +259,9 @@ PIPELINE_CHILD = """
 import json, sys, time, logging
 logging.disable(logging.WARNING)
 t0 = time.perf_counter()
+from pipeline.config import parse_config
 from pipeline.run import run
-summary = run(json.loads(sys.argv[1]))
+summary = run(parse_config(json.loads(sys.argv[1])))
 from bench.common import child_report
 child_report({"run_s": time.perf_counter() - t0, "read": summary["read"], "written": summary["written"],
               "reconciled": summary["reconciled"], "stage_metrics": summary.get("stage_metrics", {})})

@@ -3,7 +3,7 @@
 Makes N local 640x480 noisy JPEGs (``bench.peers.make_images``, cached) and packs the same images
 into one uncompressed tar and one ``.tar.gz`` (img2dataset layout). Each input runs the whole
 pipeline (stub engines, duplicate removal on) in this process on the FnApiRunner, built two ways
-by ``pipeline.run.build_pipeline``:
+by ``transforms.graph.build_pipeline``:
 
 * before: no ``SpillImages`` step, the image bytes ride in every record: what distributed runners
   were given until now (and what a local run with ``--spill-dir none`` still does);
@@ -123,19 +123,27 @@ def measure(input_uri: str, distributed: bool, spill: bool) -> dict[str, float]:
 
     from pipeline.local_runner import LocalRunner
     from pipeline.progress_view import expected_samples
-    from pipeline.run import build_pipeline, decide_num_shards, model_cache_root, parse_args
+    import dataclasses
+
+    from core.run_config import LaunchPlan
+    from pipeline.cache_policy import model_cache_root
+    from pipeline.config import parse_config
+    from pipeline.resume import decide_num_shards
+    from transforms.graph import build_pipeline
     from inputs.units import list_units
     from core.spill import SpillDir
 
     output = fresh_dir("shuffle")
     spill_base = fresh_dir("shuffle_spill")
     try:
-        args, _ = parse_args(pipeline_argv(input_uri, output, extra=("--progress-every-s", "0")))
-        args.num_shards = decide_num_shards(args, expected_samples(list_units(args.input)))
-        args.model_cache = model_cache_root(args, local_runner=not distributed)
+        # measured on the local runner, shaped as a distributed runner's graph when ``distributed``
+        config = dataclasses.replace(parse_config(pipeline_argv(input_uri, output, extra=("--progress-every-s", "0"))),
+                                     local_runner=not distributed)
+        launch = LaunchPlan(decide_num_shards(config, expected_samples(list_units(config.input))), frozenset(),
+                            model_cache_root(config))
         with SpillDir(spill_base if spill else "none", local_runner=not distributed, output=output) as spill_dir:
             p = MeasuredPipeline(runner=LocalRunner())
-            build_pipeline(p, args, set(), spill_dir.root, local_runner=not distributed)
+            build_pipeline(p, config, launch, spill_dir.root)
             result = p.run()
             result.wait_until_finish()
         found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["distributions"]

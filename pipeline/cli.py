@@ -45,24 +45,15 @@ def shards_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_flags(argv: list[str]) -> argparse.Namespace:
-    """Every check of the flags alone, before anything heavy is imported (ValueError: one line, exit 2):
-    values, stages, Beam flags, and cloud paths without their filesystem, network or credentials.
+def check_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse the flags (the only parse of this run's argv) and check them alone, before anything heavy is
+    imported (``pipeline.config.parse_flags``; ValueError: one line, exit 2). Returns our flags and Beam's.
 
     argparse itself exits 2 with one line on a missing flag or a bad value.
     """
-    from pipeline.beam_flags import check_beam_args
-    from pipeline.cloud import beam_paths, check_cloud_paths
-    from pipeline.options import check_positive
-    from pipeline.stages import selected_stages
+    from pipeline.config import parse_flags
 
-    args, beam_args = shards_parser().parse_known_args(argv)
-    check_positive(args)
-    selected_stages(args.stages)
-    check_beam_args(beam_args)
-    check_cloud_paths({"--input": args.input, "--output": args.output, "--spill-dir": args.spill_dir,
-                       "--model-cache": args.model_cache, **beam_paths(beam_args)})
-    return args
+    return parse_flags(argv, shards_parser())
 
 
 def shards_main(argv: list[str]) -> int:
@@ -74,15 +65,18 @@ def shards_main(argv: list[str]) -> int:
     with StopOnSignals(INTERRUPTED) as stop:
         try:
             try:
-                args = check_flags(argv)
+                args, beam_args = check_flags(argv)
             except ValueError as e:
                 print(f"finehard shards: error: {printable(e)}", file=sys.stderr)
                 return 2
+            from pipeline.config import build_config
             from shards.outdir import OutputInUse
-            from pipeline.run import UsageError, run
+            from pipeline.run import run
+            from pipeline.stages import UsageError
 
             try:
-                summary = run(argv)
+                config = build_config(args, beam_args)
+                summary = run(config)
             except (UsageError, ValueError, OutputInUse) as e:
                 if stop.signum is not None:
                     raise
@@ -111,7 +105,7 @@ def shards_main(argv: list[str]) -> int:
         print(f"finehard shards: error: NOT RECONCILED: {problem}", file=sys.stderr)
         return 1
 
-    reason = failure_reason(summary, args.max_failure_rate, args.output)
+    reason = failure_reason(summary, config.max_failure_rate, config.output)
     if reason:
         print(f"finehard shards: failed: {printable(reason)}", file=sys.stderr)
         return 1

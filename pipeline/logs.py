@@ -23,6 +23,7 @@ from core.terminal import printable
 PROJECT_LOGGERS = ("finehard", "pipeline", "transforms", "inputs", "stages", "shards", "training", "core", "model_stubs",
                    "bench")
 REMOTE_JOB_LOGGERS = ("apache_beam.runners.dataflow", "apache_beam.runners.portability.portable_runner")
+# In the environment, not the run config: they must cross into the worker processes Beam starts (pipeline.worker).
 LEVEL_ENV = "FINEHARD_LOG_LEVEL"
 BEAM_LEVEL_ENV = "FINEHARD_BEAM_LOG_LEVEL"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -1,11 +1,11 @@
-"""Pipeline options: one definition used by the CLI (and its --help) and by Beam (``pipeline.run.FineHardOptions``).
+"""Pipeline options: one definition used by the CLI (and its --help) and by Beam (``pipeline.runners.FineHardOptions``).
 
 Imports nothing heavy: ``finehard shards --help`` and flag errors answer before Beam is imported.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Optional
 
 from core.record import MAX_IMAGE_BYTES
 
@@ -13,7 +13,10 @@ WAVE_SAMPLES = 5_000  # pipeline.waves: a local run's memory grows with a wave, 
 
 
 def add_curation_args(parser: Any, required: bool = True) -> None:
-    """The flags of ``finehard shards`` (also registered as Beam pipeline options)."""
+    """The flags of ``finehard shards`` (also registered as Beam pipeline options).
+
+    Long because it is the flag table: one ``add_argument`` per flag, in ``--help``'s order; splitting it
+    would only scatter the table."""
     parser.add_argument("--input", required=required,
                         help="what to curate: a folder or glob of images, a .jsonl/.parquet manifest "
                              "(columns url|image|f_path, optional caption, key), or WebDataset .tar shards "
@@ -180,8 +183,10 @@ def check_positive(args: argparse.Namespace) -> None:
         raise ValueError("--progress-every-s must be >= 0 (0: off)")
 
 
-def check_beam_options(beam_args: list[str]) -> None:
-    """The Beam flags this project reads itself: ``--runner`` names a runner, ``--direct_num_workers`` >= 0."""
+def check_beam_options(beam_args: list[str]) -> Optional[str]:
+    """The Beam flags this project reads itself: ``--runner`` names a runner, ``--direct_num_workers`` >= 0.
+
+    Returns the canonical runner name (``pipeline.runner_names``; None: none given)."""
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
     from pipeline.runner_names import RUNNERS, canonical_runner
@@ -195,6 +200,7 @@ def check_beam_options(beam_args: list[str]) -> None:
     workers = options.view_as(DirectOptions).direct_num_workers
     if workers is not None and workers < 0:
         raise ValueError(f"--direct_num_workers must be >= 0 (0: one per core), got {workers}")
+    return canonical_runner(runner)
 
 
 def _known_runner(name: str, ours: bool) -> bool:

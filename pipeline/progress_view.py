@@ -166,7 +166,8 @@ class ProgressView:
         self.dir = tempfile.mkdtemp(prefix="finehard-progress-")
         self._started = time.monotonic()
         if self.tty:
-            # multi-process workers print straight to the terminal: only their warnings, under the bars
+            # multi-process workers print straight to the terminal: only their warnings, under the bars (through
+            # the environment: Beam starts those processes, pipeline.worker reads it)
             self._worker_level = os.environ.get(LEVEL_ENV)
             if logging.getLevelName(self._worker_level or "INFO") in (logging.DEBUG, logging.INFO):
                 os.environ[LEVEL_ENV] = "WARNING"

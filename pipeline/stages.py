@@ -1,5 +1,5 @@
 """The stages ``--stages`` selects, and the error of a bad flag: importable without Beam, so the CLI
-checks flags before the heavy imports (``pipeline.run`` re-exports both)."""
+checks flags before the heavy imports."""
 from __future__ import annotations
 
 

@@ -36,8 +36,13 @@ import apache_beam as beam
 import fsspec
 
 from core.files import atomic_write
+from core.run_config import RunConfig
+from pipeline.interrupt import on_stop
 from shards.metrics import DERIVED_METRICS, MAX_METRICS, finish_stage_metrics
-from stages.dedup import hash_row
+from pipeline.runners import make_runner
+from transforms.common import split_outcomes
+from stages.dedup import Ref, duplicates_of, hash_row
+from transforms.graph import read_input
 from shards.write import ShardRange
 
 LOG = logging.getLogger("finehard")
@@ -125,3 +130,28 @@ def merge_stage_metrics(runs: Iterable[dict[str, dict[str, Any]]]) -> dict[str, 
                 elif k not in DERIVED_METRICS and v is not None:
                     into[k] = into.get(k, 0) + v
     return finish_stage_metrics(merged)
+
+
+def build_hash_pipeline(p: beam.Pipeline, config: RunConfig) -> None:
+    """The duplicate pass of a run in waves: key and hashes of every record that reaches
+    ``DropDuplicates`` in ``transforms.graph.build_pipeline`` (those read without failure) to OUTPUT/.waves/."""
+    near = config.near_dup_threshold >= 0
+    live, _, _ = split_outcomes(read_input(p, config, counts_root=None, near_hashes=near), "read")
+    _ = (live | "HashRow" >> beam.Map(hash_line, near=near, keep=config.dedup_keep)
+         | "WriteHashRows" >> beam.ParDo(WriteHashRows(waves_root(config.output))))
+
+
+def find_duplicates(config: RunConfig, options: Any, size: Optional[int]) -> dict[str, Ref]:
+    """The duplicate decisions over the whole input, for a run in waves: one pass that reads and
+    hashes every image (:func:`build_hash_pipeline`), then ``transforms.dedup.duplicates_of``."""
+    remove_waves_dir(config.output)
+    LOG.info("waves: hashing all %s images first (no progress shown meanwhile), so each wave drops the "
+             "duplicates one pass would; --no-dedup skips this", f"{size:,}" if size is not None else "the")
+    with on_stop(lambda: remove_waves_dir(config.output)):
+        try:
+            p = beam.Pipeline(runner=make_runner(config), options=options)
+            build_hash_pipeline(p, config)
+            p.run().wait_until_finish()
+            return duplicates_of(lambda: read_hash_rows(waves_root(config.output)), config.near_dup_threshold)
+        finally:
+            remove_waves_dir(config.output)

@@ -1,6 +1,6 @@
 """Entry point of local ``multi_processing`` Beam workers: our logging set-up, then Beam's harness.
 
-:func:`pipeline.run.make_runner` starts workers with ``python -m pipeline.worker`` instead of
+:func:`pipeline.runners.make_runner` starts workers with ``python -m pipeline.worker`` instead of
 ``python -m apache_beam.runners.worker.sdk_worker_main``; everything else is Beam's.
 
 A SIGINT or SIGTERM (Ctrl-C reaches the whole process group; Slurm signals every process of a job)

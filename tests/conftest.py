@@ -37,9 +37,10 @@ def scenes_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 def run_pipeline(input_uri: str, output: pathlib.Path | str, *extra: str) -> dict:
+    from pipeline.config import parse_config
     from pipeline.run import run
 
-    return run(["--input", str(input_uri), "--output", str(output), *extra])
+    return run(parse_config(["--input", str(input_uri), "--output", str(output), *extra]))
 
 
 def shard_hashes(output: pathlib.Path) -> dict[str, str]:

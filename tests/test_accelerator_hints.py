@@ -1,16 +1,18 @@
 """Every GPU stage of the Dataflow-shaped graph carries Beam's accelerator hint (``--gpu-accelerator``)."""
 import apache_beam as beam
 
-from pipeline.run import build_pipeline, parse_args
+from core.run_config import LaunchPlan
+from pipeline.config import parse_config
+from transforms.graph import build_pipeline
 
 HINT = "type:nvidia-l4;count:1;install-nvidia-driver"
 
 
 def _hints_by_step(argv: list[str]) -> dict[str, set[bytes]]:
     """{transform label: accelerator hints of its environment} of the whole graph a remote runner gets."""
-    args, _ = parse_args(argv)
+    config = parse_config([*argv, "--runner", "DataflowRunner"])  # built, never run
     p = beam.Pipeline()
-    build_pipeline(p, args, done=set(), spill_root="/tmp/finehard-spill-unused", local_runner=False)
+    build_pipeline(p, config, LaunchPlan(0, frozenset(), None), spill_root="/tmp/finehard-spill-unused")
     proto = p.to_runner_api()
     envs = proto.components.environments
     out: dict[str, set[bytes]] = {}

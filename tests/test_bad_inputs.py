@@ -457,7 +457,7 @@ def test_double_colon_in_local_names_is_a_file_name_not_a_url_chain(tmp_path: pa
 
 def test_an_empty_input_is_refused(tmp_path: pathlib.Path) -> None:
     """Class 13: --input '' (or blank) would read the current folder."""
-    from pipeline.run import UsageError
+    from pipeline.stages import UsageError
 
     for blank in ("", "   "):
         with pytest.raises(UsageError, match="--input is empty; give a folder, glob, manifest or tar"):

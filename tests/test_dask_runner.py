@@ -217,10 +217,12 @@ def test_every_sink_is_computed(cluster, tmp_path: pathlib.Path) -> None:
 
 
 def test_without_an_address_a_local_cluster_is_started_and_closed(tmp_path: pathlib.Path) -> None:
-    from pipeline.run import make_runner
+    from pipeline.config import parse_config
+    from pipeline.runners import make_runner
 
-    options = PipelineOptions(["--runner", "DaskRunner"])
-    p = beam.Pipeline(runner=make_runner(options), options=options)
+    config = parse_config(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--runner", "DaskRunner"])
+    options = PipelineOptions(list(config.beam_args))
+    p = beam.Pipeline(runner=make_runner(config), options=options)
     p | beam.Create([1, 2, 3]) | beam.Map(_write, str(tmp_path), "out")
     result = p.run()
     cluster = result.cluster

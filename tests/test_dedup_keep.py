@@ -76,10 +76,8 @@ def test_waves_keep_the_same_copies_as_one_pass(scenes_dir: pathlib.Path, tmp_pa
         rows += [{"url": str(scene), "key": f"z{i:02d}"}, {"url": str(scene), "key": f"a{i:02d}"}]
     (src / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     one = run_pipeline(src / "m.jsonl", tmp_path / "one", "--stages", "ingest", "--samples-per-shard", "4")
-    from pipeline.run import run
-
-    waves = run(["--input", str(src / "m.jsonl"), "--output", str(tmp_path / "waves"), "--stages", "ingest",
-                 "--samples-per-shard", "4", "--wave-samples", "8"])
+    waves = run_pipeline(src / "m.jsonl", tmp_path / "waves", "--stages", "ingest", "--samples-per-shard", "4",
+                         "--wave-samples", "8")
     assert one["filtered"] == waves["filtered"] == 12
     assert _kept(tmp_path / "one") == _kept(tmp_path / "waves") == {f"z{i:02d}" for i in range(12)}
     for p in sorted((tmp_path / "one").glob("shard-*.tar")) + sorted((tmp_path / "one" / "filtered").glob("*")):

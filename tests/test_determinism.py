@@ -45,7 +45,7 @@ def test_rerun_skips_complete_shards_and_redoes_the_rest(tmp_path: pathlib.Path,
 def test_rerun_with_other_engines_into_same_output_fails_fast(tmp_path: pathlib.Path, scenes_dir: pathlib.Path) -> None:
     import pytest
 
-    from pipeline.run import UsageError
+    from pipeline.stages import UsageError
 
     out = tmp_path / "out"
     run_pipeline(scenes_dir / "manifest.jsonl", out, "--samples-per-shard", "4")

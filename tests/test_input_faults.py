@@ -76,7 +76,7 @@ def test_an_image_rewritten_in_place_before_a_resume_is_refused_like_other_rewri
     import os
     import shutil
 
-    from pipeline.run import UsageError
+    from pipeline.stages import UsageError
 
     folder = tmp_path / "in"
     shutil.copytree(scenes_dir, folder, ignore=shutil.ignore_patterns("*.jsonl"))
@@ -182,7 +182,7 @@ def _tar_folder(folder: pathlib.Path, n: int, claimed: int) -> None:
 
 
 def test_a_sizes_json_claiming_more_samples_than_the_tar_can_hold_is_not_used_to_plan(tmp_path: pathlib.Path) -> None:
-    from pipeline.run import plan_input
+    from pipeline.input_plan import plan_input
 
     _tar_folder(tmp_path / "lie", 10, 100_000_000)
     assert plan_input(str(tmp_path / "lie" / "*.tar")).size is None  # unknown: the run counts what it reads
@@ -223,7 +223,7 @@ def test_a_folder_1500_levels_deep_is_listed_and_read(tmp_path: pathlib.Path) ->
 
 def test_resuming_with_another_rows_per_read_unit_is_refused_as_a_config_change(scenes_dir: pathlib.Path,
                                                                                tmp_path: pathlib.Path) -> None:
-    from pipeline.run import UsageError
+    from pipeline.stages import UsageError
 
     out = tmp_path / "o"
     first = run_pipeline(scenes_dir / "manifest.jsonl", out, "--samples-per-shard", "4", "--rows-per-read-unit", "4")

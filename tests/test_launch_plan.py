@@ -148,7 +148,7 @@ def test_a_folder_of_manifests_and_a_folder_without_images_are_listed_as_before(
 
 def test_the_launcher_fingerprints_and_counts_a_folder_as_before(tree: Path) -> None:
     from shards.outdir import input_fingerprint
-    from pipeline.run import plan_input
+    from pipeline.input_plan import plan_input
     from inputs.units import list_units
 
     units = list_units(str(tree))
@@ -241,7 +241,7 @@ def test_the_launcher_reads_a_parquet_manifests_footer_once(tmp_path: Path, monk
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.run import plan_input
+    from pipeline.input_plan import plan_input
 
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.table({"url": [f"{i}.jpg" for i in range(7)], "caption": ["x"] * 7}), manifest, row_group_size=3)

@@ -47,9 +47,9 @@ def _fresh_process_json(code: str) -> dict:
 def test_a_run_whose_stages_need_no_torch_never_imports_it(scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     # Every stage with stub engines, spaCy real and rules negatives (inflect on every region): spaCy's
     # thinc would import torch if let, and inflect would be instrumented by typeguard on import.
-    code = ("import sys, json; from pipeline.run import run; "
-            f"s = run(['--input', {str(scenes_dir / 'manifest.jsonl')!r}, '--output', {str(tmp_path / 'o')!r}, "
-            "'--negatives', 'rules']); "
+    code = ("import sys, json; from pipeline.config import parse_config; from pipeline.run import run; "
+            f"s = run(parse_config(['--input', {str(scenes_dir / 'manifest.jsonl')!r}, "
+            f"'--output', {str(tmp_path / 'o')!r}, '--negatives', 'rules'])); "
             "import inflect, typeguard, typeguard._decorators as d; "
             "names = inflect.engine.plural_noun.__code__.co_names; "
             "print(json.dumps({'written': s['written'], 'torch': 'torch' in sys.modules, "

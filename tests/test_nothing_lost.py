@@ -74,7 +74,7 @@ def test_a_clean_run_reconciles_against_the_count_taken_while_reading(scenes_dir
 def test_a_sample_lost_between_read_and_write_is_caught(scenes_dir: pathlib.Path, tmp_path: pathlib.Path,
                                                         monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture) -> None:
-    import pipeline.run as run_module
+    import transforms.graph as run_module
     from pipeline.cli import main
 
     real = run_module.split_outcomes
@@ -148,7 +148,7 @@ def test_a_lock_held_by_a_live_process_refuses_the_run(scenes_dir: pathlib.Path,
 
 def test_resuming_after_the_input_changed_is_refused_with_the_fix(scenes_dir: pathlib.Path,
                                                                   tmp_path: pathlib.Path) -> None:
-    from pipeline.run import UsageError
+    from pipeline.stages import UsageError
 
     folder = tmp_path / "in"
     shutil.copytree(scenes_dir, folder, ignore=shutil.ignore_patterns("*.jsonl"))

@@ -11,7 +11,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms import environments
 
 from conftest import read_shards, run_pipeline
-from pipeline.run import build_pipeline, is_local_runner, parse_args
+from core.run_config import LaunchPlan
+from pipeline.config import parse_config
+from transforms.graph import build_pipeline
 from pipeline.submit import RunnerOptionsError, gpu_engines, validate_runner_options
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "sample" / "manifest.jsonl"
@@ -117,11 +119,12 @@ def test_the_registry_is_the_one_place_that_says_gpu_or_not() -> None:
 
 
 def _proto_round_trip(beam_args: list[str], environment: environments.Environment) -> tuple:
-    args, rest = parse_args(["--input", str(SAMPLE), "--output", "/tmp/finehard-never-written", *beam_args])
-    options = validate_runner_options(rest, {"captioner": args.captioner, "detector": args.detector,
-                                                "negatives": args.negatives})
+    config = parse_config(["--input", str(SAMPLE), "--output", "/tmp/finehard-never-written", *beam_args])
+    options = validate_runner_options(list(config.beam_args), {"captioner": config.captioner,
+                                                               "detector": config.detector,
+                                                               "negatives": config.negatives})
     p = beam.Pipeline(runner=FnApiRunner(), options=options)  # built, never run
-    build_pipeline(p, args, done=set(), local_runner=is_local_runner(options))
+    build_pipeline(p, config, LaunchPlan(0, frozenset(), None))
     proto = p.to_runner_api(default_environment=environment)
     again = beam.Pipeline.from_runner_api(proto, runner=FnApiRunner(), options=options).to_runner_api(
         default_environment=environment)
@@ -182,15 +185,14 @@ def test_other_runners_write_the_same_shards(beam_args: list[str], reference: pa
     # that imports (one that does not is refused before anything is written: tests/test_nothing_lost_outputs.py)
 ])
 def test_runner_short_names_are_normalised_once(typed: str, name: str) -> None:
-    from pipeline.run import is_local_runner
     from pipeline.runner_names import canonical_runner, normalise_runner_args
     from pipeline.submit import runner_name
 
     assert canonical_runner(typed) == name
     for argv in (["--runner", typed], [f"--runner={typed}"]):
-        _, beam_args = parse_args(["--input", str(SAMPLE), "--output", "/tmp/never", *argv])
-        assert runner_name(PipelineOptions(beam_args)) == name
-        assert is_local_runner(PipelineOptions(beam_args)) is (name == "DirectRunner")
+        config = parse_config(["--input", str(SAMPLE), "--output", "/tmp/never", *argv])
+        assert runner_name(PipelineOptions(list(config.beam_args))) == name == (config.runner or "DirectRunner")
+        assert config.local_runner is (name == "DirectRunner")
     assert normalise_runner_args(["--runner", typed, "--x=1"]) == ["--runner", name, "--x=1"]
 
 

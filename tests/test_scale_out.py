@@ -26,8 +26,9 @@ import json, sys
 from core.engines import EngineEntry
 from stages.caption import CAPTIONERS
 CAPTIONERS.entries["pidlog"] = EngineEntry("pid_engine:build", False, False, "test: logs the worker pid")
+from pipeline.config import parse_config
 from pipeline.run import run
-s = run(json.loads(sys.argv[1]))
+s = run(parse_config(json.loads(sys.argv[1])))
 print(json.dumps({k: s[k] for k in ("read", "written", "reconciled")}))
 """
 
@@ -124,24 +125,27 @@ def test_the_portable_sdk_harness_path_writes_the_same_shards(scenes_dir: pathli
 def _transform_names(argv: list[str]) -> set[str]:
     import apache_beam as beam
 
-    from pipeline.run import build_pipeline, parse_args
+    from core.run_config import LaunchPlan
+    from pipeline.config import parse_config
+    from transforms.graph import build_pipeline
 
-    args, _ = parse_args(argv)
+    config = parse_config(argv)
     p = beam.Pipeline()
-    build_pipeline(p, args, set())
+    build_pipeline(p, config, LaunchPlan(config.num_shards, frozenset(), None))
     return {t.unique_name for t in p.to_runner_api().components.transforms.values()}
 
 
 def test_with_the_shard_count_known_up_front_nothing_waits_for_the_whole_read(scenes_dir: pathlib.Path,
                                                                                tmp_path: pathlib.Path) -> None:
     from pipeline.progress_view import expected_samples
-    from pipeline.run import decide_num_shards, parse_args
+    from pipeline.config import parse_config
+    from pipeline.resume import decide_num_shards
     from inputs.units import list_units
 
     common = ["--input", str(scenes_dir / "manifest.jsonl"), "--output", str(tmp_path / "o"), "--no-dedup",
               "--samples-per-shard", "4"]
-    args, _ = parse_args(common)
-    assert decide_num_shards(args, expected_samples(list_units(args.input))) == 3  # 12 listed rows / 4, before reading anything
+    config = parse_config(common)
+    assert decide_num_shards(config, expected_samples(list_units(config.input))) == 3  # 12 listed rows / 4, before reading anything
     known = _transform_names([*common, "--num-shards", "3"])
     assert not any("Count" in n or "Combine" in n for n in known)  # no global count: a plain Map assigns shards
     # fusion breaks: after listing, after splitting manifests, and between the read and the model stages
@@ -153,7 +157,7 @@ def test_with_the_shard_count_known_up_front_nothing_waits_for_the_whole_read(sc
 
 
 def test_a_resume_keeps_its_shard_count_and_refuses_another(scenes_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    from pipeline.run import UsageError
+    from pipeline.stages import UsageError
 
     out = tmp_path / "o"
     run_pipeline(scenes_dir / "manifest.jsonl", out, "--num-shards", "5")

@@ -139,10 +139,8 @@ def test_a_run_over_a_folder_with_sidecars_reconciles_and_writes_the_captions(tm
     captions = {s["__key__"][:8]: s["record"]["short_caption"] for s in read_shards(tmp_path / "one")}
     assert captions == {**{k: v[0] for k, v in EXPECTED.items()}, "sub_0005": "a yellow card"}
     # a local run in waves (each wave reads only its shards' images and their sidecars) writes the same bytes
-    from pipeline.run import run
-
-    waves = run(["--input", str(d), "--output", str(tmp_path / "waves"), "--stages", "ingest",
-                 "--samples-per-shard", "2", "--wave-samples", "2"])
+    waves = run_pipeline(str(d), tmp_path / "waves", "--stages", "ingest", "--samples-per-shard", "2",
+                         "--wave-samples", "2")
     assert waves["read"] == 6 and waves["reconciled"] is True
     for p in sorted((tmp_path / "one").glob("shard-*.tar")):
         assert (tmp_path / "waves" / p.name).read_bytes() == p.read_bytes()

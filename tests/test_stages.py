@@ -103,7 +103,7 @@ def test_exact_and_near_duplicates_are_filtered_with_their_reference(tmp_path: p
 def test_unknown_stage_fails_fast(tmp_path: pathlib.Path, scenes_dir: pathlib.Path) -> None:
     import pytest
 
-    from pipeline.run import UsageError
+    from pipeline.stages import UsageError
 
     with pytest.raises(UsageError, match="unknown stage 'boxs'"):
         run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "o", "--stages", "boxs")
