@@ -48,6 +48,7 @@ SLOW_INSIDE = {
     "test_detect_yolo_world.py": "loads a real model (YOLO-World built from its yaml, a CLIP text encoder)",
     "test_runners.py::test_pipeline_translates_to_the_portable_proto[flink]": "launches a process (Beam's Flink "
                                                                            "translation)",
+    "test_training_data.py::test_loader_with_worker_processes": "launches a process (torch's DataLoader workers)",
     "test_training_data.py::test_pipe_urls_are_opened": "launches a process (webdataset's pipe: URLs)",
     "test_training_data.py::test_sample_count_from_pipeline_stats_or_tar_headers": "launches a process "
                                                                                   "(webdataset's pipe: URLs)",
