@@ -38,7 +38,6 @@ def pytest_configure(config: pytest.Config) -> None:
 # are marked in their files. The guard below fails any test left unmarked that runs the pipeline or
 # starts a process anyway, so nothing slow hides in `pytest -m "not slow"`.
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
-PIPELINE_MODULE, PIPELINE_ENTRY = "pipeline.run", "run"  # what `finehard shards` runs (run_pipeline below)
 CLI_MODULE, CLI_ENTRY = "pipeline.cli", "main"  # main(["shards", ...]) runs the pipeline too
 HELPER_DIRS = (TESTS_DIR, TESTS_DIR.parent / "bench")  # helpers followed into: the tests' and the benches'
 # Slow for a reason no name in the test tells (a library starts a process, a real model is built):
@@ -167,6 +166,18 @@ def _slow_reason_of_item(item: pytest.Item) -> str | None:
     return None
 
 
+def _entry_of_run_pipeline() -> tuple[str, str]:
+    """(module, name) that run_pipeline imports: the one place that names the pipeline's entry, so a move of
+    the entry (rewritten there by tools/move_symbols.py) moves the detection and the guard with it."""
+    module = None
+    for ins in dis.get_instructions(run_pipeline):
+        if ins.opname == "IMPORT_NAME":
+            module = ins.argval
+        elif ins.opname == "IMPORT_FROM" and module:
+            return module, ins.argval
+    raise RuntimeError("run_pipeline no longer imports the pipeline's entry: tests/conftest.py's detection needs it")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("slow") is None:
@@ -220,6 +231,9 @@ def run_pipeline(input_uri: str, output: pathlib.Path | str, *extra: str) -> dic
     from pipeline.run import run
 
     return run(["--input", str(input_uri), "--output", str(output), *extra])
+
+
+PIPELINE_MODULE, PIPELINE_ENTRY = _entry_of_run_pipeline()  # pipeline.run, run: what `finehard shards` runs
 
 
 def shard_hashes(output: pathlib.Path) -> dict[str, str]:
