@@ -12,6 +12,9 @@ OUTPUT ?= out
 SAMPLES_PER_SHARD ?= 8
 ARGS ?=
 BENCH_N ?=
+# pytest-xdist workers for make test / test-quick (2: both cores of a 2-core CI machine; TEST_WORKERS=0 runs
+# everything in one process, as a debugger wants).
+TEST_WORKERS ?= 2
 
 BASE_STAMP := $(VENV)/.installed-base
 TEST_STAMP := $(VENV)/.installed-test
@@ -20,7 +23,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 help:
 	@echo "make shards   # curate $(INPUT) into $(OUTPUT)/ (override INPUT=... OUTPUT=...)"
-	@echo "make test     # run the test suite (what CI runs)"
+	@echo "make test     # run the test suite, slow tests included (what CI runs), on TEST_WORKERS=2 processes"
 	@echo "make test-quick  # the suite without the tests marked slow"
 	@echo "make bench    # run the benchmarks in bench/"
 	@echo "make gpu-check  # on a one-GPU machine: CUDA tests, bf16 training steps, vLLM and YOLO-World (<= 8 min)"
@@ -48,12 +51,14 @@ shards: $(BASE_STAMP)
 	$(PY) -m pipeline shards --input $(INPUT) --output $(OUTPUT) --samples-per-shard $(SAMPLES_PER_SHARD) $(ARGS)
 	@echo "shards, stats and summary.json are in $(OUTPUT)/ (read a shard back: see README)"
 
+# Every test, the slow ones included: what CI runs (.ci/run), on TEST_WORKERS processes.
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
-# The quick loop: everything but the tests marked slow (real models, whole-pipeline subprocess runs).
+# The quick loop: everything but the tests marked slow (whole pipeline runs, processes started, real models;
+# tests/conftest.py marks them and fails an unmarked test that runs the pipeline or starts a process).
 test-quick: $(TEST_STAMP)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(ARGS)
 
 bench: $(TEST_STAMP)
 	for b in $(filter-out bench/common.py,$(wildcard bench/*.py)); do $(PY) $$b $(if $(BENCH_N),--n $(BENCH_N)) || exit 1; done

@@ -27,7 +27,7 @@ EXTRAS = {
     # runs it in-process and it answers OpenAI-style HTTP on 127.0.0.1 (tests talk to it that way).
     # No compiler, no build step (llama-cpp-python compiled from source for ~10+ min here).
     "llama": ["xllamacpp==2026.10.11549"],
-    "test": ["pytest==9.2.0", "PyYAML==6.0.3"],
+    "test": ["pytest==9.2.0", "PyYAML==6.0.3", "pytest-xdist==3.8.0"],  # make test: -n 2 (both cores)
     # fsspec reads gs:// only with gcsfs and s3:// only with s3fs (apache-beam[gcp] brings neither);
     # aiohttp also serves http(s)://. Versions resolve with fsspec==2026.9.0 (tests/test_extras.py).
     "gcp": ["apache-beam[gcp]==2.77.0", "gcsfs==2026.10.1", "aiohttp==3.14.5"],

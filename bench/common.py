@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -265,13 +266,50 @@ def torch_version() -> str:
     return f"torch {torch.__version__}, {torch.get_num_threads()} torch threads"
 
 
+HISTORY = "### History (older measurements of this bench, oldest first, as first written)"
+
+
+def file_section(doc_text: str, title: str, section: str) -> str:
+    """``doc_text`` with ``section`` (a dated measurement of the bench named in ``title``) filed as that
+    bench's current figure: docs/benchmarks.md keeps one ``## `` section per bench (found by the
+    ``(bench/NAME.py)`` in ``title``), its current figure first (``### ``) and older ones in its History
+    (``#### ``, oldest first). The figure it replaces moves to the end of the History; a bench without a
+    section gets a new one at the end of the file. Nothing is deleted."""
+    script = re.search(r"\((bench/[\w.]+?\.py)", title)
+    key = f"({script.group(1)})" if script else title
+    lines = doc_text.rstrip("\n").split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith("## ") and key in line), None)
+    if start is None:
+        return "\n".join(lines) + f"\n\n## {title}\n\n###{section}\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    body = lines[start + 1:end]
+    hist = next((i for i, line in enumerate(body) if line == HISTORY), len(body))
+    old_current = ["#" + line if line.startswith("### ") else line for line in body[:hist]]
+    history = body[hist + 1:] if hist < len(body) else []
+    while history and not history[-1].strip():
+        history.pop()
+    while old_current and not old_current[0].strip():
+        old_current.pop(0)
+    new_body = ["", "###" + section.rstrip("\n"), "", HISTORY, *history]
+    if old_current:
+        new_body += ["", *old_current]
+    if end < len(lines) and new_body[-1].strip():
+        new_body.append("")
+    return "\n".join(lines[:start + 1] + new_body + lines[end:]) + "\n"
+
+
 def append_section(title: str, lines: Sequence[str], extras: Sequence[str] = (), doc: str = BENCH_DOC) -> None:
-    """Append one dated section (title, machine line, ``lines``) to docs/benchmarks.md; never rewrites."""
+    """File one dated section (title, machine line, ``lines``) in docs/benchmarks.md as the bench's current
+    figure (:func:`file_section`: the one it replaces moves to the bench's History, nothing is deleted)."""
     os.makedirs(os.path.dirname(doc), exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = f"\n## {title} — {now}\n\nMachine: {machine(*extras)}\n\n" + "\n".join(lines) + "\n"
-    with open(doc, "a", encoding="utf-8") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # other benchmarks append to the same file
+    section = f" {title} — {now}\n\nMachine: {machine(*extras)}\n\n" + "\n".join(lines) + "\n"
+    with open(doc, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # other benchmarks write the same file
+        f.seek(0)
+        text = file_section(f.read(), title, section)
+        f.seek(0)
+        f.truncate()
         f.write(text)
         fcntl.flock(f, fcntl.LOCK_UN)
 

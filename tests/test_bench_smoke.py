@@ -54,14 +54,19 @@ def test_run_child_sees_the_peak_memory_of_a_grandchild() -> None:
     assert run.maxrss_mib > 300  # the kernel's figure for the waited-for tree agrees
 
 
-def test_append_benchmark_appends_a_dated_section(tmp_path: Path) -> None:
+def test_append_benchmark_files_the_new_figure_first_and_keeps_the_old_one_in_history(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
-    doc.write_text("# Benchmarks\n\nearlier section\n")
+    doc.write_text("# Benchmarks\n\nearlier section\n\n## Other (bench/other.py)\n\n### Other — 2026-01-01 00:00 UTC\n\nx\n")
     append_benchmark("Thing", "bench/thing.py", "n=3", ["| a |", "|---|", "| 1 |"], "thing: ratio=1.00", str(doc))
     text = doc.read_text()
-    assert text.startswith("# Benchmarks\n\nearlier section\n")
-    assert re.search(r"## Thing \(bench/thing\.py\) — \d{4}-\d\d-\d\d \d\d:\d\d UTC", text)
+    assert text.startswith("# Benchmarks\n\nearlier section\n\n## Other (bench/other.py)\n")
+    assert re.search(r"\n## Thing \(bench/thing\.py\)\n\n### Thing \(bench/thing\.py\) — \d{4}-\d\d-\d\d \d\d:\d\d UTC", text)
     assert "Machine: " in text and "Setup: n=3" in text and text.rstrip().endswith("thing: ratio=1.00")
+    append_benchmark("Thing", "bench/thing.py", "n=4", ["| a |", "|---|", "| 2 |"], "thing: ratio=2.00", str(doc))
+    thing = doc.read_text().split("## Thing (bench/thing.py)\n", 1)[1]
+    assert thing.index("Setup: n=4") < thing.index("### History") < thing.index("#### Thing (bench/thing.py) — ")
+    assert thing.index("#### Thing") < thing.index("Setup: n=3") and thing.count("## Thing") == 2  # nothing lost
+    assert doc.read_text().count("### Other — 2026-01-01") == 1  # other benches untouched
 
 
 @pytest.mark.slow  # a whole benchmark in subprocesses
