@@ -228,8 +228,8 @@ def scenes_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 def run_pipeline(input_uri: str, output: pathlib.Path | str, *extra: str) -> dict:
+    from pipeline.run import run  # first: _entry_of_run_pipeline reads the pipeline's entry from this line
     from pipeline.config import parse_config
-    from pipeline.run import run
 
     return run(parse_config(["--input", str(input_uri), "--output", str(output), *extra]))
 
