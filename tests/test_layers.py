@@ -37,17 +37,24 @@ def modules() -> dict[str, pathlib.Path]:
     return found
 
 
-def imports(path: pathlib.Path) -> set[str]:
-    """The modules of ours that ``path`` imports, inside functions too (``from a.b import c`` gives ``a.b``
-    and ``a.b.c``)."""
+def all_imports(path: pathlib.Path, names_too: bool = False) -> set[str]:
+    """Every module ``path`` imports, ours or not, inside functions too; with ``names_too``, ``from a.b import c``
+    also gives ``a.b.c`` (``c`` may be a module)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}
-    return {n for n in names if n.split(".")[0] in OURS}
+            if names_too:
+                names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def imports(path: pathlib.Path) -> set[str]:
+    """The modules of ours that ``path`` imports, inside functions too (``from a.b import c`` gives ``a.b``
+    and ``a.b.c``)."""
+    return {n for n in all_imports(path, names_too=True) if n.split(".")[0] in OURS}
 
 
 MODULES = modules()
@@ -95,17 +102,6 @@ def test_the_cycle_check_sees_a_cycle_made_of_lazy_imports() -> None:
 
 
 BEAM_LAYERS = {"transforms", "pipeline", "bench"}  # the only packages that may import apache_beam (tests too)
-
-
-def all_imports(path: pathlib.Path) -> set[str]:
-    """Every module ``path`` imports, ours or not, inside functions too."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.split(".")[0] not in BEAM_LAYERS))
