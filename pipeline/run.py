@@ -60,7 +60,7 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
               "max_pixels": args.max_pixels, "min_side": args.min_side,
               "max_caption_chars": args.max_caption_chars, "negatives_retries": args.negatives_retries,
               "max_short_caption_chars": args.max_short_caption_chars,
-              "caption": caption_options(args), "detector_options": detector_options(args),
+              "caption": hashed_caption_options(args), "detector_options": detector_options(args),
               "stages": args.stages, "reuse_captions": args.reuse_captions, "dedup": args.dedup,
               "near_dup_threshold": args.near_dup_threshold}
     if args.dedup_keep != "first":
@@ -81,6 +81,16 @@ def caption_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"max_side": args.caption_max_side, "max_tokens": args.caption_max_tokens, "prompt": args.caption_prompt,
             "concurrency": args.caption_concurrency, "timeout": args.caption_timeout,
             "trust_remote_code": args.captioner_trust_remote_code}
+
+
+def hashed_caption_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The caption options as the config hash has them: an unset ``--caption-concurrency`` (adaptive)
+    hashes as 8, the fixed default it replaced, so that default runs keep their hash (and resume);
+    how many requests are in flight never changes what is written."""
+    options = caption_options(args)
+    if options["concurrency"] is None:
+        options["concurrency"] = 8
+    return options
 
 
 def detector_options(args: argparse.Namespace) -> dict[str, Any]:
