@@ -4,9 +4,9 @@ A model server runs a fixed number of requests at once (vLLM's ``--max-num-seqs`
 LMDeploy's ``--max-batch-size``; llama.cpp's ``--parallel``); requests beyond that wait in its
 queue, and the wait shows in the answer latency. So the limit follows the latency:
 
-- **slow start**: from ``start`` requests, two more for every answer that came back about as fast
+- **slow start**: from ``start`` requests, one more for every answer that came back about as fast
   as the fastest rounds (within ``GROW_RATIO``) while the window had more requests than room: the
-  limit triples per round trip, so a 256-slot server fills in three or four answer times;
+  limit doubles per round trip, so a 256-slot server fills in about five answer times;
 - every round (answers to requests sent since the limit last changed) its median latency is held
   against the baseline (the fastest round median of the last ``HISTORY`` rounds): above
   ``BACKOFF_RATIO`` the server is queueing markedly, and the limit is cut by ``CUT``; below
@@ -31,7 +31,8 @@ from typing import Optional
 
 START = 8  # the limit before anything is known (the fixed default of earlier versions)
 MOST = 320  # never more per window: 1.25 x a default vLLM server's 256 sequence slots
-SLOW_START_STEP = 2.0  # more per fast answer in the slow start: x3 per round trip (a 256-slot server: ~3 answer times)
+SLOW_START_STEP = 1.0  # more per fast answer in the slow start: x2 per round trip (a 256-slot server: ~5 answer
+# times; x3 overshot an 8-slot server to 3-4 x its slots before the first slow round came back)
 GROW_RATIO = 1.2  # a round this close to the baseline latency: the server has room
 BACKOFF_RATIO = 1.5  # a round this much slower than the baseline: requests queue in the server
 CUT = 0.75  # the limit's share kept after a slow round
