@@ -8,8 +8,13 @@ is a whole ``finehard shards`` local run in a child process (stub engines for th
 - ``captions``: ``--stages recaption`` with ``--captioner openai:...``;
 - ``negatives``: all stages, stub captioner and detector, ``--negatives openai:...`` (the server
   answers with the stub's colour swaps of the expression, so answers validate);
-- in-process (the default local run) and with 2 workers (``--direct_num_workers=2``), each worker
-  with ``concurrency = ceil(1.25 x B / workers)`` (docs/engines.md: the sizing rule);
+- in-process (the default local run) and with 2 workers (``--direct_num_workers=2``); the
+  concurrency as ``--concurrency`` says: ``auto`` (default: none given, the window adapts its limit
+  to the server, as a user's default run does), ``sized`` (``ceil(1.25 x B / workers)`` per worker,
+  the docs/engines.md sizing rule) or a number;
+- ``old default``: in the same run, captions in-process at B = 32, L = 1 s with a fixed 8 in flight
+  (the default before the adaptive window) beside the same run with the default now; prints
+  ``saturation_default: ratio=X.XX`` (busy share now / busy share then);
 - ``device``: a simulated in-process GPU captioner (``sleep(L)`` per batch of up to B images, as a
   device would take) through the RunInference path;
 - ``both``: a captioner server and a negatives server at once (busy shown: the less busy of the
@@ -193,10 +198,20 @@ def device_report(log: list[list[float]], slots: int, launch_mono: float) -> dic
             "first_request_s": first - launch_mono, "span_s": last - first, "batches": len(log)}
 
 
-def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n: int) -> dict[str, Any]:
+def concurrency_for(setting: str, slots: int, workers: int) -> Optional[int]:
+    """The concurrency a run sets: None (``auto``: the adaptive default), the sizing rule, or a number."""
+    if setting == "auto":
+        return None
+    return math.ceil(1.25 * slots / workers) if setting == "sized" else int(setting)
+
+
+def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n: int,
+             setting: str = "auto") -> dict[str, Any]:
     out = fresh_dir("saturation")
     workers = 2 if mode == "2 workers" else 1
-    concurrency = math.ceil(1.25 * slots / workers)
+    concurrency = concurrency_for(setting, slots, workers)
+    spec_limit = "" if concurrency is None else f"concurrency={concurrency}&"
+    flag_limit = [] if concurrency is None else ["--caption-concurrency", str(concurrency)]
     flags = ["--input", manifest, "--output", out, "--samples-per-shard", "250", "--wave-samples", "0",
              "--captioner", "stub", "--detector", "stub", "--negatives", "stub", "--model-cache", "none"]
     if workers > 1:
@@ -214,9 +229,9 @@ def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n:
         elif kind == "both":  # a captioner server and a negatives server, both B slots x L s
             with BatchServer(slots, seconds) as captioner, BatchServer(slots, seconds) as negatives:
                 flags[flags.index("--captioner") + 1] = f"openai:{captioner.url}?warmup=30#sim"
-                flags[flags.index("--negatives") + 1] = (f"openai:{negatives.url}?concurrency={concurrency}"
-                                                         f"&structured=none&warmup=30#sim")
-                flags += ["--caption-concurrency", str(concurrency)]
+                flags[flags.index("--negatives") + 1] = (f"openai:{negatives.url}?{spec_limit}"
+                                                         f"structured=none&warmup=30#sim")
+                flags += flag_limit
                 launch = time.monotonic()
                 run = run_child(python_child(PIPELINE_CHILD, json.dumps(flags)))
                 if run.returncode != 0:
@@ -235,10 +250,10 @@ def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n:
             with BatchServer(slots, seconds) as server:
                 if kind == "captions":
                     flags[flags.index("--captioner") + 1] = f"openai:{server.url}?warmup=30#sim"
-                    flags += ["--stages", "recaption", "--caption-concurrency", str(concurrency)]
+                    flags += ["--stages", "recaption", *flag_limit]
                 else:
-                    flags[flags.index("--negatives") + 1] = (f"openai:{server.url}?concurrency={concurrency}"
-                                                             f"&structured=none&warmup=30#sim")
+                    flags[flags.index("--negatives") + 1] = (f"openai:{server.url}?{spec_limit}"
+                                                             f"structured=none&warmup=30#sim")
                 launch = time.monotonic()
                 run = run_child(python_child(PIPELINE_CHILD, json.dumps(flags)))
                 if run.returncode != 0:
@@ -249,8 +264,12 @@ def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n:
         shutil.rmtree(out, ignore_errors=True)
     if kind != "both":
         ideal = report["requests"] * seconds / slots
-    return {"kind": kind, "mode": mode, "B": slots, "L": seconds, "concurrency": concurrency if kind != "device"
-            else None, "images": n, **report, "wall_s": run.wall_s, "ideal_s": ideal,
+    metrics = (result.get("stage_metrics") or {}).get("negatives" if kind == "negatives" else "recaption", {})
+    limit = ("-" if kind == "device" else str(concurrency) if concurrency is not None else
+             f"auto ({metrics.get('concurrency_mean', '?')} mean, {metrics.get('concurrency', '?')} max)"
+             if metrics else "auto")
+    return {"kind": kind, "mode": mode, "B": slots, "L": seconds, "concurrency": limit,
+            "images": n, **report, "wall_s": run.wall_s, "ideal_s": ideal,
             "wall_vs_ideal": run.wall_s / ideal if ideal else None,
             "ok": result["written"] == result["read"] == n and result["reconciled"] is True}
 
@@ -268,14 +287,16 @@ child_report({"run_s": time.perf_counter() - t0, "read": summary["read"], "writt
 """
 
 
-def plan(quick: bool) -> list[tuple[str, str, int, float]]:
+def plan(quick: bool, setting: str) -> list[tuple[str, str, int, float, str]]:
     runs = []
+    if not quick:  # the baseline first: the old default (a fixed 8) and the default now, same server
+        runs += [("captions", "in-process", 32, 1.0, "8"), ("captions", "in-process", 32, 1.0, "auto")]
     for slots, seconds in (QUICK if quick else FULL):
         for kind in ("captions", "negatives"):
             for mode in (("in-process",) if quick else ("in-process", "2 workers")):
-                runs.append((kind, mode, slots, seconds))
-    runs.append(("device", "in-process", 32, 1.0 if not quick else 0.2))
-    runs.append(("both", "in-process", 32, 1.0 if not quick else 0.2))
+                runs.append((kind, mode, slots, seconds, setting))
+    runs.append(("device", "in-process", 32, 1.0 if not quick else 0.2, setting))
+    runs.append(("both", "in-process", 32, 1.0 if not quick else 0.2, setting))
     return runs
 
 
@@ -283,23 +304,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = bench_args(__doc__.splitlines()[0], 1000, argv,
                       lambda p: (p.add_argument("--quick", action="store_true",
                                                 help="200 images, two server sizes, in-process only"),
-                                 p.add_argument("--only", default="",
+                                 p.add_argument("--concurrency", default="auto",
+                                               help="auto (none given: the adaptive default), sized "
+                                                    "(ceil(1.25 B / workers)) or a number"),
+                                p.add_argument("--only", default="",
                                                 help="run only these kinds (comma list of captions, negatives, "
                                                      "device)")))
     n = 200 if args.quick and args.n == 1000 else args.n
     manifest = make_input(n, args.seed)
     only = {k.strip() for k in args.only.split(",") if k.strip()}
     rows = []
-    for kind, mode, slots, seconds in plan(args.quick):
+    if args.concurrency not in ("auto", "sized") and not args.concurrency.isdigit():
+        print(f"--concurrency must be auto, sized or a number, got {args.concurrency!r}", file=sys.stderr)
+        return 2
+    baseline: dict[str, float] = {}
+    for index, (kind, mode, slots, seconds, setting) in enumerate(plan(args.quick, args.concurrency)):
         if only and kind not in only:
             continue
         try:
-            r = run_once(kind, mode, slots, seconds, manifest, n)
+            r = run_once(kind, mode, slots, seconds, manifest, n, setting)
         except RuntimeError as e:  # a failed run is a row that says so (and a ratio of 0)
             print(f"{kind} {mode} B={slots} L={seconds}: FAILED: {str(e)[-1500:]}", flush=True)
             r = {"kind": kind, "mode": mode, "B": slots, "L": seconds, "concurrency": None, "requests": 0,
                  "busy": 0.0, "ramp": 0.0, "tail": 0.0, "first_request_s": 0.0, "wall_s": 0.0, "ideal_s": 0.0,
                  "wall_vs_ideal": None, "ok": False}
+        if index < 2 and not args.quick:  # the old default vs the default now: a ratio, not a table row
+            baseline[setting] = r["busy"] if r["ok"] else 0.0
+            print(f"baseline: captions in-process B=32 L=1.0 concurrency {setting}: busy {r['busy']:.1%}, "
+                  f"wall {r['wall_s']:.1f} s vs ideal {r['ideal_s']:.1f} s", flush=True)
+            continue
         rows.append(r)
         print(f"{kind:<10}{mode:<12}B={slots:<4}L={seconds:<4} busy {r['busy']:.1%} (ramp {r['ramp']:.1%}, "
               f"tail {r['tail']:.1%}), first request {r['first_request_s']:.1f} s, {r['requests']} requests, "
@@ -318,10 +351,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not all(r["ok"] for r in rows):
         ratio = 0.0
     setup = (f"{n} synthetic images; server: B slots x L s, FIFO, on 127.0.0.1 in the bench process; pipeline "
-             f"in a child process, stub engines for the other stages; concurrency = ceil(1.25 B / workers)"
+             f"in a child process, stub engines for the other stages; concurrency: {args.concurrency} (auto: none "
+             f"set, the adaptive default; sized: ceil(1.25 B / workers))"
              + (" (--quick)" if args.quick else ""))
+    lines = f"saturation: ratio={ratio:.2f}"
+    if baseline.get("8"):
+        lines = (f"baseline (same run, captions in-process, B = 32, L = 1 s): fixed 8 in flight (the old default) "
+                 f"{baseline['8']:.1%} busy, the default now {baseline.get('auto', 0.0):.1%}\n"
+                 f"saturation_default: ratio={baseline.get('auto', 0.0) / baseline['8']:.2f}\n" + lines)
     return publish(args, "Saturation: how busy the pipeline keeps a model server", "bench/saturation.py", setup,
-                   table, f"saturation: ratio={ratio:.2f}")
+                   table, lines)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def run_info(args: Any) -> dict[str, Any]:
               "max_pixels": args.max_pixels, "min_side": args.min_side,
               "max_caption_chars": args.max_caption_chars, "negatives_retries": args.negatives_retries,
               "max_short_caption_chars": args.max_short_caption_chars,
-              "caption": caption_options(args), "detector_options": detector_options(args),
+              "caption": hashed_caption_options(args), "detector_options": detector_options(args),
               "stages": args.stages, "reuse_captions": args.reuse_captions, "dedup": args.dedup,
               "near_dup_threshold": args.near_dup_threshold}
     if args.dedup_keep != "first":
@@ -34,6 +34,16 @@ def run_info(args: Any) -> dict[str, Any]:
         config["rows_per_read_unit"] = args.rows_per_read_unit
     return {"version": PROJECT_VERSION, "config": config,
             "config_hash": text_hash(json.dumps(config, sort_keys=True))}
+
+
+def hashed_caption_options(args: Any) -> dict[str, Any]:
+    """The caption options as the config hash has them: an unset ``--caption-concurrency`` (adaptive)
+    hashes as 8, the fixed default it replaced, so that default runs keep their hash (and resume);
+    how many requests are in flight never changes what is written."""
+    options = caption_options(args)
+    if options["concurrency"] is None:
+        options["concurrency"] = 8
+    return options
 
 
 def config_changes(then: Any, now: dict[str, Any]) -> str:

@@ -46,7 +46,8 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
     parser.add_argument("--caption-prompt", "--caption_prompt", dest="caption_prompt", default="recaption.txt",
                         help="prompt file under prompts/; its hash goes into provenance")
     parser.add_argument("--caption-concurrency", "--caption_concurrency", dest="caption_concurrency", type=int,
-                        default=8, help="requests in flight per worker for openai: captioners")
+                        default=None, help="requests in flight per worker for openai: captioners (default: adapted "
+                                           "to the server's answer latency, up to 320; see docs/engines.md)")
     parser.add_argument("--caption-timeout", "--caption_timeout", dest="caption_timeout", type=float, default=120.0,
                         help="seconds per captioning request before a retry (then caption_timeout)")
     parser.add_argument("--captioner-trust-remote-code", "--captioner_trust_remote_code",
@@ -160,7 +161,7 @@ def check_positive(args: argparse.Namespace) -> None:
     for name in ("samples_per_shard", "max_regions", "max_pixels", "batch_size", "max_caption_chars",
                  "caption_max_side", "caption_max_tokens", "caption_concurrency", "detector_imgsz",
                  "max_short_caption_chars", "max_image_bytes"):
-        if getattr(args, name) <= 0:
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.box_conf <= 1 or not 0 <= args.nms_iou <= 1:
         raise ValueError("--box-conf and --nms-iou must lie in [0, 1]")

@@ -50,19 +50,19 @@ def stage_metrics(result: Any, namespace_prefix: str = f"{METRICS_NAMESPACE}_") 
 # The request window's metrics (transforms.window.WindowedStage): summed over bundles and workers ...
 WINDOW_COUNTERS = {"window_requests": ("requests", 1), "window_failed_requests": ("failed_requests", 1),
                    "window_answer_micros": ("answer_seconds", 1e-6), "window_busy_micros": ("busy_seconds", 1e-6),
-                   "window_in_flight_micros": ("in_flight_seconds", 1e-6)}
-# ... or their largest value
-WINDOW_MAXIMA = {"window_in_flight_max": "in_flight_max", "window_concurrency": "concurrency"}
+                   "window_in_flight_micros": ("in_flight_seconds", 1e-6),
+                   "window_limit_micros": ("limit_seconds", 1e-6)}
+# ... or their largest value (concurrency: the largest limit; adaptive: 1 when the limit followed the server)
+WINDOW_MAXIMA = {"window_in_flight_max": "in_flight_max", "window_concurrency": "concurrency",
+                 "window_adaptive": "adaptive"}
 MAX_METRICS = frozenset(WINDOW_MAXIMA.values())
-DERIVED_METRICS = frozenset({"samples_per_model_second", "answer_latency_s", "in_flight_mean", "requests_per_second"})
+DERIVED_METRICS = frozenset({"samples_per_model_second", "answer_latency_s", "in_flight_mean", "requests_per_second",
+                             "concurrency_mean"})
 
 
 def finish_stage_metrics(stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Summed stage metrics, rounded, with their rate, in the chain's order."""
     for stage in stages.values():
-        for k in ("model_seconds", "load_seconds", "answer_seconds", "busy_seconds", "in_flight_seconds"):
-            if k in stage:
-                stage[k] = round(stage[k], 3)
         secs = stage.get("model_seconds")
         stage["samples_per_model_second"] = round(stage.get("samples", 0) / secs, 1) if secs else None
         if stage.get("requests"):  # a server engine: what its request window saw
@@ -71,7 +71,15 @@ def finish_stage_metrics(stages: dict[str, dict[str, Any]]) -> dict[str, dict[st
             # time-weighted mean of requests in flight, and requests answered per second, per worker
             # process while it had any in flight
             stage["in_flight_mean"] = round(stage.get("in_flight_seconds", 0.0) / busy, 2) if busy else None
+            # the limit in flight, time-weighted the same way (fixed: the concurrency; adaptive: where it
+            # stood); never above the largest limit (the sums are rounded to ms before runs are merged)
+            limit = min(stage.get("limit_seconds", 0.0) / busy, stage.get("concurrency", float("inf"))) if busy else None
+            stage["concurrency_mean"] = None if limit is None else round(limit, 2)
             stage["requests_per_second"] = round(stage["requests"] / busy, 2) if busy else None
+        for k in ("model_seconds", "load_seconds", "answer_seconds", "busy_seconds", "in_flight_seconds",
+                  "limit_seconds"):  # rounded after the rates are taken from them
+            if k in stage:
+                stage[k] = round(stage[k], 3)
     return in_chain_order(stages)
 
 

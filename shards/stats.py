@@ -111,7 +111,7 @@ def format_stats(report: dict[str, Any]) -> str:
         if m.get("requests"):  # a server engine (transforms.window): how busy its requests kept the server
             lines.append(f"  stage {name:<12}{m.get('samples', 0):>8} samples  {m['requests']} requests "
                          f"({m.get('failed_requests', 0)} failed), in flight {_num(m.get('in_flight_mean'))} on "
-                         f"average, max {_num(m.get('in_flight_max'))} of concurrency {_num(m.get('concurrency'))}, "
+                         f"average, max {_num(m.get('in_flight_max'))} of {_limit(m)}, "
                          f"answer {_num(m.get('answer_latency_s'))} s, {_num(m.get('requests_per_second'))} "
                          f"requests/s per worker")
             continue
@@ -120,6 +120,14 @@ def format_stats(report: dict[str, Any]) -> str:
                      f"engine ({'n/a' if rate is None else f'{rate:,.1f}/s'}), {m.get('batches', 0)} batches, "
                      f"load {m.get('load_seconds', 0):.3f} s")
     return "\n".join(printable(line) for line in lines)
+
+
+def _limit(m: dict[str, Any]) -> str:
+    """The window's limit: fixed, or adaptive (its time-weighted mean and the largest it reached)."""
+    if m.get("adaptive"):
+        return (f"an adaptive concurrency ({_num(m.get('concurrency_mean'))} on average, at most "
+                f"{_num(m.get('concurrency'))})")
+    return f"concurrency {_num(m.get('concurrency'))}"
 
 
 def _num(v: Any) -> str:

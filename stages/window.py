@@ -29,49 +29,69 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from typing import Any, Callable, Hashable, Optional
 
+from core.adaptive_limit import MOST, AdaptiveLimit
 from core.engines import EngineRegistry, EngineSpec
 
 LOG = logging.getLogger("transforms.window")  # the name these lines always had
 PREFETCH = 2  # requests ready per slot: while `concurrency` are in flight, as many more wait to leave
 MIN_READY = 64  # and at least this many: a fused stage's thread feeds the window in bursts (a spaCy batch
 # of records at a time), so a small window would run dry while that thread works on the next burst
+READY_S = 2.0  # and at least as many as the server answers in this long: a fused stage's thread that spends a
+# second on a spaCy batch of the stage before (profiled: B=32, L=0.2 s negatives) leaves the window dry otherwise
 WAIT_S = 0.05  # how often a bundle blocked on a full window looks again
 STATS_EVERY_S = 30.0  # a window logs its in-flight line at most this often
 
 
 class RequestWindow:
-    """Up to ``concurrency`` calls in flight on a thread pool; more wait in its queue.
+    """Up to ``concurrency`` calls in flight on the window's threads; more wait in its queue.
 
+    ``concurrency=None``: the limit adapts to the server (:class:`core.adaptive_limit.AdaptiveLimit`,
+    from 8 up to ``most``, following the answer latency and the server's overload answers, which
+    ``pressure()`` counts); a number: that many, fixed.
     ``submit(call, arg, done, key)`` never blocks: the result (or the exception raised) is put on
     ``done`` as ``(key, result)``. ``has_room()`` says whether a caller may add more
-    (fewer than ``PREFETCH x concurrency``, and at least ``MIN_READY``, not yet answered). It also keeps what the user sees of a server:
-    requests answered, answer latency, requests in flight (time-weighted mean, max).
+    (fewer than ``PREFETCH x`` the limit, at least ``MIN_READY`` and what the server answers in
+    ``READY_S``, not yet answered). It also keeps what the user sees of a server:
+    requests answered, answer latency, requests in flight (time-weighted mean, max) and the limit
+    (time-weighted mean, max).
     """
 
-    def __init__(self, concurrency: int, name: str = "engine"):
-        self.concurrency = max(1, int(concurrency))
+    def __init__(self, concurrency: Optional[int], name: str = "engine", most: int = MOST,
+                 pressure: Optional[Callable[[], int]] = None):
+        self.adaptive = concurrency is None
+        self.limiter = AdaptiveLimit(most=most) if self.adaptive else None
+        self._limit = self.limiter.value if self.limiter else max(1, int(concurrency))
         self.name = name
-        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"window-{name}")
-        self._lock = threading.Lock()
+        self._pressure = pressure or (lambda: 0)
+        self._pressure_seen = 0
+        self._cond = threading.Condition()
+        self._ready: "deque[tuple[Callable[[Any], Any], Any, queue.Queue, Hashable]]" = deque()
+        self._threads = 0
+        self._closed = False
         self._waiting = 0  # submitted, not yet answered
         self._in_flight = 0
         self._since = time.monotonic()
-        self._busy_since: Optional[float] = None
         self._last_log = time.monotonic()
         self.totals = self._zero()
         self._pending_stats = self._zero()
 
-    @staticmethod
-    def _zero() -> dict[str, float]:
+    def _zero(self) -> dict[str, float]:
         return {"requests": 0, "failed": 0, "answer_seconds": 0.0, "busy_seconds": 0.0, "in_flight_seconds": 0.0,
-                "in_flight_max": 0}
+                "in_flight_max": 0, "limit_seconds": 0.0, "limit_max": getattr(self, "_limit", 0)}
+
+    @property
+    def concurrency(self) -> int:
+        """The limit now (fixed, or where the adaptive limit stands)."""
+        return self._limit
 
     def has_room(self) -> bool:
-        with self._lock:
-            return self._waiting < max(PREFETCH * self.concurrency, MIN_READY)
+        with self._cond:
+            t = self.totals
+            rate = t["requests"] / t["busy_seconds"] if t["busy_seconds"] > 1.0 else 0.0  # answers/s so far
+            return self._waiting < max(PREFETCH * self._limit, MIN_READY, int(rate * READY_S))
 
     @property
     def in_flight(self) -> int:
@@ -79,39 +99,65 @@ class RequestWindow:
 
     def submit(self, call: Callable[[Any], Any], arg: Any, done: "queue.Queue[tuple[Hashable, Any]]",
                key: Hashable) -> None:
-        with self._lock:
+        with self._cond:
             self._waiting += 1
-        self._pool.submit(self._run, call, arg, done, key)
+            self._ready.append((call, arg, done, key))
+            self._start_threads()
+            self._cond.notify()
+
+    def _start_threads(self) -> None:
+        """Enough threads for what may be in flight now (under the lock); they live until ``close``."""
+        while self._threads < min(self._limit, self._waiting):
+            self._threads += 1
+            threading.Thread(target=self._serve, name=f"window-{self.name}-{self._threads}", daemon=True).start()
 
     def _account(self, now: float, delta: int) -> None:
-        """Time-weighted in-flight count up to ``now``, then ``delta`` more in flight (under the lock)."""
+        """Time-weighted in-flight count and limit up to ``now``, then ``delta`` more in flight (under the lock)."""
         span = now - self._since
         for stats in (self.totals, self._pending_stats):
             stats["in_flight_seconds"] += self._in_flight * span
             if self._in_flight:
                 stats["busy_seconds"] += span
+                stats["limit_seconds"] += self._limit * span
         self._since = now
         self._in_flight += delta
         for stats in (self.totals, self._pending_stats):
             stats["in_flight_max"] = max(stats["in_flight_max"], self._in_flight)
+            stats["limit_max"] = max(stats["limit_max"], self._limit)
 
-    def _run(self, call: Callable[[Any], Any], arg: Any, done: "queue.Queue[tuple[Hashable, Any]]",
-             key: Hashable) -> None:
-        start = time.monotonic()
-        with self._lock:
-            self._account(start, +1)
-        try:
-            result = call(arg)
-        except BaseException as e:  # noqa: BLE001 - a failing request is that request's answer
-            result = e
+    def _serve(self) -> None:
+        """A window thread: take the next call while the limit has room, send it, hand the answer back."""
+        while True:
+            with self._cond:
+                while not self._closed and not (self._ready and self._in_flight < self._limit):
+                    self._cond.wait()
+                if self._closed:
+                    return
+                call, arg, done, key = self._ready.popleft()
+                start = time.monotonic()
+                self._account(start, +1)
+            try:
+                result = call(arg)
+            except BaseException as e:  # noqa: BLE001 - a failing request is that request's answer
+                result = e
+            self._answered(start, result, done, key)
+
+    def _answered(self, start: float, result: Any, done: "queue.Queue[tuple[Hashable, Any]]", key: Hashable) -> None:
         end = time.monotonic()
-        with self._lock:
+        with self._cond:
+            bound = bool(self._ready) or self._in_flight >= self._limit  # the limit held requests back
             self._account(end, -1)
             self._waiting -= 1
             for stats in (self.totals, self._pending_stats):
                 stats["requests"] += 1
                 stats["failed"] += isinstance(result, BaseException)  # raised or returned (a SampleError is an Exception)
                 stats["answer_seconds"] += end - start
+            if self.limiter is not None:
+                pressure = self._pressure()
+                self.limiter.answered(start, end - start, bound, pressure > self._pressure_seen, end)
+                self._pressure_seen = pressure
+                self._set_limit(self.limiter.value)
+            self._cond.notify()
             log = end - self._last_log >= STATS_EVERY_S
             if log:
                 self._last_log = end
@@ -119,27 +165,46 @@ class RequestWindow:
         if log:
             LOG.info("%s", self.describe())
 
+    def _set_limit(self, limit: int) -> None:
+        """A new limit (under the lock): more threads and wake-ups when it grew."""
+        grew = limit > self._limit
+        self._limit = limit
+        for stats in (self.totals, self._pending_stats):
+            stats["limit_max"] = max(stats["limit_max"], limit)
+        if grew:
+            self._start_threads()
+            self._cond.notify(limit - self._in_flight)
+
     def take_stats(self) -> dict[str, float]:
         """What the window did since the last call (for the runner's metrics), then starts anew."""
-        with self._lock:
+        with self._cond:
             self._account(time.monotonic(), 0)
             out, self._pending_stats = self._pending_stats, self._zero()
             self._pending_stats["in_flight_max"] = self._in_flight
         return out
 
     def describe(self) -> str:
-        """One line: requests in flight (mean and max against the concurrency), answer latency, requests/s."""
+        """One line: requests in flight (mean and max against the limit), answer latency, requests/s."""
         t = self.totals
         busy = t["busy_seconds"] or 0.0
         mean = t["in_flight_seconds"] / busy if busy else 0.0
         latency = t["answer_seconds"] / t["requests"] if t["requests"] else 0.0
         rate = t["requests"] / busy if busy else 0.0
+        if self.adaptive:
+            limit_mean = t["limit_seconds"] / busy if busy else float(self._limit)
+            limit = (f"adaptive concurrency {self._limit} now, {limit_mean:.1f} on average, "
+                     f"at most {int(t['limit_max'])}")
+        else:
+            limit = f"concurrency {self._limit}"
         return (f"requests: {self.name}: {mean:.1f} requests in flight on average (max {int(t['in_flight_max'])}, "
-                f"concurrency {self.concurrency}), answer {latency:.2f} s, {rate:.1f} requests/s, "
+                f"{limit}), answer {latency:.2f} s, {rate:.1f} requests/s, "
                 f"{int(t['requests'])} answered, {int(t['failed'])} failed")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        """The threads end once their call is answered; requests still waiting are not sent."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
 
 class Job:
@@ -207,10 +272,14 @@ def release_engine(key: str) -> None:
 
 
 def engine_window(engine: Any, name: str) -> RequestWindow:
-    """The window of a shared engine (its ``client.concurrency`` requests in flight), made once."""
+    """The window of a shared engine, made once: ``client.concurrency`` requests in flight when the
+    user set it, else an adaptive limit fed by the client's overload count."""
     with _ENGINES_LOCK:
         window = getattr(engine, "_request_window", None)
         if window is None:
-            window = RequestWindow(engine.client.concurrency, name)
+            client = engine.client
+            adaptive = getattr(client, "adaptive", False)
+            window = RequestWindow(None if adaptive else client.concurrency, name,
+                                   pressure=lambda: getattr(client, "overloads", 0))
             engine._request_window = window
         return window

@@ -18,6 +18,10 @@ def completion(content: Any, finish_reason: str = "stop") -> dict[str, Any]:
                          "message": {"role": "assistant", "content": content}}]}
 
 
+class _Backlogged(ThreadingHTTPServer):
+    request_queue_size = 1024  # as a real server's listen backlog: hundreds of clients may connect at once
+
+
 class FakeOpenAIServer:
     """Context manager serving ``POST /v1/chat/completions`` with ``reply``; ``url`` is its base URL."""
 
@@ -68,7 +72,7 @@ class FakeOpenAIServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd = _Backlogged(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -134,3 +138,34 @@ class FullBatches:
             self._open.pop(0)
             self._cond.notify_all()
         return self.answer(body)
+
+
+class Slots:
+    """A reply that serves like a batch server with ``slots`` slots: first come, first served, each
+    request ``seconds`` long once it has a slot; the rest wait their turn (so the wait shows in the
+    answer latency, as in vLLM's queue). ``most`` is the most requests it ever held at once."""
+
+    def __init__(self, slots: int, seconds: float, answer: Reply):
+        self.slots, self.seconds, self.answer = slots, seconds, answer
+        self.most = 0
+        self._queue: list[object] = []
+        self._busy = 0
+        self._cond = threading.Condition()
+
+    def __call__(self, body: dict[str, Any]) -> tuple[int, Any]:
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            self.most = max(self.most, len(self._queue) + self._busy)
+            while self._queue[0] is not ticket or self._busy >= self.slots:
+                self._cond.wait()
+            self._queue.pop(0)
+            self._busy += 1
+            self._cond.notify_all()
+        try:
+            time.sleep(self.seconds)
+            return self.answer(body)
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()

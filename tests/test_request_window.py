@@ -14,12 +14,12 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from core.engines import parse_spec
-from fake_openai_server import FakeOpenAIServer, FullBatches, completion
+from fake_openai_server import FakeOpenAIServer, FullBatches, Slots, completion
 from stages.negatives import NEGATIVE_ENGINES, apply_negatives
 from transforms.negatives import GenerateNegatives
 from stages.caption import CAPTIONERS
 from transforms.recaption import Recaption
-from stages.window import RequestWindow
+from stages.window import RequestWindow, engine_window
 
 
 def image_records(n: int, red: tuple[int, ...] = ()) -> list[dict[str, Any]]:
@@ -191,3 +191,83 @@ def test_in_process_engines_get_full_batches_from_the_first_and_vllm_hundreds_of
     assert kwargs("vllm:/models/llama", 16) == {"min_batch_size": 256, "max_batch_size": 256}
     assert kwargs("vllm:/models/llama", 512) == {"min_batch_size": 512, "max_batch_size": 512}
     assert SpacyExpressionHandler(batch_size=64).batch_elements_kwargs()["min_batch_size"] == 64
+
+
+def ask_through_the_window(url: str, n: int, options: str = "") -> tuple[RequestWindow, list[Any]]:
+    """``n`` negatives requests through the request window of an ``openai:`` engine (no concurrency set
+    unless ``options`` sets it), the way the stage sends them: as many as the window has room for."""
+    import queue
+
+    engine = NEGATIVE_ENGINES.build(parse_spec(f"openai:{url}?structured=none&timeout=30{options}#m"))
+    window, done, answers, sent = engine_window(engine, "test"), queue.Queue(), [], 0
+    while len(answers) < n:
+        while sent < n and window.has_room():
+            window.submit(engine.call, (CHAIRS[sent % len(CHAIRS)], sent), done, sent)
+            sent += 1
+        answers.append(done.get(timeout=60)[1])
+    window.close()
+    return window, answers
+
+
+def test_with_no_concurrency_set_the_window_fills_a_server_with_many_slots() -> None:
+    # a vLLM-like server with room for 256 requests at once: eight at a time would leave it nearly idle
+    server_reply = Slots(256, 0.3, lambda body: (200, completion(json.dumps(GOOD))))
+    with FakeOpenAIServer(server_reply) as server:
+        window, answers = ask_through_the_window(server.url, 400, "&retries=0")
+    assert server.max_in_flight > 32, server.max_in_flight
+    assert all(a == json.dumps(GOOD) for a in answers) and window.adaptive
+    assert window.totals["in_flight_max"] <= window.totals["limit_max"] <= 320
+    assert "adaptive concurrency" in window.describe()
+
+
+def test_with_no_concurrency_set_the_window_backs_off_from_a_small_server_that_queues() -> None:
+    # four slots: eight requests in flight (the old fixed default) double every answer's time
+    server_reply = Slots(4, 0.1, lambda body: (200, completion(json.dumps(GOOD))))
+    with FakeOpenAIServer(server_reply) as server:
+        window, answers = ask_through_the_window(server.url, 200, "&retries=0")
+    assert all(a == json.dumps(GOOD) for a in answers) and len(server.requests) == 200
+    assert window.concurrency < 8 and window.limiter.cuts >= 1, window.describe()
+
+
+def test_with_no_concurrency_set_the_window_backs_off_when_the_server_answers_429() -> None:
+    # a server that refuses (429, Retry-After) whatever comes beyond 4 at once
+    open_now, refused, lock = [0], [0], threading.Lock()
+
+    def reply(body: dict[str, Any]) -> tuple[int, Any, dict[str, str]] | tuple[int, Any]:
+        with lock:
+            if open_now[0] >= 4:
+                refused[0] += 1
+                return 429, {"error": "too many requests"}, {"Retry-After": "0"}
+            open_now[0] += 1
+        time.sleep(0.1)
+        with lock:
+            open_now[0] -= 1
+        return 200, completion(json.dumps(GOOD))
+
+    with FakeOpenAIServer(reply) as server:
+        window, answers = ask_through_the_window(server.url, 150, "&retries=4")
+    assert sum(a == json.dumps(GOOD) for a in answers) >= 145  # the refused ones were asked again
+    assert window.concurrency <= 6 and window.limiter.cuts >= 1, window.describe()
+    assert refused[0] < 0.25 * len(server.requests), (refused[0], len(server.requests))
+
+
+def test_a_concurrency_that_is_set_keeps_the_window_fixed() -> None:
+    server_reply = Slots(256, 0.05, lambda body: (200, completion(json.dumps(GOOD))))
+    with FakeOpenAIServer(server_reply) as server:
+        window, answers = ask_through_the_window(server.url, 60, "&retries=0&concurrency=5")
+    assert window.concurrency == 5 and server.max_in_flight == 5
+
+
+def test_summary_and_stats_say_when_the_concurrency_adapted(scenes_dir: Any, tmp_path: Any, capsys: Any) -> None:
+    from conftest import run_pipeline
+    from shards.stats import stats_main
+
+    with FakeOpenAIServer(Slots(64, 0.05, lambda body: (200, completion("A picture of shapes.")))) as server:
+        summary = run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "o", "--stages", "recaption",
+                               "--captioner", f"openai:{server.url}#m")
+    m = summary["stage_metrics"]["recaption"]
+    assert summary["written"] == 12 and m["requests"] == 12 and m["adaptive"] == 1
+    assert 1 <= m["in_flight_max"] <= m["concurrency"] <= 320 and 0 < m["concurrency_mean"] <= m["concurrency"], json.dumps(m)
+    assert stats_main([str(tmp_path / "o")]) == 0
+    assert "of an adaptive concurrency (" in capsys.readouterr().out
+

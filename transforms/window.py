@@ -40,7 +40,9 @@ class WindowedStage(beam.DoFn):
                          "busy_seconds": m.counter(ns, "window_busy_micros"),
                          "in_flight_seconds": m.counter(ns, "window_in_flight_micros"),
                          "in_flight_max": m.distribution(ns, "window_in_flight_max"),
-                         "concurrency": m.distribution(ns, "window_concurrency")}
+                         "concurrency": m.distribution(ns, "window_concurrency"),
+                         "limit_seconds": m.counter(ns, "window_limit_micros"),
+                         "adaptive": m.distribution(ns, "window_adaptive")}
 
     def teardown(self) -> None:
         if getattr(self, "_engine", None) is not None:
@@ -114,10 +116,11 @@ class WindowedStage(beam.DoFn):
         stats = self._window.take_stats()
         for name in ("requests", "failed"):
             self._metrics[name].inc(int(stats[name]))
-        for name in ("answer_seconds", "busy_seconds", "in_flight_seconds"):
+        for name in ("answer_seconds", "busy_seconds", "in_flight_seconds", "limit_seconds"):
             self._metrics[name].inc(int(stats[name] * 1e6))
         self._metrics["in_flight_max"].update(int(stats["in_flight_max"]))
-        self._metrics["concurrency"].update(self._window.concurrency)
+        self._metrics["concurrency"].update(int(stats["limit_max"]))  # the largest limit (adaptive: reached so far)
+        self._metrics["adaptive"].update(int(self._window.adaptive))
 
 
 SERVER_ENGINES = frozenset({"openai"})

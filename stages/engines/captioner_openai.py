@@ -17,13 +17,13 @@ class OpenAICaptioner(CaptionerBase):
     engine = "openai"
 
     def __init__(self, spec: EngineSpec, client: Optional[Any] = None, **options: Any):
-        from stages.engines.openai_client import OpenAIClient, default_warmup_s
+        from stages.engines.openai_client import OpenAIClient, default_warmup_s, optional_int
 
         base_url, opts = resolve_options(spec, options)
         super().__init__(spec.model or "default", opts)
         self.client = client or OpenAIClient(base_url, model=spec.model, timeout=float(opts.get("timeout", 120)),
                                              retries=int(opts.get("retries", 2)),
-                                             concurrency=int(opts.get("concurrency", 8)))
+                                             concurrency=optional_int(opts.get("concurrency")))
         self.extras = {"max_tokens": self.max_tokens, "temperature": self.temperature}
         if "top_p" in opts:
             self.extras["top_p"] = float(opts["top_p"])

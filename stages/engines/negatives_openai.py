@@ -1,6 +1,7 @@
 """OpenAINegatives: any OpenAI-compatible chat server (vLLM serve, llama.cpp server, LMDeploy ...).
 
-Spec: ``openai:BASE_URL[?structured=MODE&concurrency=8&timeout=120&retries=2]#MODEL``.
+Spec: ``openai:BASE_URL[?structured=MODE&concurrency=N&timeout=120&retries=2]#MODEL`` (no ``concurrency``,
+or ``auto``: the request window adapts it to the server).
 Structured output differs per server, so MODE picks the request shape:
 
 - ``json_schema``: ``response_format: {type: json_schema, json_schema: {name, schema}}`` (vLLM, OpenAI)
@@ -19,7 +20,7 @@ from typing import Any, Optional
 from core.engines import EngineSpec, NegativesEngine
 from core.record import SampleError
 from stages.engines import engine_options
-from stages.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout, default_warmup_s
+from stages.engines.openai_client import OpenAIClient, OpenAIError, OpenAITimeout, default_warmup_s, optional_int
 from stages.negatives_prompt import load_negatives_prompt, request_seed
 
 MODES = ("json_schema", "grammar", "json_object", "none")
@@ -47,7 +48,7 @@ class OpenAINegatives(NegativesEngine):
         self.prompt = load_negatives_prompt()
         self.client = client or OpenAIClient(base_url, model=spec.model, timeout=float(opts.get("timeout", 120)),
                                              retries=int(opts.get("retries", 2)),
-                                             concurrency=int(opts.get("concurrency", 8)))
+                                             concurrency=optional_int(opts.get("concurrency")))
         structured = str(opts.get("structured", "auto"))
         if structured != "auto" and structured not in MODES:
             raise ValueError(f"openai negatives: structured={structured!r}; choose auto or one of {MODES}")

@@ -17,6 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, TypeVar
 
+from core.adaptive_limit import MOST
+
 if TYPE_CHECKING:
     import httpx
 
@@ -24,6 +26,8 @@ LOG = logging.getLogger("transforms.engines.openai_client")  # the name these li
 API_KEY_ENV_VARS = ("FINEHARD_OPENAI_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 NOT_READY_STATUS = frozenset({502, 503, 504})  # a proxy or a server still loading its model
+OVERLOAD_STATUS = frozenset({429, 503})  # the server asks for fewer requests: the adaptive window backs off
+DEFAULT_CONCURRENCY = 8  # requests in flight of ``map`` when no concurrency is set
 WARMUP_ENV = "FINEHARD_SERVER_WARMUP_S"
 DEFAULT_WARMUP_S = 600.0  # vLLM loading a large model takes minutes
 MAX_RETRY_AFTER_S = 60.0
@@ -36,6 +40,11 @@ def default_warmup_s() -> float:
         return float(os.environ.get(WARMUP_ENV, DEFAULT_WARMUP_S))
     except ValueError:
         return DEFAULT_WARMUP_S
+
+def optional_int(value: Any) -> Optional[int]:
+    """A ``concurrency`` option: None (unset, or ``auto``) lets the request window adapt; else the number."""
+    return None if value is None or str(value).lower() == "auto" else int(value)
+
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -76,7 +85,7 @@ class OpenAIClient:
     """``chat(messages, **extras) -> str`` and ``post_json(path, payload) -> dict`` against one server."""
 
     def __init__(self, base_url: str, model: str = "", timeout: float = 120.0, retries: int = 2,
-                 backoff: float = 0.5, concurrency: int = 8,
+                 backoff: float = 0.5, concurrency: Optional[int] = None,
                  api_key_env: Sequence[str] = API_KEY_ENV_VARS):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base URL must start with http:// or https://, got {base_url!r}")
@@ -85,7 +94,11 @@ class OpenAIClient:
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.backoff = float(backoff)
-        self.concurrency = max(1, int(concurrency))
+        # None: the request window adapts its limit to the server (core.adaptive_limit); ``map`` then
+        # keeps DEFAULT_CONCURRENCY requests in flight
+        self.adaptive = concurrency is None
+        self.concurrency = DEFAULT_CONCURRENCY if concurrency is None else max(1, int(concurrency))
+        self.overloads = 0  # answers that said the server is overloaded (429, 503, Retry-After) and timeouts
         self._api_key = next((os.environ[v] for v in api_key_env if os.environ.get(v)), "")
         self._pool: Optional[ThreadPoolExecutor] = None
         self._http: Optional["httpx.Client"] = None
@@ -108,7 +121,7 @@ class OpenAIClient:
                     import httpx
 
                     self._http = httpx.Client(headers=self._headers(), follow_redirects=False, trust_env=True,
-                                              limits=httpx.Limits(max_connections=self.concurrency + 2))
+                                              limits=httpx.Limits(max_connections=(MOST if self.adaptive else self.concurrency) + 2))
         return self._http
 
     def _once(self, method: str, path: str, payload: Optional[dict[str, Any]],
@@ -143,6 +156,9 @@ class OpenAIClient:
             try:
                 return self._once(method, path, payload)
             except OpenAIError as e:
+                if isinstance(e, OpenAITimeout) or e.status in OVERLOAD_STATUS or e.retry_after is not None:
+                    with self._lock:
+                        self.overloads += 1
                 transient = e.status is None or e.status in RETRY_STATUS
                 if not transient or attempt == self.retries:
                     raise
