@@ -38,7 +38,7 @@ class RunConfig:
     caption_max_side: int
     caption_max_tokens: int
     caption_prompt: str
-    caption_concurrency: int
+    caption_concurrency: Optional[int]  # None: the request window adapts (docs/engines.md)
     caption_timeout: float
     captioner_trust_remote_code: bool
     detector_text_encoder: Optional[str]
