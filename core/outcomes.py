@@ -11,7 +11,7 @@ import logging
 import re
 from typing import Any, Callable
 
-from core.record import Field, SampleError, valid_text
+from core.record import MAX_DETAIL_CHARS, Field, SampleError, valid_text
 
 LOG = logging.getLogger("transforms.common")  # the name these lines always had
 
@@ -20,9 +20,9 @@ _ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
 
 def stable_detail(detail: object) -> str:
     """A failure's detail as the run writes it: valid text (it often quotes a path or an input value,
-    escaped so the letter can be written), at most 500 characters, no memory addresses
+    escaped so the letter can be written), at most ``MAX_DETAIL_CHARS`` (500) characters, no memory addresses
     (``<_io.BytesIO object at 0x7f..>`` differs between two runs of the same input)."""
-    return valid_text(_ADDRESS.sub("", str(detail))[:500], escape=True)
+    return valid_text(_ADDRESS.sub("", str(detail))[:MAX_DETAIL_CHARS], escape=True)
 
 
 def mark_dead(record: dict[str, Any], stage: str, reason: str, detail: str = "") -> dict[str, Any]:

@@ -20,6 +20,8 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", 
 # pipeline.options gives it as the flag's default and pipeline.run compares the flag with it to decide
 # whether it enters the config hash (two copies could drift apart and silently break resume).
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
+ROWS_PER_UNIT = 5000  # --rows-per-read-unit default: manifest rows per read unit (a large manifest is read by many workers)
+MAX_DETAIL_CHARS = 500  # a dead-letter or diagnostic detail is cut here
 METRICS_NAMESPACE = "finehard"  # Beam metrics; RunInference stages use "finehard_<stage>"
 # Counter keys (core.outcomes.bump) that other modules read back: the prefix, then the reason.
 NEGATIVES_INVALID = "negatives_invalid:"  # a region left without negatives (transforms.negatives)

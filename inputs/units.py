@@ -12,6 +12,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from core.files import local_path, protocol_of, protocol_prefix
+from core.record import ROWS_PER_UNIT
 from inputs.http import HTTP_PROTOCOLS
 from inputs.lines import _jsonl_parts, _parquet_parts
 from inputs.listing import _clashing, _glob_sidecars, _sorted_local_files, _without_sidecars, sidecars_of
@@ -19,7 +20,6 @@ from inputs.names import _is_jsonl, _is_parquet, has_image_ext
 
 MANIFEST_EXTS = (".jsonl", ".json", ".parquet")
 FILES_PER_UNIT = 256
-ROWS_PER_UNIT = 5000  # manifest rows per read unit: one large manifest is read by many workers
 
 
 class InputError(ValueError):

@@ -8,7 +8,7 @@ from typing import Any
 from core.record import PROJECT_VERSION, text_hash, valid_text
 from core.run_config import caption_options, detector_options
 from core.record import MAX_IMAGE_BYTES
-from inputs.units import ROWS_PER_UNIT
+from core.record import ROWS_PER_UNIT
 
 
 def run_info(args: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from core.record import MAX_IMAGE_BYTES
+from core.record import MAX_IMAGE_BYTES, ROWS_PER_UNIT
 
 WAVE_SAMPLES = 5_000  # pipeline.waves: a local run's memory grows with a wave, not with the input
 
@@ -76,7 +76,7 @@ def add_curation_args(parser: Any, required: bool = True) -> None:
                              "start at once; only when the size cannot be had cheaply (tars without sizes.json, "
                              "manifests over 512 MiB) does the shard count wait for the whole read")
     parser.add_argument("--rows-per-read-unit", "--rows_per_read_unit", dest="rows_per_read_unit", type=int,
-                        default=5000,  # inputs.units.ROWS_PER_UNIT
+                        default=ROWS_PER_UNIT,
                         help="a .jsonl/.parquet manifest is read in parts of about this many rows, so many "
                              "workers read one large manifest (parquet splits at row groups); 0: read each whole")
     parser.add_argument("--max-image-bytes", "--max_image_bytes", dest="max_image_bytes", type=int,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from core.engines import EngineEntry, EngineRegistry, NegativesEngine
-from core.record import Field, NUM_NEGATIVES, is_valid_text, negatives_mapping
+from core.record import MAX_DETAIL_CHARS, NUM_NEGATIVES, Field, is_valid_text, negatives_mapping
 from stages.cache import ModelCache, digest
 from core.outcomes import bump
 from core.record import SampleError
@@ -211,5 +211,5 @@ class NegativesJob:
 def invalid_negatives_diagnostic(res: NegativesResult) -> dict[str, Any]:
     """What ``diagnostics/`` keeps of a region whose negatives stayed invalid: reason, error, raw answer."""
     raw = res.raw if isinstance(res.raw, str) else json.dumps(res.raw, ensure_ascii=False) if res.raw else None
-    return {"stage": STAGE, "expression": res.expression, "reason": res.reason, "detail": res.detail[:500],
+    return {"stage": STAGE, "expression": res.expression, "reason": res.reason, "detail": res.detail[:MAX_DETAIL_CHARS],
             "raw_answer": raw[:2000] if raw else None, "attempts": res.attempts}

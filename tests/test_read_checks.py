@@ -252,21 +252,23 @@ def test_images_are_checked_on_several_threads_in_order_with_a_bounded_look_ahea
     assert [r["i"] for r in checked(source(), check=lambda r: r, threads=1)] == list(range(40))
 
 
-def test_the_image_byte_limit_is_written_once_and_the_flag_default_is_that_very_constant() -> None:
-    """``pipeline.run`` puts ``--max-image-bytes`` into the config hash only when it differs from the default:
-    a second copy of the 64 MiB value, changed without the first, would silently change every run's config
-    hash (and break resume). The flag's default must be ``core.record.MAX_IMAGE_BYTES`` itself, and no other
-    module may define a ``MAX_IMAGE_BYTES`` of its own."""
+@pytest.mark.parametrize("name,flag", [("MAX_IMAGE_BYTES", "max_image_bytes"), ("ROWS_PER_UNIT", "rows_per_read_unit")])
+def test_a_default_the_config_hash_compares_is_written_once_and_the_flag_default_is_that_very_constant(
+        name: str, flag: str) -> None:
+    """``pipeline.identity`` puts ``--max-image-bytes`` and ``--rows-per-read-unit`` into the config hash only
+    when they differ from their default: a second copy of the value, changed without the first, would
+    silently change every run's config hash (and break resume). The flag's default must be the
+    ``core.record`` constant itself, and no other module may define one of its own."""
     import argparse
     import ast
     import pathlib
 
-    from core.record import MAX_IMAGE_BYTES
+    import core.record
     from pipeline.options import add_curation_args
 
     parser = argparse.ArgumentParser()
     add_curation_args(parser)
-    assert parser.get_default("max_image_bytes") is MAX_IMAGE_BYTES
+    assert parser.get_default(flag) is getattr(core.record, name)
     root = pathlib.Path(__file__).resolve().parents[1]
     defined = []
     for folder in ("core", "prompts", "inputs", "stages", "shards", "transforms", "model_stubs", "training",
@@ -275,6 +277,6 @@ def test_the_image_byte_limit_is_written_once_and_the_flag_default_is_that_very_
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 targets = (node.targets if isinstance(node, ast.Assign)
                            else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
-                if any(isinstance(t, ast.Name) and t.id == "MAX_IMAGE_BYTES" for t in targets):
+                if any(isinstance(t, ast.Name) and t.id == name for t in targets):
                     defined.append(str(path.relative_to(root)))
     assert defined == ["core/record.py"], defined

@@ -19,7 +19,8 @@ import apache_beam as beam
 from core.record import MAX_IMAGE_BYTES
 from inputs.check import MAX_SHORT_CAPTION_CHARS, check_image
 from inputs.reader import read_and_check
-from inputs.units import ROWS_PER_UNIT, list_units, split_unit
+from core.record import ROWS_PER_UNIT
+from inputs.units import list_units, split_unit
 
 
 class ReadImages(beam.PTransform):
