@@ -217,3 +217,12 @@ def test_saturation_measures_a_fake_batch_server_and_a_simulated_device() -> Non
     rows = [line for line in lines if line.startswith("| captions") or line.startswith("| device")]
     assert len(rows) == 3 and all(row.rstrip(" |").endswith("yes") for row in rows)  # every sample written
     assert re.fullmatch(r"saturation: " + RATIO, lines[-1])
+
+
+def test_busy_from_launch_counts_the_time_before_the_first_request_as_idle() -> None:
+    from bench.saturation import busy_report
+
+    log = [(10.0, 10.0, 11.0), (10.0, 10.0, 11.0)]  # (arrived, started, answered): both slots busy 10-11 s
+    report = busy_report(log, 2, launch=0.0)
+    assert report["busy"] == 1.0 and report["first_request_s"] == 10.0
+    assert abs(report["busy_from_launch"] - 2.0 / 22.0) < 1e-9  # 2 slot-seconds used of 2 slots x 11 s
