@@ -159,12 +159,7 @@ def _refuse_output_files(output: str, to: str, flag: str) -> None:
 
 def _finish(command: str, skipped: list[str], sentence: str, counts: dict[str, Any], as_json: bool) -> int:
     print(json.dumps(counts) if as_json else sentence)
-    if skipped:
-        report_skipped(command, skipped)
-        print(f"{command}: error: {len(skipped)} part(s) of the shards could not be used (above) and are not in "
-              "the export", file=sys.stderr)
-        return 1
-    return 0
+    return report_skipped(command, skipped, "could not be used (above) and are not in the export")
 
 
 def export_fgclip_main(argv: list[str]) -> int:

@@ -140,12 +140,18 @@ def _take_member(tar: tarfile.TarFile, ti: tarfile.TarInfo, sample: dict[str, An
             sample["image"] = tar.extractfile(ti).read()
 
 
-def report_skipped(command: str, skipped: list[str], limit: int = 20) -> None:
-    """The lines :func:`iter_samples` left in ``skipped``, on stderr (at most ``limit``, then a count)."""
+def report_skipped(command: str, skipped: list[str], consequence: str, limit: int = 20) -> int:
+    """The lines :func:`iter_samples` left in ``skipped``, on stderr (at most ``limit``, then a count), and
+    one error line: ``N part(s) of the shards <consequence>``. The command's exit code: 1 when anything was
+    skipped, else 0."""
+    if not skipped:
+        return 0
     for line in skipped[:limit]:
         print(f"{command}: skipped {printable(line)}", file=sys.stderr)
     if len(skipped) > limit:
         print(f"{command}: ... and {len(skipped) - limit} more skipped", file=sys.stderr)
+    print(f"{command}: error: {len(skipped)} part(s) of the shards {consequence}", file=sys.stderr)
+    return 1
 
 
 def _read_json(fs: fsspec.AbstractFileSystem, path: str, limit: int = MAX_SMALL_FILE_BYTES) -> Any:

@@ -220,9 +220,4 @@ def preview_main(argv: list[str]) -> int:
     with fsspec.open(args.out, "wt", encoding="utf-8") as f:
         f.write(page)
     print(printable(f"wrote {args.out}: {len(samples)} sample(s), {len(page) // 1024} KiB"))
-    if skipped:
-        report_skipped("finehard preview", skipped)
-        print(f"finehard preview: error: {len(skipped)} part(s) of the shards could not be read (above) and are "
-              "not shown", file=sys.stderr)
-        return 1
-    return 0
+    return report_skipped("finehard preview", skipped, "could not be read (above) and are not shown")

@@ -148,9 +148,4 @@ def stats_main(argv: list[str]) -> int:
         with fs.open(posixpath.join(root, REPORT_NAME), "wt", encoding="utf-8") as f:
             json.dump(report, f, indent=1, sort_keys=True, ensure_ascii=False)
     print(json.dumps(report, indent=1, sort_keys=True) if args.json else format_stats(report))
-    if skipped:
-        report_skipped("finehard stats", skipped)
-        print(f"finehard stats: error: {len(skipped)} part(s) of the shards could not be read (above); the counts "
-              "leave them out", file=sys.stderr)
-        return 1
-    return 0
+    return report_skipped("finehard stats", skipped, "could not be read (above); the counts leave them out")
