@@ -80,7 +80,7 @@ class RequestWindow:
 
     def _zero(self) -> dict[str, float]:
         return {"requests": 0, "failed": 0, "answer_seconds": 0.0, "busy_seconds": 0.0, "in_flight_seconds": 0.0,
-                "in_flight_max": 0, "limit_seconds": 0.0, "limit_max": getattr(self, "_limit", 0)}
+                "in_flight_max": 0, "limit_seconds": 0.0, "limit_max": self._limit}
 
     @property
     def concurrency(self) -> int:
@@ -123,7 +123,6 @@ class RequestWindow:
         self._in_flight += delta
         for stats in (self.totals, self._pending_stats):
             stats["in_flight_max"] = max(stats["in_flight_max"], self._in_flight)
-            stats["limit_max"] = max(stats["limit_max"], self._limit)
 
     def _serve(self) -> None:
         """A window thread: take the next call while the limit has room, send it, hand the answer back."""
