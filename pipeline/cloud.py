@@ -167,6 +167,8 @@ def check_cloud_paths(paths: Mapping[str, Optional[str]], timeout: Optional[floa
     todo = _paths_to_ask(paths)
     if not todo:
         return
+    import fsspec  # noqa: F401 - imported here, before the clock starts, not by each asking thread
+
     timeout = CHECK_S if timeout is None else timeout
     capture = _Capture()
     loggers = {name for _, uri in todo for name in STORES[_protocol(uri) or ""].loggers}
