@@ -117,15 +117,7 @@ def _names_a_process_module(name: str) -> bool:
 
 def _says_shards(code: types.CodeType) -> bool:
     """Whether the code names the CLI's ``shards`` command (the one of its commands that runs the pipeline)."""
-    def consts(c):
-        for k in c.co_consts:
-            if isinstance(k, types.CodeType):
-                yield from consts(k)
-            elif isinstance(k, tuple):
-                yield from k
-            else:
-                yield k
-    return "shards" in set(x for x in consts(code) if isinstance(x, str))
+    return any(k == "shards" or (isinstance(k, tuple) and "shards" in k) for c in _codes(code) for k in c.co_consts)
 
 
 def _slow_reason_of(obj: object, seen: set) -> str | None:
