@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile
 
-from core.record import Field
+from core.record import Field, SampleError
 from core.images import dhash, thumbnail
 from core.outcomes import bump, mark_dead, mark_filtered
-from core.record import SampleError
 
 STAGE = "read"
 MAX_SHORT_CAPTION_CHARS = 2000  # alt-text longer than this is cut at a word boundary

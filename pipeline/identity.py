@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from core.record import PROJECT_VERSION, text_hash, valid_text
+from core.record import MAX_IMAGE_BYTES, PROJECT_VERSION, ROWS_PER_UNIT, text_hash, valid_text
 from core.run_config import caption_options, detector_options
-from core.record import MAX_IMAGE_BYTES
-from core.record import ROWS_PER_UNIT
 
 
 def run_info(args: Any) -> dict[str, Any]:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from core.engines import EngineEntry, EngineRegistry, NegativesEngine
-from core.record import MAX_DETAIL_CHARS, NUM_NEGATIVES, Field, is_valid_text, negatives_mapping
+from core.record import MAX_DETAIL_CHARS, NUM_NEGATIVES, Field, SampleError, is_valid_text, negatives_mapping
 from stages.cache import ModelCache, digest
 from core.outcomes import bump
-from core.record import SampleError
 from stages.negatives_validation import (first_reason, merge_answers, negative_reasons, parse_answer,
                                          validate_negatives)
 from stages.text import analyse_many

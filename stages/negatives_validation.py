@@ -12,8 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from core.record import NUM_NEGATIVES, valid_text
-from core.record import SampleError
+from core.record import NUM_NEGATIVES, SampleError, valid_text
 from stages.lexicons import ALL, UNKNOWN, lexicons
 from stages.text import (ING_NOUNS, PLURAL_TAGS, analyse, head_noun, known_nouns, norm, plural_noun, singular_noun,
                          tokens)

@@ -20,9 +20,8 @@ from stages.negatives import NEGATIVE_ENGINES, apply_negatives, negatives_for
 from stages.negatives_prompt import load_negatives_prompt
 from stages.negatives_validation import (PLAUSIBILITY_REASONS, clean_negative, implausible, negative_reason,
     parse_answer, validate_negatives)
-from stages.text import head_noun
+from stages.text import analyse, head_noun, tokens
 from transforms.negatives import GenerateNegatives
-from stages.text import analyse, tokens
 
 GOOD = ["a blue wooden chair", "a red metal chair", "a green plastic chair", "a small red wooden chair",
         "a striped red wooden chair", "a broken red wooden chair", "two red wooden chairs",

@@ -16,10 +16,9 @@ from typing import Callable, Optional
 
 import apache_beam as beam
 
-from core.record import MAX_IMAGE_BYTES
+from core.record import MAX_IMAGE_BYTES, ROWS_PER_UNIT
 from inputs.check import MAX_SHORT_CAPTION_CHARS, check_image
 from inputs.reader import read_and_check
-from core.record import ROWS_PER_UNIT
 from inputs.units import list_units, split_unit
 
 
