@@ -271,3 +271,34 @@ def test_summary_and_stats_say_when_the_concurrency_adapted(scenes_dir: Any, tmp
     assert stats_main([str(tmp_path / "o")]) == 0
     assert "of an adaptive concurrency (" in capsys.readouterr().out
 
+
+
+def test_with_two_servers_the_negatives_start_while_captions_are_still_being_asked(tmp_path: Any) -> None:
+    # the local runner materialised a Flatten right after the captioner, so no record reached the stages after it
+    # before every caption was in: a negatives server sat idle for the whole captioning, and the other way round
+    import re
+
+    from conftest import run_pipeline
+    from core.synthetic import SHAPES, write_scenes
+    from model_stubs.negatives import StubNegatives
+
+    write_scenes(str(tmp_path / "in"), 160, seed=5)
+    captioned: list[float] = []
+    asked: list[float] = []
+
+    def caption(body: dict[str, Any]) -> tuple[int, Any]:
+        captioned.append(time.monotonic())
+        return 200, completion(" ".join(f"There is a {shape} in the picture." for shape in SHAPES))
+
+    def negatives(body: dict[str, Any]) -> tuple[int, Any]:
+        asked.append(time.monotonic())
+        expression = re.search(r'Object description: "(.*)"', body["messages"][-1]["content"]).group(1)
+        return 200, completion(json.dumps(StubNegatives._one(expression)))
+
+    with FakeOpenAIServer(Slots(2, 0.02, caption)) as captioner, FakeOpenAIServer(negatives) as negatives_server:
+        summary = run_pipeline(tmp_path / "in" / "manifest.jsonl", tmp_path / "o", "--detector", "stub",
+                               "--captioner", f"openai:{captioner.url}#m", "--model-cache", "none",
+                               "--negatives", f"openai:{negatives_server.url}?structured=none#m")
+    assert summary["written"] == 160 and summary["reconciled"] is True
+    assert len(captioned) == 160 and asked, (len(captioned), len(asked))
+    assert min(asked) < max(captioned), "the negatives waited for the last caption"

@@ -93,14 +93,17 @@ def model_stages(live: beam.PCollection, config: RunConfig, cache_root: Optional
     for name in config.stages_run:
         live = counting.count(live, STARTED_PREFIX + name, f"CountStarted{name.title()}")  # less those done: in flight
         stage_input = live
-        if name == "recaption":  # captions carried from the input (reuse) skip the captioner
+        reuse = name == "recaption" and config.reuse_captions
+        if reuse:  # captions carried from the input skip the captioner
+            # (only then: a Flatten is a barrier on the local runner, whose FnApiRunner materialises it, so every
+            # caption would be written before the first record reached the stages after it)
             needs, has = (live | "NeedsCaption" >> beam.Partition(lambda r, _: int("caption" in r), 2))
             stage_input = needs
         out = (stage_input | name.title() >> stage_transform(name, config, cache_root)
                | f"Stamp{name.title()}" >> beam.Map(stamp_run, field=STAGE_FIELDS[name],
                                                     config_hash=config.config_hash))
         out = counting.count(out, name, f"Count{name.title()}")  # before the Flatten: it holds its input back
-        if name == "recaption":
+        if reuse:
             out = (out, counting.count(has, name, "CountReusedCaptions")) | "WithReusedCaptions" >> beam.Flatten()
         live, dead, filtered = split_outcomes(out, name)
         finished += counting.failures(dead, filtered, name.title())
