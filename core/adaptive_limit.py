@@ -109,7 +109,9 @@ class AdaptiveLimit:
         elif ratio > GROW_RATIO:
             self.slow_start = False
             self._change(self._value, now)
-        elif bound and not self.slow_start:
+        elif self.slow_start:  # it grows per answer: a new round, but answers in flight still count
+            self._round, self._round_bound = [], 0
+        elif bound:
             self._change(self._value + max(1.0, self._value * GROW_SHARE), now)
         else:
             self._change(self._value, now)

@@ -26,6 +26,7 @@ from pipeline.servers import probe_servers, validate_engines
 from pipeline.stages import UsageError
 from pipeline.submit import validate_runner_options
 from pipeline.waves import find_duplicates, merge_stage_metrics, plan_waves
+from stages.window import limits_kept
 from transforms.graph import build_pipeline
 from shards.write import ShardRange
 
@@ -64,7 +65,8 @@ def run_passes(config: RunConfig, options: Any, launch: LaunchPlan, waves: list[
     metrics = []
     with SpillDir(config.spill_dir, local_runner=config.local_runner, output=config.output) as spill, \
             on_stop(lambda: spill.__exit__(Interrupted, None, None)), \
-            progress_for_run(config, size, done, config.local_runner, config.progress_stages) as view:
+            progress_for_run(config, size, done, config.local_runner, config.progress_stages) as view, \
+            limits_kept():  # each wave's server windows start where the last wave's adaptive limits ended
         for i, wave in enumerate(waves, 1):
             if wave is not None and wave not in todo:
                 LOG.info("wave %d/%d (shards %d-%d): complete, skipped", i, len(waves), wave.lo, wave.hi - 1)

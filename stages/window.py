@@ -24,13 +24,14 @@ answer (maybe a re-ask), and the finished record.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable, Iterator, Optional
 
 from core.adaptive_limit import MOST, AdaptiveLimit
 from core.engines import EngineRegistry, EngineSpec
@@ -60,9 +61,9 @@ class RequestWindow:
     """
 
     def __init__(self, concurrency: Optional[int], name: str = "engine", most: int = MOST,
-                 pressure: Optional[Callable[[], int]] = None):
+                 pressure: Optional[Callable[[], int]] = None, limiter: Optional[AdaptiveLimit] = None):
         self.adaptive = concurrency is None
-        self.limiter = AdaptiveLimit(most=most) if self.adaptive else None
+        self.limiter = (limiter or AdaptiveLimit(most=most)) if self.adaptive else None
         self._limit = self.limiter.value if self.limiter else max(1, int(concurrency))
         self.name = name
         self._pressure = pressure or (lambda: 0)
@@ -229,6 +230,20 @@ class Job:
 
 _ENGINES: dict[str, list[Any]] = {}  # key -> [engine, users]
 _ENGINES_LOCK = threading.Lock()
+_LEARNT: Optional[dict[str, AdaptiveLimit]] = None  # key -> the adaptive limit its last window ended with
+
+
+@contextlib.contextmanager
+def limits_kept() -> Iterator[None]:
+    """Within: a server engine's next window in this process starts where its last one's adaptive limit
+    ended, instead of at the slow start (the waves of one local run are pipelines of their own, each
+    building its engines anew; without this every wave would ramp up from 8 requests again)."""
+    global _LEARNT
+    _LEARNT = {}
+    try:
+        yield
+    finally:
+        _LEARNT = None
 
 
 def engine_key(registry: EngineRegistry, spec: EngineSpec, options: dict[str, Any]) -> str:
@@ -265,20 +280,25 @@ def release_engine(key: str) -> None:
         if window.totals["requests"]:
             LOG.info("%s", window.describe())
         window.close()
+        learnt = _LEARNT
+        if learnt is not None and window.limiter is not None and window.totals["requests"]:
+            learnt[key] = window.limiter
     client = getattr(engine, "client", None)
     if client is not None and hasattr(client, "close"):
         client.close()
 
 
-def engine_window(engine: Any, name: str) -> RequestWindow:
-    """The window of a shared engine, made once: ``client.concurrency`` requests in flight when the
-    user set it, else an adaptive limit fed by the client's overload count."""
+def engine_window(engine: Any, name: str, key: Optional[str] = None) -> RequestWindow:
+    """The window of a shared engine (``key``: :func:`engine_key`), made once: ``client.concurrency``
+    requests in flight when the user set it, else an adaptive limit fed by the client's overload count
+    (the one its last window ended with, within :func:`limits_kept`)."""
     with _ENGINES_LOCK:
         window = getattr(engine, "_request_window", None)
         if window is None:
             client = engine.client
             adaptive = getattr(client, "adaptive", False)
+            learnt = _LEARNT.pop(key, None) if _LEARNT is not None and key is not None else None
             window = RequestWindow(None if adaptive else client.concurrency, name,
-                                   pressure=lambda: getattr(client, "overloads", 0))
+                                   pressure=lambda: getattr(client, "overloads", 0), limiter=learnt)
             engine._request_window = window
         return window

@@ -30,7 +30,7 @@ class WindowedStage(beam.DoFn):
     def setup(self) -> None:
         self._key = engine_key(self._registry, self._spec, self._options)
         self._engine = shared_engine(self._registry, self._spec, self._options)
-        self._window = engine_window(self._engine, f"{self._registry.stage} {self._spec.kind}")
+        self._window = engine_window(self._engine, f"{self._registry.stage} {self._spec.kind}", self._key)
         ns = f"{METRICS_NAMESPACE}_{self._registry.stage}"
         m = beam.metrics.Metrics
         self._metrics = {"samples": m.counter(ns, "num_inferences"),
