@@ -29,6 +29,7 @@ server never idle). ``--quick``: fewer images and runs, for iterating.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -48,6 +49,8 @@ from bench.common import (bench_args, fresh_dir, make_input, markdown_table, pub
 FULL = [(8, 1.0), (32, 1.0), (256, 4.0), (8, 0.2), (32, 0.2)]
 QUICK = [(8, 0.2), (32, 1.0)]
 _EXPRESSION = re.compile(r'Object description: "(.*)"')
+_WORDS = ("shiny", "dusty", "smooth", "rough", "glossy", "matte", "faded", "clean", "bold", "quiet", "worn",
+          "neat", "sharp", "soft", "plain", "odd", "calm", "proud", "tidy", "old")
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -138,8 +141,16 @@ def answer_for(body: dict[str, Any]) -> str:
             return json.dumps(StubNegatives._one(found.group(1)))
     from core.synthetic import SHAPES
 
-    # every shape the synthetic scenes draw: the stub detector then finds the scene's own objects
-    return " ".join(f"There is a {shape} in the picture." for shape in SHAPES)
+    # every shape the synthetic scenes draw (the stub detector then finds the scene's own objects), each with
+    # two words that are no attribute the detector checks, picked by the request: captions differ from image to
+    # image as a real captioner's do, so the negatives server sees as many distinct expressions as a real run
+    pick = int(hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest(), 16)
+    words = []
+    for shape in SHAPES:
+        pick, first = divmod(pick, len(_WORDS))
+        pick, second = divmod(pick, len(_WORDS))
+        words.append(f"There is a {_WORDS[first]} {_WORDS[second]} {shape} in the picture.")
+    return " ".join(words)
 
 
 def busy_report(log: Sequence[tuple[float, float, float]], slots: int, launch: float) -> dict[str, Any]:
@@ -243,7 +254,9 @@ def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n:
             startup = min(caps["first_request_s"], negs["first_request_s"])
             report = {**(caps if caps["busy"] <= negs["busy"] else negs), "requests": caps["requests"] + negs["requests"],
                       "first_request_s": startup,
-                      "detail": f"captioner busy {caps['busy']:.1%}, negatives busy {negs['busy']:.1%}; wall "
+                      "detail": f"captioner busy {caps['busy']:.1%} from {caps['first_request_s']:.1f} s to "
+                                f"{caps['last_answer_s']:.1f} s, negatives busy {negs['busy']:.1%} from "
+                                f"{negs['first_request_s']:.1f} s to {negs['last_answer_s']:.1f} s; wall "
                                 f"{run.wall_s:.1f} s vs 1.25 x slower ideal + start-up "
                                 f"{1.25 * slower + startup:.1f} s"}
             ideal = slower
@@ -315,12 +328,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 p.add_argument("--launch", action="store_true",
                                                help="only the busy-from-launch run (captions, B = 32, L = 1 s, "
                                                     "the default waves; use with --n 10000)"),
+                                p.add_argument("--sizes", default="",
+                                                help="only these server sizes, as B:L pairs (comma list, e.g. 256:4)"),
                                 p.add_argument("--only", default="",
                                                 help="run only these kinds (comma list of captions, negatives, "
                                                      "device)")))
     n = 200 if args.quick and args.n == 1000 else args.n
     manifest = make_input(n, args.seed)
     only = {k.strip() for k in args.only.split(",") if k.strip()}
+    sizes = {(int(b), float(l)) for b, l in (pair.split(":") for pair in args.sizes.split(",") if pair.strip())}
     rows = []
     if args.concurrency not in ("auto", "sized") and not args.concurrency.isdigit():
         print(f"--concurrency must be auto, sized or a number, got {args.concurrency!r}", file=sys.stderr)
@@ -328,6 +344,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     baseline: dict[str, float] = {}
     for index, (kind, mode, slots, seconds, setting) in enumerate(plan(args.quick, args.concurrency, args.launch)):
         if only and kind not in only:
+            continue
+        if sizes and (slots, seconds) not in sizes:
             continue
         try:
             r = run_once(kind, mode, slots, seconds, manifest, n, setting)
