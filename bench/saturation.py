@@ -17,6 +17,8 @@ is a whole ``finehard shards`` local run in a child process (stub engines for th
   ``saturation_default: ratio=X.XX`` (busy share now / busy share then);
 - ``device``: a simulated in-process GPU captioner (``sleep(L)`` per batch of up to B images, as a
   device would take) through the RunInference path;
+- the server reports its queue at ``/metrics`` as vLLM does (requests running and waiting), which the
+  adaptive window's slow start reads; ``--no-server-metrics`` answers 404 there, as other servers do;
 - ``both``: a captioner server and a negatives server at once (busy shown: the less busy of the
   two); the goal is a wall time within 1.25 x the slower stage's ideal plus the start-up.
 
@@ -62,8 +64,8 @@ class _QuietServer(ThreadingHTTPServer):
 class BatchServer:
     """B slots of L seconds each, a FIFO queue in front; logs (arrival, start, end) per request."""
 
-    def __init__(self, slots: int, seconds: float):
-        self.slots, self.seconds = slots, seconds
+    def __init__(self, slots: int, seconds: float, metrics: bool = True):
+        self.slots, self.seconds, self.metrics = slots, seconds, metrics
         self.log: list[tuple[float, float, float]] = []
         self._cond = threading.Condition()
         self._busy = 0
@@ -76,16 +78,19 @@ class BatchServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - readiness: GET /v1/models
-                self._send({"object": "list", "data": [{"id": "sim"}]})
+            def do_GET(self) -> None:  # noqa: N802 - readiness: GET /v1/models; the queue: GET /metrics
+                if self.path.rstrip("/").endswith("/metrics"):
+                    self._send(server.queue_page(), 200 if server.metrics else 404)
+                else:
+                    self._send({"object": "list", "data": [{"id": "sim"}]})
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 self._send(server.serve(body))
 
-            def _send(self, payload: Any) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(200)
+            def _send(self, payload: Any, status: int = 200) -> None:
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -115,6 +120,13 @@ class BatchServer:
             self.log.append((arrival, start, end))
             self._cond.notify_all()
         return completion(answer_for(body))
+
+    def queue_page(self) -> str:
+        """Its queue as vLLM's ``/metrics`` says it: requests in service and waiting for a slot."""
+        with self._cond:
+            running, waiting = self._busy, len(self._queue)
+        return (f'vllm:num_requests_running{{model_name="sim"}} {float(running)}\n'
+                f'vllm:num_requests_waiting{{model_name="sim"}} {float(waiting)}\n')
 
     def __enter__(self) -> "BatchServer":
         self._thread.start()
@@ -218,7 +230,7 @@ def concurrency_for(setting: str, slots: int, workers: int) -> Optional[int]:
 
 
 def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n: int,
-             setting: str = "auto") -> dict[str, Any]:
+             setting: str = "auto", metrics: bool = True) -> dict[str, Any]:
     out = fresh_dir("saturation")
     workers = 2 if mode == "2 workers" else 1
     concurrency = concurrency_for(setting, slots, workers)
@@ -239,7 +251,7 @@ def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n:
             result = run.result()
             report = device_report(result["device_log"], slots, launch)
         elif kind == "both":  # a captioner server and a negatives server, both B slots x L s
-            with BatchServer(slots, seconds) as captioner, BatchServer(slots, seconds) as negatives:
+            with BatchServer(slots, seconds, metrics) as captioner, BatchServer(slots, seconds, metrics) as negatives:
                 flags[flags.index("--captioner") + 1] = f"openai:{captioner.url}?warmup=30#sim"
                 flags[flags.index("--negatives") + 1] = (f"openai:{negatives.url}?{spec_limit}"
                                                          f"structured=none&warmup=30#sim")
@@ -261,7 +273,7 @@ def run_once(kind: str, mode: str, slots: int, seconds: float, manifest: str, n:
                                 f"{1.25 * slower + startup:.1f} s"}
             ideal = slower
         else:
-            with BatchServer(slots, seconds) as server:
+            with BatchServer(slots, seconds, metrics) as server:
                 if kind in ("captions", "launch"):
                     flags[flags.index("--captioner") + 1] = f"openai:{server.url}?warmup=30#sim"
                     flags += ["--stages", "recaption", *flag_limit]
@@ -328,6 +340,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 p.add_argument("--launch", action="store_true",
                                                help="only the busy-from-launch run (captions, B = 32, L = 1 s, "
                                                     "the default waves; use with --n 10000)"),
+                                p.add_argument("--no-server-metrics", action="store_true",
+                                                help="the server does not report its queue (GET /metrics: 404), as "
+                                                     "servers other than vLLM"),
                                 p.add_argument("--sizes", default="",
                                                 help="only these server sizes, as B:L pairs (comma list, e.g. 256:4)"),
                                 p.add_argument("--only", default="",
@@ -348,7 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if sizes and (slots, seconds) not in sizes:
             continue
         try:
-            r = run_once(kind, mode, slots, seconds, manifest, n, setting)
+            r = run_once(kind, mode, slots, seconds, manifest, n, setting, not args.no_server_metrics)
         except RuntimeError as e:  # a failed run is a row that says so (and a ratio of 0)
             print(f"{kind} {mode} B={slots} L={seconds}: FAILED: {str(e)[-1500:]}", flush=True)
             r = {"kind": kind, "mode": mode, "B": slots, "L": seconds, "concurrency": None, "requests": 0,
@@ -377,7 +392,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ratio = min(slow) if slow else 0.0
     if not all(r["ok"] for r in rows):
         ratio = 0.0
-    setup = (f"{n} synthetic images; server: B slots x L s, FIFO, on 127.0.0.1 in the bench process; pipeline "
+    setup = (f"{n} synthetic images; server: B slots x L s, FIFO, on 127.0.0.1 in the bench process, "
+             f"{'no /metrics' if args.no_server_metrics else 'its queue at /metrics as vLLM reports it'}; pipeline "
              f"in a child process, stub engines for the other stages; concurrency: {args.concurrency} (auto: none "
              f"set, the adaptive default; sized: ceil(1.25 B / workers))"
              + (" (--quick)" if args.quick else ""))

@@ -19,7 +19,11 @@ queue, and the wait shows in the answer latency. So the limit follows the latenc
   creep up round after round), and a server that got slower for good is learnt;
 - an overloaded answer (HTTP 429 or 503, a ``Retry-After``, a timeout) halves the limit at once
   (once per round trip) and ends the slow start;
-- it stays within ``[least, most]``.
+- it stays within ``[least, most]``;
+- where the server says how many requests it runs and how many wait (vLLM's ``/metrics``, read by the
+  window every ``QUEUE_POLL_S`` during the slow start: :meth:`AdaptiveLimit.server_queue`), a server
+  that holds every request sent to it with none waiting has room, and the limit doubles at once
+  instead of one answer time later; the first waiting request ends that.
 
 No threads and no clock of its own: the window tells it about each answer (:meth:`answered`).
 """
@@ -88,6 +92,18 @@ class AdaptiveLimit:
             self._value = min(float(self.most), self._value + SLOW_START_STEP)
         if len(self._round) >= min(max(self.value // 2, 4), 32):
             self._end_round(now)
+
+    def server_queue(self, running: float, waiting: float, in_flight: int, bound: bool) -> bool:
+        """The server's own count of requests in its batch (``running``) and queued for a slot (``waiting``),
+        all its clients' together, while ``in_flight`` of ours are out and (``bound``) more wait for room.
+        In the slow start, a server that has all of ours in hand with none waiting has room: the limit
+        doubles now. Returns whether asking again is worth it (not after the slow start, nor once
+        requests wait: the server is full, and the latency rounds take it from there)."""
+        if not self.slow_start or waiting > 0:
+            return False
+        if bound and running >= in_flight:
+            self._value = min(float(self.most), max(self._value, 2.0 * in_flight))
+        return True
 
     def _end_round(self, now: float) -> None:
         median = statistics.fmean(self._round)  # the mean: Little's law (a server that serves unfairly keeps its median low)

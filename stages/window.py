@@ -43,6 +43,7 @@ MIN_READY = 64  # and at least this many: a fused stage's thread feeds the windo
 READY_S = 2.0  # and at least as many as the server answers in this long: a fused stage's thread that spends a
 # second on a spaCy batch of the stage before (profiled: B=32, L=0.2 s negatives) leaves the window dry otherwise
 WAIT_S = 0.05  # how often a bundle blocked on a full window looks again
+QUEUE_POLL_S = 0.2  # how often the slow start reads the server's queue (where it says: vLLM's /metrics)
 STATS_EVERY_S = 30.0  # a window logs its in-flight line at most this often
 
 
@@ -61,9 +62,12 @@ class RequestWindow:
     """
 
     def __init__(self, concurrency: Optional[int], name: str = "engine", most: int = MOST,
-                 pressure: Optional[Callable[[], int]] = None, limiter: Optional[AdaptiveLimit] = None):
+                 pressure: Optional[Callable[[], int]] = None, limiter: Optional[AdaptiveLimit] = None,
+                 server_queue: Optional[Callable[[], Optional[tuple[float, float]]]] = None):
         self.adaptive = concurrency is None
         self.limiter = (limiter or AdaptiveLimit(most=most)) if self.adaptive else None
+        # (running, waiting) as the server says (stages.engines.server_metrics), read during the slow start
+        self._server_queue = server_queue if self.limiter is not None and self.limiter.slow_start else None
         self._limit = self.limiter.value if self.limiter else max(1, int(concurrency))
         self.name = name
         self._pressure = pressure or (lambda: 0)
@@ -105,6 +109,31 @@ class RequestWindow:
             self._ready.append((call, arg, done, key))
             self._start_threads()
             self._cond.notify()
+            watch, self._server_queue = self._server_queue, None
+        if watch is not None:  # the first request: from now on the slow start also reads the server's queue
+            threading.Thread(target=self._watch_queue, args=(watch,), name=f"window-{self.name}-queue",
+                             daemon=True).start()
+
+    def _watch_queue(self, ask: Callable[[], Optional[tuple[float, float]]]) -> None:
+        """Every ``QUEUE_POLL_S`` while the slow start lasts and requests wait for room, hand the server's own
+        queue figures to the limit; ends when the server does not say, or says requests wait."""
+        while True:
+            time.sleep(QUEUE_POLL_S)
+            with self._cond:
+                if self._closed or not self.limiter.slow_start:
+                    return
+                if not self._ready:
+                    continue
+            said = ask()
+            if said is None:
+                LOG.info("%s: the server does not report its queue (/metrics); the limit grows with the answers",
+                         self.name)
+                return
+            with self._cond:
+                keep = self.limiter.server_queue(*said, self._in_flight, bool(self._ready))
+                self._set_limit(self.limiter.value)
+            if not keep:
+                return
 
     def _start_threads(self) -> None:
         """Enough threads for what may be in flight now (under the lock); they live until ``close``."""
@@ -299,6 +328,7 @@ def engine_window(engine: Any, name: str, key: Optional[str] = None) -> RequestW
             adaptive = getattr(client, "adaptive", False)
             learnt = _LEARNT.pop(key, None) if _LEARNT is not None and key is not None else None
             window = RequestWindow(None if adaptive else client.concurrency, name,
-                                   pressure=lambda: getattr(client, "overloads", 0), limiter=learnt)
+                                   pressure=lambda: getattr(client, "overloads", 0), limiter=learnt,
+                                   server_queue=getattr(client, "server_queue", None))
             engine._request_window = window
         return window

@@ -25,10 +25,13 @@ class _Backlogged(ThreadingHTTPServer):
 class FakeOpenAIServer:
     """Context manager serving ``POST /v1/chat/completions`` with ``reply``; ``url`` is its base URL."""
 
-    def __init__(self, reply: Reply, models: Optional[Callable[[], tuple[int, Any]]] = None, port: int = 0):
+    def __init__(self, reply: Reply, models: Optional[Callable[[], tuple[int, Any]]] = None, port: int = 0,
+                 metrics: Optional[Callable[[], str]] = None):
         self.reply = reply
         self.models = models  # GET /v1/models (readiness); None: 404 like a server without that route
-        self.gets = 0
+        self.metrics = metrics  # GET /metrics: a Prometheus page, as vLLM's; None: 404
+        self.gets = 0  # GETs of anything but /metrics
+        self.metrics_gets = 0
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.in_flight = 0  # chat requests received and not yet answered
@@ -41,6 +44,11 @@ class FakeOpenAIServer:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802
+                if self.path.rstrip("/").endswith("/metrics"):
+                    with server._lock:
+                        server.metrics_gets += 1
+                    self._answer(*((200, server.metrics()) if server.metrics else (404, {"error": "not found"})))
+                    return
                 with server._lock:
                     server.gets += 1
                 self._answer(*(server.models() if server.models else (404, {"error": "not found"})))
@@ -143,7 +151,8 @@ class FullBatches:
 class Slots:
     """A reply that serves like a batch server with ``slots`` slots: first come, first served, each
     request ``seconds`` long once it has a slot; the rest wait their turn (so the wait shows in the
-    answer latency, as in vLLM's queue). ``most`` is the most requests it ever held at once."""
+    answer latency, as in vLLM's queue). ``most`` is the most requests it ever held at once;
+    :meth:`metrics` is its queue as vLLM's ``/metrics`` page says it."""
 
     def __init__(self, slots: int, seconds: float, answer: Reply):
         self.slots, self.seconds, self.answer = slots, seconds, answer
@@ -169,3 +178,11 @@ class Slots:
             with self._cond:
                 self._busy -= 1
                 self._cond.notify_all()
+
+    def metrics(self) -> str:
+        with self._cond:
+            running, waiting = self._busy, len(self._queue)
+        return ("# TYPE vllm:num_requests_running gauge\n"
+                f'vllm:num_requests_running{{model_name="m",engine="0"}} {float(running)}\n'
+                "# TYPE vllm:num_requests_waiting gauge\n"
+                f'vllm:num_requests_waiting{{model_name="m",engine="0"}} {float(waiting)}\n')

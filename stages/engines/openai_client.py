@@ -205,6 +205,22 @@ class OpenAIClient:
                 next_note = now + 30.0
             time.sleep(min(poll_s, max(0.0, deadline - now)))
 
+    def server_queue(self) -> Optional[tuple[float, float]]:
+        """``(running, waiting)`` requests as the server's ``/metrics`` says (``stages.engines.server_metrics``);
+        None when it does not say (no such route or gauges, no answer within 2 s). Never retried."""
+        import httpx
+
+        from stages.engines.server_metrics import METRICS_TIMEOUT_S, metrics_url, parse_queue
+
+        http = self._http
+        if http is None:  # closed (or never used): nothing to ask with
+            return None
+        try:
+            resp = http.get(metrics_url(self.base_url), timeout=httpx.Timeout(min(self.timeout, METRICS_TIMEOUT_S)))
+        except (httpx.HTTPError, RuntimeError):  # RuntimeError: closed meanwhile
+            return None
+        return parse_queue(resp.text) if resp.status_code == 200 else None
+
     def post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         return self.request_json("POST", path, payload)
 

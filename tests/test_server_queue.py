@@ -1,0 +1,78 @@
+"""The slow start reads a server's own queue where it says (vLLM's /metrics): a big server fills in a fraction
+of an answer time, a small one is not flooded, and a server without /metrics is asked once."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from core.adaptive_limit import AdaptiveLimit
+from fake_openai_server import FakeOpenAIServer, Slots, completion
+from stages.engines.server_metrics import metrics_url, parse_queue
+from test_request_window import GOOD, ask_through_the_window
+
+V1_PAGE = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-70B-Instruct"} 200.0
+vllm:num_requests_running{engine="1",model_name="meta-llama/Llama-3.1-70B-Instruct"} 56.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="meta-llama/Llama-3.1-70B-Instruct"} 3.0
+vllm:num_requests_waiting{engine="1",model_name="meta-llama/Llama-3.1-70B-Instruct"} 0.0
+vllm:num_requests_waiting_by_reason{reason="capacity"} 7.0
+"""
+
+
+def test_the_queue_gauges_are_summed_over_engines_and_a_page_without_them_says_nothing() -> None:
+    assert parse_queue(V1_PAGE) == (256.0, 3.0)
+    assert parse_queue("vllm:num_requests_running 4 1700000000000\nvllm:num_requests_waiting 0\n") == (4.0, 0.0)
+    assert parse_queue("vllm:num_requests_running 4\n") is None  # no waiting gauge: no queue figure
+    assert parse_queue('{"error": "not found"}') is None and parse_queue("") is None
+    assert parse_queue("vllm:num_requests_running{a=\"}\"} oops\nvllm:num_requests_waiting 0\n") is None
+    assert metrics_url("http://gpu:8000/v1") == metrics_url("http://gpu:8000/v1/") == "http://gpu:8000/metrics"
+    assert metrics_url("https://proxy/llm") == "https://proxy/llm/metrics"
+
+
+def test_the_limit_doubles_only_while_the_server_holds_all_of_ours_and_none_wait() -> None:
+    limit = AdaptiveLimit()
+    assert limit.server_queue(8, 0, in_flight=8, bound=True) and limit.value == 16
+    assert limit.server_queue(10, 0, in_flight=16, bound=True) and limit.value == 16  # 6 of ours not there yet
+    assert limit.server_queue(16, 0, in_flight=16, bound=False) and limit.value == 16  # nothing waits for room
+    assert limit.server_queue(40, 0, in_flight=16, bound=True) and limit.value == 32  # other clients count too
+    assert not limit.server_queue(32, 1, in_flight=32, bound=True) and limit.value == 32  # full: no more asking
+    limit.slow_start = False
+    assert not limit.server_queue(0, 0, in_flight=32, bound=True) and limit.value == 32
+
+
+def answers_in_flight_at_the_first_answer(slots: int, seconds: float, n: int, metrics: bool) -> tuple[int, Any]:
+    """How many requests the server held when it gave its first answer (and the server)."""
+    held: list[int] = []
+    server_box: list[FakeOpenAIServer] = []
+
+    def reply(body: dict[str, Any]) -> tuple[int, Any]:
+        if not held:
+            held.append(server_box[0].in_flight)
+        return 200, completion(json.dumps(GOOD))
+
+    batch = Slots(slots, seconds, reply)
+    with FakeOpenAIServer(batch, metrics=batch.metrics if metrics else None) as server:
+        server_box.append(server)
+        window, answers = ask_through_the_window(server.url, n, "&retries=0")
+    assert len(answers) == n and all(a == json.dumps(GOOD) for a in answers)
+    return held[0], server
+
+
+def test_a_big_server_that_reports_its_queue_is_filled_before_its_first_answer() -> None:
+    # 256 slots, 1.5 s per answer: from the latency alone the limit is still 8 when the first answer comes
+    held, server = answers_in_flight_at_the_first_answer(256, 1.5, 400, metrics=True)
+    assert held > 32, held
+    assert server.metrics_gets >= 2
+
+
+def test_a_small_server_that_reports_its_queue_is_not_flooded() -> None:
+    held, server = answers_in_flight_at_the_first_answer(4, 0.3, 40, metrics=True)
+    assert held <= 16, held  # at most twice its four slots: the first waiting request ends the doubling
+
+
+def test_a_server_without_metrics_is_asked_once_and_grows_with_its_answers() -> None:
+    held, server = answers_in_flight_at_the_first_answer(256, 0.5, 100, metrics=False)
+    assert held <= 8 and server.metrics_gets == 1, (held, server.metrics_gets)
