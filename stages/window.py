@@ -43,7 +43,8 @@ MIN_READY = 64  # and at least this many: a fused stage's thread feeds the windo
 READY_S = 2.0  # and at least as many as the server answers in this long: a fused stage's thread that spends a
 # second on a spaCy batch of the stage before (profiled: B=32, L=0.2 s negatives) leaves the window dry otherwise
 WAIT_S = 0.05  # how often a bundle blocked on a full window looks again
-QUEUE_POLL_S = 0.2  # how often the slow start reads the server's queue (where it says: vLLM's /metrics)
+QUEUE_POLL_S = 0.2  # how often the slow start reads the server's queue (where it says: vLLM's /metrics) ...
+QUEUE_POLL_STEADY_S = 1.0  # ... and how often after it (a rounds' congestion test uses the latest figures)
 STATS_EVERY_S = 30.0  # a window logs its in-flight line at most this often
 
 
@@ -67,7 +68,7 @@ class RequestWindow:
         self.adaptive = concurrency is None
         self.limiter = (limiter or AdaptiveLimit(most=most)) if self.adaptive else None
         # (running, waiting) as the server says (stages.engines.server_metrics), read during the slow start
-        self._server_queue = server_queue if self.limiter is not None and self.limiter.slow_start else None
+        self._server_queue = server_queue if self.limiter is not None else None
         self._limit = self.limiter.value if self.limiter else max(1, int(concurrency))
         self.name = name
         self._pressure = pressure or (lambda: 0)
@@ -115,25 +116,28 @@ class RequestWindow:
                              daemon=True).start()
 
     def _watch_queue(self, ask: Callable[[], Optional[tuple[float, float]]]) -> None:
-        """Every ``QUEUE_POLL_S`` while the slow start lasts and requests wait for room, hand the server's own
-        queue figures to the limit; ends when the server does not say, or says requests wait."""
+        """Hand the server's own queue figures to the limit while requests are out: every ``QUEUE_POLL_S``
+        in the slow start, every ``QUEUE_POLL_STEADY_S`` after it; ends when the server does not say."""
         while True:
-            time.sleep(QUEUE_POLL_S)
             with self._cond:
-                if self._closed or not self.limiter.slow_start:
+                slow = self.limiter.slow_start
+            time.sleep(QUEUE_POLL_S if slow else QUEUE_POLL_STEADY_S)
+            with self._cond:
+                if self._closed:
                     return
-                if not self._ready:
+                if not (self._ready or self._in_flight):
                     continue
-            said = ask()
+            try:
+                said = ask()
+            except Exception:  # noqa: BLE001 - a figure we cannot read is one the server does not give
+                said = None
             if said is None:
-                LOG.info("%s: the server does not report its queue (/metrics); the limit grows with the answers",
-                         self.name)
+                LOG.info("%s: the server does not report its queue (/metrics); the limit follows the answer "
+                         "latency", self.name)
                 return
             with self._cond:
-                keep = self.limiter.server_queue(*said, self._in_flight, bool(self._ready))
+                self.limiter.server_queue(*said, self._in_flight, bool(self._ready), time.monotonic())
                 self._set_limit(self.limiter.value)
-            if not keep:
-                return
 
     def _start_threads(self) -> None:
         """Enough threads for what may be in flight now (under the lock); they live until ``close``."""

@@ -247,7 +247,8 @@ def test_with_no_concurrency_set_the_window_backs_off_when_the_server_answers_42
     with FakeOpenAIServer(reply) as server:
         window, answers = ask_through_the_window(server.url, 150, "&retries=4")
     assert sum(a == json.dumps(GOOD) for a in answers) >= 145  # the refused ones were asked again
-    assert window.concurrency <= 6 and window.limiter.cuts >= 1, window.describe()
+    limit_mean = window.totals["limit_seconds"] / window.totals["busy_seconds"]  # it swings: cut, grown again, cut
+    assert limit_mean <= 6 and window.limiter.cuts >= 1, window.describe()
     assert refused[0] < 0.25 * len(server.requests), (refused[0], len(server.requests))
 
 

@@ -3,6 +3,7 @@ of an answer time, a small one is not flooded, and a server without /metrics is 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from core.adaptive_limit import AdaptiveLimit
@@ -34,13 +35,40 @@ def test_the_queue_gauges_are_summed_over_engines_and_a_page_without_them_says_n
 
 def test_the_limit_doubles_only_while_the_server_holds_all_of_ours_and_none_wait() -> None:
     limit = AdaptiveLimit()
-    assert limit.server_queue(8, 0, in_flight=8, bound=True) and limit.value == 16
-    assert limit.server_queue(10, 0, in_flight=16, bound=True) and limit.value == 16  # 6 of ours not there yet
-    assert limit.server_queue(16, 0, in_flight=16, bound=False) and limit.value == 16  # nothing waits for room
-    assert limit.server_queue(40, 0, in_flight=16, bound=True) and limit.value == 32  # other clients count too
-    assert not limit.server_queue(32, 1, in_flight=32, bound=True) and limit.value == 32  # full: no more asking
+    limit.server_queue(8, 0, in_flight=8, bound=True, now=0.0)
+    assert limit.value == 16
+    limit.server_queue(10, 0, in_flight=16, bound=True, now=0.1)
+    assert limit.value == 16  # six of ours not there yet
+    limit.server_queue(16, 0, in_flight=16, bound=False, now=0.2)
+    assert limit.value == 16  # nothing waits for room
+    limit.server_queue(40, 0, in_flight=16, bound=True, now=0.3)
+    assert limit.value == 32  # other clients count too
+    limit.server_queue(32, 1, in_flight=32, bound=True, now=0.4)
+    assert limit.value == 32  # one waits: the server is full
     limit.slow_start = False
-    assert not limit.server_queue(0, 0, in_flight=32, bound=True) and limit.value == 32
+    limit.server_queue(0, 0, in_flight=32, bound=True, now=0.5)
+    assert limit.value == 32  # after the slow start the rounds decide
+
+
+def round_of(limit: AdaptiveLimit, latency: float, now: float) -> None:
+    for i in range(max(limit.value // 2, 4)):
+        limit.answered(now - latency, latency, bound=True, overloaded=False, now=now)
+
+
+def test_after_the_slow_start_the_server_s_queue_decides_cut_or_growth() -> None:
+    limit = AdaptiveLimit(start=64)
+    round_of(limit, 1.0, now=1.0)  # the baseline
+    limit.slow_start = False
+    limit.server_queue(256, 200, in_flight=64, bound=True, now=1.5)  # more waiting than half of those running
+    round_of(limit, 1.0, now=2.0)  # however fast the answers came
+    assert limit.value == 48 and limit.cuts == 1
+    limit.server_queue(256, 20, in_flight=48, bound=True, now=2.5)
+    round_of(limit, 1.4, now=3.5)  # slower answers, but a short queue: it grows
+    # by half the square root of the server's batch (the same step for every window on it) per answer time: the
+    # round took 1.4 (from 2.1 s to 3.5 s)
+    assert limit.value == int(48 + 0.5 * math.sqrt(256) * 1.4)
+    round_of(limit, 3.0, now=9.0)  # the figures are old now: the latency decides again
+    assert limit.value < 54 and limit.cuts == 2
 
 
 def answers_in_flight_at_the_first_answer(slots: int, seconds: float, n: int, metrics: bool) -> tuple[int, Any]:
