@@ -56,6 +56,11 @@ _WORDS = ("shiny", "dusty", "smooth", "rough", "glossy", "matte", "faded", "clea
 
 
 class _QuietServer(ThreadingHTTPServer):
+    # the listen backlog, as a real server's (uvicorn: 2048): set on the class, since the constructor listens. With
+    # the default 5, a window opening a hundred connections at once overflowed it, and a request whose connection
+    # the kernel had dropped waited for the 120 s timeout (seen once in three runs at 256 slots)
+    request_queue_size = 2048
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):  # a client closing its idle keep-alive connection
             super().handle_error(request, client_address)
@@ -98,7 +103,6 @@ class BatchServer:
 
         self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.httpd.request_queue_size = 1024
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
