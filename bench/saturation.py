@@ -22,7 +22,9 @@ is a whole ``finehard shards`` local run in a child process (stub engines for th
 - ``both``: a captioner server and a negatives server at once (busy shown: the less busy of the
   two); the goal is a wall time within 1.25 x the slower stage's ideal plus the start-up.
 
-Per run: busy = slot-seconds used / (B x time from the first request to the last answer); ramp =
+Per run: busy = slot-seconds used / (B x time from the first request to the last answer), beside the best
+possible (N requests in ceil(N / B) rounds of L: the last round's empty slots are lost whatever the pipeline
+does); ramp =
 the slot-seconds left idle before the server first had all B slots busy, tail = those after it
 last had them all busy (both as a share of the same total); time from launch to the first
 request; wall time against the ideal (requests x L / B). Every run must write and reconcile every
@@ -184,7 +186,9 @@ def busy_report(log: Sequence[tuple[float, float, float]], slots: int, launch: f
     full = [i for i, (_, _, b) in enumerate(steps) if b == peak]
     ramp = sum((t1 - t0) * (slots - b) for t0, t1, b in steps[:full[0]])
     tail = sum((t1 - t0) * (slots - b) for t0, t1, b in steps[full[-1] + 1:])
+    rounds = math.ceil(len(log) / slots)  # the best a FIFO server can do with every request there at the start
     return {"requests": len(log), "busy": used / total, "ramp": ramp / total, "tail": tail / total,
+            "best": len(log) / (slots * rounds),
             "first_request_s": first - launch, "span_s": last - first, "last_answer_s": last - launch,
             "busy_from_launch": used / (slots * (last - launch))}
 
@@ -379,14 +383,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"wall {r['wall_s']:.1f} s vs ideal {r['ideal_s']:.1f} s", flush=True)
             continue
         rows.append(r)
-        print(f"{kind:<10}{mode:<12}B={slots:<4}L={seconds:<4} busy {r['busy']:.1%} (ramp {r['ramp']:.1%}, "
+        print(f"{kind:<10}{mode:<12}B={slots:<4}L={seconds:<4} busy {r['busy']:.1%}"
+              + (f" of {r['best']:.1%} possible" if r.get("best") else "") + f" (ramp {r['ramp']:.1%}, "
               f"tail {r['tail']:.1%}), first request {r['first_request_s']:.1f} s, {r['requests']} requests, "
               f"wall {r['wall_s']:.1f} s vs ideal {r['ideal_s']:.1f} s, {'ok' if r['ok'] else 'LOST SAMPLES'}"
               + (f" ({r['detail']})" if r.get("detail") else ""), flush=True)
     table = markdown_table(
-        ["run", "workers", "B", "L s", "concurrency", "requests", "busy", "busy from launch", "ramp loss", "tail loss",
+        ["run", "workers", "B", "L s", "concurrency", "requests", "busy", "best possible", "busy from launch", "ramp loss",
+         "tail loss",
          "first request s", "wall s", "ideal s", "wall/ideal", "all written"],
         [[r["kind"], r["mode"], r["B"], r["L"], r["concurrency"] or "-", r["requests"], f"{r['busy']:.1%}",
+          f"{r['best']:.1%}" if r.get("best") else "-",
           f"{r['busy_from_launch']:.1%}" if "busy_from_launch" in r else "-",
           f"{r['ramp']:.1%}", f"{r['tail']:.1%}", round(r["first_request_s"], 1), round(r["wall_s"], 1),
           round(r["ideal_s"], 1), round(r["wall_vs_ideal"], 2) if r["wall_vs_ideal"] else "-",

@@ -11,6 +11,8 @@ shows in the answer latency:
   limit doubles per round trip, so a 256-slot server fills in about five answer times; where the
   server reports its queue, the limit doubles at once while the server holds every request sent to
   it with none waiting, instead of one answer time later. The first queueing ends the slow start;
+  later, slots the server once ran and now leaves free with none waiting (another worker finished)
+  are taken at once;
 - then, every round (answers to requests sent since the limit last changed): the server is
   **congested** when more requests wait than half of those running (``QUEUE_SHARE``), or, where it
   does not say, when the round's mean latency is above ``BACKOFF_RATIO`` x the baseline (the
@@ -78,6 +80,7 @@ class AdaptiveLimit:
         self._probing: Optional[float] = None  # the limit to go back to after a probe round
         self._round_start: Optional[float] = None  # when the round's first answered request left
         self._queue: Optional[tuple[float, float, float]] = None  # (running, waiting, when) as the server said
+        self._peak_running = 0.0  # the most requests it said it ran at once: it has at least that many slots
 
     @property
     def value(self) -> int:
@@ -115,10 +118,18 @@ class AdaptiveLimit:
         """The server's own count of requests in its batch (``running``) and queued for a slot (``waiting``),
         all its clients' together, read at ``now`` while ``in_flight`` of ours are out and (``bound``) more
         wait for room. Kept for the rounds' congestion test; in the slow start, a server that has all of
-        ours in hand with none waiting has room, and the limit doubles now."""
+        ours in hand with none waiting has room, and the limit doubles now; after it, a server that runs
+        fewer than it once ran at once with none waiting has those slots free, and the limit takes them."""
         self._queue = (running, waiting, now)
-        if self.slow_start and waiting <= 0 and bound and running >= in_flight:
-            self._value = min(float(self.most), max(self._value, 2.0 * in_flight))
+        self._peak_running = max(self._peak_running, running)
+        if waiting > 0 or not bound:
+            return
+        if self.slow_start:
+            if running >= in_flight:
+                self._value = min(float(self.most), max(self._value, 2.0 * in_flight))
+        elif running < self._peak_running:  # slots it ran at once before are free, none waits (another worker
+            # finished, say): fill them now, not at the rounds' pace
+            self._value = min(float(self.most), max(self._value, in_flight + self._peak_running - running))
 
     def _server_queue(self, now: float) -> Optional[tuple[float, float]]:
         """(running, waiting) if the server said so lately."""

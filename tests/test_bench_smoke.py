@@ -226,3 +226,12 @@ def test_busy_from_launch_counts_the_time_before_the_first_request_as_idle() -> 
     report = busy_report(log, 2, launch=0.0)
     assert report["busy"] == 1.0 and report["first_request_s"] == 10.0
     assert abs(report["busy_from_launch"] - 2.0 / 22.0) < 1e-9  # 2 slot-seconds used of 2 slots x 11 s
+
+
+def test_the_best_possible_busy_share_counts_the_last_round_s_empty_slots() -> None:
+    from bench.saturation import busy_report
+
+    # five requests on four slots: two rounds of one second, the second with three slots empty
+    log = [(0.0, 0.0, 1.0)] * 4 + [(0.0, 1.0, 2.0)]
+    report = busy_report(log, 4, launch=0.0)
+    assert report["busy"] == report["best"] == 5 / 8

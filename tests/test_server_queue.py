@@ -46,8 +46,14 @@ def test_the_limit_doubles_only_while_the_server_holds_all_of_ours_and_none_wait
     limit.server_queue(32, 1, in_flight=32, bound=True, now=0.4)
     assert limit.value == 32  # one waits: the server is full
     limit.slow_start = False
-    limit.server_queue(0, 0, in_flight=32, bound=True, now=0.5)
-    assert limit.value == 32  # after the slow start the rounds decide
+    limit.server_queue(40, 0, in_flight=32, bound=True, now=0.5)
+    assert limit.value == 32  # after the slow start the rounds decide ...
+    limit.server_queue(10, 0, in_flight=32, bound=False, now=0.6)
+    assert limit.value == 32
+    limit.server_queue(10, 2, in_flight=32, bound=True, now=0.7)
+    assert limit.value == 32
+    limit.server_queue(10, 0, in_flight=32, bound=True, now=0.8)  # ... but 30 of the 40 slots it ran are free now
+    assert limit.value == 62
 
 
 def round_of(limit: AdaptiveLimit, latency: float, now: float) -> None:
