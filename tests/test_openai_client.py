@@ -70,3 +70,27 @@ def test_unreachable_server_and_bad_url() -> None:
     client = OpenAIClient("http://127.0.0.1:9/v1", timeout=2, retries=0)  # discard port: refused
     with pytest.raises(OpenAIError, match="cannot reach|connection"):
         client.chat([{"role": "user", "content": "x"}])
+
+
+def test_each_thread_sends_on_its_own_connection_pool_and_close_starts_them_anew() -> None:
+    # one pool shared by a request window's 320 threads made them queue for its lock at every request and answer
+    import threading
+
+    client = OpenAIClient("http://127.0.0.1:9/v1")
+    seen: list[object] = []
+
+    def take() -> None:
+        seen.append(client._http_client())
+        seen.append(client._http_client())
+
+    threads = [threading.Thread(target=take) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(c) for c in seen}) == 3 and seen[0] is seen[1]  # one per thread, kept by it
+    mine = client._http_client()
+    client.close()
+    assert all(c.is_closed for c in seen) and mine.is_closed
+    assert client._http_client() is not mine and not client._http_client().is_closed  # a new one after close
+    client.close()
