@@ -218,12 +218,23 @@ class ProgressView:
         started = counts.get(STARTED_PREFIX + stage, 0)
         return max(0, started - counts.get(stage, 0) - counts.get(FAILED_PREFIX + stage, 0)) if started else 0
 
+    def headline_stage(self, counts: dict[str, int], totals: dict[str, Optional[int]]) -> str:
+        """The stage the line leads with: the first in chain order that has begun and not yet finished all
+        its samples (stages overlap: records go on while earlier ones are still asked, and the first
+        unfinished stage paces the run), else the furthest one with samples done or in flight."""
+        for stage in self.stages:
+            total, n = totals.get(stage), counts.get(stage, 0)
+            if total is not None and (n or self.in_flight(counts, stage)) and \
+                    n + counts.get(FAILED_PREFIX + stage, 0) < total:
+                return stage
+        return next((s for s in reversed(self.stages) if counts.get(s, 0) or self.in_flight(counts, s)),
+                    self.stages[0])
+
     def line(self, counts: dict[str, int], now: float) -> str:
-        """The stage now moving (the furthest one with samples done or in flight) with rate, ETA and
-        samples in flight, then every count."""
+        """The stage now pacing the run (:meth:`headline_stage`) with rate, ETA and samples in flight, then
+        every count."""
         totals = self.stage_totals(counts)
-        active = next((s for s in reversed(self.stages) if counts.get(s, 0) or self.in_flight(counts, s)),
-                      self.stages[0])
+        active = self.headline_stage(counts, totals)
         n, total = counts.get(active, 0), totals.get(active)
         elapsed = now - self.stage_start(active)
         head = f"{active} {n}/{total} ({100.0 * n / total:.1f}%)" if total else f"{active} {n}"

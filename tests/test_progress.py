@@ -48,9 +48,13 @@ def test_the_line_shows_the_samples_a_slow_stage_holds_before_any_is_done() -> N
     counts = {"read": 10, "started:recaption": 4, "recaption": 1, "failed:recaption": 1}
     assert view.line(counts, now=30.0).startswith("recaption 1/10 (10.0%), 30.0s/sample, ETA 4m30s, 2 in flight | "
                                                   "read 10, recaption 1 (2 in flight), negatives 0, done 0")
-    # a later stage moving too: the slow one's samples in flight still show
+    # a later stage moving too (stages overlap): the first unfinished one still leads, as it paces the run
     later = view.line({**counts, "negatives": 1, "started:negatives": 1}, now=30.0)
-    assert later.startswith("negatives 1/9 (11.1%)") and "recaption 1 (2 in flight), negatives 1, " in later
+    assert later.startswith("recaption 1/10 (10.0%)") and "recaption 1 (2 in flight), negatives 1, " in later
+    # it done, the next unfinished one leads
+    done = view.line({**counts, "recaption": 9, "started:recaption": 10, "negatives": 3, "started:negatives": 9},
+                     now=30.0)
+    assert done.startswith("negatives 3/9 (33.3%)"), done
     # nothing done yet: the stage holding samples is the one shown, not the one before it
     assert view.line({"read": 10, "started:recaption": 3}, now=30.0).startswith("recaption 0/10 (0.0%), 3 in flight |")
 
