@@ -18,14 +18,13 @@ is a whole ``finehard shards`` local run in a child process (stub engines for th
 - ``device``: a simulated in-process GPU captioner (``sleep(L)`` per batch of up to B images, as a
   device would take) through the RunInference path;
 - the server reports its queue at ``/metrics`` as vLLM does (requests running and waiting), which the
-  adaptive window's slow start reads; ``--no-server-metrics`` answers 404 there, as other servers do;
+  adaptive window reads; ``--no-server-metrics`` answers 404 there, as other servers do;
 - ``both``: a captioner server and a negatives server at once (busy shown: the less busy of the
   two); the goal is a wall time within 1.25 x the slower stage's ideal plus the start-up.
 
 Per run: busy = slot-seconds used / (B x time from the first request to the last answer), beside the best
 possible (N requests in ceil(N / B) rounds of L: the last round's empty slots are lost whatever the pipeline
-does); ramp =
-the slot-seconds left idle before the server first had all B slots busy, tail = those after it
+does); ramp = the slot-seconds left idle before the server first had all B slots busy, tail = those after it
 last had them all busy (both as a share of the same total); time from launch to the first
 request; wall time against the ideal (requests x L / B). Every run must write and reconcile every
 sample. Ends with ``saturation: ratio=X.XX``: the worst busy share of the L >= 1 s runs (1.00 is a

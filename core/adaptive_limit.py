@@ -54,7 +54,8 @@ GROW_RATIO = 1.2  # a round this close to the baseline latency: the server has r
 BACKOFF_RATIO = 1.5  # a round this much slower than the baseline: requests queue in the server
 CUT = 0.75  # the limit's share kept after a slow round
 OVERLOAD_CUT = 0.5  # ... and after an overloaded answer (429, 503, Retry-After, timeout)
-GROWTH = 0.5  # growth per answer time once the slow start is over, times the limit's square root
+GROWTH = 0.5  # growth per answer time once the slow start is over, times the square root of the server's batch
+# (its running requests, where it says; else of the limit)
 QUEUE_SHARE = 0.5  # requests waiting in the server, as a share of those running, that mean congestion
 MAX_ROUND_SPAN = 4.0  # a round's growth counts at most this many answer times (a window that had little to send)
 QUEUE_FRESH_S = 3.0  # the server's queue figures count this long after they were read
@@ -131,7 +132,7 @@ class AdaptiveLimit:
             # finished, say): fill them now, not at the rounds' pace
             self._value = min(float(self.most), max(self._value, in_flight + self._peak_running - running))
 
-    def _server_queue(self, now: float) -> Optional[tuple[float, float]]:
+    def _fresh_queue(self, now: float) -> Optional[tuple[float, float]]:
         """(running, waiting) if the server said so lately."""
         if self._queue is None or now - self._queue[2] > QUEUE_FRESH_S:
             return None
@@ -145,7 +146,7 @@ class AdaptiveLimit:
         base = self.baseline
         ratio = mean / base if base else 1.0
         answer_times = min((now - self._round_start) / base, MAX_ROUND_SPAN) if self._round_start is not None and base else 1.0
-        queue = self._server_queue(now)
+        queue = self._fresh_queue(now)
         congested = queue[1] > QUEUE_SHARE * queue[0] if queue is not None else ratio > BACKOFF_RATIO
         self._rounds += 1
         if self._probing is not None:  # a probe round: its mean is a baseline sample, nothing more

@@ -67,7 +67,7 @@ class RequestWindow:
                  server_queue: Optional[Callable[[], Optional[tuple[float, float]]]] = None):
         self.adaptive = concurrency is None
         self.limiter = (limiter or AdaptiveLimit(most=most)) if self.adaptive else None
-        # (running, waiting) as the server says (stages.engines.server_metrics), read during the slow start
+        # (running, waiting) as the server says (stages.engines.server_metrics), read from the first request on
         self._server_queue = server_queue if self.limiter is not None else None
         self._limit = self.limiter.value if self.limiter else max(1, int(concurrency))
         self.name = name
@@ -111,7 +111,7 @@ class RequestWindow:
             self._start_threads()
             self._cond.notify()
             watch, self._server_queue = self._server_queue, None
-        if watch is not None:  # the first request: from now on the slow start also reads the server's queue
+        if watch is not None:  # the first request: from now on the limit also reads the server's queue
             threading.Thread(target=self._watch_queue, args=(watch,), name=f"window-{self.name}-queue",
                              daemon=True).start()
 

@@ -2,9 +2,10 @@
 0.4, V0 and V1 engines), ``vllm:num_requests_running`` (requests in its batch) and
 ``vllm:num_requests_waiting`` (requests queued for a slot); any server exposing the same two gauges works too.
 
-The request window's slow start reads them (``core.adaptive_limit.AdaptiveLimit.server_queue``): a server
-that holds every request sent to it with none waiting has room, so the limit doubles at once instead of
-one answer time later (at 4 s per answer, 256 slots took 24 s to fill).
+The request window reads them (``core.adaptive_limit.AdaptiveLimit.server_queue``): in the slow start, a
+server that holds every request sent to it with none waiting has room, so the limit doubles at once instead
+of one answer time later (at 4 s per answer, 256 slots took 24 s to fill); after it, they say when the
+server is congested and when slots another worker left are free.
 """
 from __future__ import annotations
 
