@@ -81,6 +81,16 @@ class RunConfig:
         return self.info["config_hash"]
 
     @property
+    def one_local_worker(self) -> bool:
+        """A local run on one worker (the default ``--direct_num_workers 1``): a Reshuffle there spreads nothing
+        and only holds every record back until the last one is read (the FnApiRunner runs a stage whole)."""
+        if not self.local_runner:
+            return False
+        from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+        return PipelineOptions(list(self.beam_args)).view_as(DirectOptions).direct_num_workers == 1
+
+    @property
     def progress_stages(self) -> list[str]:
         """The points of the chain whose samples are counted for the progress display, in order."""
         return ["read", *(["dedup"] if self.dedup else []), *self.stages_run, "done"]

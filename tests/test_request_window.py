@@ -303,3 +303,38 @@ def test_with_two_servers_the_negatives_start_while_captions_are_still_being_ask
     assert summary["written"] == 160 and summary["reconciled"] is True
     assert len(captioned) == 160 and asked, (len(captioned), len(asked))
     assert min(asked) < max(captioned), "the negatives waited for the last caption"
+
+
+READ_AT: list[float] = []  # when the reader handed on each record (module level: Beam pickles the reader by reference)
+
+
+def _timed_read(*args: Any, **kwargs: Any) -> Any:
+    from inputs.reader import read_and_check
+
+    for rec in read_and_check(*args, **kwargs):
+        READ_AT.append(time.monotonic())
+        yield rec
+
+
+def test_a_local_run_asks_its_first_caption_before_the_last_image_is_read(tmp_path: Any, monkeypatch: Any) -> None:
+    # a Reshuffle between the read and the model stages held every record of a one-worker local run (or wave)
+    # until the last one was read and checked: the model server idled through the whole read
+    import transforms.read
+    from conftest import run_pipeline
+    from core.synthetic import write_scenes
+
+    write_scenes(str(tmp_path / "in"), 300, seed=6)
+    monkeypatch.setattr(transforms.read, "read_and_check", _timed_read)
+    READ_AT.clear()
+    asked: list[float] = []
+
+    def caption(body: dict[str, Any]) -> tuple[int, Any]:
+        asked.append(time.monotonic())
+        return 200, completion("There is a red circle in the picture.")
+
+    with FakeOpenAIServer(Slots(8, 0.01, caption)) as server:
+        summary = run_pipeline(tmp_path / "in" / "manifest.jsonl", tmp_path / "o", "--stages", "recaption",
+                               "--no-dedup", "--captioner", f"openai:{server.url}#m", "--model-cache", "none")
+    assert summary["written"] == 300 and summary["reconciled"] is True
+    assert len(READ_AT) == 300 and len(asked) == 300, (len(READ_AT), len(asked))
+    assert min(asked) < max(READ_AT), "the first caption was asked only after every image was read"

@@ -148,8 +148,12 @@ def test_with_the_shard_count_known_up_front_nothing_waits_for_the_whole_read(sc
     assert decide_num_shards(config, expected_samples(list_units(config.input))) == 3  # 12 listed rows / 4, before reading anything
     known = _transform_names([*common, "--num-shards", "3"])
     assert not any("Count" in n or "Combine" in n for n in known)  # no global count: a plain Map assigns shards
-    # fusion breaks: after listing, after splitting manifests, and between the read and the model stages
-    assert {"ReadImages/SpreadUnits", "ReadImages/SpreadParts", "SpreadRecords"} <= known
+    # fusion breaks: after listing, after splitting manifests, and between the read and the model stages where
+    # there are several workers to spread them over (on one local worker it would only hold the records back)
+    assert {"ReadImages/SpreadUnits", "ReadImages/SpreadParts"} <= known and "SpreadRecords" not in known
+    spread = _transform_names([*common, "--num-shards", "3", "--direct_running_mode=multi_processing",
+                               "--direct_num_workers=2"])
+    assert {"ReadImages/SpreadUnits", "ReadImages/SpreadParts", "SpreadRecords"} <= spread
     unknown = _transform_names(common)  # left to the read count (e.g. tars without sizes.json)
     assert any(n.startswith("AssignShards/Count") for n in unknown)
     summary = run_pipeline(scenes_dir / "manifest.jsonl", tmp_path / "run", "--no-dedup", "--samples-per-shard", "4")

@@ -146,9 +146,11 @@ def build_pipeline(p: beam.Pipeline, config: RunConfig, launch: LaunchPlan,
         live, dead, filtered = split_outcomes(deduped, "dedup")
         finished += counting.failures(dead, filtered, "Dedup", todo_only=True)
     live = live | "SkipCompletedShards" >> SkipCompleted(done)
-    if config.stages_run:
+    if config.stages_run and not config.one_local_worker:
         # Break fusion with the read: the records of one big tar (or manifest part) reach the model stages of
         # every worker, not only the reader's. They are small here: their image bytes are spilled or re-read.
+        # Not on a local run with one worker: there it spreads nothing, and the FnApiRunner would read (and
+        # check) every record of the run or wave before the first one reached a model server.
         live = live | "SpreadRecords" >> beam.Reshuffle()
     live, stage_failures = model_stages(live, config, launch.model_cache, counting)
     failed = (finished + stage_failures | "AllFailed" >> beam.Flatten() | "DropBytes" >> beam.Map(strip_bytes)
