@@ -219,9 +219,14 @@ class ProgressView:
         return max(0, started - counts.get(stage, 0) - counts.get(FAILED_PREFIX + stage, 0)) if started else 0
 
     def headline_stage(self, counts: dict[str, int], totals: dict[str, Optional[int]]) -> str:
-        """The stage the line leads with: the first in chain order that has begun and not yet finished all
-        its samples (stages overlap: records go on while earlier ones are still asked, and the first
-        unfinished stage paces the run), else the furthest one with samples done or in flight."""
+        """The stage the line leads with: the first in chain order with samples in flight (stages overlap:
+        records go on while earlier ones are still asked, and the first model stage at work paces the run),
+        else the first that has begun and not yet finished all its samples, else the furthest one with samples
+        done. (Not only "begun and unfinished": in a run in waves the read stops at each wave's share of the
+        input, and would lead all wave long with a falling rate and a growing ETA.)"""
+        working = next((s for s in self.stages if self.in_flight(counts, s)), None)
+        if working is not None:
+            return working
         for stage in self.stages:
             total, n = totals.get(stage), counts.get(stage, 0)
             if total is not None and (n or self.in_flight(counts, stage)) and \

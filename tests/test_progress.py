@@ -57,6 +57,10 @@ def test_the_line_shows_the_samples_a_slow_stage_holds_before_any_is_done() -> N
     assert done.startswith("negatives 3/9 (33.3%)"), done
     # nothing done yet: the stage holding samples is the one shown, not the one before it
     assert view.line({"read": 10, "started:recaption": 3}, now=30.0).startswith("recaption 0/10 (0.0%), 3 in flight |")
+    # a run in waves: the first wave read its share of the input (4 of 10) and the captioner works on it; the read,
+    # begun and unfinished until the next wave, does not lead with its rate falling and its ETA growing
+    wave = view.line({"read": 4, "started:recaption": 4, "recaption": 2}, now=30.0)
+    assert wave.startswith("recaption 2/10 (20.0%)"), wave
 
 
 def test_a_slow_stage_prints_a_line_every_progress_every_s_with_its_samples_in_flight(
