@@ -44,6 +44,9 @@ READY_S = 2.0  # and at least as many as the server answers in this long: a fuse
 # second on a spaCy batch of the stage before (profiled: B=32, L=0.2 s negatives) leaves the window dry otherwise
 WAIT_S = 0.05  # how often a bundle blocked on a full window looks again
 QUEUE_POLL_S = 0.2  # how often the slow start reads the server's queue (where it says: vLLM's /metrics) ...
+QUEUE_POLL_FULL_S = 0.05  # ... and while its whole limit is out with more calls ready (only then can it double:
+# a 256-slot server fills in five doublings, a few tenths of a second at this pace, not ~1.1 s; 20 reads a second
+# at most, and only in the slow start)
 QUEUE_POLL_STEADY_S = 1.0  # ... and how often after it (a rounds' congestion test uses the latest figures)
 STATS_EVERY_S = 30.0  # a window logs its in-flight line at most this often
 
@@ -117,16 +120,22 @@ class RequestWindow:
 
     def _watch_queue(self, ask: Callable[[], Optional[tuple[float, float]]]) -> None:
         """Hand the server's own queue figures to the limit while requests are out: every ``QUEUE_POLL_S``
-        in the slow start, every ``QUEUE_POLL_STEADY_S`` after it; ends when the server does not say."""
+        in the slow start (``QUEUE_POLL_FULL_S`` while its whole limit is out and more calls wait), every
+        ``QUEUE_POLL_STEADY_S`` after it; ends when the server does not say."""
+        asked = time.monotonic()
         while True:
-            with self._cond:
-                slow = self.limiter.slow_start
-            time.sleep(QUEUE_POLL_S if slow else QUEUE_POLL_STEADY_S)
+            time.sleep(QUEUE_POLL_FULL_S)
             with self._cond:
                 if self._closed:
                     return
                 if not (self._ready or self._in_flight):
                     continue
+                slow = self.limiter.slow_start
+                full = slow and bool(self._ready) and self._in_flight >= self._limit
+            if time.monotonic() - asked < (QUEUE_POLL_FULL_S if full else QUEUE_POLL_S if slow else
+                                           QUEUE_POLL_STEADY_S) - 1e-3:
+                continue
+            asked = time.monotonic()
             try:
                 said = ask()
             except Exception:  # noqa: BLE001 - a figure we cannot read is one the server does not give

@@ -102,6 +102,13 @@ def test_a_big_server_that_reports_its_queue_is_filled_before_its_first_answer()
     assert server.metrics_gets >= 2
 
 
+def test_while_its_whole_limit_is_out_the_slow_start_reads_the_queue_often() -> None:
+    # read every 0.2 s, the queue let the limit double at most three times (8 -> 64) before a 0.6 s answer came
+    # back; read every 0.05 s while the window is full, a 256-slot server is filled in a fraction of an answer
+    held, server = answers_in_flight_at_the_first_answer(256, 0.6, 400, metrics=True)
+    assert held > 64, held
+
+
 def test_a_small_server_that_reports_its_queue_is_not_flooded() -> None:
     held, server = answers_in_flight_at_the_first_answer(4, 0.3, 40, metrics=True)
     assert held <= 16, held  # at most twice its four slots: the first waiting request ends the doubling
