@@ -73,22 +73,15 @@ class RunConfig:
     beam_args: tuple[str, ...]
     runner: Optional[str]  # canonical runner name (pipeline.runner_names); None: the default, local
     local_runner: bool  # the run happens in this process (FnApiRunner) rather than on a cluster
+    # a local run on one worker (Beam's default --direct_num_workers 1): a Reshuffle there spreads nothing, and only
+    # holds every record back until the last one is read (the FnApiRunner runs a stage whole)
+    one_local_worker: bool
     stages_run: tuple[str, ...]  # the model stages --stages selects, in chain order
     info: dict[str, Any]  # version, config and config_hash (pipeline.identity.run_info); no timestamps
 
     @property
     def config_hash(self) -> str:
         return self.info["config_hash"]
-
-    @property
-    def one_local_worker(self) -> bool:
-        """A local run on one worker (the default ``--direct_num_workers 1``): a Reshuffle there spreads nothing
-        and only holds every record back until the last one is read (the FnApiRunner runs a stage whole)."""
-        if not self.local_runner:
-            return False
-        from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
-
-        return PipelineOptions(list(self.beam_args)).view_as(DirectOptions).direct_num_workers == 1
 
     @property
     def progress_stages(self) -> list[str]:

@@ -46,11 +46,12 @@ def build_config(args: argparse.Namespace, beam_args: list[str]) -> RunConfig:
     from pipeline.identity import run_info
 
     beam_args = normalise_runner_args(beam_args)
-    runner = check_beam_options(beam_args)
+    runner, workers = check_beam_options(beam_args)
     if not args.output.strip():
         raise UsageError("--output is empty; give the folder the shards go to")
-    derived: dict[str, Any] = {"beam_args": tuple(beam_args), "runner": runner,
-                               "local_runner": runner is None or runner in LOCAL_RUNNERS,
+    local = runner is None or runner in LOCAL_RUNNERS
+    derived: dict[str, Any] = {"beam_args": tuple(beam_args), "runner": runner, "local_runner": local,
+                               "one_local_worker": local and workers == 1,
                                "stages_run": selected_stages(args.stages), "info": run_info(args)}
     flags = {**vars(args), "shared_mount": tuple(args.shared_mount) if args.shared_mount else None}  # no lists
     return RunConfig(**flags, **derived)

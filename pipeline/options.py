@@ -184,10 +184,11 @@ def check_positive(args: argparse.Namespace) -> None:
         raise ValueError("--progress-every-s must be >= 0 (0: off)")
 
 
-def check_beam_options(beam_args: list[str]) -> Optional[str]:
+def check_beam_options(beam_args: list[str]) -> tuple[Optional[str], int]:
     """The Beam flags this project reads itself: ``--runner`` names a runner, ``--direct_num_workers`` >= 0.
 
-    Returns the canonical runner name (``pipeline.runner_names``; None: none given)."""
+    Returns the canonical runner name (``pipeline.runner_names``; None: none given) and the local worker count
+    (``--direct_num_workers``; 0: one per core)."""
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
     from pipeline.runner_names import RUNNERS, canonical_runner
@@ -201,7 +202,7 @@ def check_beam_options(beam_args: list[str]) -> Optional[str]:
     workers = options.view_as(DirectOptions).direct_num_workers
     if workers is not None and workers < 0:
         raise ValueError(f"--direct_num_workers must be >= 0 (0: one per core), got {workers}")
-    return canonical_runner(runner)
+    return canonical_runner(runner), 1 if workers is None else workers
 
 
 def _known_runner(name: str, ours: bool) -> bool:
