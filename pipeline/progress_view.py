@@ -227,13 +227,11 @@ class ProgressView:
         working = next((s for s in self.stages if self.in_flight(counts, s)), None)
         if working is not None:
             return working
-        for stage in self.stages:
+        for stage in self.stages:  # from here on no stage has samples in flight: only the counts done decide
             total, n = totals.get(stage), counts.get(stage, 0)
-            if total is not None and (n or self.in_flight(counts, stage)) and \
-                    n + counts.get(FAILED_PREFIX + stage, 0) < total:
+            if total is not None and n and n + counts.get(FAILED_PREFIX + stage, 0) < total:
                 return stage
-        return next((s for s in reversed(self.stages) if counts.get(s, 0) or self.in_flight(counts, s)),
-                    self.stages[0])
+        return next((s for s in reversed(self.stages) if counts.get(s, 0)), self.stages[0])
 
     def line(self, counts: dict[str, int], now: float) -> str:
         """The stage now pacing the run (:meth:`headline_stage`) with rate, ETA and samples in flight, then
