@@ -235,3 +235,24 @@ def test_the_best_possible_busy_share_counts_the_last_round_s_empty_slots() -> N
     log = [(0.0, 0.0, 1.0)] * 4 + [(0.0, 1.0, 2.0)]
     report = busy_report(log, 4, launch=0.0)
     assert report["busy"] == report["best"] == 5 / 8
+
+
+def test_the_bench_server_hands_a_freed_slot_to_the_next_queued_request_at_once() -> None:
+    """A queued request starts when the slot it waits for frees (its L seconds from then), in arrival order.
+    A server that woke every waiter at each freed slot kept slots empty with requests queued."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.saturation import BatchServer
+
+    server = BatchServer(slots=2, seconds=0.05)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: server.serve({"messages": [{"role": "user", "content": str(i)}]}),
+                                range(6)))
+    assert len(answers) == 6 and len(server.log) == 6
+    by_start = sorted(server.log, key=lambda r: r[1])
+    queued = by_start[2:]  # two slots: the first two start on arrival, the other four wait for one
+    ends = sorted(e for _, _, e in server.log)
+    for (_, start, end) in queued:
+        assert start in ends and end - start >= 0.05  # started at the very moment a request ended
+    assert [a for a, _, _ in queued] == sorted(a for a, _, _ in queued)  # first in, first out
+    assert server.queue_page().split()[1::2] == ["0.0", "0.0"]  # nothing running or waiting at the end
