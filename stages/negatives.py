@@ -166,6 +166,18 @@ def fill_negatives(engine: Any, live: list[dict], results: Sequence[NegativesRes
             rec.setdefault("provenance", {})["negatives"] = engine.get_provenance()
 
 
+PARSE_BATCH = 32  # records whose expressions a windowed negatives stage parses together (parse_expressions)
+
+
+def parse_expressions(records: Sequence[dict]) -> None:
+    """Parse the region expressions of many records in one ``nlp.pipe`` (``stages.text.analyse_many`` keeps them),
+    so each record's :class:`NegativesJob` finds its own parsed. Measured: 1.1-1.4 ms a phrase in a batch of
+    ten or more, 2.5-3.2 ms one or two at a time; with a server answering fast, one local process fed ~25% more
+    requests a second (bench/saturation.py, 32 slots, 0.2 s)."""
+    analyse_many(list(dict.fromkeys(region["short_expr"] for rec in live_records(list(records))
+                                    for region in rec.get("bbox_info", []))))
+
+
 class NegativesJob:
     """One record's regions through a server engine's request window: the same outcome as
     :func:`apply_negatives` on a batch of that record alone.

@@ -345,3 +345,28 @@ def test_a_local_run_asks_its_first_caption_before_the_last_image_is_read(tmp_pa
     assert summary["written"] == 300 and summary["reconciled"] is True
     assert len(READ_AT) == 300 and len(asked) == 300, (len(READ_AT), len(asked))
     assert min(asked) < max(READ_AT), "the first caption was asked only after every image was read"
+
+
+def test_a_windowed_negatives_stage_parses_the_expressions_of_many_records_in_one_go(monkeypatch: Any) -> None:
+    """spaCy costs less than half as much per phrase in a batch: the stage parses a batch of records'
+    expressions together, not each record's one or two as it comes (the requests still leave one by one)."""
+    import stages.text as text
+
+    parsed: list[int] = []
+    nlp = text._load_nlp()
+
+    class Counting:
+        def pipe(self, texts: list[str], **kwargs: Any) -> Any:
+            parsed.append(len(texts))
+            return nlp.pipe(texts, **kwargs)
+
+    monkeypatch.setattr(text, "_CACHE", {})  # nothing parsed before
+    monkeypatch.setattr(text, "_load_nlp", lambda: Counting())
+    with FakeOpenAIServer(lambda body: (200, completion(json.dumps(GOOD)))) as server:
+        spec = parse_spec(f"openai:{server.url}?concurrency=2&retries=0&structured=json_schema#m")
+        with BeamTestPipeline() as p:
+            out = (p | beam.Create(chair_records(7)) | GenerateNegatives(spec)
+                   | beam.Map(lambda r: (r["key"], r["bbox_info"][0]["flag_short_neg"])))
+            assert_that(out, equal_to([(f"k{i}", 1) for i in range(7)]))
+    assert len(server.requests) == 7  # one request per record, as before
+    assert max(parsed) == 7, parsed  # the seven records' expressions in one nlp.pipe
