@@ -478,7 +478,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ratio = min(slow) if slow else 0.0
     if not all(r["ok"] for r in rows):
         ratio = 0.0
-    setup = (f"{n} synthetic images ({max(n, args.n_large)} at 256 slots); server: B slots x L s, FIFO, on 127.0.0.1 in the bench process, "
+    large = "" if args.quick or args.launch else f" ({max(n, args.n_large)} at 256 slots)"
+    setup = (f"{n} synthetic images{large}; server: B slots x L s, FIFO, on 127.0.0.1 in the bench process, "
              f"{'no /metrics' if args.no_server_metrics else 'its queue at /metrics as vLLM reports it'}; pipeline "
              f"in a child process, stub engines for the other stages; concurrency: {args.concurrency} (auto: none "
              f"set, the adaptive default; sized: ceil(1.25 B / workers))"
