@@ -370,3 +370,33 @@ def test_a_windowed_negatives_stage_parses_the_expressions_of_many_records_in_on
             assert_that(out, equal_to([(f"k{i}", 1) for i in range(7)]))
     assert len(server.requests) == 7  # one request per record, as before
     assert max(parsed) == 7, parsed  # the seven records' expressions in one nlp.pipe
+
+
+def test_a_captioner_window_builds_its_jobs_on_several_threads_at_once() -> None:
+    """Opening, resizing and JPEG-encoding an image is the captioner's CPU work (~45 ms for a 1600 x 1200 photo;
+    Pillow lets go of the GIL there): on one thread a process fed a server ~20 photos a second."""
+    from apache_beam.transforms.window import GlobalWindow
+
+    from stages.caption import CaptionJob
+    from transforms.window import WindowedStage
+
+    both = threading.Barrier(2, timeout=10)
+
+    def make_job(engine: Any, record: dict[str, Any]) -> CaptionJob:
+        both.wait()  # passes only while two jobs are being built at once (BrokenBarrierError otherwise)
+        return CaptionJob(engine, record)
+
+    with FakeOpenAIServer(lambda body: (200, completion(f"A picture {width_of(body)} wide."))) as server:
+        spec = CAPTIONERS.resolve(f"openai:{server.url}#m")
+        stage = WindowedStage(CAPTIONERS, spec, make_job, {"concurrency": 4, "timeout": 30, "retries": 0},
+                              build_threads=2)
+        stage.setup()
+        try:
+            stage.start_bundle()
+            out = [r for rec in image_records(6) for r in stage.process(rec, 0, GlobalWindow())]
+            out += [wv.value for wv in stage.finish_bundle()]
+        finally:
+            stage.teardown()
+    assert sorted((r["key"], r["caption"]) for r in out) == [(f"k{i:03d}", f"A picture {16 + i} wide.")
+                                                            for i in range(6)]
+    assert len(server.requests) == 6

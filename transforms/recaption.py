@@ -13,7 +13,7 @@ from stages.cache import model_cache
 from stages.caption import CAPTIONERS, CaptionJob, apply_captioner
 from transforms.common import gpu_resource_hints
 from transforms.inference import EngineModelHandler
-from transforms.window import WindowedStage, windowed
+from transforms.window import BUILD_THREADS, WindowedStage, windowed
 
 
 class Recaption(beam.PTransform):
@@ -32,7 +32,10 @@ class Recaption(beam.PTransform):
         hints = gpu_resource_hints(CAPTIONERS, self.spec, self.accelerator)
         if windowed(self.spec):  # a server: requests in flight across records, no batches
             job = functools.partial(CaptionJob, max_chars=self.max_chars, cache=model_cache(self.cache_root))
-            step = beam.ParDo(WindowedStage(CAPTIONERS, self.spec, job, self.engine_options))
+            # the image work (decode, resize, JPEG encode) on BUILD_THREADS threads: one would feed a server
+            # only ~20 two-megapixel images a second
+            step = beam.ParDo(WindowedStage(CAPTIONERS, self.spec, job, self.engine_options,
+                                            build_threads=BUILD_THREADS))
             return records | "Caption" >> (step.with_resource_hints(**hints) if hints else step)
         handler = EngineModelHandler(CAPTIONERS, self.spec,
                                      functools.partial(apply_captioner, max_chars=self.max_chars,
