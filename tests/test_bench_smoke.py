@@ -256,3 +256,12 @@ def test_the_bench_server_hands_a_freed_slot_to_the_next_queued_request_at_once(
         assert start in ends and end - start >= 0.05  # started at the very moment a request ended
     assert [a for a, _, _ in queued] == sorted(a for a, _, _ in queued)  # first in, first out
     assert server.queue_page().split()[1::2] == ["0.0", "0.0"]  # nothing running or waiting at the end
+
+
+def test_caption_feed_measures_one_build_thread_against_the_default() -> None:
+    lines = run_bench("caption_feed", "--n", "4", "--width", "320", "--height", "240", "--slots", "8",
+                      "--seconds", "0.05")
+    rows = [line for line in lines if line.startswith("| 1 thread") or line.startswith("| default")]
+    assert len(rows) == 2 and all(row.rstrip(" |").endswith("yes") for row in rows)  # every sample written
+    assert rows[0].split("|")[2].strip() == "1"  # the baseline really built its jobs on one thread
+    assert re.fullmatch(r"caption_feed: " + RATIO, lines[-1])
