@@ -139,8 +139,7 @@ def apply_negatives(engine: Any, records: list[dict], retries: int = 2,
                     cache: Optional[ModelCache] = None) -> list[dict]:
     """Fill ``short_expr_negs``/``flag_short_neg`` of every region in the batch and count outcomes."""
     live = live_records(records)
-    regions = [r for rec in live for r in rec.get("bbox_info", [])]
-    results = negatives_for(engine, [r["short_expr"] for r in regions], retries=retries, cache=cache)
+    results = negatives_for(engine, region_expressions(live), retries=retries, cache=cache)
     fill_negatives(engine, live, results)
     return records
 
@@ -174,8 +173,12 @@ def parse_expressions(records: Sequence[dict]) -> None:
     so each record's :class:`NegativesJob` finds its own parsed. Measured: 1.1-1.4 ms a phrase in a batch of
     ten or more, 2.5-3.2 ms one or two at a time; with a server answering fast, one local process fed ~25% more
     requests a second (bench/saturation.py, 32 slots, 0.2 s)."""
-    analyse_many(list(dict.fromkeys(region["short_expr"] for rec in live_records(list(records))
-                                    for region in rec.get("bbox_info", []))))
+    analyse_many(list(dict.fromkeys(region_expressions(live_records(list(records))))))
+
+
+def region_expressions(live: list[dict]) -> list[str]:
+    """The expression each region of ``live`` records asks negatives for, in order (repeats kept)."""
+    return [region["short_expr"] for rec in live for region in rec.get("bbox_info", [])]
 
 
 class NegativesJob:
@@ -191,7 +194,7 @@ class NegativesJob:
     def __init__(self, engine: Any, record: dict, retries: int = 2, cache: Optional[ModelCache] = None):
         self.record, self.engine, self.retries, self.cache = record, engine, retries, cache
         self._live = live_records([record])
-        self._expressions = [r["short_expr"] for rec in self._live for r in rec.get("bbox_info", [])]
+        self._expressions = region_expressions(self._live)
         unique = list(dict.fromkeys(self._expressions))
         analyse_many(unique)
         self._results, self._keys = cached_negatives(engine, unique, cache) if unique else ({}, {})
